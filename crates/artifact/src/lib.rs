@@ -1,0 +1,120 @@
+//! The artifact format shared by the compiler and the runtime: serde types only.
+//!
+//! The runtime links this crate and nothing of the compiler, so everything it
+//! must know to run a compiled model has to be expressible here. So far that
+//! is how each graph weight is derived from checkpoint tensors
+//! ([`WeightSource`]); schedule and manifest types join it with codegen.
+
+use serde::{Deserialize, Serialize};
+
+/// How one weight the graph needs is obtained from the tensors stored in a
+/// checkpoint. Checkpoint layouts differ (the original BFL FLUX file stores
+/// q, k and v as one fused `qkv` tensor, diffusers stores them apart), and
+/// passes fuse weights further; rather than copying weights at compile time,
+/// the compiler records the derivation and the loader applies it.
+///
+/// All derivations act on the outermost dimension (dim 0, the output-feature
+/// axis of a linear weight or a bias).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum WeightSource {
+    /// A stored tensor, used as is.
+    Tensor {
+        /// Name in the checkpoint.
+        name: String,
+    },
+    /// Rows `start..start + len` of another source.
+    Rows {
+        /// The source sliced.
+        of: Box<WeightSource>,
+        /// First row kept.
+        start: usize,
+        /// Number of rows kept.
+        len: usize,
+    },
+    /// Another source with its two dim-0 halves swapped (BFL stores the final
+    /// modulation as shift, scale; diffusers as scale, shift).
+    SwapHalves {
+        /// The source whose halves are swapped.
+        of: Box<WeightSource>,
+    },
+    /// Several sources stacked along dim 0.
+    Concat {
+        /// The stacked parts, in order.
+        parts: Vec<WeightSource>,
+    },
+}
+
+impl WeightSource {
+    /// A stored tensor.
+    pub fn tensor(name: impl Into<String>) -> Self {
+        WeightSource::Tensor { name: name.into() }
+    }
+
+    /// Rows `start..start + len` of `self`.
+    pub fn rows(self, start: usize, len: usize) -> Self {
+        WeightSource::Rows {
+            of: Box::new(self),
+            start,
+            len,
+        }
+    }
+
+    /// `self` with its halves swapped.
+    pub fn swap_halves(self) -> Self {
+        WeightSource::SwapHalves { of: Box::new(self) }
+    }
+
+    /// The names of the stored tensors this source reads, in order of first use.
+    pub fn tensor_names(&self) -> Vec<&str> {
+        let mut names = Vec::new();
+        self.collect_names(&mut names);
+        names
+    }
+
+    fn collect_names<'a>(&'a self, names: &mut Vec<&'a str>) {
+        match self {
+            WeightSource::Tensor { name } => {
+                if !names.contains(&name.as_str()) {
+                    names.push(name);
+                }
+            }
+            WeightSource::Rows { of, .. } | WeightSource::SwapHalves { of } => {
+                of.collect_names(names)
+            }
+            WeightSource::Concat { parts } => {
+                for p in parts {
+                    p.collect_names(names);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serializes_with_a_kind_tag() {
+        let s = WeightSource::tensor("double_blocks.0.img_attn.qkv.weight").rows(64, 32);
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(
+            json,
+            r#"{"kind":"rows","of":{"kind":"tensor","name":"double_blocks.0.img_attn.qkv.weight"},"start":64,"len":32}"#
+        );
+        assert_eq!(serde_json::from_str::<WeightSource>(&json).unwrap(), s);
+    }
+
+    #[test]
+    fn lists_tensor_names_once() {
+        let s = WeightSource::Concat {
+            parts: vec![
+                WeightSource::tensor("a").rows(0, 2),
+                WeightSource::tensor("b").swap_halves(),
+                WeightSource::tensor("a").rows(2, 2),
+            ],
+        };
+        assert_eq!(s.tensor_names(), vec!["a", "b"]);
+    }
+}

@@ -1,0 +1,1 @@
+//! FLUX builder (in progress).

@@ -1,0 +1,6 @@
+//! fluxc: an ahead-of-time compiler for the FLUX.1 text-to-image models on
+//! NVIDIA Hopper GPUs. This facade re-exports the workspace crates and hosts
+//! the integration tests (`tests/`) and benches (`benches/`).
+
+pub use fluxc_ir as ir;
+pub use fluxc_models as models;
