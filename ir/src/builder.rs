@@ -399,6 +399,13 @@ mod tests {
     }
 
     #[test]
+    fn empty_inputs_are_rejected() {
+        let mut b = GraphBuilder::new();
+        let err = b.input("x", DType::F32, [2, 0]).unwrap_err().to_string();
+        assert!(err.contains("zero-sized"), "{err}");
+    }
+
+    #[test]
     fn finish_requires_outputs() {
         let mut b = GraphBuilder::new();
         b.input("x", DType::F32, [1]).unwrap();

@@ -73,12 +73,18 @@ impl Graph {
         if self.find_input(name).is_some() {
             return Err(IrError::DuplicateInput(name.to_string()));
         }
+        let ty = TensorType::new(dtype, shape);
+        crate::infer::check_not_empty(&ty).map_err(|msg| IrError::Type {
+            op: format!("input[\"{name}\"]"),
+            scope: scope.to_string(),
+            msg,
+        })?;
         let node = Node {
             op: Op::Input {
                 name: name.to_string(),
                 kind,
             },
-            ty: TensorType::new(dtype, shape),
+            ty,
             scope: scope.to_string(),
         };
         Ok(NodeId(self.g.add_node(node)))
@@ -253,6 +259,10 @@ impl Graph {
 
     /// Makes every user of `old` (and every output naming it) use `new` instead.
     /// The types must match; `old` itself stays (dead code elimination removes it).
+    ///
+    /// Users that `new` is computed from keep reading `old`: rewiring them
+    /// would make a cycle. So `replace_all_uses(y, f(y))` inserts `f` after `y`
+    /// for everyone else, the usual way a pass appends an op to a value.
     pub fn replace_all_uses(&mut self, old: NodeId, new: NodeId) -> Result<(), IrError> {
         if old == new {
             return Ok(());
@@ -264,7 +274,11 @@ impl Graph {
                 self.ty(new)
             )));
         }
+        let upstream_of_new = self.ancestors(new);
         for (user, slot) in self.users(old) {
+            if upstream_of_new.contains(&user.0) {
+                continue;
+            }
             let edge = self
                 .g
                 .edges_connecting(old.0, user.0)
@@ -282,20 +296,37 @@ impl Graph {
         Ok(())
     }
 
-    /// Removes every node that no output depends on. Weights and activation
-    /// inputs go too when unused. Returns how many nodes were removed.
-    pub fn remove_dead_nodes(&mut self) -> usize {
-        let mut live: HashSet<NodeIndex> = HashSet::new();
-        let mut stack: Vec<NodeIndex> = self.outputs.iter().map(|(_, id)| id.0).collect();
+    /// `node` and every node it reads, directly or indirectly.
+    fn ancestors(&self, node: NodeId) -> HashSet<NodeIndex> {
+        let mut seen: HashSet<NodeIndex> = HashSet::new();
+        let mut stack = vec![node.0];
         while let Some(i) = stack.pop() {
-            if live.insert(i) {
+            if seen.insert(i) {
                 stack.extend(self.g.neighbors_directed(i, Direction::Incoming));
             }
         }
+        seen
+    }
+
+    /// The nodes some output depends on (outputs included).
+    pub fn live_nodes(&self) -> HashSet<NodeId> {
+        let mut live = HashSet::new();
+        for (_, out) in &self.outputs {
+            if !live.contains(&out.0) {
+                live.extend(self.ancestors(*out));
+            }
+        }
+        live.into_iter().map(NodeId).collect()
+    }
+
+    /// Removes every node that no output depends on. Weights and activation
+    /// inputs go too when unused. Returns how many nodes were removed.
+    pub fn remove_dead_nodes(&mut self) -> usize {
+        let live = self.live_nodes();
         let dead: Vec<NodeIndex> = self
             .g
             .node_indices()
-            .filter(|i| !live.contains(i))
+            .filter(|&i| !live.contains(&NodeId(i)))
             .collect();
         for &i in &dead {
             self.g.remove_node(i);

@@ -10,7 +10,23 @@ use crate::{DType, Op, Shape, TensorType};
 
 /// Infers the type of `op` applied to operands of types `operands`.
 /// `Op::Input` has no rule (its type is declared) and is rejected here.
+/// Tensors with a zero-sized dimension are rejected: nothing in a FLUX model
+/// is empty, and every kernel may assume at least one element per row.
 pub fn infer(op: &Op, operands: &[&TensorType]) -> Result<TensorType, String> {
+    let ty = infer_op(op, operands)?;
+    check_not_empty(&ty)?;
+    Ok(ty)
+}
+
+/// Fails when `ty` has a zero-sized dimension.
+pub(crate) fn check_not_empty(ty: &TensorType) -> Result<(), String> {
+    if ty.shape.dims().contains(&0) {
+        return Err(format!("{ty} has a zero-sized dimension"));
+    }
+    Ok(())
+}
+
+fn infer_op(op: &Op, operands: &[&TensorType]) -> Result<TensorType, String> {
     let x = operands.first().copied();
     match op {
         Op::Input { .. } => Err("inputs have declared types, not inferred ones".into()),
@@ -27,6 +43,7 @@ pub fn infer(op: &Op, operands: &[&TensorType]) -> Result<TensorType, String> {
             arity(op, operands, 2, 2)?;
             let (a, b) = (operands[0], operands[1]);
             same_dtype(a, b)?;
+            float(a)?;
             let shape = Shape::broadcast(&a.shape, &b.shape)
                 .ok_or_else(|| format!("shapes {} and {} do not broadcast", a.shape, b.shape))?;
             Ok(TensorType::new(a.dtype, shape))
@@ -424,6 +441,16 @@ mod tests {
         .unwrap();
         assert_eq!(table, t(&[6, 2, 2]));
         assert_eq!(infer(&Op::ApplyRope, &[&q, &table]).unwrap(), q);
+    }
+
+    #[test]
+    fn rejects_empty_tensors_and_integer_math() {
+        let err = infer(&Op::Reshape(Shape::from([0, 4])), &[&t(&[0, 4])]).unwrap_err();
+        assert!(err.contains("zero-sized"), "{err}");
+        let i = TensorType::new(DType::I32, [2]);
+        assert!(infer(&Op::Binary(BinaryOp::Add), &[&i, &i])
+            .unwrap_err()
+            .contains("float"));
     }
 
     #[test]

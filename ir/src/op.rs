@@ -409,8 +409,8 @@ impl Op {
                 "dim={} flip={} shift={} scale={} max_period={}",
                 p.dim, p.flip_sin_to_cos, p.downscale_freq_shift, p.scale, p.max_period
             ),
-            Op::Reshape(s) => s.to_string(),
-            Op::Permute(p) => format!("{p:?}"),
+            Op::Reshape(s) => join(s.dims()),
+            Op::Permute(p) => join(p),
             Op::Slice { axis, start, end } => format!("axis={axis} {start}..{end}"),
             Op::Concat { axis } => format!("axis={axis}"),
             Op::UpsampleNearest { scale } => format!("x{scale}"),
@@ -422,6 +422,12 @@ impl Op {
             | Op::ApplyRope => String::new(),
         }
     }
+}
+
+/// `1,2,3`: dims or axes inside an op's attribute brackets.
+fn join(values: &[usize]) -> String {
+    let strings: Vec<String> = values.iter().map(usize::to_string).collect();
+    strings.join(",")
 }
 
 impl fmt::Display for Op {

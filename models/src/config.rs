@@ -5,6 +5,16 @@
 //! configs state it) and the fixed shapes it is compiled for. Unknown keys are
 //! rejected so a typo never silently falls back to a default.
 //! `models/README.md` documents every key.
+//!
+//! [`ModelConfig::load`] and [`ModelConfig::from_toml_str`] parse a file and
+//! check the rules serde cannot express ([`ModelConfig::validate`]). Every
+//! failure is a [`ConfigError`] that displays like a compiler diagnostic,
+//! `PATH:LINE:COL: [FIELD: ]MESSAGE`, pointing at the offending text.
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -150,4 +160,351 @@ impl ModelConfig {
     pub fn mlp_hidden(&self) -> usize {
         (self.transformer.hidden_size as f64 * self.transformer.mlp_ratio as f64) as usize
     }
+}
+
+// ---------------------------------------------------------------------------
+// Loading, validation and errors.
+// ---------------------------------------------------------------------------
+
+/// Why a model.toml could not be loaded.
+///
+/// Every variant displays like a compiler diagnostic:
+/// `PATH:LINE:COL: MESSAGE`, or `PATH:LINE:COL: FIELD: MESSAGE` for a
+/// semantic error (`:LINE:COL` is left out when the location is unknown).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read model file `{}`: {source}", path.display())]
+    Io {
+        /// The file that was asked for.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The file is not valid TOML, or does not fit the schema: a syntax
+    /// error, an unknown key, a value of the wrong type or a missing key.
+    #[error("{}:{line}:{column}: {message}", path.display())]
+    Parse {
+        /// The file (or origin name) the source came from.
+        path: PathBuf,
+        /// 1-based line of the offending text.
+        line: usize,
+        /// 1-based column (in characters) of the offending text.
+        column: usize,
+        /// What is wrong, on one line.
+        message: String,
+    },
+    /// The file parses but breaks a semantic rule (see
+    /// [`ModelConfig::validate`]).
+    #[error("{}{}: {field}: {message}", path.display(), Location(*line, *column))]
+    Invalid {
+        /// The file (or origin name) the source came from.
+        path: PathBuf,
+        /// Dotted key of the offending setting, e.g. `transformer.hidden_size`.
+        field: String,
+        /// 1-based line of the key, if it appears in the file.
+        line: Option<usize>,
+        /// 1-based column of the key, if it appears in the file.
+        column: Option<usize>,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A broken semantic rule, found by [`ModelConfig::validate`] before it is
+/// tied to a file and location.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct Violation {
+    /// Dotted key of the offending setting, e.g. `shapes.height`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl Violation {
+    fn new(field: &str, message: impl Into<String>) -> Self {
+        Violation {
+            field: field.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Formats `:LINE:COL` (or `:LINE` when only the line is known), and
+/// nothing when the location is unknown.
+struct Location(Option<usize>, Option<usize>);
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.0, self.1) {
+            (Some(line), Some(column)) => write!(f, ":{line}:{column}"),
+            (Some(line), None) => write!(f, ":{line}"),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl ModelConfig {
+    /// Reads, parses and validates the model.toml at `path`.
+    pub fn load(path: &Path) -> Result<ModelConfig, ConfigError> {
+        let source = fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        ModelConfig::from_toml_str(&source, path)
+    }
+
+    /// Parses and validates model.toml text; `origin` names the source in
+    /// errors (usually the file it was read from).
+    pub fn from_toml_str(source: &str, origin: &Path) -> Result<ModelConfig, ConfigError> {
+        let config: ModelConfig =
+            toml::from_str(source).map_err(|error| parse_error(&error, source, origin))?;
+        config
+            .validate()
+            .map_err(|violation| invalid_error(violation, source, origin))?;
+        Ok(config)
+    }
+
+    /// Checks the semantic rules the schema cannot express; returns the first
+    /// rule broken. `models/README.md` lists the rules.
+    pub fn validate(&self) -> Result<(), Violation> {
+        validate_model(&self.model)?;
+        validate_transformer(&self.transformer)?;
+        validate_shapes(&self.shapes)
+    }
+}
+
+/// The directory holding the preset model.toml files (this crate's root).
+pub fn presets_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The path of preset `name` (e.g. `"tiny-schnell"`): `<presets_dir>/<name>.toml`.
+pub fn preset_path(name: &str) -> PathBuf {
+    presets_dir().join(format!("{name}.toml"))
+}
+
+/// The names of the presets shipped in [`presets_dir`].
+pub const PRESETS: [&str; 4] = ["flux-schnell", "flux-dev", "tiny-schnell", "tiny-dev"];
+
+// --- errors -----------------------------------------------------------------
+
+fn parse_error(error: &toml::de::Error, source: &str, origin: &Path) -> ConfigError {
+    let offset = error.span().map_or(0, |span| span.start);
+    let (line, column) = line_column(source, offset);
+    ConfigError::Parse {
+        path: origin.to_path_buf(),
+        line,
+        column,
+        message: one_line(error.message()),
+    }
+}
+
+fn invalid_error(violation: Violation, source: &str, origin: &Path) -> ConfigError {
+    let location = key_offset(source, &violation.field).map(|offset| line_column(source, offset));
+    ConfigError::Invalid {
+        path: origin.to_path_buf(),
+        field: violation.field,
+        line: location.map(|(line, _)| line),
+        column: location.map(|(_, column)| column),
+        message: violation.message,
+    }
+}
+
+/// Joins the lines of a message into one, trimming each.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `source`.
+fn line_column(source: &str, offset: usize) -> (usize, usize) {
+    let offset = floor_char_boundary(source, offset.min(source.len()));
+    let before = &source[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+fn floor_char_boundary(source: &str, mut offset: usize) -> usize {
+    while !source.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    offset
+}
+
+/// Byte offset of the dotted key `field` (e.g. `transformer.hidden_size`)
+/// in `source`, if the key is written there.
+fn key_offset(source: &str, field: &str) -> Option<usize> {
+    let document = toml_edit::Document::parse(source).ok()?;
+    let mut table: &dyn toml_edit::TableLike = document.as_table();
+    let mut segments = field.split('.').peekable();
+    while let Some(segment) = segments.next() {
+        let (key, item) = table.get_key_value(segment)?;
+        if segments.peek().is_none() {
+            return key.span().map(|span| span.start);
+        }
+        table = item.as_table_like()?;
+    }
+    None
+}
+
+// --- validation -------------------------------------------------------------
+
+fn validate_model(model: &ModelSection) -> Result<(), Violation> {
+    if model.name.trim().is_empty() {
+        return Err(Violation::new("model.name", "must not be empty"));
+    }
+    Ok(())
+}
+
+fn validate_transformer(t: &TransformerConfig) -> Result<(), Violation> {
+    check_patch_size(t.patch_size)?;
+    at_least_one("transformer.in_channels", t.in_channels)?;
+    if let Some(out_channels) = t.out_channels {
+        at_least_one("transformer.out_channels", out_channels)?;
+    }
+    at_least_one("transformer.attention_head_dim", t.attention_head_dim)?;
+    at_least_one("transformer.num_attention_heads", t.num_attention_heads)?;
+    at_least_one("transformer.joint_attention_dim", t.joint_attention_dim)?;
+    at_least_one("transformer.pooled_projection_dim", t.pooled_projection_dim)?;
+    check_hidden_size(t)?;
+    check_axes_dims_rope(&t.axes_dims_rope, t.attention_head_dim)?;
+    check_mlp_ratio(t.mlp_ratio, t.hidden_size)?;
+    check_rope_theta(t.rope_theta)
+}
+
+fn validate_shapes(s: &ShapesConfig) -> Result<(), Violation> {
+    at_least_one("shapes.batch", s.batch)?;
+    check_pixels("shapes.height", s.height)?;
+    check_pixels("shapes.width", s.width)?;
+    at_least_one("shapes.text_tokens", s.text_tokens)?;
+    let rows = s.height / PIXELS_PER_TOKEN;
+    let columns = s.width / PIXELS_PER_TOKEN;
+    if rows.checked_mul(columns).is_none() {
+        return Err(Violation::new(
+            "shapes.width",
+            format!("{rows} × {columns} image tokens overflow"),
+        ));
+    }
+    Ok(())
+}
+
+fn at_least_one(field: &str, value: usize) -> Result<(), Violation> {
+    if value == 0 {
+        return Err(Violation::new(field, "must be at least 1, got 0"));
+    }
+    Ok(())
+}
+
+fn check_patch_size(patch_size: usize) -> Result<(), Violation> {
+    if patch_size != 1 {
+        return Err(Violation::new(
+            "transformer.patch_size",
+            format!(
+                "patch_size {patch_size} is unsupported: FLUX.1 packs 2×2 latent patches \
+                 before the transformer, so patch_size must be 1"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_hidden_size(t: &TransformerConfig) -> Result<(), Violation> {
+    let (heads, head_dim) = (t.num_attention_heads, t.attention_head_dim);
+    let product = heads.checked_mul(head_dim);
+    if product == Some(t.hidden_size) {
+        return Ok(());
+    }
+    let product = product.map_or_else(|| "overflows".to_owned(), |p| p.to_string());
+    Err(Violation::new(
+        "transformer.hidden_size",
+        format!(
+            "num_attention_heads ({heads}) × attention_head_dim ({head_dim}) = {product}, \
+             but hidden_size is {}",
+            t.hidden_size
+        ),
+    ))
+}
+
+fn check_axes_dims_rope(axes: &[usize], head_dim: usize) -> Result<(), Violation> {
+    const FIELD: &str = "transformer.axes_dims_rope";
+    if axes.is_empty() {
+        return Err(Violation::new(
+            FIELD,
+            "must list at least one rotary axis width",
+        ));
+    }
+    for (index, &width) in axes.iter().enumerate() {
+        if width == 0 || width % 2 != 0 {
+            return Err(Violation::new(
+                FIELD,
+                format!(
+                    "entry {index} is {width}; every axis width must be even and positive \
+                     (rotary embeddings rotate pairs of features)"
+                ),
+            ));
+        }
+    }
+    let sum = axes
+        .iter()
+        .try_fold(0usize, |sum, &width| sum.checked_add(width));
+    if sum != Some(head_dim) {
+        let sum = sum.map_or_else(|| "overflows".to_owned(), |s| s.to_string());
+        return Err(Violation::new(
+            FIELD,
+            format!("axis widths {axes:?} sum to {sum}, but attention_head_dim is {head_dim}"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_mlp_ratio(mlp_ratio: f32, hidden_size: usize) -> Result<(), Violation> {
+    const FIELD: &str = "transformer.mlp_ratio";
+    if !(mlp_ratio.is_finite() && mlp_ratio > 0.0) {
+        return Err(Violation::new(
+            FIELD,
+            format!("must be positive and finite, got {mlp_ratio}"),
+        ));
+    }
+    let width = hidden_size as f64 * f64::from(mlp_ratio);
+    if width.fract() != 0.0 {
+        return Err(Violation::new(
+            FIELD,
+            format!(
+                "hidden_size ({hidden_size}) × mlp_ratio ({mlp_ratio}) = {width}, \
+                 which is not a whole number of MLP features"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_rope_theta(rope_theta: f32) -> Result<(), Violation> {
+    if !(rope_theta.is_finite() && rope_theta > 0.0) {
+        return Err(Violation::new(
+            "transformer.rope_theta",
+            format!("must be positive and finite, got {rope_theta}"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_pixels(field: &str, pixels: usize) -> Result<(), Violation> {
+    if pixels == 0 || pixels % PIXELS_PER_TOKEN != 0 {
+        return Err(Violation::new(
+            field,
+            format!(
+                "must be a multiple of {PIXELS_PER_TOKEN} (VAE ×8 and 2×2 latent packing) \
+                 and positive, got {pixels}"
+            ),
+        ));
+    }
+    Ok(())
 }

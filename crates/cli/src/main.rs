@@ -1,1 +1,49 @@
-fn main() {}
+//! `fluxc`: the command line of the FLUX.1 compiler.
+//!
+//! Each subcommand lives in its own module; this file only parses arguments,
+//! dispatches, and renders errors (`error: ...` on stderr, exit code 1; usage
+//! errors exit with 2 through clap).
+
+mod check;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Ahead-of-time compiler for the FLUX.1 text-to-image models on NVIDIA Hopper.
+#[derive(Parser)]
+#[command(name = "fluxc", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a model.toml, build its graph and print a summary
+    /// (ops by kind, parameters, GEMM and attention FLOPs per forward).
+    Check {
+        /// Path to the model.toml.
+        model: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check { model } => check::run(&model),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            let mut source = std::error::Error::source(&*err);
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

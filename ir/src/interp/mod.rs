@@ -99,12 +99,18 @@ pub enum InterpError {
 }
 
 /// Runs `graph` on `inputs` (keyed by input name; weights included) and
-/// returns its outputs by name.
+/// returns its outputs by name. Only nodes an output depends on are
+/// evaluated, so inputs of dead branches need not be supplied.
 pub fn run(
     graph: &Graph,
     inputs: &HashMap<String, Tensor>,
 ) -> Result<BTreeMap<String, Tensor>, InterpError> {
-    let order = graph.topo_order()?;
+    let live = graph.live_nodes();
+    let order: Vec<NodeId> = graph
+        .topo_order()?
+        .into_iter()
+        .filter(|id| live.contains(id))
+        .collect();
     let mut remaining_uses: HashMap<NodeId, usize> = HashMap::new();
     for &id in &order {
         for o in graph.operands(id) {

@@ -1,0 +1,128 @@
+//! `fluxc check` end to end: the figures it reports for the presets, and the
+//! errors (never panics) it gives for bad model files.
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn fluxc() -> Command {
+    Command::cargo_bin("fluxc").unwrap()
+}
+
+/// Writes `text` to a model.toml in a fresh temporary directory.
+fn model_file(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.toml");
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+/// The tiny-schnell preset with one line replaced.
+fn tiny_with(from: &str, to: &str) -> String {
+    let text = std::fs::read_to_string(repo().join("models/tiny-schnell.toml")).unwrap();
+    assert!(text.contains(from), "preset has no `{from}`");
+    text.replace(from, to)
+}
+
+/// Runs `fluxc check` on `path`, expecting failure; returns stderr.
+fn check_fails(path: &Path) -> String {
+    let out = fluxc().arg("check").arg(path).assert().failure().code(1);
+    let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    stderr
+}
+
+#[test]
+fn flux_dev_reports_parameters_and_flops() {
+    fluxc()
+        .arg("check")
+        .arg(repo().join("models/flux-dev.toml"))
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("4096 image + 512 text tokens"))
+        .stdout(predicate::str::contains("parameters       11.901 B"))
+        .stdout(predicate::str::contains(
+            "GEMM FLOPs       59.512 TFLOP per forward",
+        ))
+        .stdout(predicate::str::contains(
+            "attention FLOPs  14.872 TFLOP per forward (57 attention)",
+        ));
+}
+
+#[test]
+fn flux_schnell_has_no_guidance_embedder() {
+    fluxc()
+        .arg("check")
+        .arg(repo().join("models/flux-schnell.toml"))
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("guidance no"))
+        .stdout(predicate::str::contains("4096 image + 256 text tokens"));
+}
+
+#[test]
+fn missing_file_names_the_path() {
+    let stderr = check_fails(Path::new("no/such/model.toml"));
+    assert!(
+        stderr.contains("cannot read model file `no/such/model.toml`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn malformed_toml_gives_line_and_column() {
+    let (_dir, path) = model_file(&tiny_with("num_layers = 2", "num_layers = = 2"));
+    let stderr = check_fails(&path);
+    assert!(stderr.contains("model.toml:"), "{stderr}");
+    let line = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .position(|l| l.starts_with("num_layers"))
+        .unwrap()
+        + 1;
+    assert!(stderr.contains(&format!(":{line}:")), "{stderr}");
+}
+
+#[test]
+fn unknown_key_is_rejected() {
+    let (_dir, path) = model_file(&tiny_with(
+        "num_layers = 2",
+        "num_layers = 2\nnum_heads = 2",
+    ));
+    let stderr = check_fails(&path);
+    assert!(stderr.contains("num_heads"), "{stderr}");
+}
+
+#[test]
+fn heads_times_head_dim_must_equal_hidden_size() {
+    let (_dir, path) = model_file(&tiny_with("hidden_size = 32", "hidden_size = 48"));
+    let stderr = check_fails(&path);
+    assert!(stderr.contains("transformer.hidden_size"), "{stderr}");
+}
+
+#[test]
+fn rope_axes_must_sum_to_head_dim() {
+    let (_dir, path) = model_file(&tiny_with("[4, 6, 6]", "[4, 6, 8]"));
+    let stderr = check_fails(&path);
+    assert!(stderr.contains("transformer.axes_dims_rope"), "{stderr}");
+}
+
+#[test]
+fn image_size_must_be_a_multiple_of_16() {
+    let (_dir, path) = model_file(&tiny_with("height = 64", "height = 60"));
+    let stderr = check_fails(&path);
+    assert!(stderr.contains("shapes.height"), "{stderr}");
+    assert!(stderr.contains("multiple of 16"), "{stderr}");
+}
+
+#[test]
+fn usage_errors_exit_with_2() {
+    fluxc().arg("check").assert().failure().code(2);
+    fluxc().arg("frobnicate").assert().failure().code(2);
+}

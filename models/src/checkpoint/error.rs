@@ -1,0 +1,189 @@
+//! The error type of checkpoint loading.
+//!
+//! Every variant names what the user has to look at: the file or directory,
+//! the graph weight (by its diffusers name) and the checkpoint tensor(s) it is
+//! derived from. Derivation problems (a row range past the end of a fused
+//! tensor, odd halves) are [`DeriveError`]s wrapped with the weight's name.
+
+use std::path::PathBuf;
+
+use fluxc_ir::Shape;
+
+/// Why a [`fluxc_artifact::WeightSource`] could not be applied to the stored
+/// tensors it reads.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeriveError {
+    /// A `Rows` derivation reaches past the end of its source.
+    #[error(
+        "rows {start}..{} are out of range for a source of {rows} rows",
+        start.saturating_add(*len)
+    )]
+    RowsOutOfRange {
+        /// First row asked for.
+        start: usize,
+        /// Number of rows asked for.
+        len: usize,
+        /// Rows the source has.
+        rows: usize,
+    },
+    /// `SwapHalves` of a source with an odd number of rows.
+    #[error("cannot swap the halves of a source with an odd number of rows ({rows})")]
+    OddHalves {
+        /// Rows the source has.
+        rows: usize,
+    },
+    /// A row derivation applied to a rank-0 tensor.
+    #[error("a rank-0 tensor has no rows to slice, swap or concatenate")]
+    NoRows,
+    /// `Concat` with no parts.
+    #[error("a concatenation needs at least one part")]
+    EmptyConcat,
+    /// `Concat` of parts whose trailing dimensions differ.
+    #[error("cannot concatenate sources of shapes {first} and {other} along dim 0")]
+    ConcatMismatch {
+        /// Shape of the first part.
+        first: Shape,
+        /// Shape of the part that does not fit.
+        other: Shape,
+    },
+    /// The derived data does not fill the derived shape (a loader bug).
+    #[error("derived data does not match the derived shape: {0}")]
+    Inconsistent(String),
+}
+
+/// Why checkpoint weights could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// The checkpoint path does not exist.
+    #[error("checkpoint path `{}` does not exist", path.display())]
+    NotFound {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// A file or directory could not be read.
+    #[error("cannot read `{}`: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A directory holds no transformer checkpoint.
+    #[error(
+        "`{}` holds no FLUX transformer checkpoint: expected \
+         diffusion_pytorch_model.safetensors.index.json, \
+         diffusion_pytorch_model.safetensors, or a transformer/ subfolder with one of them",
+        dir.display()
+    )]
+    NoCheckpointInDir {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// A file is not a valid safetensors file (truncated, corrupt header, ...).
+    #[error("`{}` is not a valid safetensors file: {source}", path.display())]
+    Safetensors {
+        /// The file.
+        path: PathBuf,
+        /// What the safetensors parser found.
+        source: safetensors::SafeTensorError,
+    },
+    /// A sharded checkpoint's index file is malformed.
+    #[error("bad shard index `{}`: {reason}", path.display())]
+    BadIndex {
+        /// The index file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A sharded checkpoint's index names a shard file that does not exist.
+    #[error("shard index `{}` names shard `{}`, which does not exist", index.display(), shard.display())]
+    MissingShard {
+        /// The index file.
+        index: PathBuf,
+        /// The shard file it names.
+        shard: PathBuf,
+    },
+    /// The index maps a tensor to a shard that does not hold it.
+    #[error(
+        "shard index `{}` places tensor `{tensor}` in `{}`, which does not hold it",
+        index.display(),
+        shard.display()
+    )]
+    IndexMismatch {
+        /// The index file.
+        index: PathBuf,
+        /// The tensor.
+        tensor: String,
+        /// The shard the index names.
+        shard: PathBuf,
+    },
+    /// A graph weight has no counterpart in the BFL checkpoint layout.
+    #[error(
+        "graph weight `{weight}` has no counterpart in the original BFL FLUX checkpoint layout"
+    )]
+    UnmappedWeight {
+        /// The weight's diffusers name.
+        weight: String,
+    },
+    /// A checkpoint tensor a graph weight needs is not in the checkpoint.
+    #[error(
+        "graph weight `{weight}` needs checkpoint tensor {}, not found in `{}`",
+        quote_list(missing),
+        location.display()
+    )]
+    MissingTensor {
+        /// The weight's diffusers name.
+        weight: String,
+        /// The checkpoint tensors it needs that are absent.
+        missing: Vec<String>,
+        /// The checkpoint file or directory.
+        location: PathBuf,
+    },
+    /// A weight derived from the checkpoint has another shape than the graph's.
+    #[error(
+        "graph weight `{weight}` expects shape {expected}, but the checkpoint gives {found} (from {derivation})"
+    )]
+    ShapeMismatch {
+        /// The weight's diffusers name.
+        weight: String,
+        /// Shape the graph declares.
+        expected: Shape,
+        /// Shape derived from the checkpoint.
+        found: Shape,
+        /// The derivation, described with its checkpoint tensor names.
+        derivation: String,
+    },
+    /// A stored tensor's dtype cannot be converted to f32.
+    #[error(
+        "tensor `{tensor}` in `{}` is stored as {dtype}; only F32, BF16 and F16 tensors can be loaded",
+        path.display()
+    )]
+    UnsupportedDtype {
+        /// The stored tensor.
+        tensor: String,
+        /// Its stored dtype.
+        dtype: String,
+        /// The file holding it.
+        path: PathBuf,
+    },
+    /// The weight's derivation does not apply to the stored tensors.
+    #[error("cannot derive graph weight `{weight}` from the checkpoint ({derivation}): {source}")]
+    Derive {
+        /// The weight's diffusers name.
+        weight: String,
+        /// The derivation step that failed, described with its checkpoint
+        /// tensor names.
+        derivation: String,
+        /// What went wrong.
+        source: DeriveError,
+    },
+}
+
+/// `` `a`, `b` `` for a list of names.
+fn quote_list(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,351 @@
+//! Applying a [`WeightSource`] derivation to stored tensors, on the host in f32.
+//!
+//! Derivations only ever rearrange rows (dim 0), so a derived tensor is a
+//! sequence of row ranges of stored tensors. [`derived_shape`] checks a
+//! derivation against the stored shapes without reading data; [`materialize`]
+//! then walks it with the window of rows wanted, pushing the window down to
+//! the stored tensors, so slicing q out of a fused qkv converts only q's rows.
+
+use std::ops::Range;
+
+use fluxc_artifact::WeightSource;
+use fluxc_ir::interp::Tensor;
+use fluxc_ir::Shape;
+
+use super::safetensors_io::row_layout;
+use super::{CheckpointError, DeriveError};
+
+/// Stored tensors by (logical) name: what derivations read.
+pub(crate) trait RowSource {
+    /// Shape of the stored tensor `name`.
+    fn stored_shape(&self, name: &str) -> Result<Vec<usize>, CheckpointError>;
+    /// Rows `rows` of the stored tensor `name` in f32 (rank 0: one row).
+    fn read_rows(&self, name: &str, rows: Range<usize>) -> Result<Vec<f32>, CheckpointError>;
+}
+
+/// The shape `source` derives, checking every step against the stored shapes.
+/// `weight` names the graph weight in errors.
+pub(crate) fn derived_shape(
+    weight: &str,
+    source: &WeightSource,
+    store: &impl RowSource,
+) -> Result<Vec<usize>, CheckpointError> {
+    let fail = |e| derive_error(weight, source, e);
+    match source {
+        WeightSource::Tensor { name } => store.stored_shape(name),
+        WeightSource::Rows { of, start, len } => {
+            let mut shape = derived_shape(weight, of, store)?;
+            let rows = *shape.first().ok_or_else(|| fail(DeriveError::NoRows))?;
+            let in_range = start.checked_add(*len).is_some_and(|end| end <= rows);
+            if !in_range {
+                return Err(fail(DeriveError::RowsOutOfRange {
+                    start: *start,
+                    len: *len,
+                    rows,
+                }));
+            }
+            shape[0] = *len;
+            Ok(shape)
+        }
+        WeightSource::SwapHalves { of } => {
+            let shape = derived_shape(weight, of, store)?;
+            let rows = *shape.first().ok_or_else(|| fail(DeriveError::NoRows))?;
+            if rows % 2 != 0 {
+                return Err(fail(DeriveError::OddHalves { rows }));
+            }
+            Ok(shape)
+        }
+        WeightSource::Concat { parts } => concat_shape(weight, parts, store),
+    }
+}
+
+/// The shape of `parts` stacked along dim 0.
+fn concat_shape(
+    weight: &str,
+    parts: &[WeightSource],
+    store: &impl RowSource,
+) -> Result<Vec<usize>, CheckpointError> {
+    let (first, rest) = parts
+        .split_first()
+        .ok_or_else(|| derive_error(weight, &concat(parts), DeriveError::EmptyConcat))?;
+    let mut shape = derived_shape(weight, first, store)?;
+    if shape.is_empty() {
+        return Err(derive_error(weight, first, DeriveError::NoRows));
+    }
+    for part in rest {
+        let other = derived_shape(weight, part, store)?;
+        if other.is_empty() || other[1..] != shape[1..] {
+            return Err(derive_error(
+                weight,
+                &concat(parts),
+                DeriveError::ConcatMismatch {
+                    first: Shape::new(shape),
+                    other: Shape::new(other),
+                },
+            ));
+        }
+        shape[0] = shape[0].saturating_add(other[0]);
+    }
+    Ok(shape)
+}
+
+/// The tensor `source` derives, in f32.
+pub(crate) fn materialize(
+    weight: &str,
+    source: &WeightSource,
+    store: &impl RowSource,
+) -> Result<Tensor, CheckpointError> {
+    let shape = derived_shape(weight, source, store)?;
+    let (rows, row_elems) = row_layout(&shape);
+    let mut data = Vec::with_capacity(rows.saturating_mul(row_elems));
+    append_rows(weight, source, 0..rows, store, &mut data)?;
+    Tensor::new(shape, data)
+        .map_err(|e| derive_error(weight, source, DeriveError::Inconsistent(e.to_string())))
+}
+
+/// Appends rows `rows` of what `source` derives to `out`. The derivation has
+/// been checked by [`derived_shape`], and `rows` is within it.
+fn append_rows(
+    weight: &str,
+    source: &WeightSource,
+    rows: Range<usize>,
+    store: &impl RowSource,
+    out: &mut Vec<f32>,
+) -> Result<(), CheckpointError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    match source {
+        WeightSource::Tensor { name } => out.extend(store.read_rows(name, rows)?),
+        WeightSource::Rows { of, start, .. } => {
+            append_rows(weight, of, shift_up(&rows, *start), store, out)?
+        }
+        WeightSource::SwapHalves { of } => {
+            let half = leading_dim(weight, of, store)? / 2;
+            // Output rows below `half` are the source's upper half, and
+            // the rest its lower half.
+            let low = rows.start.min(half)..rows.end.min(half);
+            let high = rows.start.max(half)..rows.end.max(half);
+            append_rows(weight, of, shift_up(&low, half), store, out)?;
+            append_rows(weight, of, high.start - half..high.end - half, store, out)?;
+        }
+        WeightSource::Concat { parts } => {
+            let mut offset = 0;
+            for part in parts {
+                let n = leading_dim(weight, part, store)?;
+                let start = rows.start.max(offset);
+                let end = rows.end.min(offset.saturating_add(n));
+                if start < end {
+                    append_rows(weight, part, start - offset..end - offset, store, out)?;
+                }
+                offset = offset.saturating_add(n);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `rows` moved up by `by`.
+fn shift_up(rows: &Range<usize>, by: usize) -> Range<usize> {
+    rows.start + by..rows.end + by
+}
+
+/// Dim 0 of what `source` derives.
+fn leading_dim(
+    weight: &str,
+    source: &WeightSource,
+    store: &impl RowSource,
+) -> Result<usize, CheckpointError> {
+    let shape = derived_shape(weight, source, store)?;
+    Ok(row_layout(&shape).0)
+}
+
+/// A [`CheckpointError::Derive`] for `weight`, whose step `step` failed.
+fn derive_error(weight: &str, step: &WeightSource, source: DeriveError) -> CheckpointError {
+    CheckpointError::Derive {
+        weight: weight.to_string(),
+        derivation: describe(step),
+        source,
+    }
+}
+
+/// `parts` stacked, for error messages.
+fn concat(parts: &[WeightSource]) -> WeightSource {
+    WeightSource::Concat {
+        parts: parts.to_vec(),
+    }
+}
+
+/// A human-readable form of a derivation for error messages, e.g.
+/// `rows 0..8 of double_blocks.0.img_attn.qkv.weight`.
+pub(crate) fn describe(source: &WeightSource) -> String {
+    match source {
+        WeightSource::Tensor { name } => format!("`{name}`"),
+        WeightSource::Rows { of, start, len } => {
+            format!(
+                "rows {start}..{} of {}",
+                start.saturating_add(*len),
+                describe(of)
+            )
+        }
+        WeightSource::SwapHalves { of } => format!("halves swapped of {}", describe(of)),
+        WeightSource::Concat { parts } => {
+            let parts: Vec<String> = parts.iter().map(describe).collect();
+            format!("concat[{}]", parts.join(", "))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    /// Stored tensors in memory.
+    struct Mem(HashMap<String, (Vec<usize>, Vec<f32>)>);
+
+    impl Mem {
+        fn new(tensors: &[(&str, Vec<usize>)]) -> Self {
+            // Element i of every tensor is i, so derived data shows which rows it took.
+            Mem(tensors
+                .iter()
+                .map(|(n, s)| {
+                    let numel: usize = s.iter().product();
+                    (
+                        n.to_string(),
+                        (s.clone(), (0..numel).map(|i| i as f32).collect()),
+                    )
+                })
+                .collect())
+        }
+    }
+
+    impl RowSource for Mem {
+        fn stored_shape(&self, name: &str) -> Result<Vec<usize>, CheckpointError> {
+            Ok(self.0[name].0.clone())
+        }
+        fn read_rows(&self, name: &str, rows: Range<usize>) -> Result<Vec<f32>, CheckpointError> {
+            let (shape, data) = &self.0[name];
+            let (_, w) = row_layout(shape);
+            Ok(data[rows.start * w..rows.end * w].to_vec())
+        }
+    }
+
+    fn t(name: &str) -> WeightSource {
+        WeightSource::tensor(name)
+    }
+
+    fn run(src: &WeightSource, store: &Mem) -> Result<Tensor, CheckpointError> {
+        materialize("w", src, store)
+    }
+
+    #[test]
+    fn tensor_is_read_whole() {
+        let m = Mem::new(&[("a", vec![2, 3]), ("s", vec![])]);
+        let out = run(&t("a"), &m).unwrap();
+        assert_eq!(out.shape, Shape::new([2, 3]));
+        assert_eq!(out.data, vec![0., 1., 2., 3., 4., 5.]);
+        let scalar = run(&t("s"), &m).unwrap();
+        assert_eq!(scalar.shape, Shape::new(vec![]));
+        assert_eq!(scalar.data, vec![0.]);
+    }
+
+    #[test]
+    fn rows_slice_dim_zero() {
+        let m = Mem::new(&[("a", vec![4, 2])]);
+        let out = run(&t("a").rows(1, 2), &m).unwrap();
+        assert_eq!(out.shape, Shape::new([2, 2]));
+        assert_eq!(out.data, vec![2., 3., 4., 5.]);
+        let nested = run(&t("a").rows(1, 3).rows(1, 1), &m).unwrap();
+        assert_eq!(nested.data, vec![4., 5.]);
+    }
+
+    #[test]
+    fn swap_halves_swaps() {
+        let m = Mem::new(&[("a", vec![4])]);
+        let out = run(&t("a").swap_halves(), &m).unwrap();
+        assert_eq!(out.data, vec![2., 3., 0., 1.]);
+        let part = run(&t("a").swap_halves().rows(1, 2), &m).unwrap();
+        assert_eq!(part.data, vec![3., 0.]);
+        let twice = run(&t("a").swap_halves().swap_halves(), &m).unwrap();
+        assert_eq!(twice.data, vec![0., 1., 2., 3.]);
+    }
+
+    #[test]
+    fn concat_stacks_and_rows_cross_parts() {
+        let m = Mem::new(&[("a", vec![2, 2]), ("b", vec![1, 2])]);
+        let cat = WeightSource::Concat {
+            parts: vec![t("b"), t("a")],
+        };
+        let out = run(&cat, &m).unwrap();
+        assert_eq!(out.shape, Shape::new([3, 2]));
+        assert_eq!(out.data, vec![0., 1., 0., 1., 2., 3.]);
+        let mid = run(&cat.clone().rows(1, 2), &m).unwrap();
+        assert_eq!(mid.data, vec![0., 1., 2., 3.]);
+        let swapped = WeightSource::Concat {
+            parts: vec![t("a").swap_halves(), t("b")],
+        };
+        assert_eq!(
+            run(&swapped, &m).unwrap().data,
+            vec![2., 3., 0., 1., 0., 1.]
+        );
+    }
+
+    #[test]
+    fn bad_derivations_are_errors() {
+        let m = Mem::new(&[("a", vec![3, 2]), ("b", vec![1, 3]), ("s", vec![])]);
+        let err = |src: WeightSource| match run(&src, &m) {
+            Err(CheckpointError::Derive { weight, source, .. }) => {
+                assert_eq!(weight, "w");
+                source
+            }
+            other => panic!("expected a derive error, got {other:?}"),
+        };
+        assert_eq!(
+            err(t("a").rows(2, 2)),
+            DeriveError::RowsOutOfRange {
+                start: 2,
+                len: 2,
+                rows: 3
+            }
+        );
+        assert!(matches!(
+            err(t("a").rows(usize::MAX, 2)),
+            DeriveError::RowsOutOfRange { .. }
+        ));
+        assert_eq!(
+            err(t("a").swap_halves()),
+            DeriveError::OddHalves { rows: 3 }
+        );
+        assert_eq!(err(t("s").rows(0, 1)), DeriveError::NoRows);
+        assert_eq!(err(t("s").swap_halves()), DeriveError::NoRows);
+        assert_eq!(
+            err(WeightSource::Concat { parts: vec![] }),
+            DeriveError::EmptyConcat
+        );
+        assert!(matches!(
+            err(WeightSource::Concat {
+                parts: vec![t("a"), t("b")]
+            }),
+            DeriveError::ConcatMismatch { .. }
+        ));
+        assert_eq!(
+            err(WeightSource::Concat {
+                parts: vec![t("s")]
+            }),
+            DeriveError::NoRows
+        );
+    }
+
+    #[test]
+    fn describes_derivations() {
+        let src = WeightSource::Concat {
+            parts: vec![t("a").rows(0, 8), t("b").swap_halves()],
+        };
+        assert_eq!(
+            describe(&src),
+            "concat[rows 0..8 of `a`, halves swapped of `b`]"
+        );
+    }
+}
