@@ -2,5 +2,7 @@
 //! NVIDIA Hopper GPUs. This facade re-exports the workspace crates and hosts
 //! the integration tests (`tests/`) and benches (`benches/`).
 
+pub use fluxc_artifact as artifact;
 pub use fluxc_ir as ir;
 pub use fluxc_models as models;
+pub use fluxc_passes as passes;

@@ -367,6 +367,42 @@ impl GraphBuilder {
     pub fn upsample_nearest(&mut self, x: NodeId, scale: usize) -> Result<NodeId, IrError> {
         self.op(Op::UpsampleNearest { scale }, &[x])
     }
+
+    /// The dynamic fp8 quantization scale of `x` for `dtype`:
+    /// `max(amax, 1e-12) / max_finite(dtype)`, f32 `[1]` over the whole
+    /// tensor, or one per row of the last axis (x's shape with the last dim 1)
+    /// when `per_row`.
+    pub fn dynamic_scale(
+        &mut self,
+        x: NodeId,
+        dtype: DType,
+        per_row: bool,
+    ) -> Result<NodeId, IrError> {
+        self.op(Op::DynamicScale { dtype, per_row }, &[x])
+    }
+
+    /// `x / scale` rounded, saturating, to the fp8 `dtype`; `scale` is f32
+    /// `[1]` or per row (as [`GraphBuilder::dynamic_scale`] makes it).
+    pub fn quantize(&mut self, x: NodeId, scale: NodeId, dtype: DType) -> Result<NodeId, IrError> {
+        self.op(Op::Quantize(dtype), &[x, scale])
+    }
+
+    /// A linear over fp8 operands: `(xq · wqᵀ) · x_scale · w_scale (+ bias)`,
+    /// producing `out`. `xq` is `[.., K]` with `x_scale` `[1]` or `[.., 1]`;
+    /// `wq` is `[N, K]` with `w_scale` `[1]` or `[N, 1]`; the bias is `out[N]`.
+    pub fn scaled_linear(
+        &mut self,
+        xq: NodeId,
+        x_scale: NodeId,
+        wq: NodeId,
+        w_scale: NodeId,
+        bias: Option<NodeId>,
+        out: DType,
+    ) -> Result<NodeId, IrError> {
+        let mut operands = vec![xq, x_scale, wq, w_scale];
+        operands.extend(bias);
+        self.op(Op::ScaledLinear { out }, &operands)
+    }
 }
 
 #[cfg(test)]

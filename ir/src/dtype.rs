@@ -72,6 +72,18 @@ impl DType {
         matches!(self, DType::F8E4M3 | DType::F8E5M2)
     }
 
+    /// The largest finite value of a float dtype (`None` for integers).
+    pub fn max_finite(self) -> Option<f32> {
+        match self {
+            DType::F32 => Some(f32::MAX),
+            DType::BF16 => Some(half::bf16::MAX.to_f32()),
+            DType::F16 => Some(65504.0),
+            DType::F8E4M3 => Some(448.0),
+            DType::F8E5M2 => Some(57344.0),
+            DType::I32 | DType::I64 => None,
+        }
+    }
+
     /// Rounds an f32 value to the nearest value representable in this dtype
     /// (round-to-nearest-even; fp8 E4M3 saturates to ±448, E5M2 to ±57344;
     /// integers round half away from zero and saturate). `F32` is the identity.

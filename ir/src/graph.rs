@@ -226,33 +226,85 @@ impl Graph {
             .map(NodeId)
     }
 
-    /// Nodes in a topological order, operands before users; among ready nodes
-    /// the lowest index goes first, so the order is deterministic.
-    /// Fails with `IrError::Cycle` if the graph has one.
+    /// Nodes in a topological order, operands before users, chosen so dumps
+    /// read like the code that built the graph: among ready nodes the one
+    /// with the smallest *priority* goes first, where a node's priority is
+    /// the smallest index of itself and everything downstream of it (ties
+    /// by index). A freshly built graph comes out in build order; a node a
+    /// pass added later (with a large index) comes out where it is first
+    /// needed, not at the end. Fails with `IrError::Cycle` if the graph has one.
     pub fn topo_order(&self) -> Result<Vec<NodeId>, IrError> {
+        let post_order = self.post_order()?;
+        let mut priority = vec![usize::MAX; self.g.node_bound()];
+        for &id in post_order.iter().rev() {
+            let downstream = self
+                .g
+                .neighbors_directed(id.0, Direction::Outgoing)
+                .map(|u| priority[u.index()])
+                .min()
+                .unwrap_or(usize::MAX);
+            priority[id.index()] = downstream.min(id.index());
+        }
         let mut pending: Vec<usize> = vec![0; self.g.node_bound()];
         let mut ready = BinaryHeap::new();
         for i in self.g.node_indices() {
             let n = self.g.edges_directed(i, Direction::Incoming).count();
             pending[i.index()] = n;
             if n == 0 {
-                ready.push(Reverse(i.index()));
+                ready.push(Reverse((priority[i.index()], i.index())));
             }
         }
         let mut order = Vec::with_capacity(self.g.node_count());
-        while let Some(Reverse(i)) = ready.pop() {
+        while let Some(Reverse((_, i))) = ready.pop() {
             let idx = NodeIndex::new(i);
             order.push(NodeId(idx));
             for e in self.g.edges_directed(idx, Direction::Outgoing) {
                 let t = e.target().index();
                 pending[t] -= 1;
                 if pending[t] == 0 {
-                    ready.push(Reverse(t));
+                    ready.push(Reverse((priority[t], t)));
                 }
             }
         }
-        if order.len() != self.g.node_count() {
-            return Err(IrError::Cycle);
+        Ok(order)
+    }
+
+    /// A depth-first post-order of every node (operands before users), or
+    /// `IrError::Cycle`.
+    fn post_order(&self) -> Result<Vec<NodeId>, IrError> {
+        #[derive(Clone, Copy, PartialEq)]
+        enum Mark {
+            Unseen,
+            Open,
+            Done,
+        }
+        let mut mark = vec![Mark::Unseen; self.g.node_bound()];
+        let mut order = Vec::with_capacity(self.g.node_count());
+        for root in self.node_ids() {
+            if mark[root.index()] != Mark::Unseen {
+                continue;
+            }
+            mark[root.index()] = Mark::Open;
+            // (node, its operands, how many of them were visited)
+            let mut stack = vec![(root, self.operands(root), 0usize)];
+            while let Some(top) = stack.len().checked_sub(1) {
+                let (node, next) = (stack[top].0, stack[top].2);
+                if let Some(&operand) = stack[top].1.get(next) {
+                    stack[top].2 += 1;
+                    match mark[operand.index()] {
+                        Mark::Unseen => {
+                            mark[operand.index()] = Mark::Open;
+                            stack.push((operand, self.operands(operand), 0));
+                        }
+                        Mark::Open => return Err(IrError::Cycle),
+                        Mark::Done => {}
+                    }
+                } else {
+                    mark[node.index()] = Mark::Done;
+                    order.push(node);
+                    stack.pop();
+                }
+            }
         }
         Ok(order)
     }

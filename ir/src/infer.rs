@@ -312,6 +312,49 @@ fn infer_op(op: &Op, operands: &[&TensorType]) -> Result<TensorType, String> {
             dims[*axis] = total;
             Ok(TensorType::new(first.dtype, dims))
         }
+        Op::DynamicScale { dtype, per_row } => {
+            arity(op, operands, 1, 1)?;
+            let x = x.unwrap();
+            float(x)?;
+            fp8(*dtype)?;
+            rank_at_least("input", x, 1)?;
+            Ok(TensorType::new(DType::F32, scale_shape(&x.shape, *per_row)))
+        }
+        Op::Quantize(dtype) => {
+            arity(op, operands, 2, 2)?;
+            let (x, scale) = (operands[0], operands[1]);
+            float(x)?;
+            fp8(*dtype)?;
+            check_scale("scale", scale, &x.shape)?;
+            Ok(TensorType::new(*dtype, x.shape.clone()))
+        }
+        Op::ScaledLinear { out } => {
+            arity(op, operands, 4, 5)?;
+            let (xq, xs, wq, ws) = (operands[0], operands[1], operands[2], operands[3]);
+            if !xq.dtype.is_fp8() || !wq.dtype.is_fp8() {
+                return Err(format!("operands must be fp8, found {xq} and {wq}"));
+            }
+            rank_at_least("input", xq, 1)?;
+            rank_eq("weight", wq, 2)?;
+            let k = xq.shape.last().unwrap();
+            let [n, wk] = [wq.shape.0[0], wq.shape.0[1]];
+            if k != wk {
+                return Err(format!(
+                    "input has {k} features but weight {} expects {wk}",
+                    wq.shape
+                ));
+            }
+            check_scale("input scale", xs, &xq.shape)?;
+            check_scale("weight scale", ws, &wq.shape)?;
+            if let Some(b) = operands.get(4) {
+                if b.dtype != *out || b.shape.0 != [n] {
+                    return Err(format!("bias {b} should be {out}[{n}]"));
+                }
+            }
+            let mut dims = xq.shape.0.clone();
+            *dims.last_mut().unwrap() = n;
+            Ok(TensorType::new(*out, dims))
+        }
         Op::UpsampleNearest { scale } => {
             arity(op, operands, 1, 1)?;
             let x = x.unwrap();
@@ -323,6 +366,36 @@ fn infer_op(op: &Op, operands: &[&TensorType]) -> Result<TensorType, String> {
             Ok(TensorType::new(x.dtype, [n, h * scale, w * scale, c]))
         }
     }
+}
+
+/// The shape of a dynamic scale of a tensor of `shape`: `[1]`, or one per row.
+fn scale_shape(shape: &Shape, per_row: bool) -> Vec<usize> {
+    if per_row {
+        let mut dims = shape.0.clone();
+        *dims.last_mut().unwrap() = 1;
+        dims
+    } else {
+        vec![1]
+    }
+}
+
+/// A scale operand must be f32 and either per tensor or per row of `of`.
+fn check_scale(what: &str, scale: &TensorType, of: &Shape) -> Result<(), String> {
+    let per_row = of.rank() >= 1 && scale.shape.0 == scale_shape(of, true);
+    if scale.dtype != DType::F32 || !(scale.shape.0 == [1] || per_row) {
+        return Err(format!(
+            "{what} {scale} should be f32[1] or f32{} for {of}",
+            Shape::new(scale_shape(of, true))
+        ));
+    }
+    Ok(())
+}
+
+fn fp8(dtype: DType) -> Result<(), String> {
+    if !dtype.is_fp8() {
+        return Err(format!("{dtype} is not an fp8 dtype"));
+    }
+    Ok(())
 }
 
 /// Norm operands: x, then per-channel params of shape `[C]` in x's dtype.

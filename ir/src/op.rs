@@ -274,6 +274,26 @@ pub enum Op {
         /// Integer scale factor for both spatial axes.
         scale: usize,
     },
+    /// The dynamic quantization scale of x for an 8-bit float `dtype`:
+    /// `max(amax, 1e-12) / max_finite(dtype)` where `amax` is the largest
+    /// `|x|` over the whole tensor (output f32 `[1]`) or over each row of the
+    /// last axis (output f32 `[.., 1]`). Operand: x.
+    DynamicScale {
+        /// The fp8 dtype the scale is for.
+        dtype: DType,
+        /// One scale per row of the last axis instead of one per tensor.
+        per_row: bool,
+    },
+    /// `x / scale` rounded (saturating) to an fp8 dtype. Operands: x, scale
+    /// (f32, `[1]` or x's shape with the last dim 1).
+    Quantize(DType),
+    /// A linear over quantized operands: `(xq · wqᵀ) · x_scale · w_scale (+ b)`.
+    /// Operands: xq fp8 `[.., K]`, x_scale f32 `[1]` or `[.., 1]`, wq fp8
+    /// `[N, K]`, w_scale f32 `[1]` or `[N, 1]`, optional bias `[N]` in `out`.
+    ScaledLinear {
+        /// Output dtype.
+        out: DType,
+    },
 }
 
 /// The broad class of an op, as fusion and codegen see it.
@@ -334,6 +354,9 @@ impl Op {
             Op::Slice { .. } => "slice",
             Op::Concat { .. } => "concat",
             Op::UpsampleNearest { .. } => "upsample_nearest",
+            Op::DynamicScale { .. } => "dynamic_scale",
+            Op::Quantize(_) => "quantize",
+            Op::ScaledLinear { .. } => "scaled_linear",
         }
     }
 
@@ -348,7 +371,9 @@ impl Op {
             Op::LayerNorm { .. } | Op::RmsNorm { .. } | Op::GroupNorm { .. } | Op::Softmax => {
                 OpClass::Reduction
             }
-            Op::Linear | Op::MatMul | Op::Conv2d { .. } => OpClass::Gemm,
+            Op::Linear | Op::MatMul | Op::Conv2d { .. } | Op::ScaledLinear { .. } => OpClass::Gemm,
+            Op::DynamicScale { .. } => OpClass::Reduction,
+            Op::Quantize(_) => OpClass::Elementwise,
             Op::Attention { .. } => OpClass::Attention,
             Op::Reshape(_)
             | Op::Permute(_)
@@ -414,6 +439,14 @@ impl Op {
             Op::Slice { axis, start, end } => format!("axis={axis} {start}..{end}"),
             Op::Concat { axis } => format!("axis={axis}"),
             Op::UpsampleNearest { scale } => format!("x{scale}"),
+            Op::DynamicScale { dtype, per_row } => {
+                format!(
+                    "{dtype} {}",
+                    if *per_row { "per_row" } else { "per_tensor" }
+                )
+            }
+            Op::Quantize(dtype) => dtype.to_string(),
+            Op::ScaledLinear { out } => format!("out={out}"),
             Op::Unary(_)
             | Op::Binary(_)
             | Op::Linear

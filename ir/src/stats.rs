@@ -42,7 +42,7 @@ impl GraphStats {
             }
             let flops = node_flops(graph, id);
             match node.op {
-                Op::Linear | Op::MatMul => stats.gemm_flops += flops,
+                Op::Linear | Op::MatMul | Op::ScaledLinear { .. } => stats.gemm_flops += flops,
                 Op::Conv2d { .. } => stats.conv_flops += flops,
                 Op::Attention { .. } => stats.attention_flops += flops,
                 _ => {}
@@ -67,7 +67,7 @@ pub fn node_flops(graph: &Graph, id: crate::NodeId) -> u64 {
     let out = &node.ty.shape;
     let operands = graph.operands(id);
     match &node.op {
-        Op::Linear => {
+        Op::Linear | Op::ScaledLinear { .. } => {
             // out [.., N] = x [.., K] · w[N, K]ᵀ
             let k = graph.ty(operands[0]).shape.last().unwrap_or(0) as u64;
             2 * out.numel() as u64 * k

@@ -60,7 +60,7 @@ fn topo_order_lists_operands_before_users() {
     let (g, [x, w, a, l, c]) = diamond();
     let order = g.topo_order().unwrap();
     assert_topological(&g, &order);
-    // Ready nodes go lowest index first, and here that is build order.
+    // A freshly built graph comes out in build order.
     assert_eq!(order, vec![x, w, a, l, c]);
 }
 
@@ -108,6 +108,7 @@ fn topo_order_follows_edges_when_index_order_is_not_topological() {
     assert!(c.index() > u.index());
     let order = g.topo_order().unwrap();
     assert_topological(&g, &order);
+    // c was added last but u (index 1) needs it, so it comes out first.
     assert_eq!(order, vec![a, c, u]);
     verify(&g).unwrap();
 }

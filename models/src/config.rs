@@ -16,6 +16,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use fluxc_passes::{Fp8Mode, Fp8Policy, PassOptions};
 use serde::Deserialize;
 
 /// A whole model.toml.
@@ -28,6 +29,91 @@ pub struct ModelConfig {
     pub transformer: TransformerConfig,
     /// `[shapes]`: the static shapes the model is compiled for.
     pub shapes: ShapesConfig,
+    /// `[passes]`: which optimizations run (all on by default).
+    #[serde(default)]
+    pub passes: PassesConfig,
+}
+
+/// `[passes]`: switches of the pass pipeline. Every key is optional; the
+/// defaults are "all on", epilogue fusion on, fp8 off.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PassesConfig {
+    /// Common subexpression elimination.
+    pub cse: bool,
+    /// View and data-movement simplification.
+    pub simplify: bool,
+    /// 1×1 convolutions as matmuls.
+    pub conv1x1_as_mm: bool,
+    /// Fusion of linears that share an input (q/k/v, q/k/v/mlp).
+    pub fuse_qkv: bool,
+    /// Linears with fewer input rows are not fused.
+    pub fuse_qkv_min_rows: usize,
+    /// Pointwise tails fused into the producing GEMM.
+    pub epilogue_fusion: bool,
+    /// `"off"`, `"dynamic-tensor"` or `"dynamic-row"`.
+    pub fp8: Fp8Setting,
+    /// Scope globs of the linears fp8 applies to (default: the blocks).
+    pub fp8_include: Option<Vec<String>>,
+    /// Scope globs never quantized (default: the modulation linears).
+    pub fp8_exclude: Option<Vec<String>>,
+}
+
+/// `[passes] fp8`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fp8Setting {
+    /// No fp8.
+    #[default]
+    Off,
+    /// Per-tensor dynamic scales.
+    DynamicTensor,
+    /// Per-row (activations) and per-output-channel (weights) scales.
+    DynamicRow,
+}
+
+impl Default for PassesConfig {
+    fn default() -> Self {
+        PassesConfig::from_options(&PassOptions::default())
+    }
+}
+
+impl PassesConfig {
+    fn from_options(o: &PassOptions) -> Self {
+        PassesConfig {
+            cse: o.cse,
+            simplify: o.simplify,
+            conv1x1_as_mm: o.conv1x1_as_mm,
+            fuse_qkv: o.fuse_qkv,
+            fuse_qkv_min_rows: o.fuse_qkv_min_rows,
+            epilogue_fusion: o.epilogue_fusion,
+            fp8: Fp8Setting::Off,
+            fp8_include: None,
+            fp8_exclude: None,
+        }
+    }
+
+    /// The pass pipeline's options.
+    pub fn options(&self) -> PassOptions {
+        let default_policy = Fp8Policy::default();
+        PassOptions {
+            cse: self.cse,
+            simplify: self.simplify,
+            conv1x1_as_mm: self.conv1x1_as_mm,
+            fuse_qkv: self.fuse_qkv,
+            fuse_qkv_min_rows: self.fuse_qkv_min_rows,
+            epilogue_fusion: self.epilogue_fusion,
+            fp8: match self.fp8 {
+                Fp8Setting::Off => Fp8Mode::Off,
+                Fp8Setting::DynamicTensor => Fp8Mode::DynamicTensor,
+                Fp8Setting::DynamicRow => Fp8Mode::DynamicRow,
+            },
+            fp8_policy: Fp8Policy {
+                include: self.fp8_include.clone().unwrap_or(default_policy.include),
+                exclude: self.fp8_exclude.clone().unwrap_or(default_policy.exclude),
+            },
+        }
+    }
 }
 
 /// `[model]`.
@@ -271,7 +357,8 @@ impl ModelConfig {
     pub fn validate(&self) -> Result<(), Violation> {
         validate_model(&self.model)?;
         validate_transformer(&self.transformer)?;
-        validate_shapes(&self.shapes)
+        validate_shapes(&self.shapes)?;
+        validate_passes(&self.passes)
     }
 }
 
@@ -378,6 +465,23 @@ fn validate_transformer(t: &TransformerConfig) -> Result<(), Violation> {
     check_axes_dims_rope(&t.axes_dims_rope, t.attention_head_dim)?;
     check_mlp_ratio(t.mlp_ratio, t.hidden_size)?;
     check_rope_theta(t.rope_theta)
+}
+
+fn validate_passes(p: &PassesConfig) -> Result<(), Violation> {
+    for (field, globs) in [
+        ("passes.fp8_include", &p.fp8_include),
+        ("passes.fp8_exclude", &p.fp8_exclude),
+    ] {
+        for glob in globs.iter().flatten() {
+            if let Err(e) = globset::Glob::new(glob) {
+                return Err(Violation::new(
+                    field,
+                    format!("bad glob `{glob}`: {}", e.kind()),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn validate_shapes(s: &ShapesConfig) -> Result<(), Violation> {

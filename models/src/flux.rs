@@ -231,15 +231,18 @@ impl<'a> Flux<'a> {
         let joint = self.b.concat(&[s.text, s.image], 1)?;
         let [shift, scale, gate] = self.ada_norm_params::<3>("norm", temb)?;
         let normed = self.norm_modulate("norm", joint, shift, scale)?;
-        let mlp = self.linear("proj_mlp", normed, self.cfg.mlp_hidden())?;
-        let mlp = self.b.gelu_tanh(mlp)?;
 
+        // diffusers runs the MLP projection first; the order of these
+        // independent ops does not matter, and building q, k, v first gives
+        // their weights the order of BFL's fused `linear1` (q, k, v, mlp).
         self.b.push_scope("attn");
         let q = self.head_projection("to_q", normed, Some("norm_q"))?;
         let k = self.head_projection("to_k", normed, Some("norm_k"))?;
         let v = self.head_projection("to_v", normed, None)?;
         let attn = self.rope_attention(q, k, v, rope)?;
         self.b.pop_scope();
+        let mlp = self.linear("proj_mlp", normed, self.cfg.mlp_hidden())?;
+        let mlp = self.b.gelu_tanh(mlp)?;
 
         let both = self.b.concat(&[attn, mlp], 2)?;
         let out = self.linear("proj_out", both, self.hidden)?;

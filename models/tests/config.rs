@@ -746,3 +746,65 @@ fn load_reports_errors_against_the_file_path() {
         )
     );
 }
+
+// --- [passes] ----------------------------------------------------------------
+
+#[test]
+fn passes_default_to_all_on_with_fp8_off() {
+    let options = parse(BASE).unwrap().passes.options();
+    assert_eq!(options, fluxc_passes::PassOptions::default());
+    assert_eq!(options.fp8, fluxc_passes::Fp8Mode::Off);
+    assert!(options.cse && options.fuse_qkv && options.epilogue_fusion);
+}
+
+#[test]
+fn passes_map_onto_pass_options() {
+    let text = format!(
+        "{BASE}\n[passes]\ncse = false\nepilogue_fusion = false\nfuse_qkv_min_rows = 4\n\
+         fp8 = \"dynamic-row\"\nfp8_exclude = [\"*.proj_out\"]\n"
+    );
+    let options = parse(&text).unwrap().passes.options();
+    assert!(!options.cse && !options.epilogue_fusion && options.simplify);
+    assert_eq!(options.fuse_qkv_min_rows, 4);
+    assert_eq!(options.fp8, fluxc_passes::Fp8Mode::DynamicRow);
+    assert_eq!(options.fp8_policy.exclude, vec!["*.proj_out".to_string()]);
+    assert_eq!(
+        options.fp8_policy.include,
+        fluxc_passes::Fp8Policy::default().include,
+        "an omitted list keeps its default"
+    );
+    let tensor = format!("{BASE}\n[passes]\nfp8 = \"dynamic-tensor\"\n");
+    assert_eq!(
+        parse(&tensor).unwrap().passes.options().fp8,
+        fluxc_passes::Fp8Mode::DynamicTensor
+    );
+}
+
+#[test]
+fn unknown_fp8_mode_and_unknown_pass_keys_are_rejected() {
+    let bad_mode = format!("{BASE}\n[passes]\nfp8 = \"int4\"\n");
+    let err = parse(&bad_mode).unwrap_err().to_string();
+    assert!(err.contains("int4") && err.contains("dynamic-row"), "{err}");
+    let bad_key = format!("{BASE}\n[passes]\nfuse_everything = true\n");
+    let err = parse(&bad_key).unwrap_err().to_string();
+    assert!(err.contains("fuse_everything"), "{err}");
+}
+
+#[test]
+fn bad_fp8_glob_names_the_field_and_line() {
+    let text = format!("{BASE}\n[passes]\nfp8_include = [\"blocks.[0\"]\n");
+    let line = text.lines().count();
+    match parse(&text).unwrap_err() {
+        ConfigError::Invalid {
+            field,
+            line: at,
+            message,
+            ..
+        } => {
+            assert_eq!(field, "passes.fp8_include");
+            assert_eq!(at, Some(line));
+            assert!(message.contains("blocks.[0"), "{message}");
+        }
+        other => panic!("{other}"),
+    }
+}

@@ -1,6 +1,15 @@
-//! Graph-to-graph passes over the fluxc IR (q/k/v fusion on an e-graph,
-//! conv1x1-as-matmul, fusion, fp8 quantization insertion, cleanups), one file
-//! per pass and a pipeline that lists them in order.
-//!
-//! No passes exist yet: the crate is part of the workspace layout so the
-//! dependency structure is fixed from the start.
+//! Graph-to-graph passes over the fluxc IR, one file per pass, and the
+//! pipeline (`pipeline.rs`) that lists them in order.
+
+pub mod conv1x1;
+pub mod cse;
+pub mod dce;
+pub mod fp8;
+pub mod fuse_qkv;
+pub mod fusion;
+pub mod hoist_weights;
+pub mod options;
+pub mod pipeline;
+pub mod simplify;
+
+pub use options::{Fp8Mode, Fp8Policy, PassOptions};

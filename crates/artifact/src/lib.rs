@@ -43,6 +43,44 @@ pub enum WeightSource {
         /// The stacked parts, in order.
         parts: Vec<WeightSource>,
     },
+    /// Another source with a new shape (same elements, same order).
+    Reshape {
+        /// The source reshaped.
+        of: Box<WeightSource>,
+        /// The new shape.
+        shape: Vec<usize>,
+    },
+    /// The fp8 values of another source: `round(of / scale)`, saturating,
+    /// with the scale of [`WeightSource::Fp8Scale`] for the same `of`,
+    /// `format` and `per_row`.
+    Fp8Quantize {
+        /// The source quantized.
+        of: Box<WeightSource>,
+        /// The fp8 format.
+        format: Fp8Format,
+        /// One scale per row (output channel) instead of one per tensor.
+        per_row: bool,
+    },
+    /// The f32 quantization scales of another source:
+    /// `max(amax, 1e-12) / max_finite(format)`, shape `[1]` or `[rows, 1]`.
+    Fp8Scale {
+        /// The source whose scale this is.
+        of: Box<WeightSource>,
+        /// The fp8 format.
+        format: Fp8Format,
+        /// One scale per row (output channel) instead of one per tensor.
+        per_row: bool,
+    },
+}
+
+/// The 8-bit float formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fp8Format {
+    /// 4 exponent bits, 3 mantissa bits, saturating at ±448.
+    E4m3,
+    /// 5 exponent bits, 2 mantissa bits, saturating at ±57344.
+    E5m2,
 }
 
 impl WeightSource {
@@ -79,9 +117,11 @@ impl WeightSource {
                     names.push(name);
                 }
             }
-            WeightSource::Rows { of, .. } | WeightSource::SwapHalves { of } => {
-                of.collect_names(names)
-            }
+            WeightSource::Rows { of, .. }
+            | WeightSource::SwapHalves { of }
+            | WeightSource::Reshape { of, .. }
+            | WeightSource::Fp8Quantize { of, .. }
+            | WeightSource::Fp8Scale { of, .. } => of.collect_names(names),
             WeightSource::Concat { parts } => {
                 for p in parts {
                     p.collect_names(names);

@@ -5,6 +5,7 @@
 //! errors exit with 2 through clap).
 
 mod check;
+mod compile;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,12 +28,29 @@ enum Command {
         /// Path to the model.toml.
         model: PathBuf,
     },
+    /// Compile a model.toml: build the graph and run the pass pipeline.
+    Compile {
+        /// Path to the model.toml.
+        model: PathBuf,
+        /// Directory to write the compiled model to.
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+        /// Print the IR after this pass (dce, cse, simplify, conv1x1_as_mm,
+        /// fuse_qkv, fp8, hoist_weights, fusion).
+        #[arg(long, value_name = "PASS")]
+        dump_after: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { model } => check::run(&model),
+        Command::Compile {
+            model,
+            out,
+            dump_after,
+        } => compile::run(&model, out.as_deref(), dump_after.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

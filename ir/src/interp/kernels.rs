@@ -3,8 +3,13 @@
 //! Shapes were checked by type inference before a node exists, so these
 //! functions index without re-validating. Dot products and reductions
 //! accumulate in f64.
+//!
+//! The fp8 ops follow torchao's float8 dynamic quantization: a scale is
+//! `amax / max_finite`, quantized values are `round(x / scale)` (kept as f32
+//! here, but exactly representable in the fp8 dtype), and a scaled linear
+//! multiplies the exact dot product of the quantized operands by both scales.
 
-use crate::{BinaryOp, Op, Shape, TimestepParams, UnaryOp};
+use crate::{BinaryOp, DType, Op, Shape, TimestepParams, UnaryOp};
 
 use super::Tensor;
 
@@ -40,6 +45,9 @@ pub(super) fn eval(op: &Op, args: &[&Tensor], out_shape: &Shape) -> Tensor {
         Op::Slice { axis, start, end } => slice(args[0], *axis, *start, *end),
         Op::Concat { axis } => concat(args, *axis),
         Op::UpsampleNearest { scale } => upsample_nearest(args[0], *scale),
+        Op::DynamicScale { dtype, per_row } => dynamic_scale(args[0], *dtype, *per_row),
+        Op::Quantize(dtype) => quantize(args[0], args[1], *dtype),
+        Op::ScaledLinear { .. } => scaled_linear(args),
     };
     debug_assert_eq!(data.len(), out_shape.numel(), "{op}");
     Tensor {
@@ -151,6 +159,88 @@ fn linear(args: &[&Tensor]) -> Vec<f32> {
         for j in 0..n {
             let mut acc = dot(xr, &w.data[j * k..(j + 1) * k]);
             if let Some(b) = args.get(2) {
+                acc += b.data[j] as f64;
+            }
+            out.push(acc as f32);
+        }
+    }
+    out
+}
+
+/// Smallest amax a dynamic scale uses, so an all-zero tensor (or row) gets a
+/// tiny positive scale instead of zero (torchao's `EPS`).
+const MIN_AMAX: f32 = 1e-12;
+
+/// `max(amax, 1e-12) / max_finite(dtype)` over the whole tensor or per row of
+/// the last axis. A NaN anywhere in the reduced elements gives a NaN scale.
+fn dynamic_scale(x: &Tensor, dtype: DType, per_row: bool) -> Vec<f32> {
+    // Type inference only admits fp8 dtypes, which are finite-bounded.
+    let max = dtype.max_finite().unwrap_or(f32::MAX);
+    let row = if per_row {
+        x.shape.last().unwrap_or(1)
+    } else {
+        x.data.len()
+    };
+    x.data
+        .chunks(row)
+        .map(|values| {
+            let amax = abs_max(values);
+            if amax.is_nan() {
+                amax
+            } else {
+                amax.max(MIN_AMAX) / max
+            }
+        })
+        .collect()
+}
+
+/// `max |v|`, NaN when any value is NaN (`f32::max` would skip it).
+fn abs_max(values: &[f32]) -> f32 {
+    values.iter().fold(0.0f32, |acc, &v| {
+        if acc.is_nan() || v.is_nan() {
+            f32::NAN
+        } else {
+            acc.max(v.abs())
+        }
+    })
+}
+
+/// The index into a scale of `scale_len` elements for row `r`: a per-tensor
+/// scale (one element) serves every row.
+fn scale_index(scale_len: usize, r: usize) -> usize {
+    if scale_len == 1 {
+        0
+    } else {
+        r
+    }
+}
+
+/// `dtype.round(x / scale)` with a per-tensor or per-row scale.
+fn quantize(x: &Tensor, scale: &Tensor, dtype: DType) -> Vec<f32> {
+    let row = x.shape.last().unwrap_or(1);
+    let mut out = Vec::with_capacity(x.data.len());
+    for (r, values) in x.data.chunks(row).enumerate() {
+        let s = scale.data[scale_index(scale.data.len(), r)];
+        out.extend(values.iter().map(|&v| dtype.round(v / s)));
+    }
+    out
+}
+
+/// `(xq · wqᵀ)[r, n] · xs[r] · ws[n] (+ b[n])`: the dot product of the
+/// quantized values accumulates in f64, the scales apply after it.
+fn scaled_linear(args: &[&Tensor]) -> Vec<f32> {
+    let (xq, xs, wq, ws) = (args[0], args[1], args[2], args[3]);
+    let k = wq.shape.dims()[1];
+    let n = wq.shape.dims()[0];
+    let rows = xq.data.len() / k;
+    let mut out = Vec::with_capacity(rows * n);
+    for r in 0..rows {
+        let xr = &xq.data[r * k..(r + 1) * k];
+        let x_scale = xs.data[scale_index(xs.data.len(), r)] as f64;
+        for j in 0..n {
+            let w_scale = ws.data[scale_index(ws.data.len(), j)] as f64;
+            let mut acc = dot(xr, &wq.data[j * k..(j + 1) * k]) * x_scale * w_scale;
+            if let Some(b) = args.get(4) {
                 acc += b.data[j] as f64;
             }
             out.push(acc as f32);

@@ -46,6 +46,14 @@ pub enum DeriveError {
         /// Shape of the part that does not fit.
         other: Shape,
     },
+    /// `Reshape` to a shape with a different element count.
+    #[error("cannot reshape {from} to {to}: the element counts differ")]
+    ReshapeCount {
+        /// Shape of the source.
+        from: Shape,
+        /// Shape asked for.
+        to: Shape,
+    },
     /// The derived data does not fill the derived shape (a loader bug).
     #[error("derived data does not match the derived shape: {0}")]
     Inconsistent(String),

@@ -19,6 +19,7 @@ pub mod bfl;
 mod diffusers;
 mod error;
 mod safetensors_io;
+mod simplify;
 mod store;
 mod transform;
 
@@ -84,11 +85,29 @@ pub fn resolve_sources(
     format: CheckpointFormat,
     dims: BflDims,
 ) -> Result<BTreeMap<String, WeightSource>, CheckpointError> {
+    resolve_derived_sources(graph, &BTreeMap::new(), format, dims)
+}
+
+/// Like [`resolve_sources`] for a graph whose passes derived some weights
+/// from others: `derived` maps such a weight's name to its derivation over
+/// diffusers names (weights not in it are diffusers names themselves). The
+/// result is over the checkpoint's own tensor names, simplified (BFL's fused
+/// `qkv` sliced into q, k, v and stacked again is read as stored).
+pub fn resolve_derived_sources(
+    graph: &Graph,
+    derived: &BTreeMap<String, WeightSource>,
+    format: CheckpointFormat,
+    dims: BflDims,
+) -> Result<BTreeMap<String, WeightSource>, CheckpointError> {
     graph_weights(graph)
         .into_iter()
         .map(|(name, _)| {
-            let source = source_for(&name, format, dims)?;
-            Ok((name, source))
+            let over_diffusers = derived
+                .get(&name)
+                .cloned()
+                .unwrap_or_else(|| WeightSource::tensor(&name));
+            let source = compose(&over_diffusers, format, dims)?;
+            Ok((name, simplify::simplify(source)))
         })
         .collect()
 }
@@ -104,19 +123,79 @@ pub fn load_weights(
     path: &Path,
     dims: BflDims,
 ) -> Result<HashMap<String, Tensor>, CheckpointError> {
+    load_derived_weights(graph, &BTreeMap::new(), path, dims)
+}
+
+/// Like [`load_weights`] for a graph whose passes derived some weights from
+/// others (see [`resolve_derived_sources`]): each derived weight is computed
+/// from the stored tensors as its derivation says.
+pub fn load_derived_weights(
+    graph: &Graph,
+    derived: &BTreeMap<String, WeightSource>,
+    path: &Path,
+    dims: BflDims,
+) -> Result<HashMap<String, Tensor>, CheckpointError> {
     let ckpt = Checkpoint::open(path)?;
+    let sources = resolve_derived_sources(graph, derived, ckpt.format(), dims)?;
     let mut plan = Vec::new();
     for (name, shape) in graph_weights(graph) {
-        let source = source_for(&name, ckpt.format(), dims)?;
-        ckpt.check(&name, &source, &shape)?;
+        let source = &sources[&name];
+        ckpt.check(&name, source, &shape)?;
         plan.push((name, source));
     }
     plan.into_iter()
         .map(|(name, source)| {
-            let tensor = ckpt.load_checked(&name, &source)?;
+            let tensor = ckpt.load_checked(&name, source)?;
             Ok((name, tensor))
         })
         .collect()
+}
+
+/// `source` (over diffusers names) with every stored-tensor leaf replaced by
+/// its derivation in a checkpoint of `format`.
+fn compose(
+    source: &WeightSource,
+    format: CheckpointFormat,
+    dims: BflDims,
+) -> Result<WeightSource, CheckpointError> {
+    let inner = |of: &WeightSource| compose(of, format, dims).map(Box::new);
+    Ok(match source {
+        WeightSource::Tensor { name } => source_for(name, format, dims)?,
+        WeightSource::Rows { of, start, len } => WeightSource::Rows {
+            of: inner(of)?,
+            start: *start,
+            len: *len,
+        },
+        WeightSource::SwapHalves { of } => WeightSource::SwapHalves { of: inner(of)? },
+        WeightSource::Concat { parts } => WeightSource::Concat {
+            parts: parts
+                .iter()
+                .map(|p| compose(p, format, dims))
+                .collect::<Result<_, _>>()?,
+        },
+        WeightSource::Reshape { of, shape } => WeightSource::Reshape {
+            of: inner(of)?,
+            shape: shape.clone(),
+        },
+        WeightSource::Fp8Quantize {
+            of,
+            format: f,
+            per_row,
+        } => WeightSource::Fp8Quantize {
+            of: inner(of)?,
+            format: *f,
+            per_row: *per_row,
+        },
+        WeightSource::Fp8Scale {
+            of,
+            format: f,
+            per_row,
+        } => WeightSource::Fp8Scale {
+            of: inner(of)?,
+            format: *f,
+            per_row: *per_row,
+        },
+    })
 }
 
 /// Every tensor of one safetensors file, in f32, keyed by name (for inputs

@@ -8,9 +8,9 @@
 
 use std::ops::Range;
 
-use fluxc_artifact::WeightSource;
+use fluxc_artifact::{Fp8Format, WeightSource};
 use fluxc_ir::interp::Tensor;
-use fluxc_ir::Shape;
+use fluxc_ir::{DType, Shape};
 
 use super::safetensors_io::row_layout;
 use super::{CheckpointError, DeriveError};
@@ -56,6 +56,26 @@ pub(crate) fn derived_shape(
             Ok(shape)
         }
         WeightSource::Concat { parts } => concat_shape(weight, parts, store),
+        WeightSource::Reshape { of, shape } => {
+            let from = derived_shape(weight, of, store)?;
+            let count = |s: &[usize]| s.iter().fold(1usize, |a, &d| a.saturating_mul(d));
+            if count(&from) != count(shape) {
+                return Err(fail(DeriveError::ReshapeCount {
+                    from: Shape::new(from),
+                    to: Shape::new(shape.clone()),
+                }));
+            }
+            Ok(shape.clone())
+        }
+        WeightSource::Fp8Quantize { of, .. } => derived_shape(weight, of, store),
+        WeightSource::Fp8Scale { of, per_row, .. } => {
+            let mut shape = derived_shape(weight, of, store)?;
+            if !*per_row || shape.is_empty() {
+                return Ok(vec![1]);
+            }
+            *shape.last_mut().expect("not empty") = 1;
+            Ok(shape)
+        }
     }
 }
 
@@ -141,8 +161,79 @@ fn append_rows(
                 offset = offset.saturating_add(n);
             }
         }
+        // The rest need the whole source: reshaped rows need not align with
+        // the source's, and scales depend on every element.
+        WeightSource::Reshape { shape, of } => {
+            let row_elems = row_layout(shape).1;
+            let all = whole(weight, of, store)?;
+            out.extend_from_slice(&all[rows.start * row_elems..rows.end * row_elems]);
+        }
+        WeightSource::Fp8Quantize {
+            of,
+            format,
+            per_row,
+        } => {
+            let (shape, all) = (derived_shape(weight, of, store)?, whole(weight, of, store)?);
+            let scales = fp8_scales(&shape, &all, *format, *per_row);
+            let row_elems = row_layout(&shape).1;
+            let last = *shape.last().unwrap_or(&1);
+            let dtype = ir_dtype(*format);
+            for r in rows {
+                for (i, &v) in all[r * row_elems..(r + 1) * row_elems].iter().enumerate() {
+                    let scale = scales[if *per_row {
+                        (r * row_elems + i) / last
+                    } else {
+                        0
+                    }];
+                    out.push(dtype.round(v / scale));
+                }
+            }
+        }
+        WeightSource::Fp8Scale {
+            of,
+            format,
+            per_row,
+        } => {
+            let (shape, all) = (derived_shape(weight, of, store)?, whole(weight, of, store)?);
+            let scales = fp8_scales(&shape, &all, *format, *per_row);
+            let per_out_row = row_layout(&derived_shape(weight, source, store)?).1;
+            out.extend_from_slice(&scales[rows.start * per_out_row..rows.end * per_out_row]);
+        }
     }
     Ok(())
+}
+
+/// Every element of what `source` derives, row-major.
+fn whole(
+    weight: &str,
+    source: &WeightSource,
+    store: &impl RowSource,
+) -> Result<Vec<f32>, CheckpointError> {
+    let rows = leading_dim(weight, source, store)?;
+    let mut all = Vec::new();
+    append_rows(weight, source, 0..rows, store, &mut all)?;
+    Ok(all)
+}
+
+/// The IR dtype of an fp8 format (for its rounding and range).
+fn ir_dtype(format: Fp8Format) -> DType {
+    match format {
+        Fp8Format::E4m3 => DType::F8E4M3,
+        Fp8Format::E5m2 => DType::F8E5M2,
+    }
+}
+
+/// Quantization scales as the IR's `dynamic_scale` defines them:
+/// `max(amax, 1e-12) / max_finite`, per tensor or per row of the last axis.
+fn fp8_scales(shape: &[usize], all: &[f32], format: Fp8Format, per_row: bool) -> Vec<f32> {
+    let max = ir_dtype(format).max_finite().unwrap_or(1.0);
+    let scale = |values: &[f32]| values.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12) / max;
+    let last = (*shape.last().unwrap_or(&1)).max(1);
+    if per_row {
+        all.chunks(last).map(scale).collect()
+    } else {
+        vec![scale(all)]
+    }
 }
 
 /// `rows` moved up by `by`.
@@ -193,6 +284,23 @@ pub(crate) fn describe(source: &WeightSource) -> String {
             let parts: Vec<String> = parts.iter().map(describe).collect();
             format!("concat[{}]", parts.join(", "))
         }
+        WeightSource::Reshape { of, shape } => {
+            format!("{} reshaped to {}", describe(of), Shape::new(shape.clone()))
+        }
+        WeightSource::Fp8Quantize { of, per_row, .. } => {
+            format!("fp8 values{} of {}", per_row_text(*per_row), describe(of))
+        }
+        WeightSource::Fp8Scale { of, per_row, .. } => {
+            format!("fp8 scales{} of {}", per_row_text(*per_row), describe(of))
+        }
+    }
+}
+
+fn per_row_text(per_row: bool) -> &'static str {
+    if per_row {
+        " (per row)"
+    } else {
+        ""
     }
 }
 

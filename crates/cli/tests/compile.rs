@@ -1,0 +1,144 @@
+//! `fluxc compile`: `--dump-after` for every pass, the artifact it writes,
+//! and its errors.
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use fluxc_passes::pipeline::STEPS;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn fluxc() -> Command {
+    Command::cargo_bin("fluxc").unwrap()
+}
+
+fn tiny() -> PathBuf {
+    repo().join("models/tiny-schnell.toml")
+}
+
+#[test]
+fn dump_after_works_for_every_pass() {
+    for step in STEPS {
+        let out = fluxc()
+            .args(["compile", "--dump-after", step.name()])
+            .arg(tiny())
+            .assert()
+            .success();
+        let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+        assert!(
+            stdout.contains("output \"sample\" = %"),
+            "{}: {stdout}",
+            step.name()
+        );
+        let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+        assert!(stderr.contains(&format!("{}: ", step.name())), "{stderr}");
+    }
+}
+
+#[test]
+fn dumps_show_what_each_pass_did() {
+    let dump = |step: &str| {
+        let out = fluxc()
+            .args(["compile", "--dump-after", step])
+            .arg(tiny())
+            .assert()
+            .success();
+        String::from_utf8(out.get_output().stdout.clone()).unwrap()
+    };
+    assert!(!dump("cse").contains("{to_q,to_k,to_v}"));
+    assert!(dump("fuse_qkv").contains("concat[axis=0]"));
+    let hoisted = dump("hoist_weights");
+    assert!(
+        hoisted.contains("# weights derived at load time"),
+        "{hoisted}"
+    );
+    assert!(hoisted.contains(
+        "transformer_blocks.0.attn.{to_q,to_k,to_v}.weight = concat(transformer_blocks.0.attn.to_q.weight, "
+    ));
+    let fusion = dump("fusion");
+    assert!(fusion.contains(" gemm anchor="), "{fusion}");
+    assert!(fusion.contains("refused %"), "{fusion}");
+}
+
+#[test]
+fn unknown_pass_is_a_clear_error() {
+    let out = fluxc()
+        .args(["compile", "--dump-after", "fuse_everything"])
+        .arg(tiny())
+        .assert()
+        .failure()
+        .code(1);
+    let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert!(
+        stderr.contains("unknown pass `fuse_everything`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("dce, cse, simplify, conv1x1_as_mm, fuse_qkv, fp8, hoist_weights, fusion")
+    );
+}
+
+#[test]
+fn writes_an_artifact_and_replaces_only_artifacts() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("art");
+    fluxc()
+        .args(["compile", "-o"])
+        .arg(&out)
+        .arg(tiny())
+        .assert()
+        .success();
+    for file in ["graph.txt", "weights.json", "fusion.txt"] {
+        assert!(out.join(file).is_file(), "{file}");
+    }
+    let weights: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("weights.json")).unwrap()).unwrap();
+    assert_eq!(
+        weights["transformer_blocks.0.attn.{to_q,to_k,to_v}.bias"]["kind"],
+        "concat"
+    );
+    // Compiling again replaces the artifact.
+    fluxc()
+        .args(["compile", "-o"])
+        .arg(&out)
+        .arg(tiny())
+        .assert()
+        .success();
+    // A directory that is not an artifact is never overwritten.
+    let precious = dir.path().join("precious");
+    std::fs::create_dir(&precious).unwrap();
+    std::fs::write(precious.join("notes.txt"), "keep me").unwrap();
+    let failed = fluxc()
+        .args(["compile", "-o"])
+        .arg(&precious)
+        .arg(tiny())
+        .assert()
+        .failure();
+    let stderr = String::from_utf8(failed.get_output().stderr.clone()).unwrap();
+    assert!(stderr.contains("is not a fluxc artifact"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(precious.join("notes.txt")).unwrap(),
+        "keep me"
+    );
+    // Nothing half-written is left next to the outputs.
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn bad_fp8_glob_in_model_toml_names_the_field() {
+    let text = std::fs::read_to_string(tiny()).unwrap()
+        + "fp8 = \"dynamic-row\"\nfp8_include = [\"transformer_blocks.[0\"]\n";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = fluxc().arg("compile").arg(&path).assert().failure().code(1);
+    let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert!(stderr.contains("passes.fp8_include: bad glob"), "{stderr}");
+}

@@ -1,0 +1,83 @@
+//! Options of the pass pipeline (`[passes]` in model.toml maps onto these;
+//! the mapping lives in `fluxc-models`, this crate knows nothing of TOML).
+
+/// How linears are quantized to fp8.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Fp8Mode {
+    /// No quantization.
+    #[default]
+    Off,
+    /// One dynamic scale per activation tensor, one per weight tensor.
+    DynamicTensor,
+    /// One dynamic scale per activation row, one per weight output channel.
+    DynamicRow,
+}
+
+/// Which linears the fp8 pass quantizes, by the scope of the linear node
+/// (e.g. `transformer_blocks.3.attn.to_q`). Globs use `*` for any run of
+/// characters, dots included. A linear is selected when it matches an
+/// `include` glob and no `exclude` glob.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Fp8Policy {
+    /// Scopes to quantize.
+    pub include: Vec<String>,
+    /// Scopes never to quantize.
+    pub exclude: Vec<String>,
+}
+
+impl Default for Fp8Policy {
+    /// The large transformer-block linears: every linear inside a double or
+    /// single block except the adaLN modulation linears, which run on one
+    /// row (a GEMV is bandwidth-bound and fp8 activations would not pay).
+    fn default() -> Self {
+        Fp8Policy {
+            include: vec![
+                "transformer_blocks.*".into(),
+                "single_transformer_blocks.*".into(),
+            ],
+            exclude: vec![
+                "*.norm1.linear".into(),
+                "*.norm1_context.linear".into(),
+                "*.norm.linear".into(),
+            ],
+        }
+    }
+}
+
+/// Options of every pass. `Default` is "all on", epilogue fusion on, fp8 off.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PassOptions {
+    /// Remove duplicate computations.
+    pub cse: bool,
+    /// Algebraic and view simplifications (slice of concat, reshape chains, ...).
+    pub simplify: bool,
+    /// Rewrite 1×1 convolutions as matmuls over the channels-last view.
+    pub conv1x1_as_mm: bool,
+    /// Fuse linears that share an input (q/k/v, q/k/v/mlp) on an e-graph.
+    pub fuse_qkv: bool,
+    /// Linears whose input has fewer rows than this are not fused (GEMVs
+    /// such as the modulation linears gain nothing from it).
+    pub fuse_qkv_min_rows: usize,
+    /// Attach pointwise tails (bias, GELU, gate, residual add) to the GEMM
+    /// that produces their input.
+    pub epilogue_fusion: bool,
+    /// fp8 dynamic quantization of selected linears.
+    pub fp8: Fp8Mode,
+    /// Which linears fp8 applies to.
+    pub fp8_policy: Fp8Policy,
+}
+
+impl Default for PassOptions {
+    fn default() -> Self {
+        PassOptions {
+            cse: true,
+            simplify: true,
+            conv1x1_as_mm: true,
+            fuse_qkv: true,
+            fuse_qkv_min_rows: 16,
+            epilogue_fusion: true,
+            fp8: Fp8Mode::Off,
+            fp8_policy: Fp8Policy::default(),
+        }
+    }
+}
