@@ -3,6 +3,8 @@
 //! the integration tests (`tests/`) and benches (`benches/`).
 
 pub use fluxc_artifact as artifact;
+pub use fluxc_codegen as codegen;
 pub use fluxc_ir as ir;
 pub use fluxc_models as models;
 pub use fluxc_passes as passes;
+pub use fluxc_runtime as runtime;

@@ -1,6 +1,384 @@
-//! Code generation: fused groups of IR ops become CUDA C++ kernels rendered
-//! from templates, GEMMs and attention get their backends, and a static memory
-//! plan and schedule are written into the artifact.
+//! Code generation: the optimized graph and its fusion plan become an
+//! artifact — CUDA kernels, a static memory plan and an ordered schedule of
+//! typed steps — that the runtime replays as one CUDA graph.
 //!
-//! Nothing is generated yet: the crate is part of the workspace layout so the
-//! dependency structure is fixed from the start.
+//! The stages, each in its own module: `lower` turns fusion groups into
+//! steps (generated kernels via `kernels` and `emit`, cuBLASLt GEMMs, the
+//! `attention` kernel); `memory` places every activation in one arena by
+//! liveness; this module assigns buffers, names kernels, and assembles the
+//! schedule and manifest; `write` puts the artifact on disk.
+
+pub mod attention;
+mod emit;
+mod kernels;
+mod lower;
+pub mod memory;
+mod write;
+
+use std::collections::{BTreeMap, HashMap};
+
+use fluxc_artifact::{
+    content_hash, Arg, Attention, Binding, Buffer, CheckpointLayout, ElemType, Gemm, GemmEpilogue,
+    Launch, Manifest, Region, Schedule, Step, Tensor, WeightEntry, WeightSource, FORMAT_VERSION,
+};
+use fluxc_ir::{print_graph, DType, Graph, NodeId, Op};
+use fluxc_passes::pipeline::Optimized;
+
+use lower::{storage_of, PendingStep};
+pub use write::{check_output_dir, write_artifact, WriteError};
+
+/// The architecture kernels are compiled for.
+pub const ARCH: &str = "sm_90a";
+
+/// cuBLASLt workspace (NVIDIA recommends 32 MiB on Hopper).
+pub const GEMM_WORKSPACE_BYTES: u64 = 32 << 20;
+
+/// Why code generation failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CodegenError {
+    /// The graph uses something codegen cannot emit yet.
+    #[error("not supported by codegen yet: {0}")]
+    Unsupported(String),
+    /// A size does not fit the kernels' index types.
+    #[error("too large for generated kernels: {0}")]
+    TooLarge(String),
+    /// The graph or plan is inconsistent (a compiler bug).
+    #[error("internal codegen error: {0}")]
+    Invalid(String),
+    /// The graph could not be walked.
+    #[error(transparent)]
+    Ir(#[from] fluxc_ir::IrError),
+}
+
+/// What the caller provides beyond the optimized graph.
+#[derive(Clone, Debug)]
+pub struct CodegenOptions {
+    /// `[model] name`.
+    pub model_name: String,
+    /// Checkpoint layouts, each with the derivation of every graph weight
+    /// from that layout's stored tensors; layouts that miss a weight are left
+    /// out of the manifest.
+    pub layouts: Vec<(CheckpointLayout, BTreeMap<String, WeightSource>)>,
+    /// Let buffers with disjoint lifetimes share arena bytes (off keeps every
+    /// intermediate inspectable, for tests).
+    pub reuse_memory: bool,
+}
+
+/// A generated artifact, in memory.
+#[derive(Clone, Debug)]
+pub struct Generated {
+    /// `manifest.json`.
+    pub manifest: Manifest,
+    /// `schedule.json`.
+    pub schedule: Schedule,
+    /// `kernels.cu`.
+    pub kernels_cu: String,
+    /// `graph.txt`.
+    pub graph_txt: String,
+    /// `fusion.txt`.
+    pub fusion_txt: String,
+    /// Which node each buffer holds (for tests that compare buffers with the
+    /// interpreter).
+    pub buffer_nodes: Vec<NodeId>,
+}
+
+/// Generates the artifact for `optimized`.
+pub fn generate(optimized: &Optimized, opts: &CodegenOptions) -> Result<Generated, CodegenError> {
+    let graph = &optimized.graph;
+    let pending = lower::lower(graph, &optimized.fusion)?;
+    let (unique_kernels, kernel_names) = lower::name_kernels(graph, &pending);
+    let values = lower::materialized(graph, &pending);
+
+    // Buffers: weights in their region, the rest in the arena by liveness.
+    let number = value_numbers(graph)?;
+    let mut buffer_of: HashMap<NodeId, u32> = HashMap::new();
+    let mut buffers = Vec::new();
+    let mut lifetimes = Vec::new();
+    let mut arena_ids = Vec::new();
+    let mut weight_bytes = 0u64;
+    let last_step = pending.len();
+    let mut first_use: HashMap<NodeId, usize> = HashMap::new();
+    let mut last_use: HashMap<NodeId, usize> = HashMap::new();
+    for (s, step) in pending.iter().enumerate() {
+        for id in step.reads().into_iter().chain(step.writes()) {
+            first_use.entry(id).or_insert(s);
+            last_use.insert(id, s);
+        }
+    }
+    let outputs: Vec<NodeId> = graph
+        .outputs()
+        .iter()
+        .map(|(_, o)| storage_of(graph, *o))
+        .collect();
+    for &id in &values {
+        let ty = graph.ty(id);
+        let dtype = elem_type(ty.dtype)?;
+        let bytes = ty.shape.numel() as u64 * dtype.size_bytes();
+        let node = graph.node(id);
+        let region = if node.op.is_weight() {
+            Region::Weights
+        } else {
+            Region::Arena
+        };
+        let id_u32 = buffers.len() as u32;
+        let offset = if region == Region::Weights {
+            let offset = weight_bytes;
+            weight_bytes += memory::align(bytes);
+            offset
+        } else {
+            let is_input = matches!(node.op, Op::Input { .. });
+            let first = if is_input {
+                0
+            } else {
+                first_use.get(&id).copied().unwrap_or(0)
+            };
+            let last = if outputs.contains(&id) {
+                last_step
+            } else {
+                last_use.get(&id).copied().unwrap_or(first)
+            };
+            arena_ids.push(buffers.len());
+            lifetimes.push(memory::Lifetime { bytes, first, last });
+            0
+        };
+        buffers.push(Buffer {
+            id: id_u32,
+            name: describe(graph, id, &number),
+            dtype,
+            shape: ty.shape.dims().iter().map(|&d| d as u64).collect(),
+            region,
+            offset,
+            bytes,
+        });
+        buffer_of.insert(id, id_u32);
+    }
+    let (offsets, arena_bytes) = memory::plan(&lifetimes, opts.reuse_memory);
+    for (k, &b) in arena_ids.iter().enumerate() {
+        buffers[b].offset = offsets[k];
+    }
+
+    let tensor = |id: NodeId| Tensor::of(buffer_of[&id]);
+    let mut steps = Vec::with_capacity(pending.len());
+    let mut attention_sources: BTreeMap<String, String> = BTreeMap::new();
+    for (s, step) in pending.iter().enumerate() {
+        steps.push(match step {
+            PendingStep::Kernel(k) => Step::Launch(Launch {
+                kernel: kernel_names[&s].clone(),
+                grid: k.grid,
+                block: k.block,
+                shared_bytes: 0,
+                args: k.params.iter().map(|p| Arg::Ptr(tensor(p.node))).collect(),
+            }),
+            PendingStep::Gemm {
+                node,
+                x,
+                w,
+                bias,
+                out,
+                gelu,
+                rows,
+                k,
+                n,
+                dtype,
+            } => Step::Gemm(Gemm {
+                name: describe(graph, *node, &number),
+                dtype: elem_type(*dtype)?,
+                trans_a: true,
+                trans_b: false,
+                m: *n,
+                n: *rows,
+                k: *k,
+                a: tensor(*w),
+                lda: *k,
+                b: tensor(*x),
+                ldb: *k,
+                d: tensor(*out),
+                ldd: *n,
+                bias: bias.map(tensor),
+                epilogue: match (bias, gelu) {
+                    (Some(_), true) => GemmEpilogue::GeluBias,
+                    (Some(_), false) => GemmEpilogue::Bias,
+                    (None, _) => GemmEpilogue::Default,
+                },
+                algo: None,
+            }),
+            PendingStep::Attention {
+                node,
+                q,
+                k,
+                v,
+                kernel,
+                grid,
+                dims,
+                scale,
+            } => {
+                attention_sources.insert(kernel.name.clone(), kernel.source.clone());
+                Step::Attention(Attention {
+                    kernel: kernel.name.clone(),
+                    grid: *grid,
+                    block: [kernel.threads, 1, 1],
+                    shared_bytes: kernel.shared_bytes,
+                    q: tensor(*q),
+                    k: tensor(*k),
+                    v: tensor(*v),
+                    out: tensor(*node),
+                    batch: dims[0],
+                    heads: dims[1],
+                    seq_q: dims[2],
+                    seq_kv: dims[3],
+                    head_dim: dims[4],
+                    scale: *scale,
+                })
+            }
+        });
+    }
+
+    let binding = |name: &str, id: NodeId| Binding {
+        name: name.to_string(),
+        buffer: buffer_of[&id],
+    };
+    let inputs = graph
+        .inputs()
+        .into_iter()
+        .filter(|id| buffer_of.contains_key(id) && !graph.node(*id).op.is_weight())
+        .map(|id| match &graph.node(id).op {
+            Op::Input { name, .. } => binding(name, id),
+            _ => unreachable!("inputs are Input nodes"),
+        })
+        .collect();
+    let outputs = graph
+        .outputs()
+        .iter()
+        .map(|(name, id)| binding(name, storage_of(graph, *id)))
+        .collect();
+    let schedule = Schedule {
+        arena_bytes,
+        weight_bytes,
+        gemm_workspace_bytes: GEMM_WORKSPACE_BYTES,
+        buffers,
+        inputs,
+        outputs,
+        steps,
+    };
+    schedule
+        .validate()
+        .map_err(|e| CodegenError::Invalid(e.to_string()))?;
+
+    let kernels_cu = kernels_source(&attention_sources, &unique_kernels);
+    let schedule_json = schedule_json(&schedule)?;
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        compiler: format!("fluxc {}", env!("CARGO_PKG_VERSION")),
+        model_name: opts.model_name.clone(),
+        content_hash: content_hash(schedule_json.as_bytes(), kernels_cu.as_bytes()),
+        arch: ARCH.to_string(),
+        layouts: Vec::new(),
+        weights: Vec::new(),
+    };
+    let manifest = with_weights(manifest, graph, &schedule, &buffer_of, &opts.layouts);
+    Ok(Generated {
+        manifest,
+        schedule,
+        kernels_cu,
+        graph_txt: print_graph(graph)?,
+        fusion_txt: optimized.fusion.dump(graph)?,
+        buffer_nodes: values,
+    })
+}
+
+/// `schedule.json` as written (pretty, with a trailing newline).
+pub fn schedule_json(schedule: &Schedule) -> Result<String, CodegenError> {
+    serde_json::to_string_pretty(schedule)
+        .map(|s| s + "\n")
+        .map_err(|e| CodegenError::Invalid(format!("cannot serialize the schedule: {e}")))
+}
+
+/// The weight table of the manifest: every weight buffer with its source in
+/// each layout that has all of them.
+fn with_weights(
+    mut manifest: Manifest,
+    graph: &Graph,
+    schedule: &Schedule,
+    buffer_of: &HashMap<NodeId, u32>,
+    layouts: &[(CheckpointLayout, BTreeMap<String, WeightSource>)],
+) -> Manifest {
+    let weights: Vec<(String, u32)> = graph
+        .inputs()
+        .into_iter()
+        .filter_map(|id| match &graph.node(id).op {
+            Op::Input { name, .. } if graph.node(id).op.is_weight() => {
+                buffer_of.get(&id).map(|&b| (name.clone(), b))
+            }
+            _ => None,
+        })
+        .collect();
+    let usable: Vec<&(CheckpointLayout, BTreeMap<String, WeightSource>)> = layouts
+        .iter()
+        .filter(|(_, sources)| weights.iter().all(|(name, _)| sources.contains_key(name)))
+        .collect();
+    manifest.layouts = usable.iter().map(|(layout, _)| layout.clone()).collect();
+    manifest.weights = weights
+        .into_iter()
+        .map(|(name, buffer)| WeightEntry {
+            sources: usable
+                .iter()
+                .map(|(layout, sources)| (layout.name.clone(), sources[&name].clone()))
+                .collect(),
+            name,
+            buffer,
+        })
+        .collect();
+    debug_assert!(manifest
+        .weights
+        .iter()
+        .all(|w| (w.buffer as usize) < schedule.buffers.len()));
+    manifest
+}
+
+/// `kernels.cu`: the prelude, the attention kernels, then every generated
+/// kernel in order of first use.
+fn kernels_source(attention: &BTreeMap<String, String>, generated: &[String]) -> String {
+    let mut cu = String::from(include_str!("../kernels/prelude.cuh"));
+    for source in attention.values() {
+        cu.push('\n');
+        cu.push_str(source);
+    }
+    for source in generated {
+        cu.push('\n');
+        cu.push_str(source);
+    }
+    cu
+}
+
+/// The storage type of a dtype in the artifact.
+pub fn elem_type(dtype: DType) -> Result<ElemType, CodegenError> {
+    Ok(match dtype {
+        DType::F32 => ElemType::F32,
+        DType::BF16 => ElemType::Bf16,
+        DType::F16 => ElemType::F16,
+        DType::F8E4M3 => ElemType::F8e4m3,
+        DType::F8E5M2 => ElemType::F8e5m2,
+        DType::I32 => ElemType::I32,
+        DType::I64 => ElemType::I64,
+    })
+}
+
+/// `%n` numbers as `graph.txt` prints them.
+fn value_numbers(graph: &Graph) -> Result<HashMap<NodeId, usize>, CodegenError> {
+    Ok(graph
+        .topo_order()?
+        .into_iter()
+        .enumerate()
+        .map(|(i, id)| (id, i))
+        .collect())
+}
+
+/// `%12 layer_norm @transformer_blocks.0.norm1`, or the input's name.
+fn describe(graph: &Graph, id: NodeId, number: &HashMap<NodeId, usize>) -> String {
+    let node = graph.node(id);
+    match &node.op {
+        Op::Input { name, .. } => name.clone(),
+        op if node.scope.is_empty() => format!("%{} {}", number[&id], op.kind_name()),
+        op => format!("%{} {} @{}", number[&id], op.kind_name(), node.scope),
+    }
+}

@@ -1,41 +1,50 @@
-//! `fluxc compile model.toml`: build the graph, run the pass pipeline, and
-//! write what it produced.
+//! `fluxc compile model.toml`: build the graph, run the pass pipeline,
+//! generate kernels and the schedule, and write the artifact.
 //!
 //! `--dump-after <pass>` prints the IR right after that pass (any name of
-//! `fluxc_passes::pipeline::STEPS`). `-o DIR` writes the compiled model:
-//! so far the optimized graph (`graph.txt`), the load-time derivation of
-//! every weight (`weights.json`) and the kernel grouping (`fusion.txt`);
-//! kernels and the schedule come with codegen. The directory is written
-//! next to its final place and renamed into it, so a failed compile never
-//! leaves a half-written artifact.
+//! `fluxc_passes::pipeline::STEPS`). `-o DIR` writes the artifact
+//! (`manifest.json`, `schedule.json`, `kernels.cu`, `graph.txt`,
+//! `fusion.txt`); without it the compile still runs to the end, so errors
+//! show without writing anything. No GPU is needed.
 
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::path::Path;
 
+use fluxc_artifact::{CheckpointLayout, Step as ScheduleStep, WeightSource};
+use fluxc_codegen::{check_output_dir, generate, write_artifact, CodegenOptions, Generated};
+use fluxc_models::checkpoint::{resolve_derived_sources, BflDims, CheckpointFormat, BFL_PREFIX};
 use fluxc_models::{flux, ModelConfig};
 use fluxc_passes::pipeline::{optimize, optimize_with_dump, Optimized, Step};
 
-/// Marker file of an artifact directory; only directories holding it are
-/// ever replaced.
-const MARKER: &str = "graph.txt";
+/// What `fluxc compile` was asked to do.
+pub struct CompileArgs<'a> {
+    /// The model.toml.
+    pub model: &'a Path,
+    /// Where to write the artifact.
+    pub out: Option<&'a Path>,
+    /// Pass to dump the IR after.
+    pub dump_after: Option<&'a str>,
+    /// Give every buffer its own bytes (debugging: intermediates stay readable).
+    pub no_memory_reuse: bool,
+}
 
 /// Runs the compile.
-pub fn run(
-    model: &Path,
-    out: Option<&Path>,
-    dump_after: Option<&str>,
-) -> Result<(), Box<dyn std::error::Error>> {
-    if let Some(name) = dump_after {
+pub fn run(args: &CompileArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if let Some(name) = args.dump_after {
         Step::from_name(name)?; // fail before the long work
     }
-    if let Some(out) = out {
+    if let Some(out) = args.out {
         check_output_dir(out)?;
     }
-    let cfg = ModelConfig::load(model)?;
-    let graph = flux::build_transformer(&cfg)
-        .map_err(|e| format!("building the graph of `{}` failed: {e}", model.display()))?;
+    let cfg = ModelConfig::load(args.model)?;
+    let graph = flux::build_transformer(&cfg).map_err(|e| {
+        format!(
+            "building the graph of `{}` failed: {e}",
+            args.model.display()
+        )
+    })?;
     let options = cfg.passes.options();
-    let (optimized, dump) = match dump_after {
+    let (optimized, dump) = match args.dump_after {
         Some(name) => {
             let (optimized, dump) = optimize_with_dump(graph, &options, name)?;
             (optimized, Some(dump))
@@ -48,78 +57,62 @@ pub fn run(
     if let Some(dump) = dump {
         print!("{dump}");
     }
-    if let Some(out) = out {
-        write_artifact(out, &optimized)?;
+    let generated = generate(
+        &optimized,
+        &CodegenOptions {
+            model_name: cfg.model.name.clone(),
+            layouts: layouts(&optimized, &cfg),
+            reuse_memory: !args.no_memory_reuse,
+        },
+    )?;
+    eprintln!("  codegen: {}", summary(&generated));
+    if let Some(out) = args.out {
+        write_artifact(out, &generated)?;
         eprintln!("wrote {}", out.display());
     }
     Ok(())
 }
 
-/// Refuses to overwrite a directory that is not a fluxc artifact.
-fn check_output_dir(out: &Path) -> Result<(), String> {
-    if !out.exists() {
-        return Ok(());
-    }
-    let is_artifact = out.is_dir() && out.join(MARKER).is_file();
-    let is_empty_dir = out.is_dir()
-        && fs::read_dir(out)
-            .map(|mut d| d.next().is_none())
-            .unwrap_or(false);
-    if is_artifact || is_empty_dir {
-        Ok(())
-    } else {
-        Err(format!(
-            "output `{}` exists and is not a fluxc artifact; choose another path or remove it",
-            out.display()
-        ))
-    }
+/// Each checkpoint layout's derivation of every weight (a layout the model
+/// cannot be loaded from is left out).
+fn layouts(
+    optimized: &Optimized,
+    cfg: &ModelConfig,
+) -> Vec<(CheckpointLayout, BTreeMap<String, WeightSource>)> {
+    let dims = BflDims::of(cfg);
+    [
+        (CheckpointFormat::Diffusers, "diffusers", vec![]),
+        (CheckpointFormat::Bfl, "bfl", vec![BFL_PREFIX.to_string()]),
+    ]
+    .into_iter()
+    .filter_map(|(format, name, strip_prefixes)| {
+        let sources =
+            resolve_derived_sources(&optimized.graph, &optimized.weights, format, dims).ok()?;
+        let layout = CheckpointLayout {
+            name: name.to_string(),
+            strip_prefixes,
+        };
+        Some((layout, sources))
+    })
+    .collect()
 }
 
-/// Writes the artifact into a sibling temporary directory, then swaps it in.
-fn write_artifact(out: &Path, optimized: &Optimized) -> Result<(), Box<dyn std::error::Error>> {
-    let staging = sibling(out, "staging");
-    if staging.exists() {
-        fs::remove_dir_all(&staging)?;
-    }
-    let result = (|| -> Result<(), Box<dyn std::error::Error>> {
-        fs::create_dir_all(&staging)?;
-        fs::write(
-            staging.join(MARKER),
-            fluxc_ir::print_graph(&optimized.graph)?,
-        )?;
-        fs::write(
-            staging.join("weights.json"),
-            serde_json::to_string_pretty(&optimized.weights)? + "\n",
-        )?;
-        fs::write(
-            staging.join("fusion.txt"),
-            optimized.fusion.dump(&optimized.graph)?,
-        )?;
-        if out.exists() {
-            let old = sibling(out, "old");
-            fs::rename(out, &old)?;
-            fs::rename(&staging, out)?;
-            fs::remove_dir_all(&old)?;
-        } else {
-            fs::rename(&staging, out)?;
-        }
-        Ok(())
-    })();
-    if result.is_err() && staging.exists() {
-        let _ = fs::remove_dir_all(&staging);
-    }
-    result.map_err(|e| format!("cannot write artifact `{}`: {e}", out.display()).into())
-}
-
-/// `dir/.name.tag-PID` next to `path`.
-fn sibling(path: &Path, tag: &str) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "artifact".into());
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    parent.join(format!(".{name}.{tag}-{}", std::process::id()))
+/// `312 GEMMs, 57 attention, 23 kernels (614 launches), arena 1.9 GB, weights 23.8 GB`.
+pub fn summary(generated: &Generated) -> String {
+    let s = &generated.schedule;
+    let count = |f: fn(&ScheduleStep) -> bool| s.steps.iter().filter(|step| f(step)).count();
+    let gemms = count(|st| matches!(st, ScheduleStep::Gemm(_)));
+    let attention = count(|st| matches!(st, ScheduleStep::Attention(_)));
+    let launches = count(|st| matches!(st, ScheduleStep::Launch(_)));
+    let kernels = generated
+        .kernels_cu
+        .matches("extern \"C\" __global__")
+        .count();
+    format!(
+        "{} steps: {gemms} GEMMs, {attention} attention, {launches} launches of {kernels} kernels; \
+         arena {:.3} GB, weights {:.3} GB",
+        s.steps.len(),
+        s.arena_bytes as f64 / 1e9,
+        s.weight_bytes as f64 / 1e9
+    )
 }

@@ -6,6 +6,7 @@
 
 mod check;
 mod compile;
+mod run;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,17 +29,49 @@ enum Command {
         /// Path to the model.toml.
         model: PathBuf,
     },
-    /// Compile a model.toml: build the graph and run the pass pipeline.
+    /// Compile a model.toml into an artifact: graph, passes, kernels and
+    /// schedule (no GPU needed).
     Compile {
         /// Path to the model.toml.
         model: PathBuf,
-        /// Directory to write the compiled model to.
+        /// Directory to write the artifact to.
         #[arg(short, long)]
         out: Option<PathBuf>,
         /// Print the IR after this pass (dce, cse, simplify, conv1x1_as_mm,
         /// fuse_qkv, fp8, hoist_weights, fusion).
         #[arg(long, value_name = "PASS")]
         dump_after: Option<String>,
+        /// Give every buffer its own memory (keeps intermediates readable).
+        #[arg(long)]
+        no_memory_reuse: bool,
+    },
+    /// Run a compiled artifact on the GPU with real weights: one forward,
+    /// outputs written, and optionally timed CUDA graph replays.
+    Run {
+        /// The artifact directory (written by `fluxc compile -o`).
+        artifact: PathBuf,
+        /// The checkpoint: a diffusers directory or a .safetensors file.
+        #[arg(long, value_name = "CHECKPOINT")]
+        weights: PathBuf,
+        /// Safetensors file with every input, named as the schedule names
+        /// them (default: a deterministic pattern).
+        #[arg(long, value_name = "FILE")]
+        inputs: Option<PathBuf>,
+        /// Write the outputs as f32 safetensors here.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Time this many graph replays.
+        #[arg(long, default_value_t = 0)]
+        replays: usize,
+        /// Untimed replays before the timed ones.
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// Launch the steps one by one (no CUDA graph), waiting after each.
+        #[arg(long)]
+        eager: bool,
+        /// Write the timing as JSON here.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
     },
 }
 
@@ -50,7 +83,32 @@ fn main() -> ExitCode {
             model,
             out,
             dump_after,
-        } => compile::run(&model, out.as_deref(), dump_after.as_deref()),
+            no_memory_reuse,
+        } => compile::run(&compile::CompileArgs {
+            model: &model,
+            out: out.as_deref(),
+            dump_after: dump_after.as_deref(),
+            no_memory_reuse,
+        }),
+        Command::Run {
+            artifact,
+            weights,
+            inputs,
+            output,
+            replays,
+            warmup,
+            eager,
+            json,
+        } => run::run(&run::RunArgs {
+            artifact: &artifact,
+            weights: &weights,
+            inputs: inputs.as_deref(),
+            output: output.as_deref(),
+            replays,
+            warmup,
+            eager,
+            json: json.as_deref(),
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

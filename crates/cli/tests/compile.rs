@@ -90,15 +90,26 @@ fn writes_an_artifact_and_replaces_only_artifacts() {
         .arg(tiny())
         .assert()
         .success();
-    for file in ["graph.txt", "weights.json", "fusion.txt"] {
+    for file in [
+        "manifest.json",
+        "schedule.json",
+        "kernels.cu",
+        "graph.txt",
+        "fusion.txt",
+    ] {
         assert!(out.join(file).is_file(), "{file}");
     }
-    let weights: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("weights.json")).unwrap()).unwrap();
-    assert_eq!(
-        weights["transformer_blocks.0.attn.{to_q,to_k,to_v}.bias"]["kind"],
-        "concat"
-    );
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let fused = manifest["weights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "transformer_blocks.0.attn.{to_q,to_k,to_v}.bias")
+        .expect("the fused q/k/v bias is a weight");
+    assert_eq!(fused["sources"]["diffusers"]["kind"], "concat");
+    // In a BFL file the fused bias is stored as one tensor: read as stored.
+    assert_eq!(fused["sources"]["bfl"]["kind"], "rows");
     // Compiling again replaces the artifact.
     fluxc()
         .args(["compile", "-o"])

@@ -1,6 +1,51 @@
 //! The runtime apps link: loads a compiled artifact and real checkpoint
 //! weights, and runs the schedule as one CUDA graph. It depends only on
-//! `fluxc-artifact`, never on the compiler.
+//! `fluxc-artifact` and `fluxc-checkpoint`, never on the compiler.
 //!
-//! Empty so far: the crate is part of the workspace layout so the dependency
-//! structure is fixed from the start.
+//! ```no_run
+//! use std::path::Path;
+//! use fluxc_runtime::{Engine, LoadOptions};
+//!
+//! # fn main() -> Result<(), fluxc_runtime::RuntimeError> {
+//! let mut engine = Engine::load(
+//!     Path::new("out/flux-schnell"),
+//!     Path::new("/models/FLUX.1-schnell"),
+//!     &LoadOptions::default(),
+//! )?;
+//! for input in engine.inputs().to_vec() {
+//!     let n = engine.input_buffer(&input.name)?.elements() as usize;
+//!     engine.set_input(&input.name, &vec![0.5; n])?;
+//! }
+//! engine.run()?;
+//! let out = engine.output("sample")?;
+//! let timing = engine.time_replays(3, 20)?;
+//! println!("{} values, {:.2} ms per forward", out.len(), timing.median_ms());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Modules: `artifact` ([`Artifact`]: reading and validating the artifact
+//! directory), [`weights`] (checkpoint layout selection and weight
+//! streaming), [`convert`] (f32 ↔ buffer dtypes), [`compile`] (NVRTC and the
+//! CUBIN cache), [`cuda`] (library checks and RAII driver handles), `blas`
+//! (cuBLASLt), `plan` (device addresses, kernel parameters, extent checks),
+//! `engine` ([`Engine`]), `timing` ([`Timing`]), `options` ([`LoadOptions`]),
+//! `error` ([`RuntimeError`]).
+
+mod artifact;
+mod blas;
+pub mod compile;
+pub mod convert;
+pub mod cuda;
+mod engine;
+mod error;
+mod options;
+mod plan;
+mod timing;
+pub mod weights;
+
+pub use artifact::Artifact;
+pub use engine::Engine;
+pub use error::RuntimeError;
+pub use options::{LoadOptions, DEFAULT_INCLUDE_DIRS, INCLUDE_ENV};
+pub use timing::{Stats, Timing};

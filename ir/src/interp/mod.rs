@@ -105,6 +105,29 @@ pub fn run(
     graph: &Graph,
     inputs: &HashMap<String, Tensor>,
 ) -> Result<BTreeMap<String, Tensor>, InterpError> {
+    let values = evaluate(graph, inputs, &[])?;
+    Ok(graph
+        .outputs()
+        .iter()
+        .map(|(name, id)| (name.clone(), values[id].clone()))
+        .collect())
+}
+
+/// Runs `graph` like [`run`] and returns the values of the outputs and of
+/// every node in `keep` (for comparing intermediates with a GPU run).
+pub fn run_keeping(
+    graph: &Graph,
+    inputs: &HashMap<String, Tensor>,
+    keep: &[NodeId],
+) -> Result<HashMap<NodeId, Tensor>, InterpError> {
+    evaluate(graph, inputs, keep)
+}
+
+fn evaluate(
+    graph: &Graph,
+    inputs: &HashMap<String, Tensor>,
+    keep: &[NodeId],
+) -> Result<HashMap<NodeId, Tensor>, InterpError> {
     let live = graph.live_nodes();
     let order: Vec<NodeId> = graph
         .topo_order()?
@@ -117,8 +140,8 @@ pub fn run(
             *remaining_uses.entry(o).or_default() += 1;
         }
     }
-    for (_, id) in graph.outputs() {
-        // Outputs are never freed.
+    for id in graph.outputs().iter().map(|(_, id)| id).chain(keep) {
+        // Outputs and kept values are never freed.
         *remaining_uses.entry(*id).or_default() += 1;
     }
 
@@ -156,9 +179,5 @@ pub fn run(
         };
         values.insert(id, value);
     }
-    Ok(graph
-        .outputs()
-        .iter()
-        .map(|(name, id)| (name.clone(), values[id].clone()))
-        .collect())
+    Ok(values)
 }

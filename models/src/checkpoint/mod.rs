@@ -11,17 +11,15 @@
 //! weight (present, convertible dtype, shape after derivation) before reading
 //! any data, and returns them all in f32 for the CPU interpreter.
 //!
-//! Modules: [`bfl`] (the name map), `diffusers` (directory layouts, shard
-//! index), `safetensors_io` (mapping files, dtype conversion), `transform`
-//! (applying derivations), `store` ([`Checkpoint`]), `error`.
+//! Everything that does not know FLUX (safetensors files, diffusers
+//! directory layouts and shard indexes, applying derivations, the error
+//! types) lives in the `fluxc-checkpoint` crate, which the runtime shares;
+//! this module adds the model knowledge. Modules: [`bfl`] (the name map),
+//! `store` ([`Checkpoint`], layout detection on top of
+//! [`fluxc_checkpoint::Checkpoint`]).
 
 pub mod bfl;
-mod diffusers;
-mod error;
-mod safetensors_io;
-mod simplify;
 mod store;
-mod transform;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -31,7 +29,7 @@ use fluxc_ir::interp::Tensor;
 use fluxc_ir::{Graph, InputKind, Op, Shape};
 
 pub use bfl::{bfl_source, BFL_PREFIX};
-pub use error::{CheckpointError, DeriveError};
+pub use fluxc_checkpoint::{CheckpointError, DeriveError};
 pub use store::Checkpoint;
 
 /// The naming layout of a checkpoint.
@@ -107,7 +105,7 @@ pub fn resolve_derived_sources(
                 .cloned()
                 .unwrap_or_else(|| WeightSource::tensor(&name));
             let source = compose(&over_diffusers, format, dims)?;
-            Ok((name, simplify::simplify(source)))
+            Ok((name, fluxc_checkpoint::simplify(source)))
         })
         .collect()
 }
@@ -201,23 +199,10 @@ fn compose(
 /// Every tensor of one safetensors file, in f32, keyed by name (for inputs
 /// and reference outputs; weights go through [`load_weights`]).
 pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, Tensor>, CheckpointError> {
-    let file = safetensors_io::SafetensorsFile::open(path)?;
-    file.names()
+    Ok(fluxc_checkpoint::read_safetensors(path)?
         .into_iter()
-        .map(|name| {
-            let shape = file
-                .info(&name)
-                .map(|i| i.shape.clone())
-                .unwrap_or_default();
-            let rows = safetensors_io::row_layout(&shape).0;
-            let data = file.read_rows(&name, 0..rows)?;
-            let tensor = Tensor {
-                shape: Shape::from(shape),
-                data,
-            };
-            Ok((name, tensor))
-        })
-        .collect()
+        .map(|(name, t)| (name, store::to_tensor(t)))
+        .collect())
 }
 
 /// The derivation of diffusers weight `name` in a checkpoint of `format`.
@@ -232,6 +217,7 @@ fn source_for(
             bfl_source(name, dims.hidden_size, dims.mlp_hidden).ok_or_else(|| {
                 CheckpointError::UnmappedWeight {
                     weight: name.to_string(),
+                    layout: "original BFL FLUX".to_string(),
                 }
             })
         }

@@ -10,7 +10,7 @@
 use fluxc_artifact::WeightSource;
 
 /// `source` with consecutive row slices of one source merged.
-pub(crate) fn simplify(source: WeightSource) -> WeightSource {
+pub fn simplify(source: WeightSource) -> WeightSource {
     match source {
         WeightSource::Concat { parts } => {
             let mut merged: Vec<WeightSource> = Vec::new();

@@ -7,7 +7,7 @@
 //! `diffusion_pytorch_model.safetensors`. A FluxPipeline repository root holds
 //! the transformer in a `transformer/` subfolder, which is searched when the
 //! directory itself holds neither. A path to a single `.safetensors` file is
-//! taken as is (BFL or diffusers layout is decided from its tensor names),
+//! taken as is (what its names follow is for the caller to decide),
 //! and a path to an `.index.json` file as that sharded checkpoint.
 
 use std::collections::BTreeMap;
@@ -15,18 +15,18 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::CheckpointError;
+use crate::CheckpointError;
 
 /// The shard index of a sharded diffusers checkpoint.
-pub(crate) const INDEX_FILE: &str = "diffusion_pytorch_model.safetensors.index.json";
+pub const INDEX_FILE: &str = "diffusion_pytorch_model.safetensors.index.json";
 /// The single weights file of an unsharded diffusers checkpoint.
-pub(crate) const SINGLE_FILE: &str = "diffusion_pytorch_model.safetensors";
+pub const SINGLE_FILE: &str = "diffusion_pytorch_model.safetensors";
 /// The pipeline subfolder holding the transformer.
-const TRANSFORMER_DIR: &str = "transformer";
+pub const TRANSFORMER_DIR: &str = "transformer";
 
 /// Which files make up a checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Layout {
+pub enum Layout {
     /// A sharded diffusers checkpoint, described by this index file.
     Sharded(PathBuf),
     /// One safetensors file (diffusers or BFL names).
@@ -34,7 +34,7 @@ pub(crate) enum Layout {
 }
 
 /// The layout of the checkpoint at `path` (a directory or a file).
-pub(crate) fn find_layout(path: &Path) -> Result<Layout, CheckpointError> {
+pub fn find_layout(path: &Path) -> Result<Layout, CheckpointError> {
     let meta = std::fs::metadata(path).map_err(|source| match source.kind() {
         std::io::ErrorKind::NotFound => CheckpointError::NotFound {
             path: path.to_path_buf(),

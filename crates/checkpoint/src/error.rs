@@ -1,13 +1,42 @@
-//! The error type of checkpoint loading.
+//! The error types of checkpoint reading.
 //!
 //! Every variant names what the user has to look at: the file or directory,
-//! the graph weight (by its diffusers name) and the checkpoint tensor(s) it is
-//! derived from. Derivation problems (a row range past the end of a fused
-//! tensor, odd halves) are [`DeriveError`]s wrapped with the weight's name.
+//! the weight being derived (by the caller's name for it) and the checkpoint
+//! tensor(s) it is derived from. Derivation problems (a row range past the
+//! end of a fused tensor, odd halves) are [`DeriveError`]s wrapped with the
+//! weight's name.
 
+use std::fmt;
 use std::path::PathBuf;
 
-use fluxc_ir::Shape;
+/// A shape written as `[8,4]` (the IR's notation), for messages.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct ShapeText(pub Vec<usize>);
+
+impl fmt::Display for ShapeText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[")?;
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{d}")?;
+        }
+        f.write_str("]")
+    }
+}
+
+impl From<Vec<usize>> for ShapeText {
+    fn from(v: Vec<usize>) -> Self {
+        ShapeText(v)
+    }
+}
+
+impl From<&[usize]> for ShapeText {
+    fn from(v: &[usize]) -> Self {
+        ShapeText(v.to_vec())
+    }
+}
 
 /// Why a [`fluxc_artifact::WeightSource`] could not be applied to the stored
 /// tensors it reads.
@@ -42,24 +71,24 @@ pub enum DeriveError {
     #[error("cannot concatenate sources of shapes {first} and {other} along dim 0")]
     ConcatMismatch {
         /// Shape of the first part.
-        first: Shape,
+        first: ShapeText,
         /// Shape of the part that does not fit.
-        other: Shape,
+        other: ShapeText,
     },
     /// `Reshape` to a shape with a different element count.
     #[error("cannot reshape {from} to {to}: the element counts differ")]
     ReshapeCount {
         /// Shape of the source.
-        from: Shape,
+        from: ShapeText,
         /// Shape asked for.
-        to: Shape,
+        to: ShapeText,
     },
     /// The derived data does not fill the derived shape (a loader bug).
     #[error("derived data does not match the derived shape: {0}")]
     Inconsistent(String),
 }
 
-/// Why checkpoint weights could not be loaded.
+/// Why checkpoint tensors could not be read or derived.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     /// The checkpoint path does not exist.
@@ -76,9 +105,9 @@ pub enum CheckpointError {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// A directory holds no transformer checkpoint.
+    /// A directory holds no checkpoint in a known layout.
     #[error(
-        "`{}` holds no FLUX transformer checkpoint: expected \
+        "`{}` holds no checkpoint: expected \
          diffusion_pytorch_model.safetensors.index.json, \
          diffusion_pytorch_model.safetensors, or a transformer/ subfolder with one of them",
         dir.display()
@@ -125,45 +154,46 @@ pub enum CheckpointError {
         /// The shard the index names.
         shard: PathBuf,
     },
-    /// A graph weight has no counterpart in the BFL checkpoint layout.
-    #[error(
-        "graph weight `{weight}` has no counterpart in the original BFL FLUX checkpoint layout"
-    )]
+    /// A weight has no counterpart in a checkpoint layout (raised by name
+    /// maps built on this crate).
+    #[error("graph weight `{weight}` has no counterpart in the {layout} checkpoint layout")]
     UnmappedWeight {
-        /// The weight's diffusers name.
+        /// The weight's name.
         weight: String,
+        /// The layout, in words (`original BFL FLUX`).
+        layout: String,
     },
-    /// A checkpoint tensor a graph weight needs is not in the checkpoint.
+    /// A checkpoint tensor a weight needs is not in the checkpoint.
     #[error(
         "graph weight `{weight}` needs checkpoint tensor {}, not found in `{}`",
         quote_list(missing),
         location.display()
     )]
     MissingTensor {
-        /// The weight's diffusers name.
+        /// The weight's name.
         weight: String,
         /// The checkpoint tensors it needs that are absent.
         missing: Vec<String>,
         /// The checkpoint file or directory.
         location: PathBuf,
     },
-    /// A weight derived from the checkpoint has another shape than the graph's.
+    /// A weight derived from the checkpoint has another shape than expected.
     #[error(
         "graph weight `{weight}` expects shape {expected}, but the checkpoint gives {found} (from {derivation})"
     )]
     ShapeMismatch {
-        /// The weight's diffusers name.
+        /// The weight's name.
         weight: String,
-        /// Shape the graph declares.
-        expected: Shape,
+        /// Shape the caller expects.
+        expected: ShapeText,
         /// Shape derived from the checkpoint.
-        found: Shape,
+        found: ShapeText,
         /// The derivation, described with its checkpoint tensor names.
         derivation: String,
     },
     /// A stored tensor's dtype cannot be converted to f32.
     #[error(
-        "tensor `{tensor}` in `{}` is stored as {dtype}; only F32, BF16 and F16 tensors can be loaded",
+        "tensor `{tensor}` in `{}` is stored as {dtype}; only {supported} tensors can be loaded",
         path.display()
     )]
     UnsupportedDtype {
@@ -173,11 +203,13 @@ pub enum CheckpointError {
         dtype: String,
         /// The file holding it.
         path: PathBuf,
+        /// The dtypes that can be read here, in words (`F32, BF16 and F16`).
+        supported: &'static str,
     },
     /// The weight's derivation does not apply to the stored tensors.
     #[error("cannot derive graph weight `{weight}` from the checkpoint ({derivation}): {source}")]
     Derive {
-        /// The weight's diffusers name.
+        /// The weight's name.
         weight: String,
         /// The derivation step that failed, described with its checkpoint
         /// tensor names.
@@ -188,10 +220,22 @@ pub enum CheckpointError {
 }
 
 /// `` `a`, `b` `` for a list of names.
-fn quote_list(names: &[String]) -> String {
+pub(crate) fn quote_list(names: &[String]) -> String {
     names
         .iter()
         .map(|n| format!("`{n}`"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_print_like_the_ir() {
+        assert_eq!(ShapeText(vec![8, 4]).to_string(), "[8,4]");
+        assert_eq!(ShapeText(vec![]).to_string(), "[]");
+        assert_eq!(ShapeText(vec![3]).to_string(), "[3]");
+    }
 }

@@ -9,11 +9,11 @@
 use std::ops::Range;
 
 use fluxc_artifact::{Fp8Format, WeightSource};
-use fluxc_ir::interp::Tensor;
-use fluxc_ir::{DType, Shape};
 
-use super::safetensors_io::row_layout;
-use super::{CheckpointError, DeriveError};
+use crate::error::ShapeText;
+use crate::fp8;
+use crate::safetensors_io::row_layout;
+use crate::{CheckpointError, DeriveError, HostTensor};
 
 /// Stored tensors by (logical) name: what derivations read.
 pub(crate) trait RowSource {
@@ -61,8 +61,8 @@ pub(crate) fn derived_shape(
             let count = |s: &[usize]| s.iter().fold(1usize, |a, &d| a.saturating_mul(d));
             if count(&from) != count(shape) {
                 return Err(fail(DeriveError::ReshapeCount {
-                    from: Shape::new(from),
-                    to: Shape::new(shape.clone()),
+                    from: ShapeText(from),
+                    to: ShapeText(shape.clone()),
                 }));
             }
             Ok(shape.clone())
@@ -99,8 +99,8 @@ fn concat_shape(
                 weight,
                 &concat(parts),
                 DeriveError::ConcatMismatch {
-                    first: Shape::new(shape),
-                    other: Shape::new(other),
+                    first: ShapeText(shape),
+                    other: ShapeText(other),
                 },
             ));
         }
@@ -114,13 +114,13 @@ pub(crate) fn materialize(
     weight: &str,
     source: &WeightSource,
     store: &impl RowSource,
-) -> Result<Tensor, CheckpointError> {
+) -> Result<HostTensor, CheckpointError> {
     let shape = derived_shape(weight, source, store)?;
     let (rows, row_elems) = row_layout(&shape);
     let mut data = Vec::with_capacity(rows.saturating_mul(row_elems));
     append_rows(weight, source, 0..rows, store, &mut data)?;
-    Tensor::new(shape, data)
-        .map_err(|e| derive_error(weight, source, DeriveError::Inconsistent(e.to_string())))
+    HostTensor::new(shape, data)
+        .map_err(|e| derive_error(weight, source, DeriveError::Inconsistent(e)))
 }
 
 /// Appends rows `rows` of what `source` derives to `out`. The derivation has
@@ -177,7 +177,6 @@ fn append_rows(
             let scales = fp8_scales(&shape, &all, *format, *per_row);
             let row_elems = row_layout(&shape).1;
             let last = *shape.last().unwrap_or(&1);
-            let dtype = ir_dtype(*format);
             for r in rows {
                 for (i, &v) in all[r * row_elems..(r + 1) * row_elems].iter().enumerate() {
                     let scale = scales[if *per_row {
@@ -185,7 +184,7 @@ fn append_rows(
                     } else {
                         0
                     }];
-                    out.push(dtype.round(v / scale));
+                    out.push(fp8::round(*format, v / scale));
                 }
             }
         }
@@ -215,18 +214,10 @@ fn whole(
     Ok(all)
 }
 
-/// The IR dtype of an fp8 format (for its rounding and range).
-fn ir_dtype(format: Fp8Format) -> DType {
-    match format {
-        Fp8Format::E4m3 => DType::F8E4M3,
-        Fp8Format::E5m2 => DType::F8E5M2,
-    }
-}
-
 /// Quantization scales as the IR's `dynamic_scale` defines them:
 /// `max(amax, 1e-12) / max_finite`, per tensor or per row of the last axis.
 fn fp8_scales(shape: &[usize], all: &[f32], format: Fp8Format, per_row: bool) -> Vec<f32> {
-    let max = ir_dtype(format).max_finite().unwrap_or(1.0);
+    let max = fp8::max_finite(format);
     let scale = |values: &[f32]| values.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12) / max;
     let last = (*shape.last().unwrap_or(&1)).max(1);
     if per_row {
@@ -269,7 +260,7 @@ fn concat(parts: &[WeightSource]) -> WeightSource {
 
 /// A human-readable form of a derivation for error messages, e.g.
 /// `rows 0..8 of double_blocks.0.img_attn.qkv.weight`.
-pub(crate) fn describe(source: &WeightSource) -> String {
+pub fn describe(source: &WeightSource) -> String {
     match source {
         WeightSource::Tensor { name } => format!("`{name}`"),
         WeightSource::Rows { of, start, len } => {
@@ -285,7 +276,7 @@ pub(crate) fn describe(source: &WeightSource) -> String {
             format!("concat[{}]", parts.join(", "))
         }
         WeightSource::Reshape { of, shape } => {
-            format!("{} reshaped to {}", describe(of), Shape::new(shape.clone()))
+            format!("{} reshaped to {}", describe(of), ShapeText(shape.clone()))
         }
         WeightSource::Fp8Quantize { of, per_row, .. } => {
             format!("fp8 values{} of {}", per_row_text(*per_row), describe(of))
@@ -344,7 +335,7 @@ mod tests {
         WeightSource::tensor(name)
     }
 
-    fn run(src: &WeightSource, store: &Mem) -> Result<Tensor, CheckpointError> {
+    fn run(src: &WeightSource, store: &Mem) -> Result<HostTensor, CheckpointError> {
         materialize("w", src, store)
     }
 
@@ -352,10 +343,10 @@ mod tests {
     fn tensor_is_read_whole() {
         let m = Mem::new(&[("a", vec![2, 3]), ("s", vec![])]);
         let out = run(&t("a"), &m).unwrap();
-        assert_eq!(out.shape, Shape::new([2, 3]));
+        assert_eq!(out.shape, vec![2, 3]);
         assert_eq!(out.data, vec![0., 1., 2., 3., 4., 5.]);
         let scalar = run(&t("s"), &m).unwrap();
-        assert_eq!(scalar.shape, Shape::new(vec![]));
+        assert_eq!(scalar.shape, Vec::<usize>::new());
         assert_eq!(scalar.data, vec![0.]);
     }
 
@@ -363,7 +354,7 @@ mod tests {
     fn rows_slice_dim_zero() {
         let m = Mem::new(&[("a", vec![4, 2])]);
         let out = run(&t("a").rows(1, 2), &m).unwrap();
-        assert_eq!(out.shape, Shape::new([2, 2]));
+        assert_eq!(out.shape, vec![2, 2]);
         assert_eq!(out.data, vec![2., 3., 4., 5.]);
         let nested = run(&t("a").rows(1, 3).rows(1, 1), &m).unwrap();
         assert_eq!(nested.data, vec![4., 5.]);
@@ -387,7 +378,7 @@ mod tests {
             parts: vec![t("b"), t("a")],
         };
         let out = run(&cat, &m).unwrap();
-        assert_eq!(out.shape, Shape::new([3, 2]));
+        assert_eq!(out.shape, vec![3, 2]);
         assert_eq!(out.data, vec![0., 1., 0., 1., 2., 3.]);
         let mid = run(&cat.clone().rows(1, 2), &m).unwrap();
         assert_eq!(mid.data, vec![0., 1., 2., 3.]);
@@ -444,6 +435,80 @@ mod tests {
             }),
             DeriveError::NoRows
         );
+    }
+
+    #[test]
+    fn reshape_keeps_the_elements() {
+        let m = Mem::new(&[("a", vec![2, 3])]);
+        let src = WeightSource::Reshape {
+            of: Box::new(t("a")),
+            shape: vec![3, 2],
+        };
+        let out = run(&src, &m).unwrap();
+        assert_eq!(out.shape, vec![3, 2]);
+        assert_eq!(out.data, vec![0., 1., 2., 3., 4., 5.]);
+        assert_eq!(run(&src.rows(1, 1), &m).unwrap().data, vec![2., 3.]);
+        let bad = WeightSource::Reshape {
+            of: Box::new(t("a")),
+            shape: vec![4],
+        };
+        assert!(matches!(
+            run(&bad, &m),
+            Err(CheckpointError::Derive {
+                source: DeriveError::ReshapeCount { .. },
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn fp8_values_and_scales() {
+        // Rows [0, 1, 2, 3] and [4, 5, 6, 7].
+        let m = Mem::new(&[("a", vec![2, 4])]);
+        let scale = |per_row| WeightSource::Fp8Scale {
+            of: Box::new(t("a")),
+            format: Fp8Format::E4m3,
+            per_row,
+        };
+        let quant = |per_row| WeightSource::Fp8Quantize {
+            of: Box::new(t("a")),
+            format: Fp8Format::E4m3,
+            per_row,
+        };
+        let per_tensor = run(&scale(false), &m).unwrap();
+        assert_eq!(per_tensor.shape, vec![1]);
+        assert_eq!(per_tensor.data, vec![7.0 / 448.0]);
+        let per_row = run(&scale(true), &m).unwrap();
+        assert_eq!(per_row.shape, vec![2, 1]);
+        assert_eq!(per_row.data, vec![3.0 / 448.0, 7.0 / 448.0]);
+
+        let q = run(&quant(true), &m).unwrap();
+        assert_eq!(q.shape, vec![2, 4]);
+        // Each row's largest element maps to 448.
+        assert_eq!(q.data[3], 448.0);
+        assert_eq!(q.data[7], 448.0);
+        for (i, &v) in q.data.iter().enumerate() {
+            let s = per_row.data[i / 4];
+            assert_eq!(v, fp8::round(Fp8Format::E4m3, i as f32 / s), "element {i}");
+        }
+        let q = run(&quant(false), &m).unwrap();
+        assert_eq!(q.data[7], 448.0);
+        assert_eq!(q.data[1], fp8::round(Fp8Format::E4m3, 448.0 / 7.0));
+        // All-zero sources get the floor scale, not a division by zero.
+        let z = Mem(HashMap::from([(
+            "z".to_string(),
+            (vec![2], vec![0.0, 0.0]),
+        )]));
+        let s = run(
+            &WeightSource::Fp8Scale {
+                of: Box::new(t("z")),
+                format: Fp8Format::E5m2,
+                per_row: false,
+            },
+            &z,
+        )
+        .unwrap();
+        assert_eq!(s.data, vec![1e-12 / 57344.0]);
     }
 
     #[test]

@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Random-weight FLUX.1 transformer checkpoint, inputs and reference outputs.
+
+Writes, under --out:
+    checkpoint/            diffusers' save_pretrained (bf16, the real sharded format)
+    io.safetensors         the forward's inputs (f32)
+    ref_fp32.safetensors   `sample` of the same weights run in fp32 (TF32 off)
+    diffusers_bf16.safetensors  `sample` of diffusers' eager bf16 forward
+    diffusers.json         diffusers' eager bf16 time per forward (median/min/max ms)
+
+Weights come from diffusers' own initialisation (seeded), so the model is
+the real architecture with untrained weights. Needs torch, a GPU and
+diffusers==0.42.1.
+
+    python3 benches/peers/make_reference.py --variant schnell --out /tmp/flux
+"""
+
+import argparse
+import json
+import pathlib
+import statistics
+import time
+
+import torch
+from diffusers import FluxTransformer2DModel
+from safetensors.torch import save_file
+
+
+def config(variant):
+    return dict(
+        patch_size=1,
+        in_channels=64,
+        num_layers=19,
+        num_single_layers=38,
+        attention_head_dim=128,
+        num_attention_heads=24,
+        joint_attention_dim=4096,
+        pooled_projection_dim=768,
+        guidance_embeds=variant == "dev",
+        axes_dims_rope=(16, 56, 56),
+    )
+
+
+def inputs(variant, height, width, text_tokens, gen):
+    rows, cols = height // 16, width // 16
+    img_ids = torch.zeros(rows, cols, 3)
+    img_ids[..., 1] += torch.arange(rows)[:, None]
+    img_ids[..., 2] += torch.arange(cols)[None, :]
+    x = {
+        "hidden_states": torch.randn(1, rows * cols, 64, generator=gen),
+        "encoder_hidden_states": torch.randn(1, text_tokens, 4096, generator=gen),
+        "pooled_projections": torch.randn(1, 768, generator=gen),
+        "timestep": torch.tensor([0.75]),
+        "img_ids": img_ids.reshape(rows * cols, 3),
+        "txt_ids": torch.zeros(text_tokens, 3),
+    }
+    if variant == "dev":
+        x["guidance"] = torch.tensor([3.5])
+    return x
+
+
+def forward(model, x, dtype):
+    args = {k: v.to("cuda", dtype if k not in ("img_ids", "txt_ids") else torch.float32) for k, v in x.items()}
+    with torch.no_grad():
+        return model(**args, return_dict=False)[0]
+
+
+def time_forward(model, x, dtype, warmup, repeats):
+    for _ in range(warmup):
+        forward(model, x, dtype)
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        forward(model, x, dtype)
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times), "repeats": repeats}
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--variant", choices=["schnell", "dev"], default="schnell")
+    p.add_argument("--height", type=int, default=1024)
+    p.add_argument("--width", type=int, default=1024)
+    p.add_argument("--text-tokens", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--out", type=pathlib.Path, required=True)
+    a = p.parse_args()
+    a.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(1)
+
+    t0 = time.time()
+    with torch.device("cuda"):
+        model = FluxTransformer2DModel(**config(a.variant))
+    model = model.to(torch.bfloat16).eval()
+    print(f"model built in {time.time() - t0:.1f}s", flush=True)
+    t0 = time.time()
+    model.save_pretrained(a.out / "checkpoint", max_shard_size="5GB")
+    print(f"checkpoint saved in {time.time() - t0:.1f}s", flush=True)
+
+    x = inputs(a.variant, a.height, a.width, a.text_tokens, gen)
+    save_file({k: v.contiguous() for k, v in x.items()}, a.out / "io.safetensors")
+
+    timing = time_forward(model, x, torch.bfloat16, warmup=3, repeats=a.repeats)
+    sample = forward(model, x, torch.bfloat16)
+    save_file({"sample": sample.float().cpu().contiguous()}, a.out / "diffusers_bf16.safetensors")
+    print(f"diffusers eager bf16: {timing}", flush=True)
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    model = model.float()
+    reference = forward(model, x, torch.float32)
+    save_file({"sample": reference.cpu().contiguous()}, a.out / "ref_fp32.safetensors")
+    versions = {"torch": torch.__version__, "diffusers": __import__("diffusers").__version__,
+                "gpu": torch.cuda.get_device_name()}
+    (a.out / "diffusers.json").write_text(json.dumps({"eager_bf16": timing, "versions": versions}, indent=2))
+    print("reference written", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+// fluxc kernel prelude: included once at the top of every generated
+// kernels.cu. Loads and stores convert between storage types and f32, in
+// which all arithmetic happens; math helpers follow the IR interpreter's
+// definitions (ir/src/interp/kernels.rs).
+// Helpers unused by a given artifact are fine.
+#pragma nv_diag_suppress 177
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+
+#define FX_DEVICE static __device__ __forceinline__
+
+FX_DEVICE float fx_load(const float* p, long long i) { return p[i]; }
+FX_DEVICE float fx_load(const __nv_bfloat16* p, long long i) { return __bfloat162float(p[i]); }
+FX_DEVICE float fx_load(const __half* p, long long i) { return __half2float(p[i]); }
+
+FX_DEVICE void fx_store(float* p, long long i, float v) { p[i] = v; }
+FX_DEVICE void fx_store(__nv_bfloat16* p, long long i, float v) { p[i] = __float2bfloat16_rn(v); }
+FX_DEVICE void fx_store(__half* p, long long i, float v) { p[i] = __float2half_rn(v); }
+
+// Rounding to a storage type and back (the IR's `cast`).
+FX_DEVICE float fx_round_bf16(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
+FX_DEVICE float fx_round_f16(float v) { return __half2float(__float2half_rn(v)); }
+
+FX_DEVICE float fx_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+FX_DEVICE float fx_silu(float x) { return x * fx_sigmoid(x); }
+FX_DEVICE float fx_gelu_tanh(float x) {
+    const float k = 0.7978845608028654f;  // sqrt(2 / pi)
+    return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
+}
+
+// Sum over the `width` consecutive lanes of a warp that share a row
+// (width is a power of two, at most 32).
+FX_DEVICE float fx_group_sum(float v, int width) {
+    for (int offset = width / 2; offset > 0; offset /= 2) {
+        v += __shfl_xor_sync(0xffffffffu, v, offset, width);
+    }
+    return v;
+}
+
+// Sum over the `threads` threads of a block that share one row, when a row
+// spans several warps (threads is a multiple of 32, rows never share a
+// warp). `scratch` holds one float per warp of the block.
+FX_DEVICE float fx_row_sum(float v, int threads, float* scratch) {
+    v = fx_group_sum(v, 32);
+    const int warp = threadIdx.x / 32;
+    const int warps_per_row = threads / 32;
+    const int first = (warp / warps_per_row) * warps_per_row;
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) scratch[warp] = v;
+    __syncthreads();
+    float total = 0.0f;
+    for (int w = 0; w < warps_per_row; ++w) total += scratch[first + w];
+    return total;
+}
+
+// Maximum over the `width` consecutive lanes of a warp that share a row.
+FX_DEVICE float fx_group_max(float v, int width) {
+    for (int offset = width / 2; offset > 0; offset /= 2) {
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset, width));
+    }
+    return v;
+}
+
+// Maximum over the threads of a block that share one row (see fx_row_sum).
+FX_DEVICE float fx_row_max(float v, int threads, float* scratch) {
+    v = fx_group_max(v, 32);
+    const int warp = threadIdx.x / 32;
+    const int warps_per_row = threads / 32;
+    const int first = (warp / warps_per_row) * warps_per_row;
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) scratch[warp] = v;
+    __syncthreads();
+    float m = scratch[first];
+    for (int w = 1; w < warps_per_row; ++w) m = fmaxf(m, scratch[first + w]);
+    return m;
+}

@@ -1,0 +1,534 @@
+//! Per-element code emission: the value of any pointwise-computable IR node
+//! at a symbolic index, as CUDA C statements.
+//!
+//! A kernel body is built by asking for the value of each output at the
+//! thread's index. Every op knows which element(s) of its operands it
+//! needs — a broadcast drops or zeroes dimensions, a slice shifts one, a
+//! reshape re-linearizes, a concat branches on the axis, `apply_rope` reads
+//! the pair partner and the table — so values are pulled recursively down to
+//! the kernel's parameters (materialized buffers), which are loaded. Values
+//! are memoized per (node, index) within a scope, so a node read twice at
+//! the same index is computed once. SSA names are short and deterministic
+//! (`v12`, `t3`), so the emitted text is stable for snapshots.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
+
+use fluxc_ir::{BinaryOp, DType, Graph, NodeId, Op, UnaryOp};
+
+use crate::CodegenError;
+
+/// A multi-dimensional index: one C expression per dimension.
+pub type Index = Vec<String>;
+
+/// A kernel parameter: a materialized tensor the kernel reads or writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Param {
+    /// The node whose buffer it is.
+    pub node: NodeId,
+    /// Whether the kernel writes it.
+    pub written: bool,
+}
+
+/// What is known inside one C block: computed values, and the index
+/// variables already split from (or joined into) a linear index, so the same
+/// element reached by two paths has the same index text and is computed once.
+#[derive(Default)]
+struct Scope {
+    values: HashMap<(NodeId, String), String>,
+    bound: HashMap<String, String>,
+    split: HashMap<(String, Vec<usize>), Index>,
+    joined: HashMap<(String, Vec<usize>), String>,
+}
+
+/// Builds one kernel body.
+pub struct Emitter<'g> {
+    graph: &'g Graph,
+    /// Nodes computed in the kernel (everything else is loaded).
+    computed: std::collections::HashSet<NodeId>,
+    /// Parameters in order of first use.
+    params: Vec<Param>,
+    param_index: HashMap<NodeId, usize>,
+    lines: Vec<String>,
+    indent: usize,
+    next_var: usize,
+    scopes: Vec<Scope>,
+    /// Values supplied by the surrounding template (a reduction's result at
+    /// the current element), by node and index.
+    provided: BTreeMap<(NodeId, String), String>,
+}
+
+impl<'g> Emitter<'g> {
+    /// An emitter computing `computed` and loading everything else.
+    pub fn new(
+        graph: &'g Graph,
+        computed: impl IntoIterator<Item = NodeId>,
+        indent: usize,
+    ) -> Self {
+        Emitter {
+            graph,
+            computed: computed.into_iter().collect(),
+            params: Vec::new(),
+            param_index: HashMap::new(),
+            lines: Vec::new(),
+            indent,
+            next_var: 0,
+            scopes: vec![Scope::default()],
+            provided: BTreeMap::new(),
+        }
+    }
+
+    /// The parameters used so far.
+    pub fn params(&self) -> &[Param] {
+        &self.params
+    }
+
+    /// The statements emitted so far.
+    pub fn take_lines(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.lines)
+    }
+
+    /// Emits a raw statement at the current indentation.
+    pub fn line(&mut self, text: impl AsRef<str>) {
+        self.lines
+            .push(format!("{}{}", "    ".repeat(self.indent), text.as_ref()));
+    }
+
+    /// Opens a C block (`if (...) {`); statements go one level deeper, and
+    /// values computed inside are forgotten when it closes.
+    pub fn open(&mut self, header: impl AsRef<str>) {
+        self.line(format!("{} {{", header.as_ref()));
+        self.indent += 1;
+        self.scopes.push(Scope::default());
+    }
+
+    /// Closes the innermost block.
+    pub fn close(&mut self) {
+        self.scopes.pop();
+        self.indent -= 1;
+        self.line("}");
+    }
+
+    /// A fresh variable name with `prefix`.
+    pub fn fresh(&mut self, prefix: &str) -> String {
+        let name = format!("{prefix}{}", self.next_var);
+        self.next_var += 1;
+        name
+    }
+
+    /// Binds an integer index expression to a variable unless it is
+    /// trivial; the same expression in a scope binds to the same variable.
+    pub fn bind_index(&mut self, expr: String) -> String {
+        if is_simple(&expr) {
+            return expr;
+        }
+        if let Some(v) = self.scopes.iter().rev().find_map(|s| s.bound.get(&expr)) {
+            return v.clone();
+        }
+        let name = self.fresh("t");
+        self.line(format!("const int {name} = {expr};"));
+        self.scope().bound.insert(expr, name.clone());
+        name
+    }
+
+    /// Makes `value` the value of `node` at `index` (used for a reduction's
+    /// per-element result in row kernels).
+    pub fn provide(&mut self, node: NodeId, index: &Index, value: String) {
+        self.provided.insert((node, index.join(",")), value);
+    }
+
+    /// The parameter slot of `node`'s buffer, registering it on first use.
+    pub fn param(&mut self, node: NodeId, written: bool) -> usize {
+        if let Some(&i) = self.param_index.get(&node) {
+            self.params[i].written |= written;
+            return i;
+        }
+        self.params.push(Param { node, written });
+        self.param_index.insert(node, self.params.len() - 1);
+        self.params.len() - 1
+    }
+
+    /// Stores `value` into `node`'s buffer at linear index `linear`.
+    pub fn store(&mut self, node: NodeId, linear: &str, value: &str) {
+        let p = self.param(node, true);
+        self.line(format!("fx_store(p{p}, {linear}, {value});"));
+    }
+
+    /// The f32 value of `id` at `index` (an index over `id`'s shape), as a
+    /// variable name or literal.
+    pub fn value(&mut self, id: NodeId, index: &Index) -> Result<String, CodegenError> {
+        let key = (id, index.join(","));
+        if let Some(v) = self.provided.get(&key) {
+            return Ok(v.clone());
+        }
+        if let Some(v) = self.scopes.iter().rev().find_map(|s| s.values.get(&key)) {
+            return Ok(v.clone());
+        }
+        let node = self.graph.node(id);
+        let value = if let Op::Reshape(_) = node.op {
+            // A view: same elements, re-linearized.
+            let operand = self.graph.operands(id)[0];
+            let linear = self.linear(index, node.ty.shape.dims());
+            let inner = self.delinearize(&linear, self.graph.ty(operand).shape.dims().to_vec());
+            return self.value(operand, &inner);
+        } else if !self.computed.contains(&id) {
+            let p = self.param(id, false);
+            let linear = self.linear(index, node.ty.shape.dims());
+            let v = self.fresh("v");
+            self.line(format!("const float {v} = fx_load(p{p}, {linear});"));
+            v
+        } else {
+            self.compute(id, index)?
+        };
+        self.scope().values.insert(key, value.clone());
+        Ok(value)
+    }
+
+    fn scope(&mut self) -> &mut Scope {
+        self.scopes.last_mut().expect("a scope is always open")
+    }
+
+    /// The linear index of `index` over `dims`, bound to a variable (the
+    /// variable it was split from, when it was).
+    pub fn linear(&mut self, index: &Index, dims: &[usize]) -> String {
+        let key = (index.join(","), dims.to_vec());
+        if let Some(l) = self.scopes.iter().rev().find_map(|s| s.joined.get(&key)) {
+            return l.clone();
+        }
+        let linear = self.bind_index(linearize(index, dims));
+        self.scope().joined.insert(key, linear.clone());
+        linear
+    }
+
+    /// Splits a linear index into an index over `shape` (the same variables
+    /// every time within a scope).
+    pub fn delinearize(&mut self, linear: &str, shape: Vec<usize>) -> Index {
+        let key = (linear.to_string(), shape.clone());
+        if let Some(i) = self.scopes.iter().rev().find_map(|s| s.split.get(&key)) {
+            return i.clone();
+        }
+        let mut index = Vec::with_capacity(shape.len());
+        let mut stride: usize = shape.iter().product();
+        for (k, &d) in shape.iter().enumerate() {
+            stride /= d.max(1);
+            let expr = if d == 1 {
+                "0".to_string()
+            } else if k == 0 && stride == 1 {
+                linear.to_string()
+            } else if k == 0 {
+                format!("{linear} / {stride}")
+            } else if stride == 1 {
+                format!("{linear} % {d}")
+            } else {
+                format!("{linear} / {stride} % {d}")
+            };
+            index.push(self.bind_index(expr));
+        }
+        let scope = self.scope();
+        scope.split.insert(key, index.clone());
+        scope
+            .joined
+            .insert((index.join(","), shape), linear.to_string());
+        index
+    }
+
+    fn compute(&mut self, id: NodeId, index: &Index) -> Result<String, CodegenError> {
+        let node = self.graph.node(id).clone();
+        let operands = self.graph.operands(id);
+        let out_dims = node.ty.shape.dims().to_vec();
+        let expr = match &node.op {
+            Op::Unary(u) => {
+                let a = self.value(operands[0], index)?;
+                unary(*u, &a)
+            }
+            Op::Binary(b) => {
+                let ia = self.broadcast(index, &out_dims, operands[0]);
+                let a = self.value(operands[0], &ia)?;
+                let ib = self.broadcast(index, &out_dims, operands[1]);
+                let bv = self.value(operands[1], &ib)?;
+                binary(*b, &a, &bv)
+            }
+            Op::BinaryScalar { op, scalar } => {
+                let a = self.value(operands[0], index)?;
+                binary(*op, &a, &float_literal(scalar.get()))
+            }
+            Op::Cast(dtype) => {
+                let a = self.value(operands[0], index)?;
+                match dtype {
+                    DType::F32 => a,
+                    DType::BF16 => format!("fx_round_bf16({a})"),
+                    DType::F16 => format!("fx_round_f16({a})"),
+                    other => return Err(unsupported(&node.op, &format!("cast to {other}"))),
+                }
+            }
+            Op::Slice { axis, start, .. } => {
+                let mut inner = index.clone();
+                inner[*axis] = self.bind_index(format!("{} + {start}", index[*axis]));
+                return self.value(operands[0], &inner);
+            }
+            Op::Permute(perm) => {
+                let mut inner = vec![String::new(); perm.len()];
+                for (i, &p) in perm.iter().enumerate() {
+                    inner[p] = index[i].clone();
+                }
+                return self.value(operands[0], &inner);
+            }
+            Op::UpsampleNearest { scale } => {
+                let mut inner = index.clone();
+                for axis in [1, 2] {
+                    inner[axis] = self.bind_index(format!("{} / {scale}", index[axis]));
+                }
+                return self.value(operands[0], &inner);
+            }
+            Op::Concat { axis } => return self.concat(&operands, *axis, index),
+            Op::ApplyRope => return self.apply_rope(operands[0], operands[1], index),
+            Op::RopeTable { axes_dim, theta } => {
+                return self.rope_table(operands[0], axes_dim, theta.get(), index)
+            }
+            Op::TimestepEmbedding(p) => {
+                let half = p.dim / 2;
+                let t = self.value(operands[0], &vec![index[0].clone()])?;
+                let j = &index[1];
+                let k = self.bind_index(format!("({j} < {half} ? {j} : {j} - {half})"));
+                let first_is_cos = p.flip_sin_to_cos;
+                let v = self.fresh("v");
+                self.line(format!(
+                    "const float {v}_f = expf({} * (float){k} / {});",
+                    float_literal(-(p.max_period.get() as f64).ln() as f32),
+                    float_literal(half as f32 - p.downscale_freq_shift.get())
+                ));
+                self.line(format!(
+                    "const float {v}_a = {} * ({t} * {v}_f);",
+                    float_literal(p.scale.get())
+                ));
+                let (first, second) = if first_is_cos {
+                    ("cosf", "sinf")
+                } else {
+                    ("sinf", "cosf")
+                };
+                self.line(format!(
+                    "const float {v} = {j} < {half} ? {first}({v}_a) : {second}({v}_a);"
+                ));
+                return Ok(v);
+            }
+            other => return Err(unsupported(other, "in a pointwise kernel")),
+        };
+        let v = self.fresh("v");
+        self.line(format!("const float {v} = {expr};"));
+        Ok(v)
+    }
+
+    /// The index into `operand` that numpy broadcasting reads for `index`
+    /// over `out_dims`.
+    fn broadcast(&mut self, index: &Index, out_dims: &[usize], operand: NodeId) -> Index {
+        let dims = self.graph.ty(operand).shape.dims();
+        let offset = out_dims.len() - dims.len();
+        dims.iter()
+            .enumerate()
+            .map(|(k, &d)| {
+                if d == 1 {
+                    "0".to_string()
+                } else {
+                    index[k + offset].clone()
+                }
+            })
+            .collect()
+    }
+
+    fn concat(
+        &mut self,
+        parts: &[NodeId],
+        axis: usize,
+        index: &Index,
+    ) -> Result<String, CodegenError> {
+        let v = self.fresh("v");
+        self.line(format!("float {v};"));
+        let mut offset = 0;
+        for (n, &part) in parts.iter().enumerate() {
+            let len = self.graph.ty(part).shape.dims()[axis];
+            let header = if n == 0 {
+                format!("if ({} < {})", index[axis], offset + len)
+            } else if n + 1 == parts.len() {
+                "else".to_string()
+            } else {
+                format!("else if ({} < {})", index[axis], offset + len)
+            };
+            self.open(header);
+            let mut inner = index.clone();
+            if offset > 0 {
+                inner[axis] = self.bind_index(format!("{} - {offset}", index[axis]));
+            }
+            let value = self.value(part, &inner)?;
+            self.line(format!("{v} = {value};"));
+            self.close();
+            offset += len;
+        }
+        Ok(v)
+    }
+
+    /// `x` rotated by the table's angle for its pair: even elements
+    /// `x·cos − partner·sin`, odd ones `x·cos + partner·sin`.
+    fn apply_rope(
+        &mut self,
+        x: NodeId,
+        table: NodeId,
+        index: &Index,
+    ) -> Result<String, CodegenError> {
+        let d = index[3].clone();
+        let pair = self.bind_index(format!("{d} / 2"));
+        let cos = self.value(table, &vec![index[1].clone(), pair.clone(), "0".into()])?;
+        let sin = self.value(table, &vec![index[1].clone(), pair, "1".into()])?;
+        let own = self.value(x, index)?;
+        let mut partner_index = index.clone();
+        partner_index[3] = self.bind_index(format!("{d} ^ 1"));
+        let partner = self.value(x, &partner_index)?;
+        let v = self.fresh("v");
+        self.line(format!(
+            "const float {v} = ({d} & 1) ? {own} * {cos} + {partner} * {sin} : {own} * {cos} - {partner} * {sin};"
+        ));
+        Ok(v)
+    }
+
+    /// Element `(s, pair, cos|sin)` of a rotary table, computed in double as
+    /// diffusers' `FluxPosEmbed` does.
+    fn rope_table(
+        &mut self,
+        ids: NodeId,
+        axes_dim: &[usize],
+        theta: f32,
+        index: &Index,
+    ) -> Result<String, CodegenError> {
+        let (s, pair, which) = (&index[0], &index[1], &index[2]);
+        let v = self.fresh("v");
+        self.line(format!("double {v}_angle;"));
+        let mut first_pair = 0;
+        for (axis, &dim) in axes_dim.iter().enumerate() {
+            let pairs = dim / 2;
+            let header = if axis == 0 {
+                format!("if ({pair} < {})", first_pair + pairs)
+            } else if axis + 1 == axes_dim.len() {
+                "else".to_string()
+            } else {
+                format!("else if ({pair} < {})", first_pair + pairs)
+            };
+            self.open(header);
+            let pos = self.value(ids, &vec![s.clone(), axis.to_string()])?;
+            let mut line = String::new();
+            write!(
+                line,
+                "{v}_angle = (double){pos} * (1.0 / pow({:?}, (double)(2 * ({pair} - {first_pair})) / {dim}.0));",
+                theta as f64
+            )
+            .unwrap();
+            self.line(line);
+            self.close();
+            first_pair += pairs;
+        }
+        self.line(format!(
+            "const float {v} = (float)({which} == 0 ? cos({v}_angle) : sin({v}_angle));"
+        ));
+        Ok(v)
+    }
+}
+
+/// `index` over `dims` as one row-major linear index expression.
+pub fn linearize(index: &Index, dims: &[usize]) -> String {
+    let mut expr = String::new();
+    for (k, (i, &d)) in index.iter().zip(dims).enumerate() {
+        if k == 0 {
+            expr = i.clone();
+        } else if d == 1 {
+            continue; // the index of a unit dim is 0
+        } else if expr == "0" {
+            expr = i.clone();
+        } else if i == "0" {
+            expr = format!("({expr}) * {d}");
+        } else {
+            expr = format!("({expr}) * {d} + {i}");
+        }
+    }
+    if expr.is_empty() {
+        "0".to_string()
+    } else {
+        expr
+    }
+}
+
+fn is_simple(expr: &str) -> bool {
+    expr.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn unary(op: UnaryOp, a: &str) -> String {
+    match op {
+        UnaryOp::Neg => format!("-{a}"),
+        UnaryOp::Abs => format!("fabsf({a})"),
+        UnaryOp::Exp => format!("expf({a})"),
+        UnaryOp::Log => format!("logf({a})"),
+        UnaryOp::Sqrt => format!("sqrtf({a})"),
+        UnaryOp::Rsqrt => format!("rsqrtf({a})"),
+        UnaryOp::Recip => format!("1.0f / {a}"),
+        UnaryOp::Square => format!("{a} * {a}"),
+        UnaryOp::Sin => format!("sinf({a})"),
+        UnaryOp::Cos => format!("cosf({a})"),
+        UnaryOp::Tanh => format!("tanhf({a})"),
+        UnaryOp::Sigmoid => format!("fx_sigmoid({a})"),
+        UnaryOp::Silu => format!("fx_silu({a})"),
+        UnaryOp::GeluTanh => format!("fx_gelu_tanh({a})"),
+    }
+}
+
+fn binary(op: BinaryOp, a: &str, b: &str) -> String {
+    match op {
+        BinaryOp::Add => format!("{a} + {b}"),
+        BinaryOp::Sub => format!("{a} - {b}"),
+        BinaryOp::Mul => format!("{a} * {b}"),
+        BinaryOp::Div => format!("{a} / {b}"),
+        BinaryOp::Max => format!("fmaxf({a}, {b})"),
+        BinaryOp::Min => format!("fminf({a}, {b})"),
+    }
+}
+
+/// A C float literal that reads back as exactly `x`.
+pub fn float_literal(x: f32) -> String {
+    if x.is_finite() {
+        let text = format!("{x:?}");
+        if text.contains(['.', 'e']) {
+            format!("{text}f")
+        } else {
+            format!("{text}.0f")
+        }
+    } else {
+        format!("__int_as_float({:#x})", x.to_bits())
+    }
+}
+
+fn unsupported(op: &Op, context: &str) -> CodegenError {
+    CodegenError::Unsupported(format!("{} {context}", op.kind_name()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_read_back_exactly() {
+        assert_eq!(float_literal(1.0), "1.0f");
+        assert_eq!(float_literal(1e-6), "1e-6f");
+        assert_eq!(float_literal(1000.0), "1000.0f");
+        assert_eq!(float_literal(f32::INFINITY), "__int_as_float(0x7f800000)");
+    }
+
+    #[test]
+    fn linear_index_skips_unit_dims() {
+        let idx = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            linearize(&idx(&["0", "i1", "i2"]), &[1, 4, 8]),
+            "(i1) * 8 + i2"
+        );
+        assert_eq!(linearize(&idx(&["a", "0"]), &[3, 1]), "a");
+        assert_eq!(
+            linearize(&idx(&["a", "0", "b"]), &[3, 2, 5]),
+            "((a) * 2) * 5 + b"
+        );
+    }
+}

@@ -1,0 +1,360 @@
+//! `schedule.json`: the buffers of one forward at their planned offsets and
+//! the ordered, typed steps that run it.
+//!
+//! Memory is two regions the runtime allocates once: the *arena* (every
+//! activation, at offsets a liveness-based planner chose, so buffers whose
+//! lifetimes do not overlap share bytes) and the *weights*. Steps name
+//! buffers by id; the runtime turns `(buffer, byte offset)` into a device
+//! address and never re-derives a decision the compiler made.
+
+use serde::{Deserialize, Serialize};
+
+/// Index of a buffer in [`Schedule::buffers`].
+pub type BufferId = u32;
+
+/// Element types of buffers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ElemType {
+    /// float32
+    F32,
+    /// bfloat16
+    Bf16,
+    /// float16
+    F16,
+    /// fp8 e4m3 (saturating at ±448)
+    F8e4m3,
+    /// fp8 e5m2
+    F8e5m2,
+    /// int32
+    I32,
+    /// int64
+    I64,
+}
+
+impl ElemType {
+    /// Bytes per element.
+    pub fn size_bytes(self) -> u64 {
+        match self {
+            ElemType::F32 | ElemType::I32 => 4,
+            ElemType::Bf16 | ElemType::F16 => 2,
+            ElemType::F8e4m3 | ElemType::F8e5m2 => 1,
+            ElemType::I64 => 8,
+        }
+    }
+}
+
+/// Which allocation a buffer lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Region {
+    /// Activations, inputs and outputs (offsets shared by liveness).
+    Arena,
+    /// Weights, loaded once.
+    Weights,
+}
+
+/// A dense row-major tensor at a fixed place.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Buffer {
+    /// Its index in [`Schedule::buffers`].
+    pub id: BufferId,
+    /// What it holds, for reports and debugging (`%12 layer_norm @blocks.0.norm1`).
+    pub name: String,
+    /// Element type.
+    pub dtype: ElemType,
+    /// Shape, outermost first.
+    pub shape: Vec<u64>,
+    /// The allocation it lives in.
+    pub region: Region,
+    /// Byte offset from the region's base (a multiple of 256).
+    pub offset: u64,
+    /// Size in bytes (`elements × element size`).
+    pub bytes: u64,
+}
+
+impl Buffer {
+    /// Number of elements.
+    pub fn elements(&self) -> u64 {
+        self.shape.iter().product()
+    }
+}
+
+/// A device address: a buffer plus a byte offset into it (non-zero for views
+/// such as the image half of a joint `[text, image]` sequence).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tensor {
+    /// The buffer.
+    pub buffer: BufferId,
+    /// Bytes into the buffer.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub offset: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+impl Tensor {
+    /// The start of `buffer`.
+    pub fn of(buffer: BufferId) -> Tensor {
+        Tensor { buffer, offset: 0 }
+    }
+}
+
+/// A named graph input or output and the buffer that holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binding {
+    /// The graph's name for it (`hidden_states`, `sample`).
+    pub name: String,
+    /// Its buffer.
+    pub buffer: BufferId,
+}
+
+/// One kernel parameter, in declaration order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum Arg {
+    /// A device pointer (passed as a 64-bit address).
+    Ptr(Tensor),
+    /// A 32-bit signed integer.
+    I32(i32),
+    /// A 32-bit float.
+    F32(f32),
+}
+
+/// A launch of a generated kernel from `kernels.cu`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Launch {
+    /// The `extern "C"` kernel name.
+    pub kernel: String,
+    /// Grid size.
+    pub grid: [u32; 3],
+    /// Block size.
+    pub block: [u32; 3],
+    /// Dynamic shared memory in bytes.
+    pub shared_bytes: u32,
+    /// Parameters, in order.
+    pub args: Vec<Arg>,
+}
+
+/// What cuBLASLt applies after the product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GemmEpilogue {
+    /// Nothing.
+    Default,
+    /// `+ bias` (one value per row of the column-major D).
+    Bias,
+    /// `GELU(· + bias)` with the tanh approximation.
+    GeluBias,
+}
+
+/// One cuBLASLt matmul, described in cuBLAS's column-major terms so the
+/// runtime replays it without reinterpreting anything:
+/// `D (m×n) = epilogue(op(A) · op(B))`, f32 accumulation.
+///
+/// fluxc's row-major `y[rows, out] = x[rows, in] · W[out, in]ᵀ + b` is
+/// `A = W` (transposed, `lda = in`), `B = x` (`ldb = in`), `m = out`,
+/// `n = rows`, `k = in`, `D = y` (`ldd = out`), bias per row of D.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Gemm {
+    /// What it computes, for reports (`%512 linear @single_transformer_blocks.3`).
+    pub name: String,
+    /// Type of A, B and D.
+    pub dtype: ElemType,
+    /// `op(A) = Aᵀ`.
+    pub trans_a: bool,
+    /// `op(B) = Bᵀ`.
+    pub trans_b: bool,
+    /// Rows of D.
+    pub m: u64,
+    /// Columns of D.
+    pub n: u64,
+    /// The reduced dimension.
+    pub k: u64,
+    /// A's address.
+    pub a: Tensor,
+    /// A's leading dimension.
+    pub lda: u64,
+    /// B's address.
+    pub b: Tensor,
+    /// B's leading dimension.
+    pub ldb: u64,
+    /// D's address.
+    pub d: Tensor,
+    /// D's leading dimension.
+    pub ldd: u64,
+    /// The bias (`m` values), required by the bias epilogues.
+    pub bias: Option<Tensor>,
+    /// What cuBLASLt applies after the product.
+    pub epilogue: GemmEpilogue,
+    /// The algorithm to run, as cuBLASLt's opaque `cublasLtMatmulAlgo_t`
+    /// (eight 64-bit words), when the compiler chose one; `None` means the
+    /// runtime takes cuBLASLt's top heuristic.
+    pub algo: Option<[u64; 8]>,
+}
+
+/// A launch of the generated flash-attention kernel. q, k, v and out are
+/// contiguous `[batch, seq, heads, head_dim]`; the kernel's parameters are
+/// `(q, k, v, out, seq_q, seq_kv, heads, scale)` and it runs on a grid of
+/// `(ceil(seq_q / block_m), heads, batch)`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Attention {
+    /// The `extern "C"` kernel name.
+    pub kernel: String,
+    /// Grid size.
+    pub grid: [u32; 3],
+    /// Block size.
+    pub block: [u32; 3],
+    /// Dynamic shared memory in bytes.
+    pub shared_bytes: u32,
+    /// Queries.
+    pub q: Tensor,
+    /// Keys.
+    pub k: Tensor,
+    /// Values.
+    pub v: Tensor,
+    /// Output.
+    pub out: Tensor,
+    /// Batch.
+    pub batch: u32,
+    /// Heads.
+    pub heads: u32,
+    /// Query length.
+    pub seq_q: u32,
+    /// Key/value length.
+    pub seq_kv: u32,
+    /// Head width.
+    pub head_dim: u32,
+    /// Score scale (`1/√head_dim`).
+    pub scale: f32,
+}
+
+/// A device-to-device copy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Copy {
+    /// Source.
+    pub src: Tensor,
+    /// Destination.
+    pub dst: Tensor,
+    /// Bytes copied.
+    pub bytes: u64,
+}
+
+/// One step of a forward.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum Step {
+    /// A generated kernel.
+    Launch(Launch),
+    /// A cuBLASLt matmul.
+    Gemm(Gemm),
+    /// The attention kernel.
+    Attention(Attention),
+    /// A copy.
+    Copy(Copy),
+}
+
+/// `schedule.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Schedule {
+    /// Bytes of the activation arena.
+    pub arena_bytes: u64,
+    /// Bytes of the weight region.
+    pub weight_bytes: u64,
+    /// Bytes of cuBLASLt workspace the GEMMs may use.
+    pub gemm_workspace_bytes: u64,
+    /// Every buffer; `buffers[i].id == i`.
+    pub buffers: Vec<Buffer>,
+    /// Graph inputs the application fills before a run.
+    pub inputs: Vec<Binding>,
+    /// Graph outputs it reads after.
+    pub outputs: Vec<Binding>,
+    /// The forward, in order.
+    pub steps: Vec<Step>,
+}
+
+/// A schedule that cannot be run as written.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid schedule: {0}")]
+pub struct ScheduleError(pub String);
+
+impl Schedule {
+    /// Checks that ids are dense, buffers fit their regions, every address a
+    /// step uses lies inside its buffer, and launch shapes are sane.
+    pub fn validate(&self) -> Result<(), ScheduleError> {
+        let fail = |msg: String| Err(ScheduleError(msg));
+        for (i, b) in self.buffers.iter().enumerate() {
+            if b.id as usize != i {
+                return fail(format!("buffer {i} has id {}", b.id));
+            }
+            if b.bytes != b.elements() * b.dtype.size_bytes() {
+                return fail(format!(
+                    "buffer {i} `{}`: size does not match its shape",
+                    b.name
+                ));
+            }
+            let region = match b.region {
+                Region::Arena => self.arena_bytes,
+                Region::Weights => self.weight_bytes,
+            };
+            if b.offset.checked_add(b.bytes).is_none_or(|end| end > region) {
+                return fail(format!("buffer {i} `{}` lies outside its region", b.name));
+            }
+        }
+        for binding in self.inputs.iter().chain(&self.outputs) {
+            if binding.buffer as usize >= self.buffers.len() {
+                return fail(format!("binding `{}` names no buffer", binding.name));
+            }
+        }
+        for (s, step) in self.steps.iter().enumerate() {
+            for t in step.tensors() {
+                let Some(b) = self.buffers.get(t.buffer as usize) else {
+                    return fail(format!("step {s} uses missing buffer {}", t.buffer));
+                };
+                if t.offset >= b.bytes {
+                    return fail(format!("step {s} addresses past the end of `{}`", b.name));
+                }
+            }
+            if let Some((grid, block)) = step.launch_shape() {
+                let threads: u64 = block.iter().map(|&d| d as u64).product();
+                if grid.contains(&0) || block.contains(&0) || threads > 1024 {
+                    return fail(format!("step {s} has launch shape {grid:?} x {block:?}"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Step {
+    /// Every device address the step uses.
+    pub fn tensors(&self) -> Vec<Tensor> {
+        match self {
+            Step::Launch(l) => l
+                .args
+                .iter()
+                .filter_map(|a| match a {
+                    Arg::Ptr(t) => Some(*t),
+                    _ => None,
+                })
+                .collect(),
+            Step::Gemm(g) => [Some(g.a), Some(g.b), Some(g.d), g.bias]
+                .into_iter()
+                .flatten()
+                .collect(),
+            Step::Attention(a) => vec![a.q, a.k, a.v, a.out],
+            Step::Copy(c) => vec![c.src, c.dst],
+        }
+    }
+
+    /// Grid and block of kernel launches.
+    pub fn launch_shape(&self) -> Option<([u32; 3], [u32; 3])> {
+        match self {
+            Step::Launch(l) => Some((l.grid, l.block)),
+            Step::Attention(a) => Some((a.grid, a.block)),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! `fluxc run` without a GPU: artifact and input problems are reported
+//! before CUDA is touched, and a machine without CUDA gets an error saying
+//! so (never a panic). Running on the GPU is exercised on the H200.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use fluxc_artifact::{
+    content_hash, files, Arg, Binding, Buffer, CheckpointLayout, ElemType, Launch, Manifest,
+    Region, Schedule, Step, Tensor, WeightEntry, WeightSource, FORMAT_VERSION,
+};
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+
+const KERNELS: &str = r#"extern "C" __global__ void add(const float* x, const float* b, float* y, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = x[i] + b[i];
+}
+"#;
+
+fn buffer(id: u32, name: &str, region: Region, offset: u64) -> Buffer {
+    Buffer {
+        id,
+        name: name.into(),
+        dtype: ElemType::F32,
+        shape: vec![2, 4],
+        region,
+        offset,
+        bytes: 32,
+    }
+}
+
+/// `y = x + b`, f32 [2, 4], with `b` a weight.
+fn write_artifact(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let schedule = Schedule {
+        arena_bytes: 512,
+        weight_bytes: 256,
+        gemm_workspace_bytes: 0,
+        buffers: vec![
+            buffer(0, "x", Region::Arena, 0),
+            buffer(1, "b", Region::Weights, 0),
+            buffer(2, "y", Region::Arena, 256),
+        ],
+        inputs: vec![Binding {
+            name: "x".into(),
+            buffer: 0,
+        }],
+        outputs: vec![Binding {
+            name: "y".into(),
+            buffer: 2,
+        }],
+        steps: vec![Step::Launch(Launch {
+            kernel: "add".into(),
+            grid: [1, 1, 1],
+            block: [32, 1, 1],
+            shared_bytes: 0,
+            args: vec![
+                Arg::Ptr(Tensor::of(0)),
+                Arg::Ptr(Tensor::of(1)),
+                Arg::Ptr(Tensor::of(2)),
+                Arg::I32(8),
+            ],
+        })],
+    };
+    let schedule_json = serde_json::to_vec(&schedule).unwrap();
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        compiler: "hand-written".into(),
+        model_name: "toy".into(),
+        content_hash: content_hash(&schedule_json, KERNELS.as_bytes()),
+        arch: "sm_90a".into(),
+        layouts: vec![CheckpointLayout {
+            name: "diffusers".into(),
+            strip_prefixes: vec![],
+        }],
+        weights: vec![WeightEntry {
+            name: "b".into(),
+            buffer: 1,
+            sources: BTreeMap::from([("diffusers".to_string(), WeightSource::tensor("b"))]),
+        }],
+    };
+    std::fs::write(dir.join(files::SCHEDULE), &schedule_json).unwrap();
+    std::fs::write(dir.join(files::KERNELS), KERNELS).unwrap();
+    std::fs::write(
+        dir.join(files::MANIFEST),
+        serde_json::to_vec(&manifest).unwrap(),
+    )
+    .unwrap();
+}
+
+/// A safetensors file of f32 tensors.
+fn write_tensors(path: &Path, tensors: &[(&str, Vec<usize>)]) {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, s)| {
+            (0..s.iter().product::<usize>())
+                .flat_map(|i| (i as f32).to_le_bytes())
+                .collect()
+        })
+        .collect();
+    let views: BTreeMap<String, TensorView> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((n, s), b)| {
+            (
+                n.to_string(),
+                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(&views, None, path).unwrap();
+}
+
+/// An artifact, a checkpoint and a temporary directory holding them.
+fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let artifact = tmp.path().join("artifact");
+    write_artifact(&artifact);
+    let weights = tmp.path().join("weights.safetensors");
+    write_tensors(&weights, &[("b", vec![2, 4])]);
+    (tmp, artifact, weights)
+}
+
+/// Runs `fluxc run` with `args`, expecting exit code 1; returns stderr.
+fn run_fails(args: &[&std::ffi::OsStr]) -> String {
+    let out = Command::cargo_bin("fluxc")
+        .unwrap()
+        .arg("run")
+        .args(args)
+        .assert()
+        .failure()
+        .code(1);
+    let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("error: "), "{stderr}");
+    stderr
+}
+
+#[test]
+fn a_missing_artifact_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nowhere = tmp.path().join("nowhere");
+    let stderr = run_fails(&[nowhere.as_os_str(), "--weights".as_ref(), "w".as_ref()]);
+    assert!(
+        stderr.contains("nowhere") && stderr.contains("manifest.json"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn missing_and_misshaped_inputs_are_named() {
+    let (tmp, artifact, weights) = setup();
+    let inputs = tmp.path().join("io.safetensors");
+    write_tensors(&inputs, &[("other", vec![3])]);
+    let args = [
+        artifact.as_os_str(),
+        "--weights".as_ref(),
+        weights.as_os_str(),
+        "--inputs".as_ref(),
+        inputs.as_os_str(),
+    ];
+    let stderr = run_fails(&args);
+    assert!(
+        stderr.contains("input `x`") && stderr.contains("missing") && stderr.contains("`other`"),
+        "{stderr}"
+    );
+    write_tensors(&inputs, &[("x", vec![4, 2])]);
+    let stderr = run_fails(&args);
+    assert!(
+        stderr.contains("input `x`") && stderr.contains("[4, 2]") && stderr.contains("[2, 4]"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn without_cuda_the_error_says_so() {
+    if fluxc_runtime::cuda::driver_library_present() {
+        println!("SKIP without_cuda_the_error_says_so: a CUDA driver is present here");
+        return;
+    }
+    let (tmp, artifact, weights) = setup();
+    let inputs = tmp.path().join("io.safetensors");
+    write_tensors(&inputs, &[("x", vec![2, 4])]);
+    let stderr = run_fails(&[
+        artifact.as_os_str(),
+        "--weights".as_ref(),
+        weights.as_os_str(),
+        "--inputs".as_ref(),
+        inputs.as_os_str(),
+        "--replays".as_ref(),
+        "5".as_ref(),
+    ]);
+    assert!(stderr.contains("CUDA is not available"), "{stderr}");
+}

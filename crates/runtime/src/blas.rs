@@ -1,0 +1,314 @@
+//! cuBLASLt: one handle, and one prepared matmul per `Step::Gemm`.
+//!
+//! A [`GemmPlan`] owns its descriptors (matmul desc with transposes,
+//! epilogue and bias pointer; layouts of A, B and C = D) and its algorithm,
+//! chosen once at load time: the artifact's recorded `cublasLtMatmulAlgo_t`
+//! words (validated with `cublasLtMatmulAlgoCheck`), else cuBLASLt's top
+//! heuristic within the workspace limit. Running it is one `cublasLtMatmul`
+//! with `alpha = 1`, `beta = 0`, `C = D` — capturable into a CUDA graph.
+//! Every raw handle is freed on drop; errors there are ignored.
+
+use std::ffi::c_void;
+use std::mem::size_of;
+
+use cudarc::cublaslt::result as lt;
+use cudarc::cublaslt::sys;
+use fluxc_artifact::{ElemType, Gemm, GemmEpilogue};
+
+use crate::RuntimeError;
+
+/// The cuBLASLt handle.
+#[derive(Debug)]
+pub(crate) struct BlasHandle {
+    raw: sys::cublasLtHandle_t,
+}
+
+impl BlasHandle {
+    /// Creates a handle (the CUDA context must be current).
+    pub fn new() -> Result<Self, RuntimeError> {
+        let raw =
+            lt::create_handle().map_err(RuntimeError::cublas("creating the cuBLASLt handle"))?;
+        Ok(BlasHandle { raw })
+    }
+}
+
+impl Drop for BlasHandle {
+    fn drop(&mut self) {
+        // SAFETY: created by `new`, destroyed once.
+        let _ = unsafe { lt::destroy_handle(self.raw) };
+    }
+}
+
+/// A matmul descriptor.
+#[derive(Debug)]
+struct MatmulDesc {
+    raw: sys::cublasLtMatmulDesc_t,
+}
+
+impl MatmulDesc {
+    fn new() -> Result<Self, lt::CublasError> {
+        let raw = lt::create_matmul_desc(
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            sys::cudaDataType_t::CUDA_R_32F,
+        )?;
+        Ok(MatmulDesc { raw })
+    }
+
+    /// Sets attribute `attr` to `value` (passed by address and size).
+    fn set<T>(
+        &self,
+        attr: sys::cublasLtMatmulDescAttributes_t,
+        value: &T,
+    ) -> Result<(), lt::CublasError> {
+        // SAFETY: the descriptor is alive; `value` is valid for `size_of::<T>()` bytes.
+        unsafe {
+            lt::set_matmul_desc_attribute(
+                self.raw,
+                attr,
+                (value as *const T).cast(),
+                size_of::<T>(),
+            )
+        }
+    }
+}
+
+impl Drop for MatmulDesc {
+    fn drop(&mut self) {
+        // SAFETY: created by `new`, destroyed once.
+        let _ = unsafe { lt::destroy_matmul_desc(self.raw) };
+    }
+}
+
+/// A matrix layout.
+#[derive(Debug)]
+struct MatrixLayout {
+    raw: sys::cublasLtMatrixLayout_t,
+}
+
+impl MatrixLayout {
+    fn new(
+        dtype: sys::cudaDataType,
+        rows: u64,
+        cols: u64,
+        ld: u64,
+    ) -> Result<Self, lt::CublasError> {
+        let ld = i64::try_from(ld)
+            .map_err(|_| lt::CublasError(sys::cublasStatus_t::CUBLAS_STATUS_INVALID_VALUE))?;
+        let raw = lt::create_matrix_layout(dtype, rows, cols, ld)?;
+        Ok(MatrixLayout { raw })
+    }
+}
+
+impl Drop for MatrixLayout {
+    fn drop(&mut self) {
+        // SAFETY: created by `new`, destroyed once.
+        let _ = unsafe { lt::destroy_matrix_layout(self.raw) };
+    }
+}
+
+/// A heuristic-search preference.
+#[derive(Debug)]
+struct MatmulPref {
+    raw: sys::cublasLtMatmulPreference_t,
+}
+
+impl MatmulPref {
+    fn with_workspace(bytes: usize) -> Result<Self, lt::CublasError> {
+        let pref = MatmulPref {
+            raw: lt::create_matmul_pref()?,
+        };
+        let bytes = bytes as u64;
+        // SAFETY: the preference is alive; the attribute is a uint64_t.
+        unsafe {
+            lt::set_matmul_pref_attribute(
+                pref.raw,
+                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                (&bytes as *const u64).cast(),
+                size_of::<u64>(),
+            )
+        }?;
+        Ok(pref)
+    }
+}
+
+impl Drop for MatmulPref {
+    fn drop(&mut self) {
+        // SAFETY: created by `with_workspace`, destroyed once.
+        let _ = unsafe { lt::destroy_matmul_pref(self.raw) };
+    }
+}
+
+/// cuBLASLt's type of matrices of `dtype`.
+fn cuda_type(dtype: ElemType) -> Option<sys::cudaDataType> {
+    match dtype {
+        ElemType::F32 => Some(sys::cudaDataType_t::CUDA_R_32F),
+        ElemType::Bf16 => Some(sys::cudaDataType_t::CUDA_R_16BF),
+        ElemType::F16 => Some(sys::cudaDataType_t::CUDA_R_16F),
+        _ => None,
+    }
+}
+
+/// The device addresses a GEMM reads and writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct GemmAddrs {
+    /// A.
+    pub a: u64,
+    /// B.
+    pub b: u64,
+    /// D (and C).
+    pub d: u64,
+    /// The bias and its element type, for the bias epilogues.
+    pub bias: Option<(u64, ElemType)>,
+}
+
+/// One prepared matmul.
+#[derive(Debug)]
+pub(crate) struct GemmPlan {
+    desc: MatmulDesc,
+    a_layout: MatrixLayout,
+    b_layout: MatrixLayout,
+    d_layout: MatrixLayout,
+    algo: sys::cublasLtMatmulAlgo_t,
+    addrs: GemmAddrs,
+    alpha: f32,
+    beta: f32,
+}
+
+impl GemmPlan {
+    /// Builds the descriptors of `g` (already checked by
+    /// `plan::check_step`) and picks its algorithm; errors are reasons, in
+    /// words, for [`RuntimeError::Step`].
+    pub fn new(
+        handle: &BlasHandle,
+        g: &Gemm,
+        addrs: GemmAddrs,
+        workspace_limit: usize,
+    ) -> Result<Self, String> {
+        let dtype =
+            cuda_type(g.dtype).ok_or_else(|| format!("{:?} GEMMs are not supported", g.dtype))?;
+        let st = |what: &'static str| move |e: lt::CublasError| format!("{what}: {e}");
+        let desc = MatmulDesc::new().map_err(st("creating the matmul descriptor"))?;
+        type A = sys::cublasLtMatmulDescAttributes_t;
+        // cublasOperation_t: CUBLAS_OP_N = 0, CUBLAS_OP_T = 1 (an int32).
+        let op = |t: bool| -> i32 { i32::from(t) };
+        desc.set(A::CUBLASLT_MATMUL_DESC_TRANSA, &op(g.trans_a))
+            .map_err(st("setting TRANSA"))?;
+        desc.set(A::CUBLASLT_MATMUL_DESC_TRANSB, &op(g.trans_b))
+            .map_err(st("setting TRANSB"))?;
+        let epilogue = match g.epilogue {
+            GemmEpilogue::Default => sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT,
+            GemmEpilogue::Bias => sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS,
+            GemmEpilogue::GeluBias => sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU_BIAS,
+        };
+        desc.set(A::CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue)
+            .map_err(st("setting the epilogue"))?;
+        if let Some((ptr, bias_type)) = addrs.bias {
+            let bias_type = cuda_type(bias_type).ok_or("unsupported bias type")?;
+            desc.set(A::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &ptr)
+                .map_err(st("setting the bias pointer"))?;
+            desc.set(A::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type)
+                .map_err(st("setting the bias type"))?;
+        }
+        let (a_rows, a_cols) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
+        let (b_rows, b_cols) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
+        let a_layout =
+            MatrixLayout::new(dtype, a_rows, a_cols, g.lda).map_err(st("creating A's layout"))?;
+        let b_layout =
+            MatrixLayout::new(dtype, b_rows, b_cols, g.ldb).map_err(st("creating B's layout"))?;
+        let d_layout =
+            MatrixLayout::new(dtype, g.m, g.n, g.ldd).map_err(st("creating D's layout"))?;
+
+        let (algo, workspace_bytes) = match g.algo {
+            Some(words) => {
+                let algo = sys::cublasLtMatmulAlgo_t { data: words };
+                let mut result =
+                    std::mem::MaybeUninit::<sys::cublasLtMatmulHeuristicResult_t>::zeroed();
+                // SAFETY: every descriptor is alive; `result` is valid for writes.
+                unsafe {
+                    sys::cublasLtMatmulAlgoCheck(
+                        handle.raw,
+                        desc.raw,
+                        a_layout.raw,
+                        b_layout.raw,
+                        d_layout.raw,
+                        d_layout.raw,
+                        &algo,
+                        result.as_mut_ptr(),
+                    )
+                }
+                .result()
+                .map_err(|e| format!("the recorded algorithm does not apply here: {e}"))?;
+                // SAFETY: written by the successful check.
+                let result = unsafe { result.assume_init() };
+                (algo, result.workspaceSize)
+            }
+            None => {
+                let pref = MatmulPref::with_workspace(workspace_limit)
+                    .map_err(st("creating the preference"))?;
+                // SAFETY: every descriptor is alive.
+                let h = unsafe {
+                    lt::get_matmul_algo_heuristic(
+                        handle.raw,
+                        desc.raw,
+                        a_layout.raw,
+                        b_layout.raw,
+                        d_layout.raw,
+                        d_layout.raw,
+                        pref.raw,
+                    )
+                }
+                .map_err(|e| format!("cuBLASLt has no algorithm for it (heuristic: {e})"))?;
+                (h.algo, h.workspaceSize)
+            }
+        };
+        if workspace_bytes > workspace_limit {
+            return Err(format!(
+                "its algorithm needs {workspace_bytes} bytes of workspace, the schedule provides {workspace_limit}"
+            ));
+        }
+        Ok(GemmPlan {
+            desc,
+            a_layout,
+            b_layout,
+            d_layout,
+            algo,
+            addrs,
+            alpha: 1.0,
+            beta: 0.0,
+        })
+    }
+
+    /// Enqueues the matmul on `stream`.
+    ///
+    /// # Safety
+    /// The addresses must be live device memory of the sizes the layouts
+    /// describe, `workspace` must hold `workspace_size` bytes, and `stream`
+    /// must belong to the context the handle was created in.
+    pub unsafe fn enqueue(
+        &self,
+        handle: &BlasHandle,
+        workspace: u64,
+        workspace_size: usize,
+        stream: cudarc::driver::sys::CUstream,
+    ) -> Result<(), lt::CublasError> {
+        let ptr = |a: u64| a as *mut c_void;
+        lt::matmul(
+            handle.raw,
+            self.desc.raw,
+            (&self.alpha as *const f32).cast(),
+            (&self.beta as *const f32).cast(),
+            ptr(self.addrs.a),
+            self.a_layout.raw,
+            ptr(self.addrs.b),
+            self.b_layout.raw,
+            ptr(self.addrs.d),
+            self.d_layout.raw,
+            ptr(self.addrs.d),
+            self.d_layout.raw,
+            &self.algo,
+            ptr(workspace),
+            workspace_size,
+            stream as sys::cudaStream_t,
+        )
+    }
+}

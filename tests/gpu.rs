@@ -1,0 +1,413 @@
+//! GPU tests: compiled artifacts run by the runtime on an sm_90 GPU, checked
+//! against the CPU interpreter and the diffusers fixtures.
+//!
+//! Where there is no CUDA driver or GPU every test prints why and passes (CI
+//! has none). On the GPU machine they run through one command (README,
+//! "Running on a GPU"): the test binary is built here and run there from the
+//! repository root.
+//!
+//! - The tiny presets in f32, compiled without memory reuse so every
+//!   intermediate buffer survives the run: the output matches diffusers, and
+//!   every buffer (every kernel kind: pointwise, row reductions, tables,
+//!   GEMMs with and without epilogues, attention) matches the interpreter's
+//!   value of the same node. Both epilogue-fusion settings, both checkpoint
+//!   layouts.
+//! - The tiny presets in bf16: the output stays within bf16 error of the
+//!   interpreter.
+//! - A block with 64- and 128-wide heads in bf16 exercises the tensor-core
+//!   attention kernel.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use fluxc::artifact::{CheckpointLayout, Region, WeightSource};
+use fluxc::codegen::{generate, write_artifact, CodegenOptions, Generated};
+use fluxc::ir::interp::{self, Tensor};
+use fluxc::ir::{DType, Graph, GraphBuilder, NodeId};
+use fluxc::models::checkpoint::{
+    load_derived_weights, read_safetensors, resolve_derived_sources, BflDims, CheckpointFormat,
+    BFL_PREFIX,
+};
+use fluxc::models::{flux, ModelConfig};
+use fluxc::passes::pipeline::{optimize, Optimized};
+use fluxc::passes::PassOptions;
+use fluxc::runtime::{cuda, Engine, LoadOptions};
+
+/// The repository root: the current directory when it is one (the GPU
+/// machine runs the binary from a copy of the tree), else the source tree.
+fn root() -> PathBuf {
+    let cwd = std::env::current_dir().unwrap();
+    if cwd.join("models/tiny-schnell.toml").is_file() {
+        cwd
+    } else {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    }
+}
+
+/// Why GPU tests cannot run here, if they cannot.
+fn no_gpu() -> Option<String> {
+    if let Err(e) = cuda::check_libraries(true) {
+        return Some(e.to_string());
+    }
+    cuda::check_device(0).err().map(|e| e.to_string())
+}
+
+macro_rules! require_gpu {
+    ($name:literal) => {
+        if let Some(why) = no_gpu() {
+            println!("SKIP {}: {why}", $name);
+            return;
+        }
+    };
+}
+
+fn config(preset: &str, dtype: Option<&str>) -> ModelConfig {
+    let mut text = std::fs::read_to_string(root().join(format!("models/{preset}.toml"))).unwrap();
+    if let Some(dtype) = dtype {
+        text = text.replace("dtype = \"f32\"", &format!("dtype = \"{dtype}\""));
+    }
+    ModelConfig::from_toml_str(&text, Path::new(preset)).unwrap()
+}
+
+/// Compiles `graph` into `dir` with both checkpoint layouts.
+fn compile(
+    graph: Graph,
+    cfg: &ModelConfig,
+    passes: &PassOptions,
+    dir: &Path,
+) -> (Optimized, Generated) {
+    let optimized = optimize(graph, passes).unwrap();
+    let dims = BflDims::of(cfg);
+    let layouts = [
+        (CheckpointFormat::Diffusers, "diffusers", vec![]),
+        (CheckpointFormat::Bfl, "bfl", vec![BFL_PREFIX.to_string()]),
+    ]
+    .into_iter()
+    .filter_map(|(format, name, strip_prefixes)| {
+        let sources =
+            resolve_derived_sources(&optimized.graph, &optimized.weights, format, dims).ok()?;
+        Some((
+            CheckpointLayout {
+                name: name.into(),
+                strip_prefixes,
+            },
+            sources,
+        ))
+    })
+    .collect();
+    let opts = CodegenOptions {
+        model_name: cfg.model.name.clone(),
+        layouts,
+        reuse_memory: false,
+    };
+    let generated = generate(&optimized, &opts).unwrap();
+    write_artifact(dir, &generated).unwrap();
+    (optimized, generated)
+}
+
+fn engine(artifact: &Path, checkpoint: &Path) -> Engine {
+    let options = LoadOptions {
+        progress: false,
+        ..LoadOptions::default()
+    };
+    Engine::load(artifact, checkpoint, &options).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Every arena buffer of the run next to the interpreter's value of the same
+/// node; returns the worst relative L2 error and where.
+fn worst_buffer(
+    engine: &Engine,
+    generated: &Generated,
+    graph: &Graph,
+    inputs: &HashMap<String, Tensor>,
+) -> (f64, String) {
+    let nodes: Vec<NodeId> = generated.buffer_nodes.clone();
+    let values = interp::run_keeping(graph, inputs, &nodes).unwrap();
+    let mut worst = (0.0f64, String::new());
+    for (id, buffer) in generated.schedule.buffers.iter().enumerate() {
+        if buffer.region != Region::Arena {
+            continue;
+        }
+        let expected = &values[&nodes[id]];
+        let got = engine.read_buffer(id as u32).unwrap();
+        let got = Tensor::new(expected.shape.clone(), got).unwrap();
+        let error = got.rel_l2(expected);
+        // NaN (a buffer the run never wrote) counts as the worst.
+        if error.is_nan() || error > worst.0 {
+            worst = (error, buffer.name.clone());
+        }
+    }
+    worst
+}
+
+fn fixture_inputs(preset: &str) -> (HashMap<String, Tensor>, Tensor) {
+    let mut io = read_safetensors(
+        &root()
+            .join("tests/fixtures")
+            .join(preset)
+            .join("io.safetensors"),
+    )
+    .unwrap();
+    let expected = io.remove("sample").unwrap();
+    (io.into_iter().collect(), expected)
+}
+
+fn set_inputs(engine: &mut Engine, inputs: &HashMap<String, Tensor>) {
+    let names: Vec<String> = engine.inputs().iter().map(|b| b.name.clone()).collect();
+    for name in names {
+        engine.set_input(&name, &inputs[&name].data).unwrap();
+    }
+}
+
+#[test]
+fn tiny_models_match_diffusers_and_the_interpreter() {
+    require_gpu!("tiny_models_match_diffusers_and_the_interpreter");
+    for preset in ["tiny-schnell", "tiny-dev"] {
+        for epilogue_fusion in [true, false] {
+            let cfg = config(preset, None);
+            let passes = PassOptions {
+                epilogue_fusion,
+                ..cfg.passes.options()
+            };
+            let dir = tempfile::tempdir().unwrap();
+            let artifact = dir.path().join("artifact");
+            let (optimized, generated) = compile(
+                flux::build_transformer(&cfg).unwrap(),
+                &cfg,
+                &passes,
+                &artifact,
+            );
+            let (io, expected) = fixture_inputs(preset);
+            let fixtures = root().join("tests/fixtures").join(preset);
+            for checkpoint in ["diffusers", "bfl.safetensors"] {
+                let mut e = engine(&artifact, &fixtures.join(checkpoint));
+                set_inputs(&mut e, &io);
+                e.run().unwrap();
+                let sample =
+                    Tensor::new(expected.shape.clone(), e.output("sample").unwrap()).unwrap();
+                let error = sample.rel_l2(&expected);
+                let mut inputs = load_derived_weights(
+                    &optimized.graph,
+                    &optimized.weights,
+                    &fixtures.join(checkpoint),
+                    BflDims::of(&cfg),
+                )
+                .unwrap();
+                inputs.extend(io.clone());
+                let (worst, at) = worst_buffer(&e, &generated, &optimized.graph, &inputs);
+                println!(
+                    "{preset} epilogue_fusion={epilogue_fusion} {checkpoint}: sample vs diffusers {error:.3e}; worst buffer vs interpreter {worst:.3e} ({at})"
+                );
+                assert!(error <= 1e-4, "{preset} {checkpoint}: {error:e}");
+                assert!(worst <= 1e-4, "{preset} {checkpoint}: {worst:e} at {at}");
+            }
+        }
+    }
+}
+
+#[test]
+fn tiny_models_in_bf16_stay_within_bf16_error() {
+    require_gpu!("tiny_models_in_bf16_stay_within_bf16_error");
+    for preset in ["tiny-schnell", "tiny-dev"] {
+        let cfg = config(preset, Some("bf16"));
+        let dir = tempfile::tempdir().unwrap();
+        let artifact = dir.path().join("artifact");
+        let (optimized, generated) = compile(
+            flux::build_transformer(&cfg).unwrap(),
+            &cfg,
+            &cfg.passes.options(),
+            &artifact,
+        );
+        let fixtures = root().join("tests/fixtures").join(preset);
+        let mut e = engine(&artifact, &fixtures.join("diffusers"));
+        let (io, _) = fixture_inputs(preset);
+        set_inputs(&mut e, &io);
+        e.run().unwrap();
+        let mut inputs = load_derived_weights(
+            &optimized.graph,
+            &optimized.weights,
+            &fixtures.join("diffusers"),
+            BflDims::of(&cfg),
+        )
+        .unwrap();
+        inputs.extend(io);
+        let reference = interp::run(&optimized.graph, &inputs).unwrap()["sample"].clone();
+        let sample = Tensor::new(reference.shape.clone(), e.output("sample").unwrap()).unwrap();
+        let error = sample.rel_l2(&reference);
+        let (worst, at) = worst_buffer(&e, &generated, &optimized.graph, &inputs);
+        println!(
+            "{preset} bf16: sample vs interpreter {error:.3e}; worst buffer {worst:.3e} ({at})"
+        );
+        assert!(error <= 3e-2, "{preset}: {error:e}");
+    }
+}
+
+/// A small attention block with `heads × head_dim`, bf16, random weights
+/// saved as a diffusers-style file.
+fn attention_block(heads: usize, head_dim: usize, tokens: usize) -> Graph {
+    let c = heads * head_dim;
+    let mut b = GraphBuilder::new();
+    let x = b.input("x", DType::BF16, [1, tokens, c]).unwrap();
+    let ids = b.input("ids", DType::F32, [tokens, 3]).unwrap();
+    let axes = [head_dim / 4, head_dim * 3 / 8, head_dim * 3 / 8];
+    let rope = b.rope_table(ids, &axes, 10000.0).unwrap();
+    let ln = b.layer_norm(x, None, 1e-6).unwrap();
+    let mut heads_out = Vec::new();
+    for name in ["to_q", "to_k", "to_v"] {
+        let w = b
+            .weight(&format!("attn.{name}.weight"), DType::BF16, [c, c])
+            .unwrap();
+        let bias = b
+            .weight(&format!("attn.{name}.bias"), DType::BF16, [c])
+            .unwrap();
+        let p = b.linear(ln, w, Some(bias)).unwrap();
+        let p = b.reshape(p, [1, tokens, heads, head_dim]).unwrap();
+        heads_out.push(if name == "to_v" {
+            p
+        } else {
+            let nw = b
+                .weight(&format!("attn.norm_{name}.weight"), DType::BF16, [head_dim])
+                .unwrap();
+            let p = b.rms_norm(p, Some(nw), 1e-6).unwrap();
+            b.apply_rope(p, rope).unwrap()
+        });
+    }
+    let o = b
+        .attention(heads_out[0], heads_out[1], heads_out[2])
+        .unwrap();
+    let o = b.reshape(o, [1, tokens, c]).unwrap();
+    let out = b.add(x, o).unwrap();
+    b.output("out", out).unwrap();
+    b.finish().unwrap()
+}
+
+/// Deterministic values in [-1, 1).
+fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed;
+    (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+#[test]
+fn tensor_core_attention_in_a_bf16_block() {
+    require_gpu!("tensor_core_attention_in_a_bf16_block");
+    for (heads, head_dim, tokens) in [(2, 64, 300), (2, 128, 4352 / 16 + 5)] {
+        let graph = attention_block(heads, head_dim, tokens);
+        let dir = tempfile::tempdir().unwrap();
+        // Weights: random, scaled like a linear's init, saved as f32.
+        let mut stored: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
+        let mut inputs: HashMap<String, Tensor> = HashMap::new();
+        for (i, id) in graph.inputs().into_iter().enumerate() {
+            let node = graph.node(id);
+            let fluxc::ir::Op::Input { name, .. } = &node.op else {
+                unreachable!()
+            };
+            let dims = node.ty.shape.dims().to_vec();
+            let n = node.ty.shape.numel();
+            let scale = if dims.len() == 2 && node.op.is_weight() {
+                1.0 / (dims[1] as f32).sqrt()
+            } else {
+                1.0
+            };
+            let mut data: Vec<f32> = pseudo_random(n, i as u64 + 1)
+                .iter()
+                .map(|v| v * scale)
+                .collect();
+            if name == "ids" {
+                data = (0..n).map(|k| ((k / 3) % 17) as f32).collect();
+            }
+            if name.contains("norm_") {
+                data = data.iter().map(|v| 1.0 + 0.2 * v).collect();
+            }
+            if node.op.is_weight() {
+                stored.insert(name.clone(), (dims.clone(), data.clone()));
+            }
+            inputs.insert(name.clone(), Tensor::new(dims, data).unwrap());
+        }
+        let ckpt = dir.path().join("weights.safetensors");
+        write_f32_safetensors(&ckpt, &stored);
+        let optimized = optimize(
+            graph,
+            &PassOptions {
+                fuse_qkv_min_rows: 1,
+                ..PassOptions::default()
+            },
+        )
+        .unwrap();
+        let identity: BTreeMap<String, WeightSource> = optimized.weights.clone();
+        let generated = generate(
+            &optimized,
+            &CodegenOptions {
+                model_name: "attention-block".into(),
+                layouts: vec![(
+                    CheckpointLayout {
+                        name: "diffusers".into(),
+                        strip_prefixes: vec![],
+                    },
+                    identity,
+                )],
+                reuse_memory: false,
+            },
+        )
+        .unwrap();
+        assert!(generated
+            .kernels_cu
+            .contains(&format!("attention_d{head_dim}_bf16")));
+        let artifact = dir.path().join("artifact");
+        write_artifact(&artifact, &generated).unwrap();
+        let mut e = engine(&artifact, &ckpt);
+        for name in ["x", "ids"] {
+            e.set_input(name, &inputs[name].data).unwrap();
+        }
+        e.run().unwrap();
+        let weights = load_derived_weights(
+            &optimized.graph,
+            &optimized.weights,
+            &ckpt,
+            BflDims {
+                hidden_size: 1,
+                mlp_hidden: 1,
+            },
+        )
+        .unwrap();
+        let mut all = inputs.clone();
+        all.extend(weights);
+        let reference = interp::run(&optimized.graph, &all).unwrap()["out"].clone();
+        let out = Tensor::new(reference.shape.clone(), e.output("out").unwrap()).unwrap();
+        let error = out.rel_l2(&reference);
+        let (worst, at) = worst_buffer(&e, &generated, &optimized.graph, &all);
+        println!("attention block {heads}x{head_dim}, {tokens} tokens: out vs interpreter {error:.3e}; worst buffer {worst:.3e} ({at})");
+        assert!(error <= 2e-2, "{error:e}");
+    }
+}
+
+/// Writes f32 tensors as a safetensors file.
+fn write_f32_safetensors(path: &Path, tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>) {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(name, (shape, data))| {
+            (
+                name.clone(),
+                shape.clone(),
+                data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            )
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+        .iter()
+        .map(|(name, shape, data)| {
+            (
+                name.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
