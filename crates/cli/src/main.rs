@@ -72,6 +72,9 @@ enum Command {
         /// Write the timing as JSON here.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
+        /// Time every step of one forward and print where the time goes.
+        #[arg(long)]
+        profile: bool,
     },
 }
 
@@ -99,6 +102,7 @@ fn main() -> ExitCode {
             warmup,
             eager,
             json,
+            profile,
         } => run::run(&run::RunArgs {
             artifact: &artifact,
             weights: &weights,
@@ -108,6 +112,7 @@ fn main() -> ExitCode {
             warmup,
             eager,
             json: json.as_deref(),
+            profile,
         }),
     };
     match result {

@@ -37,6 +37,8 @@ pub struct RunArgs<'a> {
     pub eager: bool,
     /// Where to write the timing as JSON.
     pub json: Option<&'a Path>,
+    /// Time every step and print the breakdown.
+    pub profile: bool,
 }
 
 /// Runs the artifact.
@@ -110,8 +112,17 @@ pub fn run(args: &RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         None
     };
+    let profile = if args.profile {
+        let ms = engine.profile_steps()?;
+        let rows = profile_rows(engine.schedule(), &ms);
+        print_profile(&rows, ms.iter().sum());
+        Some(rows)
+    } else {
+        None
+    };
     if let Some(path) = args.json {
         let json = serde_json::json!({
+            "profile": profile,
             "artifact": args.artifact.display().to_string(),
             "model": engine.manifest().model_name,
             "device": engine.device_name(),
@@ -129,6 +140,35 @@ pub fn run(args: &RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
     }
     Ok(())
+}
+
+/// Per-step time summed by what the step runs (`gemm`, `attention`, or the
+/// kernel's name), largest first: (what, steps, total ms).
+fn profile_rows(schedule: &fluxc_artifact::Schedule, ms: &[f64]) -> Vec<(String, usize, f64)> {
+    use fluxc_artifact::Step;
+    let mut by_kind: BTreeMap<String, (usize, f64)> = BTreeMap::new();
+    for (step, &t) in schedule.steps.iter().zip(ms) {
+        let kind = match step {
+            Step::Gemm(_) => "gemm (cuBLASLt)".to_string(),
+            Step::Attention(a) => a.kernel.clone(),
+            Step::Launch(l) => l.kernel.clone(),
+            Step::Copy(_) => "copy".to_string(),
+        };
+        let entry = by_kind.entry(kind).or_default();
+        entry.0 += 1;
+        entry.1 += t;
+    }
+    let mut rows: Vec<(String, usize, f64)> =
+        by_kind.into_iter().map(|(k, (n, t))| (k, n, t)).collect();
+    rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+    rows
+}
+
+fn print_profile(rows: &[(String, usize, f64)], total: f64) {
+    println!("profile: {total:.2} ms in steps run one by one (no graph)");
+    for (kind, n, t) in rows {
+        println!("  {t:9.3} ms {:5.1}%  {n:4} x {kind}", 100.0 * t / total);
+    }
 }
 
 /// Input data by name, and the other tensors of the inputs file.

@@ -457,6 +457,42 @@ impl Engine {
         Ok(timing)
     }
 
+    /// GPU milliseconds of every step of one forward, run step by step with
+    /// CUDA events around each (no graph, so launch gaps are not included):
+    /// where the time goes.
+    pub fn profile_steps(&mut self) -> Result<Vec<f64>, RuntimeError> {
+        self.bind()?;
+        self.upload_inputs()?;
+        self.launch_forward()?; // warm
+        self.sync("warming up before profiling")?;
+        let event = || {
+            self.ctx
+                .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(RuntimeError::driver("creating a timing event"))
+        };
+        let events = (0..=self.ops.len())
+            .map(|_| event())
+            .collect::<Result<Vec<_>, RuntimeError>>()?;
+        for (i, op) in self.ops.iter().enumerate() {
+            events[i]
+                .record(&self.stream)
+                .map_err(RuntimeError::driver("recording a timing event"))?;
+            self.enqueue(op).map_err(|e| self.step_failed(i, e))?;
+        }
+        events[self.ops.len()]
+            .record(&self.stream)
+            .map_err(RuntimeError::driver("recording a timing event"))?;
+        self.sync("profiling the steps")?;
+        events
+            .windows(2)
+            .map(|w| {
+                w[0].elapsed_ms(&w[1])
+                    .map(f64::from)
+                    .map_err(RuntimeError::driver("reading a timing event"))
+            })
+            .collect()
+    }
+
     /// Makes the engine's context current on this thread.
     fn bind(&self) -> Result<(), RuntimeError> {
         self.ctx
