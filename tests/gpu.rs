@@ -220,7 +220,16 @@ fn tiny_models_in_bf16_stay_within_bf16_error() {
         );
         let fixtures = root().join("tests/fixtures").join(preset);
         let mut e = engine(&artifact, &fixtures.join("diffusers"));
-        let (io, _) = fixture_inputs(preset);
+        let (mut io, _) = fixture_inputs(preset);
+        // Timestep and guidance are scaled by 1000 inside the model; in bf16
+        // storage (as in diffusers' bf16 forward) 0.7·1000 becomes 700, not
+        // the interpreter's 699.2, and the sinusoidal embedding of the two
+        // differs by 20%. Values whose products are exact in bf16 keep this
+        // comparison about storage rounding, not that quirk.
+        io.insert("timestep".into(), Tensor::new([1], vec![0.5]).unwrap());
+        if io.contains_key("guidance") {
+            io.insert("guidance".into(), Tensor::new([1], vec![4.0]).unwrap());
+        }
         set_inputs(&mut e, &io);
         e.run().unwrap();
         let mut inputs = load_derived_weights(
