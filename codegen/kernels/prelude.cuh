@@ -75,3 +75,28 @@ FX_DEVICE float fx_row_max(float v, int threads, float* scratch) {
     for (int w = 1; w < warps_per_row; ++w) m = fmaxf(m, scratch[first + w]);
     return m;
 }
+
+// 16-byte vector access: N consecutive elements of type T at once, when the
+// kernel has proven the address aligned (buffers are 256-byte aligned and
+// the element index a multiple of N).
+template <int N, typename T>
+struct alignas(N * sizeof(T) >= 16 ? 16 : N * sizeof(T)) fx_vec {
+    T x[N];
+};
+template <int N, typename T>
+FX_DEVICE fx_vec<N, T> fx_vload(const T* p, int i) {
+    return *reinterpret_cast<const fx_vec<N, T>*>(p + i);
+}
+template <int N>
+FX_DEVICE float fx_vget(const fx_vec<N, float>& r, int v) { return r.x[v]; }
+template <int N>
+FX_DEVICE float fx_vget(const fx_vec<N, __nv_bfloat16>& r, int v) { return __bfloat162float(r.x[v]); }
+template <int N>
+FX_DEVICE float fx_vget(const fx_vec<N, __half>& r, int v) { return __half2float(r.x[v]); }
+template <int N, typename T>
+FX_DEVICE void fx_vstore(T* p, int i, const float* y) {
+    fx_vec<N, T> r;
+    #pragma unroll
+    for (int v = 0; v < N; ++v) fx_store(r.x, v, y[v]);
+    *reinterpret_cast<fx_vec<N, T>*>(p + i) = r;
+}

@@ -56,6 +56,15 @@ pub struct Emitter<'g> {
     /// Values supplied by the surrounding template (a reduction's result at
     /// the current element), by node and index.
     provided: BTreeMap<(NodeId, String), String>,
+    /// Vector mode: loads whose linear index is one of these variables are
+    /// served from one wide load per thread at the variable's base
+    /// (`i` → `i0`), element `v` of it.
+    vector: BTreeMap<String, String>,
+    /// Width of vector loads.
+    vector_width: usize,
+    /// Wide loads requested since [`Emitter::take_vector_loads`]: (param,
+    /// base expression, variable).
+    vector_loads: Vec<(usize, String, String)>,
 }
 
 impl<'g> Emitter<'g> {
@@ -75,6 +84,40 @@ impl<'g> Emitter<'g> {
             next_var: 0,
             scopes: vec![Scope::default()],
             provided: BTreeMap::new(),
+            vector: BTreeMap::new(),
+            vector_width: 1,
+            vector_loads: Vec::new(),
+        }
+    }
+
+    /// Serves loads at linear index `var` (within an element loop over `v`)
+    /// from `width`-element loads at `base`.
+    pub fn vectorize(&mut self, var: &str, base: &str, width: usize) {
+        self.vector.insert(var.to_string(), base.to_string());
+        self.vector_width = width;
+    }
+
+    /// The wide loads requested since the last call, as declarations.
+    pub fn take_vector_loads(&mut self) -> Vec<String> {
+        let width = self.vector_width;
+        std::mem::take(&mut self.vector_loads)
+            .into_iter()
+            .map(|(p, base, var)| format!("const auto {var} = fx_vload<{width}>(p{p}, {base});"))
+            .collect()
+    }
+
+    /// Number of statements emitted so far (a position for [`Emitter::insert`]).
+    pub fn mark(&self) -> usize {
+        self.lines.len()
+    }
+
+    /// Inserts statements at `mark`, at the indentation of the line there.
+    pub fn insert(&mut self, mark: usize, statements: Vec<String>) {
+        let indent = self.lines.get(mark).map_or(String::new(), |l| {
+            l.chars().take_while(|c| *c == ' ').collect()
+        });
+        for (k, s) in statements.into_iter().enumerate() {
+            self.lines.insert(mark + k, format!("{indent}{s}"));
         }
     }
 
@@ -131,6 +174,13 @@ impl<'g> Emitter<'g> {
         name
     }
 
+    /// Declares that index expression `expr` equals variable `var` in the
+    /// current scope (`i % C` is the row position `c` in a row kernel), so
+    /// indices built from it use the variable.
+    pub fn alias_index(&mut self, expr: &str, var: &str) {
+        self.scope().bound.insert(expr.to_string(), var.to_string());
+    }
+
     /// Makes `value` the value of `node` at `index` (used for a reduction's
     /// per-element result in row kernels).
     pub fn provide(&mut self, node: NodeId, index: &Index, value: String) {
@@ -174,6 +224,15 @@ impl<'g> Emitter<'g> {
         } else if !self.computed.contains(&id) {
             let p = self.param(id, false);
             let linear = self.linear(index, node.ty.shape.dims());
+            if let Some(base) = self.vector.get(&linear).cloned() {
+                let var = format!("r{p}_{linear}");
+                if !self.vector_loads.iter().any(|(_, _, v)| *v == var) {
+                    self.vector_loads.push((p, base, var.clone()));
+                }
+                let v = format!("fx_vget<{}>({var}, v)", self.vector_width);
+                self.scope().values.insert(key, v.clone());
+                return Ok(v);
+            }
             let v = self.fresh("v");
             self.line(format!("const float {v} = fx_load(p{p}, {linear});"));
             v

@@ -53,43 +53,98 @@ pub fn pointwise(
     let total = elements(graph, outputs[0])?;
     check_outputs(graph, outputs, total)?;
     let mut e = Emitter::new(graph, nodes.iter().copied(), 1);
+    let width = vector_width(graph, outputs).filter(|w| total % w == 0);
+    let Some(w) = width else {
+        e.line(format!(
+            "const int i = blockIdx.x * {BLOCK_THREADS} + threadIdx.x;"
+        ));
+        e.line(format!("if (i >= {total}) return;"));
+        for &out in outputs {
+            let dims = graph.ty(out).shape.dims().to_vec();
+            let index = e.delinearize("i", dims);
+            let v = e.value(out, &index)?;
+            e.store(out, "i", &v);
+        }
+        let grid = grid_for(total, BLOCK_THREADS as usize)?;
+        return finish(graph, e, nodes, "", [grid, 1, 1]);
+    };
+    // Vectorized: each thread computes `w` consecutive elements; operands
+    // read at the element's own index come in one 16-byte load, outputs go
+    // out in one 16-byte store.
     e.line(format!(
-        "const int i = blockIdx.x * {BLOCK_THREADS} + threadIdx.x;"
+        "const int i0 = (blockIdx.x * {BLOCK_THREADS} + threadIdx.x) * {w};"
     ));
-    e.line(format!("if (i >= {total}) return;"));
-    for &out in outputs {
+    e.line(format!("if (i0 >= {total}) return;"));
+    for k in 0..outputs.len() {
+        e.line(format!("float o{k}[{w}];"));
+    }
+    e.vectorize("i", "i0", w);
+    let mark = e.mark();
+    e.line("#pragma unroll");
+    e.open(format!("for (int v = 0; v < {w}; ++v)"));
+    e.line("const int i = i0 + v;");
+    for (k, &out) in outputs.iter().enumerate() {
         let dims = graph.ty(out).shape.dims().to_vec();
         let index = e.delinearize("i", dims);
         let v = e.value(out, &index)?;
-        e.store(out, "i", &v);
+        e.line(format!("o{k}[v] = {v};"));
     }
-    let grid = (total as u64).div_ceil(BLOCK_THREADS as u64);
-    let grid =
-        u32::try_from(grid).map_err(|_| CodegenError::TooLarge(format!("{total} elements")))?;
+    e.close();
+    let loads = e.take_vector_loads();
+    e.insert(mark, loads);
+    for (k, &out) in outputs.iter().enumerate() {
+        let p = e.param(out, true);
+        e.line(format!("fx_vstore<{w}>(p{p}, i0, o{k});"));
+    }
+    let grid = grid_for(total / w, BLOCK_THREADS as usize)?;
     finish(graph, e, nodes, "", [grid, 1, 1])
+}
+
+/// Elements per 16-byte access when every output has the same element size
+/// (8 for bf16/f16, 4 for f32).
+fn vector_width(graph: &Graph, outputs: &[NodeId]) -> Option<usize> {
+    let size = graph.ty(*outputs.first()?).dtype.size_bytes();
+    let same = outputs
+        .iter()
+        .all(|&o| graph.ty(o).dtype.size_bytes() == size);
+    (same && (size == 2 || size == 4)).then_some(16 / size)
+}
+
+fn grid_for(items: usize, per_block: usize) -> Result<u32, CodegenError> {
+    u32::try_from(items.div_ceil(per_block))
+        .map_err(|_| CodegenError::TooLarge(format!("{items} work items")))
 }
 
 /// How a row kernel spreads a row over threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RowShape {
-    /// Threads per row (a power of two, 32..=256).
+    /// Elements per vector access (1, 4 or 8).
+    pub width: u32,
+    /// Threads per row (a power of two, at most 256).
     pub tpr: u32,
-    /// Elements per thread.
-    pub ept: u32,
+    /// Vector chunks per thread.
+    pub chunks_per_thread: u32,
     /// Rows per block.
     pub rows_per_block: u32,
 }
 
 impl RowShape {
-    /// About 8 elements per thread, at least a warp and at most a block per row.
-    pub fn for_width(c: usize) -> RowShape {
-        let tpr = (c.div_ceil(8))
-            .next_power_of_two()
-            .clamp(32, BLOCK_THREADS as usize) as u32;
+    /// A row of `c` elements read `width` at a time: the most threads (up to
+    /// 256) that split its chunks evenly, or 256 with a ragged last chunk.
+    pub fn for_width(c: usize, width: usize) -> RowShape {
+        let chunks = c / width;
+        let mut tpr = 1usize;
+        while tpr < 256 && chunks % (tpr * 2) == 0 {
+            tpr *= 2;
+        }
+        if chunks / tpr > 8 {
+            tpr = 256;
+        }
         RowShape {
-            tpr,
-            ept: c.div_ceil(tpr as usize) as u32,
-            rows_per_block: BLOCK_THREADS / tpr,
+            width: width as u32,
+            tpr: tpr as u32,
+            chunks_per_thread: chunks.div_ceil(tpr) as u32,
+            rows_per_block: BLOCK_THREADS / tpr as u32,
         }
     }
 }
@@ -110,20 +165,34 @@ pub fn row(
     let total = elements(graph, x)?;
     let rows = total / c;
     check_outputs(graph, outputs, total)?;
-    let shape = RowShape::for_width(c);
-    if shape.ept > 32 {
+    let width = vector_width(graph, outputs)
+        .filter(|w| c % w == 0)
+        .unwrap_or(1);
+    let shape = RowShape::for_width(c, width);
+    let (w, tpr, cpt, rpb) = (
+        shape.width as usize,
+        shape.tpr,
+        shape.chunks_per_thread as usize,
+        shape.rows_per_block,
+    );
+    let chunks = c / w;
+    if cpt * w > 64 {
         return Err(CodegenError::Unsupported(format!(
-            "{} over rows of {c} elements (at most 8192)",
+            "{} over rows of {c} elements (at most 16384)",
             r.op.kind_name()
         )));
     }
-
     let downstream = downstream_of(graph, nodes, reduction);
     let (epilogue_outs, prologue_outs): (Vec<NodeId>, Vec<NodeId>) =
         outputs.iter().partition(|o| downstream.contains(o));
+    let needs_pair = rope_reads(graph, nodes, reduction);
+    if needs_pair && c % 2 != 0 {
+        return Err(CodegenError::Unsupported(format!(
+            "rotary pairs over an odd width {c}"
+        )));
+    }
 
     let mut e = Emitter::new(graph, nodes.iter().copied(), 1);
-    let (tpr, ept, rpb) = (shape.tpr, shape.ept, shape.rows_per_block);
     if tpr > 32 {
         e.line(format!(
             "__shared__ float fx_scratch[{}];",
@@ -135,77 +204,88 @@ pub fn row(
     ));
     e.line(format!("const int lane = threadIdx.x % {tpr};"));
     e.line(format!("const bool active = row < {rows};"));
-    e.line(format!("float x[{ept}];"));
+    e.line(format!("float x[{}];", cpt * w));
+    e.vectorize("i", "i0", w);
+    e.vectorize("c", "c0", w);
 
     // Prologue: the reduced operand into registers, prologue outputs stored.
     e.line("#pragma unroll");
-    e.open(format!("for (int e = 0; e < {ept}; ++e)"));
-    e.line(format!("const int c = lane + e * {tpr};"));
-    e.line("x[e] = 0.0f;");
-    e.open(format!("if (active && c < {c})"));
-    e.line(format!("const int i = row * {c} + c;"));
+    e.open(format!("for (int k = 0; k < {cpt}; ++k)"));
+    e.line(format!("const int chunk = lane + k * {tpr};"));
+    e.line(format!(
+        "for (int v = 0; v < {w}; ++v) x[k * {w} + v] = 0.0f;"
+    ));
+    e.open(format!("if (active && chunk < {chunks})"));
+    e.line(format!("const int c0 = chunk * {w};"));
+    e.line(format!("const int i0 = row * {c} + c0;"));
+    for j in 0..prologue_outs.len() {
+        e.line(format!("float po{j}[{w}];"));
+    }
+    let mark = e.mark();
+    element_loop_header(&mut e, w, c);
     let index = e.delinearize("i", dims.clone());
     let xv = e.value(x, &index)?;
-    e.line(format!("x[e] = {xv};"));
-    for &out in &prologue_outs {
+    e.line(format!("x[k * {w} + v] = {xv};"));
+    for (j, &out) in prologue_outs.iter().enumerate() {
         let out_index = e.delinearize("i", graph.ty(out).shape.dims().to_vec());
         let v = e.value(out, &out_index)?;
-        e.store(out, "i", &v);
+        e.line(format!("po{j}[v] = {v};"));
+    }
+    e.close();
+    let loads = e.take_vector_loads();
+    e.insert(mark, loads);
+    for (j, &out) in prologue_outs.iter().enumerate() {
+        let p = e.param(out, true);
+        e.line(format!("fx_vstore<{w}>(p{p}, i0, po{j});"));
     }
     e.close();
     e.close();
 
-    // Row statistics.
-    let reduce_sum = |v: &str| {
+    // Row statistics over the registers (ragged chunks excluded).
+    let reduce = |kind: &str, v: &str| {
         if tpr > 32 {
-            format!("fx_row_sum({v}, {tpr}, fx_scratch)")
+            format!("fx_row_{kind}({v}, {tpr}, fx_scratch)")
         } else {
-            format!("fx_group_sum({v}, {tpr})")
+            format!("fx_group_{kind}({v}, {tpr})")
         }
     };
-    let reduce_max = |v: &str| {
-        if tpr > 32 {
-            format!("fx_row_max({v}, {tpr}, fx_scratch)")
-        } else {
-            format!("fx_group_max({v}, {tpr})")
-        }
+    let over = |body: &str| {
+        format!(
+            "for (int k = 0; k < {cpt}; ++k) if (lane + k * {tpr} < {chunks}) for (int v = 0; v < {w}; ++v) {{ const float xe = x[k * {w} + v]; {body} }}"
+        )
     };
     let sum_over = |e: &mut Emitter, name: &str, term: &str| {
         e.line(format!("float {name} = 0.0f;"));
         e.line("#pragma unroll");
-        e.line(format!(
-            "for (int e = 0; e < {ept}; ++e) if (lane + e * {tpr} < {c}) {name} += {term};"
-        ));
-        e.line(format!("{name} = {};", reduce_sum(name)));
+        e.line(over(&format!("{name} += {term};")));
+        e.line(format!("{name} = {};", reduce("sum", name)));
     };
     let normalized = match &r.op {
         Op::LayerNorm { eps } => {
-            sum_over(&mut e, "sum", "x[e]");
+            sum_over(&mut e, "sum", "xe");
             e.line(format!("const float mean = sum / {c}.0f;"));
-            sum_over(&mut e, "sq", "(x[e] - mean) * (x[e] - mean)");
+            sum_over(&mut e, "sq", "(xe - mean) * (xe - mean)");
             e.line(format!(
                 "const float rstd = rsqrtf(sq / {c}.0f + {});",
                 float_literal(eps.get())
             ));
-            "(x[e] - mean) * rstd"
+            "(x[k * W + v] - mean) * rstd"
         }
         Op::RmsNorm { eps } => {
-            sum_over(&mut e, "sq", "x[e] * x[e]");
+            sum_over(&mut e, "sq", "xe * xe");
             e.line(format!(
                 "const float rstd = rsqrtf(sq / {c}.0f + {});",
                 float_literal(eps.get())
             ));
-            "x[e] * rstd"
+            "x[k * W + v] * rstd"
         }
         Op::Softmax => {
             e.line("float mx = -__int_as_float(0x7f800000);");
             e.line("#pragma unroll");
-            e.line(format!(
-                "for (int e = 0; e < {ept}; ++e) if (lane + e * {tpr} < {c}) mx = fmaxf(mx, x[e]);"
-            ));
-            e.line(format!("mx = {};", reduce_max("mx")));
-            sum_over(&mut e, "sum", "expf(x[e] - mx)");
-            "expf(x[e] - mx) / sum"
+            e.line(over("mx = fmaxf(mx, xe);"));
+            e.line(format!("mx = {};", reduce("max", "mx")));
+            sum_over(&mut e, "sum", "expf(xe - mx)");
+            "expf(x[k * W + v] - mx) / sum"
         }
         other => {
             return Err(CodegenError::Unsupported(format!(
@@ -214,60 +294,87 @@ pub fn row(
             )))
         }
     };
+    let normalized = normalized.replace('W', &w.to_string());
 
-    // Epilogue: normalized value (and affine), then the pointwise tail. A
-    // rotary epilogue also needs its pair partner's value, which the
-    // neighbouring lane holds (c ^ 1 = (lane ^ 1) + e·tpr, tpr even); the
-    // shuffle runs outside the bounds guard so every lane takes part.
-    let needs_pair = rope_reads(graph, nodes, reduction);
-    if needs_pair && c % 2 != 0 {
-        return Err(CodegenError::Unsupported(format!(
-            "rotary pairs over an odd width {c}"
-        )));
-    }
+    // Epilogue: normalized value (and affine) per element, then the tail.
+    // A rotary epilogue also needs its pair partner's value: the same
+    // thread holds it when chunks are vectors (width even), else the
+    // neighbouring lane does (c ^ 1 = (lane ^ 1) + k·tpr, the shuffle runs
+    // outside the bounds guard so every lane takes part).
     e.line("#pragma unroll");
-    e.open(format!("for (int e = 0; e < {ept}; ++e)"));
-    e.line(format!("const int c = lane + e * {tpr};"));
-    e.line(format!("const bool ok = active && c < {c};"));
-    e.line("float y = 0.0f;");
+    e.open(format!("for (int k = 0; k < {cpt}; ++k)"));
+    e.line(format!("const int chunk = lane + k * {tpr};"));
+    e.line(format!("const bool ok = active && chunk < {chunks};"));
+    e.line(format!("const int c0 = chunk * {w};"));
+    e.line(format!("float y[{w}];"));
+    e.line(format!("for (int v = 0; v < {w}; ++v) y[v] = 0.0f;"));
     e.open("if (ok)");
-    let mut y = normalized.to_string();
+    let mark = e.mark();
+    e.line("#pragma unroll");
+    e.open(format!("for (int v = 0; v < {w}; ++v)"));
+    e.line("const int c = c0 + v;");
+    let mut y = normalized;
     let c_index: Index = vec!["c".to_string()];
-    if let Some(&w) = r_operands.get(1) {
-        let wv = e.value(w, &c_index)?;
+    if let Some(&wt) = r_operands.get(1) {
+        let wv = e.value(wt, &c_index)?;
         y = format!("({y}) * {wv}");
     }
     if let Some(&b) = r_operands.get(2) {
         let bv = e.value(b, &c_index)?;
         y = format!("{y} + {bv}");
     }
-    e.line(format!("y = {y};"));
+    e.line(format!("y[v] = {y};"));
     e.close();
-    if needs_pair {
-        e.line("const float y_pair = __shfl_xor_sync(0xffffffffu, y, 1);");
+    let loads = e.take_vector_loads();
+    e.insert(mark, loads);
+    e.close();
+    if needs_pair && w == 1 {
+        e.line("const float y_pair = __shfl_xor_sync(0xffffffffu, y[0], 1);");
     }
     e.open("if (ok)");
-    e.line(format!("const int i = row * {c} + c;"));
+    e.line(format!("const int i0 = row * {c} + c0;"));
+    for j in 0..epilogue_outs.len() {
+        e.line(format!("float eo{j}[{w}];"));
+    }
+    let mark = e.mark();
+    element_loop_header(&mut e, w, c);
     let r_dims = graph.ty(reduction).shape.dims().to_vec();
     let r_index = e.delinearize("i", r_dims.clone());
-    e.provide(reduction, &r_index, "y".to_string());
+    e.provide(reduction, &r_index, "y[v]".to_string());
     if needs_pair {
         let mut pair_index = r_index.clone();
         let last = r_dims.len() - 1;
         pair_index[last] = e.bind_index(format!("{} ^ 1", r_index[last]));
-        e.provide(reduction, &pair_index, "y_pair".to_string());
+        let pair = if w == 1 { "y_pair" } else { "y[v ^ 1]" };
+        e.provide(reduction, &pair_index, pair.to_string());
     }
-    for &out in &epilogue_outs {
+    for (j, &out) in epilogue_outs.iter().enumerate() {
         let out_index = e.delinearize("i", graph.ty(out).shape.dims().to_vec());
         let v = e.value(out, &out_index)?;
-        e.store(out, "i", &v);
+        e.line(format!("eo{j}[v] = {v};"));
+    }
+    e.close();
+    let loads = e.take_vector_loads();
+    e.insert(mark, loads);
+    for (j, &out) in epilogue_outs.iter().enumerate() {
+        let p = e.param(out, true);
+        e.line(format!("fx_vstore<{w}>(p{p}, i0, eo{j});"));
     }
     e.close();
     e.close();
 
-    let grid = (rows as u64).div_ceil(rpb as u64);
-    let grid = u32::try_from(grid).map_err(|_| CodegenError::TooLarge(format!("{rows} rows")))?;
+    let grid = grid_for(rows, rpb as usize)?;
     finish(graph, e, nodes, r.op.kind_name(), [grid, 1, 1])
+}
+
+/// Opens the per-element loop of a row chunk: `v` over the chunk, `i` the
+/// element's linear index and `c` its position in the row (`i % c` is `c`).
+fn element_loop_header(e: &mut Emitter, w: usize, c: usize) {
+    e.line("#pragma unroll");
+    e.open(format!("for (int v = 0; v < {w}; ++v)"));
+    e.line("const int i = i0 + v;");
+    e.line("const int c = c0 + v;");
+    e.alias_index(&format!("i % {c}"), "c");
 }
 
 /// Whether an `apply_rope` among `nodes` rotates `reduction`'s output
@@ -423,22 +530,28 @@ mod tests {
 
     #[test]
     fn row_shapes() {
+        // FLUX's LayerNorm rows: 384 chunks of 8 bf16, 3 per thread.
         assert_eq!(
-            RowShape::for_width(3072),
+            RowShape::for_width(3072, 8),
             RowShape {
-                tpr: 256,
-                ept: 12,
-                rows_per_block: 1
+                width: 8,
+                tpr: 128,
+                chunks_per_thread: 3,
+                rows_per_block: 2
             }
         );
+        // RMSNorm over a 128-wide head: 16 threads, one chunk each.
         assert_eq!(
-            RowShape::for_width(128),
+            RowShape::for_width(128, 8),
             RowShape {
-                tpr: 32,
-                ept: 4,
-                rows_per_block: 8
+                width: 8,
+                tpr: 16,
+                chunks_per_thread: 1,
+                rows_per_block: 16
             }
         );
-        assert_eq!(RowShape::for_width(16).ept, 1);
+        // Scalar fallback over an odd width.
+        let odd = RowShape::for_width(3000, 1);
+        assert_eq!((odd.tpr, odd.chunks_per_thread), (256, 12));
     }
 }

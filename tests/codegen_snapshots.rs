@@ -1,0 +1,93 @@
+//! Snapshots of what codegen emits: every kernel and the schedule of the
+//! tiny presets (fp8 off, epilogue fusion on and off), and a summary of the
+//! full FLUX.1-schnell schedule. A change here changes what runs on the GPU:
+//! review it line by line (`cargo insta review`).
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::path::PathBuf;
+
+use fluxc::artifact::{Region, Step};
+use fluxc::codegen::{generate, schedule_json, CodegenOptions, Generated};
+use fluxc::models::{flux, ModelConfig};
+use fluxc::passes::pipeline::optimize;
+use fluxc::passes::PassOptions;
+
+fn generated(preset: &str, epilogue_fusion: bool) -> Generated {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("models/{preset}.toml"));
+    let cfg = ModelConfig::load(&path).unwrap();
+    let options = PassOptions {
+        epilogue_fusion,
+        ..cfg.passes.options()
+    };
+    let optimized = optimize(flux::build_transformer(&cfg).unwrap(), &options).unwrap();
+    let opts = CodegenOptions {
+        model_name: cfg.model.name.clone(),
+        layouts: Vec::new(),
+        reuse_memory: true,
+    };
+    generate(&optimized, &opts).unwrap()
+}
+
+/// The generated kernels (the prelude is a fixed file; left out).
+fn kernels(g: &Generated) -> String {
+    let start = g
+        .kernels_cu
+        .find("extern \"C\" __global__ void __launch_bounds__(256) k0_")
+        .unwrap_or(0);
+    g.kernels_cu[start..].to_string()
+}
+
+#[test]
+fn tiny_schnell_kernels_and_schedule() {
+    for (epilogue, suffix) in [(true, "epilogue_on"), (false, "epilogue_off")] {
+        let g = generated("tiny-schnell", epilogue);
+        insta::assert_snapshot!(format!("tiny_schnell_kernels_{suffix}"), kernels(&g));
+        insta::assert_snapshot!(
+            format!("tiny_schnell_schedule_{suffix}"),
+            schedule_json(&g.schedule).unwrap()
+        );
+    }
+}
+
+#[test]
+fn flux_schnell_schedule_summary() {
+    let g = generated("flux-schnell", true);
+    let s = &g.schedule;
+    let mut steps: BTreeMap<&str, usize> = BTreeMap::new();
+    for step in &s.steps {
+        let kind = match step {
+            Step::Launch(_) => "launch",
+            Step::Gemm(_) => "gemm",
+            Step::Attention(_) => "attention",
+            Step::Copy(_) => "copy",
+        };
+        *steps.entry(kind).or_default() += 1;
+    }
+    let mut text = String::new();
+    writeln!(
+        text,
+        "kernels: {}",
+        g.kernels_cu.matches("extern \"C\" __global__").count()
+    )
+    .unwrap();
+    writeln!(text, "steps: {} {steps:?}", s.steps.len()).unwrap();
+    writeln!(text, "arena bytes: {}", s.arena_bytes).unwrap();
+    writeln!(text, "weight bytes: {}", s.weight_bytes).unwrap();
+    let (arena, weights): (Vec<_>, Vec<_>) =
+        s.buffers.iter().partition(|b| b.region == Region::Arena);
+    writeln!(
+        text,
+        "buffers: {} in the arena, {} weights",
+        arena.len(),
+        weights.len()
+    )
+    .unwrap();
+    writeln!(
+        text,
+        "inputs: {:?}",
+        s.inputs.iter().map(|b| &b.name).collect::<Vec<_>>()
+    )
+    .unwrap();
+    insta::assert_snapshot!(text);
+}
