@@ -42,7 +42,11 @@ fn run(artifact: PathBuf, checkpoint: PathBuf) -> Result<(), RuntimeError> {
         let n = values.len().max(1) as f64;
         let mean = values.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
         let rms = (values.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / n).sqrt();
-        println!("{}: {} values, mean {mean:.6}, rms {rms:.6}", output.name, values.len());
+        println!(
+            "{}: {} values, mean {mean:.6}, rms {rms:.6}",
+            output.name,
+            values.len()
+        );
     }
     Ok(())
 }

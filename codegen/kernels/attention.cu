@@ -1,9 +1,10 @@
-// fluxc flash-attention forward kernel template (bf16 in/out, f32 accumulate).
+// fluxc flash-attention forward kernel template (bf16 in/out, f32 accumulate),
+// Hopper warpgroup MMA (wgmma, sm_90a) version.
 //
 // Rendered by codegen/src/attention.rs, which replaces these placeholders:
 //   {{NAME}}         kernel symbol, e.g. attention_d128_bf16
 //   {{HEAD_DIM}}     head dimension D (64 or 128)
-//   {{BLOCK_M}}      query rows per CTA (16 per warp)
+//   {{BLOCK_M}}      query rows per CTA (64 per warpgroup)
 //   {{BLOCK_N}}      keys per main-loop iteration
 //   {{NUM_WARPS}}    warps per CTA (BLOCK_M / 16)
 //   {{SHARED_BYTES}} dynamic shared memory the runtime passes at launch
@@ -11,65 +12,84 @@
 // out[b, s, h, :] = softmax(q[b, s, h, :] . k[b, :, h, :]^T * scale) . v[b, :, h, :]
 // non-causal, no mask; q/k/v/o are contiguous [batch, seq, heads, D] bf16.
 //
-// Algorithm (FlashAttention-2 forward, sm_80-style warp MMA, runs on sm_90a):
-//   * CTA (blockIdx.x, blockIdx.y, blockIdx.z) = (query tile, head, batch).
-//   * Warp w owns query rows [w*16, w*16+16) of the tile; all warps share the
-//     K/V tiles in shared memory. No cross-warp reduction is ever needed.
-//   * The Q tile is staged through shared memory once and kept in registers
-//     as mma A fragments for the whole kernel.
-//   * K/V tiles of BLOCK_N keys are double buffered with cp.async: tile j+1
-//     streams in while tile j is consumed. Rows past seq_kv are zero-filled
-//     (cp.async src-size 0), so garbage never reaches the P.V product.
-//   * S = Q.K^T (tensor cores, f32), scaled by scale*log2(e), out-of-range
-//     keys set to -inf, online softmax in base 2 (exp2f), P rounded to bf16
-//     in registers and fed straight back as the A operand of O += P.V.
-//   * Epilogue: O / l rounded to bf16, staged through the (now idle) Q
-//     shared-memory rows of the warp, stored with 16-byte row-predicated
-//     writes.
+// Algorithm (FlashAttention-3 style forward on Hopper tensor cores):
+//   * CTA (blockIdx.x, blockIdx.y, blockIdx.z) = (query tile, head, batch);
+//     BLOCK_M = 128 query rows, two warpgroups (2 x 128 threads), warpgroup
+//     w owns query rows [64w, 64w + 64) and runs its own online softmax.
+//   * S = Q.K^T: wgmma.m64n128k16 (BLOCK_N = 128 keys per tile), A = Q and
+//     B = K both read by the tensor cores straight from shared memory
+//     (matrix descriptors, K-major, 128-byte swizzle), f32 accumulators.
+//   * O += P.V: wgmma.m64n{D}k16 with A = P from registers (the f32 S
+//     accumulator fragment of a warpgroup is exactly its bf16 A fragment
+//     once packed in pairs) and B = V from shared memory (N-major, i.e.
+//     imm-trans-b = 1, 128-byte swizzle).
+//   * Pipelining inside a warpgroup: one step issues S_j = Q.K_j^T and
+//     O += P_{j-1}.V_{j-1} back to back, waits for S_j only, runs the
+//     softmax of S_j while the tensor cores still work on P_{j-1}.V_{j-1},
+//     then waits for that and rescales O.
+//   * Ping-pong between the warpgroups: warpgroup 1 runs half a step behind
+//     warpgroup 0 (see the schedule in the kernel), so the tensor cores
+//     alternate between them and each softmax overlaps the other
+//     warpgroup's GEMMs.
+//   * K and V tiles sit in 3 buffers each, filled with cp.async straight
+//     into the swizzled layout, each warpgroup copying half the rows of a
+//     tile. A copying thread waits for its own copies (cp.async.wait_group)
+//     and makes them visible to the tensor cores' async proxy
+//     (fence.proxy.async.shared::cta) before the CTA barrier that publishes
+//     them; a buffer is refilled only after every wgmma reading it has been
+//     waited for (wgmma.wait_group) and a barrier says so.
+//   * Softmax in base 2 (ex2.approx) with one FFMA per score
+//     (S * scale*log2(e) - running max); any sign of `scale` works; keys >=
+//     seq_kv (only in the last tile, whose K/V rows past the end are
+//     zero-filled) are left out of the max and get P = 0.
+//   * Epilogue: O / l rounded to bf16, staged through the Q tile (each
+//     warpgroup writes only its own rows, which only its own wgmmas read),
+//     stored with 16-byte row-predicated writes.
 //
-// Shared memory layout (bf16 elements, every row padded by 8 elements =
-// 16 bytes so that the 8 row addresses of one ldmatrix 8x8 matrix fall into
-// 8 different 16-byte bank groups: row stride = 2*D+16 bytes = 16 (mod 128)):
-//   sQ : BLOCK_M rows x (D + 8)          (Q tile, later the output tile)
-//   sK : 2 buffers x BLOCK_N rows x (D + 8)
-//   sV : 2 buffers x BLOCK_N rows x (D + 8)
+// Shared memory (byte offsets from a 1024-byte aligned base; the launch size
+// includes 1024 bytes of slack for that alignment):
+//   sQ             : BLOCK_M x D            [0, QB)
+//   sK[0], sK[1], sK[2] : BLOCK_N x D each  [QB, QB + 3 KVB)
+//   sV[0], sV[1], sV[2] : BLOCK_N x D each  [QB + 3 KVB, QB + 6 KVB)
+// (229 376 + 1024 bytes for D = 128, 114 688 + 1024 for D = 64.)
+// Every tile of R rows x D columns is stored as D/64 column blocks of
+// R rows x 128 bytes (64 bf16); block c starts at c * R * 128. Inside a block
+// row r starts at r * 128 and its 16-byte chunk j (columns 8j..8j+7) sits at
+// chunk position j ^ (r & 7): the 128-byte swizzle of the wgmma shared-memory
+// matrix layout (Swizzle<3,4,3> on byte addresses, pattern repeating every
+// 1024 bytes, so every block starts 1024-byte aligned). For Q and K (rows =
+// M/N index, columns = the K dimension of the MMA) this is the canonical
+// K-major layout: 8-row groups SBO = 1024 bytes apart. For V (rows = keys =
+// the K dimension of P.V, columns = head dim = N) it is the canonical
+// N-major layout: 8-key groups SBO = 1024 bytes apart, 64-column blocks
+// LBO = BLOCK_N * 128 bytes apart.
 //
-// Requirements on the caller: the four pointers are 16-byte aligned (every
-// row is 2*D bytes, a multiple of 16, so row starts are then aligned too);
+// wgmma register fragments (PTX ISA "Register Fragments", m64nNk16): warp
+// i of a warpgroup holds rows 16i..16i+15; with g = lane >> 2, t = lane & 3,
+//   accumulator: d[4n + 0], d[4n + 1] = (row g,   cols 8n + 2t, +1)
+//                d[4n + 2], d[4n + 3] = (row g+8, cols 8n + 2t, +1)
+//   A (bf16, 4 x .b32): a0 = (row g, k 2t..+1), a1 = (row g+8, k 2t..+1),
+//                       a2 = (row g, k 2t+8..+9), a3 = (row g+8, k 2t+8..+9)
+// so the A fragment of P for keys [16kk, 16kk + 16) is
+//   a0 = s[8kk+0..1], a1 = s[8kk+2..3], a2 = s[8kk+4..5], a3 = s[8kk+6..7].
+//
+// Requirements on the caller: the four pointers are 16-byte aligned;
 // gridDim = (ceil(seq_q / BLOCK_M), heads, batch); blockDim = NUM_WARPS*32;
-// dynamic shared memory = SHARED_BYTES.
-//
-// Notation for mma.m16n8k16 fragments (PTX ISA, "Matrix Fragments for
-// mma.m16n8k16 with floating point type"), per lane:
-//   g = lane >> 2 (groupID), t = lane & 3 (threadID_in_group)
-//   A (16x16, row-major), 4 x .b32 each holding 2 bf16 (low half = lower col):
-//     a0: row g,   cols 2t, 2t+1      a1: row g+8, cols 2t, 2t+1
-//     a2: row g,   cols 2t+8, 2t+9    a3: row g+8, cols 2t+8, 2t+9
-//   B (16x8, "col" = element (k, n) with n the 8-wide dim), 2 x .b32:
-//     b0: k rows 2t, 2t+1, col g      b1: k rows 2t+8, 2t+9, col g
-//   C/D (16x8, f32), 4 floats:
-//     c0, c1: row g,   cols 2t, 2t+1  c2, c3: row g+8, cols 2t, 2t+1
-//
-// ldmatrix.m8n8.x4 (.b16): lanes 8i..8i+7 supply the 8 row addresses of
-// matrix i (16 contiguous bytes each); result register i holds, in lane L,
-// row L/4, cols 2(L%4), 2(L%4)+1 of matrix i -- i.e. exactly the (row g,
-// cols 2t..2t+1) pattern above. With .trans it holds row 2(L%4) and
-// 2(L%4)+1 of column L/4 instead (the k-pair pattern of a B fragment when the
-// stored rows are the k dimension).
+// dynamic shared memory = SHARED_BYTES (> 48 KiB: raise the attribute).
 
 #include <cuda_bf16.h>
 
-#ifndef FLUXC_FA_HELPERS
-#define FLUXC_FA_HELPERS
 
-// Shared-memory address as the 32-bit offset that ldmatrix / cp.async take.
+#ifndef FLUXC_FA3_HELPERS
+#define FLUXC_FA3_HELPERS
+
+// Shared-memory address as the 32-bit offset that cp.async / wgmma take.
 static __device__ __forceinline__ unsigned int fa_smem_addr(const void* p) {
     return static_cast<unsigned int>(__cvta_generic_to_shared(p));
 }
 
 // 16-byte async global->shared copy; src_bytes = 0 zero-fills the 16 bytes
-// without reading global memory (the source address must still be valid-looking,
-// callers pass a clamped in-range row).
+// without reading global memory (callers still pass an in-range address).
 static __device__ __forceinline__ void fa_cp_async_16(unsigned int dst, const void* src,
                                                       unsigned int src_bytes) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
@@ -87,36 +107,56 @@ static __device__ __forceinline__ void fa_cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
-static __device__ __forceinline__ void fa_ldmatrix_x4(unsigned int addr, unsigned int& r0,
-                                                      unsigned int& r1, unsigned int& r2,
-                                                      unsigned int& r3) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-                 : "r"(addr)
-                 : "memory");
+// Make this thread's completed generic-proxy shared-memory writes (cp.async
+// included) visible to later async-proxy (wgmma) reads.
+static __device__ __forceinline__ void fa_fence_proxy_async() {
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
 
-static __device__ __forceinline__ void fa_ldmatrix_x4_trans(unsigned int addr, unsigned int& r0,
-                                                            unsigned int& r1, unsigned int& r2,
-                                                            unsigned int& r3) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-                 : "r"(addr)
-                 : "memory");
+static __device__ __forceinline__ void fa_wgmma_fence() {
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 }
 
-// d += A(16x16 bf16) * B(16x8 bf16), f32 accumulators, fragments as above.
-static __device__ __forceinline__ void fa_mma_bf16_16816(float* d, const unsigned int* a,
-                                                         unsigned int b0, unsigned int b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+static __device__ __forceinline__ void fa_wgmma_commit() {
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+
+// Wait until at most N committed wgmma groups of this warpgroup are pending.
+template <int N>
+static __device__ __forceinline__ void fa_wgmma_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+
+// Pin a register value in program order relative to the (volatile) wgmma
+// issue / wait statements, so the compiler never moves a read or write of
+// an accumulator across them.
+static __device__ __forceinline__ void fa_reg_fence(float& x) {
+    asm volatile("" : "+f"(x)::"memory");
+}
+static __device__ __forceinline__ void fa_reg_fence(unsigned int& x) {
+    asm volatile("" : "+r"(x)::"memory");
+}
+
+// wgmma shared-memory matrix descriptor, 128-byte swizzle mode:
+// bits 0-13 start address >> 4, 16-29 leading byte offset >> 4,
+// 32-45 stride byte offset >> 4, 49-51 base offset (0: every swizzle atom
+// is 1024-byte aligned), 62-63 swizzle mode (1 = 128B).
+static __device__ __forceinline__ unsigned long long fa_desc_sw128(unsigned int addr,
+                                                                   unsigned int lbo,
+                                                                   unsigned int sbo) {
+    return (unsigned long long)((addr & 0x3FFFFu) >> 4) |
+           ((unsigned long long)((lbo & 0x3FFFFu) >> 4) << 16) |
+           ((unsigned long long)((sbo & 0x3FFFFu) >> 4) << 32) | (1ull << 62);
+}
+
+static __device__ __forceinline__ float fa_ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
 }
 
 // Two f32 -> one .b32 of two bf16 (round to nearest even); `lo` lands in the
-// low 16 bits, which is the lower column index in every mma fragment.
+// low 16 bits, which is the lower column index in every fragment.
 static __device__ __forceinline__ unsigned int fa_pack_bf16x2(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<unsigned int*>(&v);
@@ -135,32 +175,115 @@ static __device__ __forceinline__ float fa_quad_sum(float v) {
     return v;
 }
 
-// Copy a tile of `ROWS` rows x D bf16 from global (row r of the tile is token
-// row0 + r, consecutive tokens `gstride` elements apart) into shared memory
-// with row stride SSTRIDE elements; rows at or past `nrows` are zero-filled.
-template <int ROWS, int D, int SSTRIDE, int THREADS>
-static __device__ __forceinline__ void fa_load_tile(__nv_bfloat16* smem, const __nv_bfloat16* g,
-                                                    long long gstride, int row0, int nrows) {
-    constexpr int CHUNKS_PER_ROW = D / 8;  // 16-byte chunks
-    constexpr int CHUNKS = ROWS * CHUNKS_PER_ROW;
-    static_assert(CHUNKS % THREADS == 0, "tile chunks must divide evenly among threads");
+// Copy ROWS rows x D of a tile from global memory into the swizzled shared
+// layout with THREADS threads (here: one warpgroup copies its 64-row half of
+// a 128-row tile). Thread i of them copies 16-byte chunk column j = i % CPR
+// of tile rows r0 + k * RS (r0 = first row of the half + i / CPR,
+// RS = THREADS / CPR, k < ROWS / RS). The caller precomputes, per thread,
+//   sdst = tile base + the offset of (tile row r0, chunk j) in the 128-row
+//          swizzled tile (the swizzle term (j ^ r) & 7 is the same for every
+//          k, since RS is a multiple of 8),
+//   gsrc = global address of (token row0 + r0, column 8j),
+//   gstep = RS token rows in elements,
+//   rows_left = tokens from row0 + r0 to the end of the sequence.
+// Rows at or past the end are zero-filled (src-size 0) from the in-range
+// address `gsafe`. `full` (uniform) says the whole tile is in range.
+template <int D, int THREADS, int ROWS>
+static __device__ __forceinline__ void fa_load_rows(unsigned int sdst, const __nv_bfloat16* gsrc,
+                                                    long long gstep, int rows_left, bool full,
+                                                    const __nv_bfloat16* gsafe) {
+    constexpr int CPR = D / 8;
+    constexpr int RS = THREADS / CPR;
+    constexpr int N = ROWS / RS;
+    static_assert(THREADS % CPR == 0 && RS % 8 == 0 && ROWS % RS == 0, "tile copy shape");
+    if (full) {
 #pragma unroll
-    for (int i = 0; i < CHUNKS / THREADS; ++i) {
-        const int c = i * THREADS + threadIdx.x;
-        const int r = c / CHUNKS_PER_ROW;
-        const int col = (c % CHUNKS_PER_ROW) * 8;
-        const int row = row0 + r;
-        const bool ok = row < nrows;
-        // Out-of-range rows read nothing (src-size 0) but still get an
-        // in-range address (row 0 of this (b, h) slice) for good measure.
-        const __nv_bfloat16* src = g + (ok ? (long long)row : 0LL) * gstride + col;
-        fa_cp_async_16(fa_smem_addr(smem + r * SSTRIDE + col), src, ok ? 16u : 0u);
+        for (int i = 0; i < N; ++i) fa_cp_async_16(sdst + i * RS * 128, gsrc + i * gstep, 16u);
+    } else {
+#pragma unroll
+        for (int i = 0; i < N; ++i) {
+            const bool ok = i * RS < rows_left;
+            fa_cp_async_16(sdst + i * RS * 128, ok ? gsrc + i * gstep : gsafe, ok ? 16u : 0u);
+        }
     }
 }
 
-#endif  // FLUXC_FA_HELPERS
+// d[0..64) (+)= A(64x16, smem desc) * B(16x128, smem desc); K-major A and B.
+static __device__ __forceinline__ void fa_wgmma_ss_n128(float* d, unsigned long long desc_a,
+                                                     unsigned long long desc_b, int scale_d) {
+    asm volatile(
+        "{\n.reg .pred p;\n"
+        "setp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+        "}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+}
 
-extern "C" __global__ void __launch_bounds__({{NUM_WARPS}} * 32)
+// d[0..64) += A(64x16, registers a0..a3) * B(16x128, smem desc), B N-major
+// (imm-trans-b = 1).
+static __device__ __forceinline__ void fa_wgmma_rs_n128_tb(float* d, unsigned int a0,
+                                                        unsigned int a1, unsigned int a2,
+                                                        unsigned int a3,
+                                                        unsigned long long desc_b) {
+    asm volatile(
+        "{\n.reg .pred p;\n"
+        "setp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+        "}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc_b), "r"(1));
+}
+
+// d[0..32) += A(64x16, registers a0..a3) * B(16x64, smem desc), B N-major
+// (imm-trans-b = 1).
+static __device__ __forceinline__ void fa_wgmma_rs_n64_tb(float* d, unsigned int a0,
+                                                        unsigned int a1, unsigned int a2,
+                                                        unsigned int a3,
+                                                        unsigned long long desc_b) {
+    asm volatile(
+        "{\n.reg .pred p;\n"
+        "setp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+        "}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc_b), "r"(1));
+}
+
+#endif  // FLUXC_FA3_HELPERS
+
+
+extern "C" __global__ void __launch_bounds__({{NUM_WARPS}} * 32, 1)
 {{NAME}}(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k,
          const __nv_bfloat16* __restrict__ v, __nv_bfloat16* __restrict__ o, int seq_q,
          int seq_kv, int heads, float scale) {
@@ -169,32 +292,43 @@ extern "C" __global__ void __launch_bounds__({{NUM_WARPS}} * 32)
     constexpr int BLOCK_N = {{BLOCK_N}};
     constexpr int NUM_WARPS = {{NUM_WARPS}};
     constexpr int THREADS = NUM_WARPS * 32;
-    constexpr int STRIDE = D + 8;  // padded smem row, elements
-    constexpr int KSTEPS = D / 16;         // k-steps of S = Q.K^T
-    constexpr int NTILES_S = BLOCK_N / 8;  // n8 tiles of S (keys)
-    constexpr int KSTEPS_PV = BLOCK_N / 16;  // k-steps of O += P.V
-    constexpr int NTILES_O = D / 8;        // n8 tiles of O (head dim)
-    static_assert(BLOCK_M == NUM_WARPS * 16, "16 query rows per warp");
-    static_assert(D % 16 == 0 && BLOCK_N % 16 == 0, "tile sizes must be multiples of 16");
-    static_assert((BLOCK_M + 4 * BLOCK_N) * STRIDE * 2 == {{SHARED_BYTES}},
+    constexpr int STAGES = 3;             // K and V buffers each (the schedule needs 3)
+    constexpr int QB = BLOCK_M * D * 2;   // bytes of the Q tile
+    constexpr int KVB = BLOCK_N * D * 2;  // bytes of one K or V tile
+    constexpr int NS = BLOCK_N / 2;       // S accumulator floats per thread
+    constexpr int NO = D / 2;             // O accumulator floats per thread
+    constexpr int KSTEPS_QK = D / 16;
+    constexpr int KSTEPS_PV = BLOCK_N / 16;
+    constexpr int NP = KSTEPS_PV * 4;     // packed bf16x2 registers of P
+    constexpr int CPR = D / 8;            // 16-byte chunks per row
+    static_assert(D == 64 || D == 128, "head dim 64 or 128");
+    static_assert(BLOCK_N == 128, "S = Q.K^T is one m64n128 wgmma per k-step");
+    static_assert(BLOCK_M == 128 && NUM_WARPS == 8, "two warpgroups of 64 query rows");
+    static_assert(QB + 2 * STAGES * KVB + 1024 == {{SHARED_BYTES}},
                   "shared layout disagrees with the launch size computed by codegen");
+    // V descriptor: LBO = distance between 64-column (head dim) blocks,
+    // SBO = distance between 8-key groups.
+    constexpr unsigned int V_LBO = BLOCK_N * 128, V_SBO = 1024;
 
-    extern __shared__ __align__(128) unsigned char {{NAME}}_smem[];
-    __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>({{NAME}}_smem);
-    __nv_bfloat16* sK = sQ + BLOCK_M * STRIDE;      // 2 buffers
-    __nv_bfloat16* sV = sK + 2 * BLOCK_N * STRIDE;  // 2 buffers
+    extern __shared__ unsigned char {{NAME}}_smem[];
+    const unsigned int smem_raw = fa_smem_addr({{NAME}}_smem);
+    const unsigned int sQ = (smem_raw + 1023u) & ~1023u;
+    const unsigned int sK = sQ + QB;             // STAGES buffers
+    const unsigned int sV = sK + STAGES * KVB;   // STAGES buffers
 
     const int tid = threadIdx.x;
-    const int warp = tid >> 5;
+    // Warpgroup (query rows [64wg, +64)), read through a shuffle so that the
+    // compiler knows it is warp-uniform (branches on it must not look
+    // divergent around wgmma).
+    const int wg = __shfl_sync(0xffffffffu, tid >> 7, 0);
+    const int wrow = ((tid >> 5) & 3) * 16;  // warp's first row inside the warpgroup
     const int lane = tid & 31;
-    const int g = lane >> 2;  // fragment row (groupID)
-    const int t = lane & 3;   // fragment column pair (threadID_in_group)
+    const int g = lane >> 2;
+    const int t = lane & 3;
 
-    const int m0 = blockIdx.x * BLOCK_M;  // first query row of this CTA
+    const int m0 = blockIdx.x * BLOCK_M;
     const int h = blockIdx.y;
     const int b = blockIdx.z;
-
-    // Consecutive tokens of one (b, h) are heads*D elements apart.
     const long long row_stride = (long long)heads * D;
     const __nv_bfloat16* qg = q + ((long long)b * seq_q * heads + h) * D;
     const __nv_bfloat16* kg = k + ((long long)b * seq_kv * heads + h) * D;
@@ -203,210 +337,340 @@ extern "C" __global__ void __launch_bounds__({{NUM_WARPS}} * 32)
 
     const int n_tiles = (seq_kv + BLOCK_N - 1) / BLOCK_N;
 
-    // ---- Prologue: group 0 = Q + K/V tile 0, group 1 = K/V tile 1. ----
-    fa_load_tile<BLOCK_M, D, STRIDE, THREADS>(sQ, qg, row_stride, m0, seq_q);
-    if (n_tiles > 0) {
-        fa_load_tile<BLOCK_N, D, STRIDE, THREADS>(sK, kg, row_stride, 0, seq_kv);
-        fa_load_tile<BLOCK_N, D, STRIDE, THREADS>(sV, vg, row_stride, 0, seq_kv);
+    // Every tile copy is split by warpgroup: warpgroup w copies tile rows
+    // [64w, 64w + 64) (in the Q tile: its own query rows). This thread's
+    // part, see fa_load_rows.
+    const int hp_r0 = 64 * wg + (tid & 127) / CPR;
+    const int hp_j = (tid & 127) % CPR;
+    const unsigned int hp_soff =
+        (unsigned int)((hp_j >> 3) * (128 * 128) + hp_r0 * 128 + (((hp_j & 7) ^ (hp_r0 & 7)) << 4));
+    const long long hp_goff = (long long)hp_r0 * row_stride + hp_j * 8;
+    const long long hp_gstep = (long long)(128 / CPR) * row_stride;
+    auto half_q = [&]() {
+        fa_load_rows<D, 128, 64>(sQ + hp_soff, qg + (long long)m0 * row_stride + hp_goff,
+                                    hp_gstep, seq_q - m0 - hp_r0, m0 + BLOCK_M <= seq_q,
+                                    qg + hp_j * 8);
+    };
+    auto half_kv = [&](const __nv_bfloat16* src, unsigned int sbuf, int tile) {
+        const int row0 = tile * BLOCK_N;
+        fa_load_rows<D, 128, 64>(sbuf + hp_soff, src + (long long)row0 * row_stride + hp_goff,
+                                    hp_gstep, seq_kv - row0 - hp_r0, row0 + BLOCK_N <= seq_kv,
+                                    src + hp_j * 8);
+    };
+    // Prologue: P0 = Q + K_0 (both halves); P1 = warpgroup 1's halves of V_0
+    // and K_1 (warpgroup 0 copies its halves at the start of interval 0).
+    half_q();
+    if (n_tiles > 0) half_kv(kg, sK, 0);
+    fa_cp_async_commit();
+    if (wg == 1) {
+        if (n_tiles > 0) half_kv(vg, sV, 0);
+        if (n_tiles > 1) half_kv(kg, sK + KVB, 1);
     }
     fa_cp_async_commit();
-    if (n_tiles > 1) {
-        fa_load_tile<BLOCK_N, D, STRIDE, THREADS>(sK + BLOCK_N * STRIDE, kg, row_stride, BLOCK_N,
-                                                  seq_kv);
-        fa_load_tile<BLOCK_N, D, STRIDE, THREADS>(sV + BLOCK_N * STRIDE, vg, row_stride, BLOCK_N,
-                                                  seq_kv);
-    }
-    fa_cp_async_commit();  // possibly empty group: keeps the wait counts uniform
-    fa_cp_async_wait<1>();  // group 0 (Q, tile 0) has landed for this thread
-    __syncthreads();        // ... and for every thread
+    fa_cp_async_wait<1>();
+    fa_fence_proxy_async();
+    __syncthreads();
 
-    // ---- Q fragments: qa[kk] is the A fragment of rows [warp*16, +16),
-    // cols [kk*16, +16). ldmatrix.x4 matrices: 0 = rows 0-7 / cols 0-7 (a0),
-    // 1 = rows 8-15 / cols 0-7 (a1), 2 = rows 0-7 / cols 8-15 (a2),
-    // 3 = rows 8-15 / cols 8-15 (a3). Lane L addresses row (L & 15) of the
-    // warp's slice, col block (L >> 4) * 8: lanes 0-7 -> matrix 0,
-    // 8-15 -> matrix 1, 16-23 -> matrix 2, 24-31 -> matrix 3. ----
-    unsigned int qa[KSTEPS][4];
-    {
-        const __nv_bfloat16* base = sQ + (warp * 16 + (lane & 15)) * STRIDE + (lane >> 4) * 8;
-#pragma unroll
-        for (int kk = 0; kk < KSTEPS; ++kk) {
-            fa_ldmatrix_x4(fa_smem_addr(base + kk * 16), qa[kk][0], qa[kk][1], qa[kk][2],
-                           qa[kk][3]);
-        }
-    }
+    // Descriptors. Q (A of S = Q.K^T): this warpgroup's 64 rows; k-step kk
+    // starts (kk / 4) column blocks and (kk % 4) * 32 bytes further.
+    const unsigned long long desc_q = fa_desc_sw128(sQ + wg * 64 * 128, 16, 1024);
+    const unsigned long long desc_k0 = fa_desc_sw128(sK, 16, 1024);
+    const unsigned long long desc_v0 = fa_desc_sw128(sV, V_LBO, V_SBO);
+    // Descriptor address fields count 16-byte units.
+    constexpr unsigned long long KV_STEP = KVB >> 4;
 
-    // Output accumulators: acc_o[nt] is the C fragment of rows g / g+8 of
-    // the warp's slice and head-dim cols nt*8 + 2t, +1.
-    float acc_o[NTILES_O][4];
+    float acc_o[NO];
 #pragma unroll
-    for (int nt = 0; nt < NTILES_O; ++nt) {
-        acc_o[nt][0] = acc_o[nt][1] = acc_o[nt][2] = acc_o[nt][3] = 0.0f;
-    }
-    // Running max (base-2 logits) and this lane's partial row sums for rows
-    // g (index 0) and g+8 (index 1). The max is quad-uniform; the sums are
-    // per lane (their 16 columns of each tile) and quad-reduced at the end,
-    // which is valid because every rescale factor is quad-uniform.
+    for (int i = 0; i < NO; ++i) acc_o[i] = 0.0f;
+    float s[NS];
+    unsigned int pa[NP], pb[NP];
     const float NEG_INF = __int_as_float(0xff800000);
     float row_max[2] = {NEG_INF, NEG_INF};
-    float row_sum[2] = {0.0f, 0.0f};
-    const float scale_log2 = scale * 1.4426950408889634f;  // softmax via exp2
+    float row_sum[2] = {0.0f, 0.0f};  // this lane's partial sums
+    const float scale_log2 = scale * 1.4426950408889634f;
 
-    // Per-lane ldmatrix offsets (elements) inside one K / V buffer.
-    //   K (non-trans), for keys [nt*8, nt*8+16) and dims [kk*16, +16):
-    //     matrix 0 = keys +0..7 / dims +0..7   -> b0 of n-tile nt
-    //     matrix 1 = keys +0..7 / dims +8..15  -> b1 of n-tile nt
-    //     matrix 2 = keys +8..15 / dims +0..7  -> b0 of n-tile nt+1
-    //     matrix 3 = keys +8..15 / dims +8..15 -> b1 of n-tile nt+1
-    //   B(k = dim, n = key) = K[key][dim]: a stored K row is one column n of
-    //   B, so lane L gets key L/4, dims 2(L%4), +1 = (k rows 2t..2t+1, col g).
-    const int k_lane_off = (((lane >> 4) << 3) + (lane & 7)) * STRIDE + ((lane >> 3) & 1) * 8;
-    //   V (.trans), for keys [kk*16, +16) and dims [nt*8, nt*8+16):
-    //     matrix 0 = keys +0..7 / dims +0..7   -> b0 of n-tile nt
-    //     matrix 1 = keys +8..15 / dims +0..7  -> b1 of n-tile nt
-    //     matrix 2 = keys +0..7 / dims +8..15  -> b0 of n-tile nt+1
-    //     matrix 3 = keys +8..15 / dims +8..15 -> b1 of n-tile nt+1
-    //   B(k = key, n = dim) = V[key][dim]: stored rows are the k dim, so the
-    //   transposed load gives lane L keys 2(L%4), +1 of dim L/4 = (k rows
-    //   2t..2t+1, col g).
-    const int v_lane_off = (((lane >> 3) & 1) * 8 + (lane & 7)) * STRIDE + (lane >> 4) * 8;
-
-    for (int j = 0; j < n_tiles; ++j) {
-        const __nv_bfloat16* sKj = sK + (j & 1) * BLOCK_N * STRIDE;
-        const __nv_bfloat16* sVj = sV + (j & 1) * BLOCK_N * STRIDE;
-
-        // ---- S = Q . K^T for this tile: s[nt] = C fragment of keys
-        // nt*8 + 2t, +1 (rows g, g+8). ----
-        float s[NTILES_S][4];
+    // S = Q . K_buf^T, issued (not waited for).
+    auto issue_qk = [&](int buf) {
+        const unsigned long long dk = desc_k0 + (unsigned long long)buf * KV_STEP;
 #pragma unroll
-        for (int nt = 0; nt < NTILES_S; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < KSTEPS; ++kk) {
-#pragma unroll
-            for (int nt = 0; nt < NTILES_S; nt += 2) {
-                unsigned int b0, b1, b2, b3;
-                fa_ldmatrix_x4(fa_smem_addr(sKj + k_lane_off + nt * 8 * STRIDE + kk * 16), b0, b1,
-                               b2, b3);
-                fa_mma_bf16_16816(s[nt], qa[kk], b0, b1);
-                fa_mma_bf16_16816(s[nt + 1], qa[kk], b2, b3);
-            }
+        for (int kk = 0; kk < KSTEPS_QK; ++kk) {
+            const unsigned long long off_q = ((kk >> 2) * (BLOCK_M * 128) + (kk & 3) * 32) >> 4;
+            const unsigned long long off_k = ((kk >> 2) * (BLOCK_N * 128) + (kk & 3) * 32) >> 4;
+            fa_wgmma_ss_n128(s, desc_q + off_q, dk + off_k, kk > 0 ? 1 : 0);
         }
-
-        // ---- Scale to base-2 logits, then mask keys >= seq_kv (only the
-        // last tile can have any). Scaling first keeps -inf exact for any
-        // sign of `scale`. ----
-        const int kv0 = j * BLOCK_N;
-#pragma unroll
-        for (int nt = 0; nt < NTILES_S; ++nt) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) s[nt][e] *= scale_log2;
-        }
-        if (kv0 + BLOCK_N > seq_kv) {
-#pragma unroll
-            for (int nt = 0; nt < NTILES_S; ++nt) {
-                const int key = kv0 + nt * 8 + 2 * t;
-                if (key >= seq_kv) s[nt][0] = s[nt][2] = NEG_INF;
-                if (key + 1 >= seq_kv) s[nt][1] = s[nt][3] = NEG_INF;
-            }
-        }
-
-        // ---- Online softmax. Row r = 0 uses c0, c1 (row g), r = 1 uses
-        // c2, c3 (row g+8). ----
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            float mx = row_max[r];
-#pragma unroll
-            for (int nt = 0; nt < NTILES_S; ++nt) {
-                mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
-            }
-            mx = fa_quad_max(mx);
-            // A row that has seen only masked keys keeps max -inf; subtract 0
-            // then so exp2f(-inf - -inf) never produces NaN.
-            const float m_use = (mx == NEG_INF) ? 0.0f : mx;
-            const float alpha = exp2f(row_max[r] - m_use);  // 0 on the first tile
-            row_max[r] = mx;
-            float sum = 0.0f;
-#pragma unroll
-            for (int nt = 0; nt < NTILES_S; ++nt) {
-                s[nt][2 * r] = exp2f(s[nt][2 * r] - m_use);
-                s[nt][2 * r + 1] = exp2f(s[nt][2 * r + 1] - m_use);
-                sum += s[nt][2 * r] + s[nt][2 * r + 1];
-            }
-            row_sum[r] = row_sum[r] * alpha + sum;
-#pragma unroll
-            for (int nt = 0; nt < NTILES_O; ++nt) {
-                acc_o[nt][2 * r] *= alpha;
-                acc_o[nt][2 * r + 1] *= alpha;
-            }
-        }
-
-        // ---- O += P . V. The A fragment of P for keys [kk*16, +16) is made
-        // of the S C fragments of n-tiles 2kk and 2kk+1:
-        //   a0 = (row g,   keys 2t..+1)   = s[2kk][0..1]
-        //   a1 = (row g+8, keys 2t..+1)   = s[2kk][2..3]
-        //   a2 = (row g,   keys 8+2t..+1) = s[2kk+1][0..1]
-        //   a3 = (row g+8, keys 8+2t..+1) = s[2kk+1][2..3]  ----
+    };
+    // O += P . V_buf, issued (not waited for).
+    auto issue_pv = [&](int buf, const unsigned int* p) {
+        const unsigned long long dv = desc_v0 + (unsigned long long)buf * KV_STEP;
 #pragma unroll
         for (int kk = 0; kk < KSTEPS_PV; ++kk) {
-            unsigned int pa[4];
-            pa[0] = fa_pack_bf16x2(s[2 * kk][0], s[2 * kk][1]);
-            pa[1] = fa_pack_bf16x2(s[2 * kk][2], s[2 * kk][3]);
-            pa[2] = fa_pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-            pa[3] = fa_pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-#pragma unroll
-            for (int nt = 0; nt < NTILES_O; nt += 2) {
-                unsigned int b0, b1, b2, b3;
-                fa_ldmatrix_x4_trans(fa_smem_addr(sVj + v_lane_off + kk * 16 * STRIDE + nt * 8),
-                                     b0, b1, b2, b3);
-                fa_mma_bf16_16816(acc_o[nt], pa, b0, b1);
-                fa_mma_bf16_16816(acc_o[nt + 1], pa, b2, b3);
+            const unsigned long long off_v = (kk * 16 * 128) >> 4;
+            if constexpr (D == 128) {
+                fa_wgmma_rs_n128_tb(acc_o, p[4 * kk], p[4 * kk + 1], p[4 * kk + 2], p[4 * kk + 3],
+                                    dv + off_v);
+            } else {
+                fa_wgmma_rs_n64_tb(acc_o, p[4 * kk], p[4 * kk + 1], p[4 * kk + 2], p[4 * kk + 3],
+                                   dv + off_v);
             }
         }
-
-        // ---- Pipeline: buffer j&1 is free once every warp is past here;
-        // refill it with tile j+2, then wait for tile j+1. ----
-        __syncthreads();
-        if (j + 2 < n_tiles) {
-            fa_load_tile<BLOCK_N, D, STRIDE, THREADS>(sK + (j & 1) * BLOCK_N * STRIDE, kg,
-                                                      row_stride, (j + 2) * BLOCK_N, seq_kv);
-            fa_load_tile<BLOCK_N, D, STRIDE, THREADS>(sV + (j & 1) * BLOCK_N * STRIDE, vg,
-                                                      row_stride, (j + 2) * BLOCK_N, seq_kv);
+    };
+    // Online softmax of tile j in s: scale, mask, new max, P = exp2(S - max)
+    // packed into pn, running sums updated; returns the rescale factors of
+    // the previous accumulators in alpha.
+    auto softmax = [&](int j, unsigned int* pn, float* alpha) {
+        const int kv0 = j * BLOCK_N;
+        const bool tail = kv0 + BLOCK_N > seq_kv;
+        // P = exp2(S * scale_log2 - max(S * scale_log2)) with one FFMA per
+        // score: the max of the scaled scores is scale_log2 * max(S) for a
+        // non-negative scale and scale_log2 * min(S) otherwise (a uniform
+        // branch). Masked keys are left out of the max / min through +-inf
+        // and their P forced to 0 after the exp2 (0 * inf would be NaN).
+        const bool pos = scale_log2 >= 0.0f;
+        if (tail) {
+            const float fill = pos ? NEG_INF : -NEG_INF;
+#pragma unroll
+            for (int n = 0; n < NS / 4; ++n) {
+                const int key = kv0 + n * 8 + 2 * t;
+                if (key >= seq_kv) s[4 * n] = s[4 * n + 2] = fill;
+                if (key + 1 >= seq_kv) s[4 * n + 1] = s[4 * n + 3] = fill;
+            }
         }
-        fa_cp_async_commit();
-        fa_cp_async_wait<1>();  // tile j+1 has landed
-        __syncthreads();
-    }
-    fa_cp_async_wait<0>();  // nothing may still be writing shared memory
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            float mx;
+            if (pos) {
+                mx = s[2 * r];
+#pragma unroll
+                for (int n = 0; n < NS / 4; ++n) {
+                    mx = fmaxf(mx, fmaxf(s[4 * n + 2 * r], s[4 * n + 2 * r + 1]));
+                }
+            } else {
+                mx = s[2 * r];
+#pragma unroll
+                for (int n = 0; n < NS / 4; ++n) {
+                    mx = fminf(mx, fminf(s[4 * n + 2 * r], s[4 * n + 2 * r + 1]));
+                }
+            }
+            // Every tile holds at least one valid key, so mx is finite and
+            // mx * scale_log2 is the row max of the scaled scores.
+            mx = fmaxf(row_max[r], fa_quad_max(mx * scale_log2));
+            alpha[r] = fa_ex2(row_max[r] - mx);  // 0 on the first tile
+            row_max[r] = mx;
+            const float neg_m = -mx;
+            float sum = 0.0f;
+#pragma unroll
+            for (int n = 0; n < NS / 4; ++n) {
+                s[4 * n + 2 * r] = fa_ex2(fmaf(s[4 * n + 2 * r], scale_log2, neg_m));
+                s[4 * n + 2 * r + 1] = fa_ex2(fmaf(s[4 * n + 2 * r + 1], scale_log2, neg_m));
+            }
+            if (tail) {
+#pragma unroll
+                for (int n = 0; n < NS / 4; ++n) {
+                    const int key = kv0 + n * 8 + 2 * t;
+                    if (key >= seq_kv) s[4 * n + 2 * r] = 0.0f;
+                    if (key + 1 >= seq_kv) s[4 * n + 2 * r + 1] = 0.0f;
+                }
+            }
+#pragma unroll
+            for (int n = 0; n < NS / 4; ++n) sum += s[4 * n + 2 * r] + s[4 * n + 2 * r + 1];
+            row_sum[r] = row_sum[r] * alpha[r] + sum;
+        }
+#pragma unroll
+        for (int kk = 0; kk < KSTEPS_PV; ++kk) {
+            pn[4 * kk + 0] = fa_pack_bf16x2(s[8 * kk + 0], s[8 * kk + 1]);
+            pn[4 * kk + 1] = fa_pack_bf16x2(s[8 * kk + 2], s[8 * kk + 3]);
+            pn[4 * kk + 2] = fa_pack_bf16x2(s[8 * kk + 4], s[8 * kk + 5]);
+            pn[4 * kk + 3] = fa_pack_bf16x2(s[8 * kk + 6], s[8 * kk + 7]);
+        }
+    };
 
-    // ---- Epilogue: O / l -> bf16 into the warp's own Q rows (only this
-    // warp ever reads or writes them after the Q fragments were loaded),
-    // then 16-byte predicated stores of those 16 rows. ----
+    // ---- Ping-pong schedule. Interval j lies between CTA barriers B_j and
+    // B_{j+1} (B_0 is the prologue's barrier); tile t lives in K / V buffer
+    // t % 3.
+    //   Warpgroup 0, interval j: issue S_j = Q.K_j^T and O += P_{j-1}.V_{j-1};
+    //     copy its halves of K_{j+1} and V_j (buffers of K_{j-2} and V_{j-3});
+    //     softmax of S_j while its P.V and warpgroup 1's GEMMs run; rescale.
+    //   Warpgroup 1, interval j: finish tile j-1 (softmax of S_{j-1}, issued
+    //     in interval j-1; wait for P_{j-2}.V_{j-2}; rescale) while
+    //     warpgroup 0's GEMMs run; then issue S_j and P_{j-1}.V_{j-1}, which
+    //     stay in flight across B_{j+1}, and copy its halves of K_{j+2} and
+    //     V_{j+1} (buffers of K_{j-1} and V_{j-2}, which it retired just
+    //     before; a warpgroup barrier makes sure all its warps did).
+    // So K_j and V_{j-1} are read in intervals j (both warpgroups) and j+1
+    // (warpgroup 1's wgmmas retire there) and are not overwritten before
+    // that: by warpgroup 1 after its waits of interval j+1, by warpgroup 0 at
+    // the start of interval j+2. Every copy is complete and published
+    // (wait_group, fence.proxy.async, CTA barrier) at the barrier before the
+    // first interval that reads it: warpgroup 0 waits for the group it
+    // issued in the same interval, warpgroup 1 for the one it issued in the
+    // previous interval (or in the prologue). ----
+    auto publish_pp = [&]() {
+        if (wg == 0) {
+            fa_cp_async_wait<0>();
+        } else {
+            fa_cp_async_wait<1>();
+        }
+        fa_fence_proxy_async();
+        __syncthreads();
+    };
+    auto rescale = [&](const float* alpha) {
+#pragma unroll
+        for (int n = 0; n < NO / 4; ++n) {
+            acc_o[4 * n + 0] *= alpha[0];
+            acc_o[4 * n + 1] *= alpha[0];
+            acc_o[4 * n + 2] *= alpha[1];
+            acc_o[4 * n + 3] *= alpha[1];
+        }
+    };
+    auto fence_acc_p = [&](unsigned int* p) {
+#pragma unroll
+        for (int i = 0; i < NO; ++i) fa_reg_fence(acc_o[i]);
+#pragma unroll
+        for (int i = 0; i < NP; ++i) fa_reg_fence(p[i]);
+    };
+    // Softmax of the S just completed (tile jj) into pb while the P.V group
+    // issued with it may still run; then wait for that, rescale, P = pb.
+    auto softmax_rescale = [&](int jj) {
+#pragma unroll
+        for (int i = 0; i < NS; ++i) fa_reg_fence(s[i]);
+        float alpha[2];
+        softmax(jj, pb, alpha);
+        fa_wgmma_wait<0>();
+        fence_acc_p(pa);
+#pragma unroll
+        for (int i = 0; i < NP; ++i) fa_reg_fence(pb[i]);
+        rescale(alpha);
+#pragma unroll
+        for (int i = 0; i < NP; ++i) pa[i] = pb[i];
+    };
+    // Both warpgroups run n_tiles intervals (one CTA barrier each); every
+    // branch below is uniform per warpgroup. Each interval commits exactly
+    // two wgmma groups per warpgroup (S, then P.V; the P.V group of the
+    // first interval is empty), so "wait_group 1" always means "S done".
+    if (n_tiles > 0) {
+        if (wg == 0) {
+            // Interval 0.
+            fa_wgmma_fence();
+            issue_qk(0);
+            fa_wgmma_commit();
+            fa_wgmma_commit();  // empty P.V group
+            if (n_tiles > 1) half_kv(kg, sK + KVB, 1);
+            half_kv(vg, sV, 0);
+            fa_cp_async_commit();
+            fa_wgmma_wait<1>();
+            {
+#pragma unroll
+                for (int i = 0; i < NS; ++i) fa_reg_fence(s[i]);
+                float alpha[2];
+                softmax(0, pa, alpha);  // O is still zero: no rescale
+                fa_wgmma_wait<0>();
+            }
+            publish_pp();
+            for (int j = 1, st = 1; j < n_tiles; ++j) {
+                const int st1 = st == 2 ? 0 : st + 1;
+                fence_acc_p(pa);
+                fa_wgmma_fence();
+                issue_qk(st);
+                fa_wgmma_commit();
+                issue_pv(st == 0 ? 2 : st - 1, pa);
+                fa_wgmma_commit();
+                if (j + 1 < n_tiles) half_kv(kg, sK + st1 * KVB, j + 1);
+                half_kv(vg, sV + st * KVB, j);
+                fa_cp_async_commit();
+                fa_wgmma_wait<1>();
+                softmax_rescale(j);
+                publish_pp();
+                st = st1;
+            }
+        } else {
+            // Loop iteration j issues S_j and P_{j-1}.V_{j-1} and the copies
+            // of its halves of K_{j+2} and V_{j+1} (into the buffers of
+            // K_{j-1} and V_{j-2}, retired by the previous iteration) late
+            // in interval j, crosses barrier B_{j+1}, then finishes tile j
+            // (softmax, rescale) early in interval j+1, while warpgroup 0's
+            // GEMMs run. Nothing is in flight across the loop back edge.
+            fa_wgmma_fence();
+            issue_qk(0);
+            fa_wgmma_commit();
+            fa_wgmma_commit();  // empty P.V group
+            if (n_tiles > 2) half_kv(kg, sK + 2 * KVB, 2);
+            if (n_tiles > 1) half_kv(vg, sV + KVB, 1);
+            fa_cp_async_commit();
+            publish_pp();
+            fa_wgmma_wait<1>();
+            {
+#pragma unroll
+                for (int i = 0; i < NS; ++i) fa_reg_fence(s[i]);
+                float alpha[2];
+                softmax(0, pa, alpha);  // O is still zero: no rescale
+                fa_wgmma_wait<0>();
+            }
+            for (int j = 1, st = 1; j < n_tiles; ++j) {
+                const int st1 = st == 2 ? 0 : st + 1;
+                const int st2 = st1 == 2 ? 0 : st1 + 1;
+                // Every warp of this warpgroup is past its waits: K_{j-1}
+                // and V_{j-2} are no longer read by anyone (warpgroup 0
+                // finished with them before barrier B_j).
+                asm volatile("bar.sync 1, 128;\n" ::: "memory");
+                fence_acc_p(pa);
+                fa_wgmma_fence();
+                issue_qk(st);
+                fa_wgmma_commit();
+                issue_pv(st == 0 ? 2 : st - 1, pa);
+                fa_wgmma_commit();
+                if (j + 2 < n_tiles) half_kv(kg, sK + st2 * KVB, j + 2);
+                if (j + 1 < n_tiles) half_kv(vg, sV + st1 * KVB, j + 1);
+                fa_cp_async_commit();
+                publish_pp();
+                fa_wgmma_wait<1>();
+                softmax_rescale(j);
+                st = st1;
+            }
+        }
+        // Last P.V (both warpgroups): V_{n-1} was published by the last
+        // barrier.
+        fence_acc_p(pa);
+        fa_wgmma_fence();
+        issue_pv((n_tiles - 1) % 3, pa);
+        fa_wgmma_commit();
+        fa_wgmma_wait<0>();
+#pragma unroll
+        for (int i = 0; i < NO; ++i) fa_reg_fence(acc_o[i]);
+    }
+    fa_cp_async_wait<0>();  // (only empty groups can be left)
+
+    // ---- Epilogue: O / l -> bf16 into this warpgroup's own rows of the Q
+    // tile (same swizzled layout; only this warpgroup's wgmmas ever read
+    // them and those have completed), then 16-byte row-predicated stores. ----
     float inv[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         const float l = fa_quad_sum(row_sum[r]);
         inv[r] = (l > 0.0f) ? 1.0f / l : 0.0f;  // seq_kv == 0 -> zeros
     }
-    __nv_bfloat16* sO = sQ + warp * 16 * STRIDE;
+    unsigned char* sQ_ptr = {{NAME}}_smem + (sQ - smem_raw);
 #pragma unroll
-    for (int nt = 0; nt < NTILES_O; ++nt) {
-        const int col = nt * 8 + 2 * t;
-        *reinterpret_cast<unsigned int*>(sO + g * STRIDE + col) =
-            fa_pack_bf16x2(acc_o[nt][0] * inv[0], acc_o[nt][1] * inv[0]);
-        *reinterpret_cast<unsigned int*>(sO + (g + 8) * STRIDE + col) =
-            fa_pack_bf16x2(acc_o[nt][2] * inv[1], acc_o[nt][3] * inv[1]);
+    for (int r = 0; r < 2; ++r) {
+        const int row = wg * 64 + wrow + g + 8 * r;
+#pragma unroll
+        for (int n = 0; n < NO / 4; ++n) {
+            const int off = (n >> 3) * (BLOCK_M * 128) + row * 128 + (((n & 7) ^ (row & 7)) << 4) +
+                            t * 4;
+            *reinterpret_cast<unsigned int*>(sQ_ptr + off) = fa_pack_bf16x2(
+                acc_o[4 * n + 2 * r] * inv[r], acc_o[4 * n + 2 * r + 1] * inv[r]);
+        }
     }
-    __syncwarp();
-    constexpr int CHUNKS_PER_ROW = D / 8;
+    __syncthreads();
 #pragma unroll
-    for (int i = 0; i < 16 * CHUNKS_PER_ROW / 32; ++i) {
-        const int c = i * 32 + lane;
-        const int r = c / CHUNKS_PER_ROW;
-        const int col = (c % CHUNKS_PER_ROW) * 8;
-        const int row = m0 + warp * 16 + r;
+    for (int i = 0; i < BLOCK_M * CPR / THREADS; ++i) {
+        const int c = i * THREADS + tid;
+        const int r = c / CPR;
+        const int jj = c % CPR;
+        const int row = m0 + r;
         if (row < seq_q) {
-            *reinterpret_cast<uint4*>(og + (long long)row * row_stride + col) =
-                *reinterpret_cast<const uint4*>(sO + r * STRIDE + col);
+            const int off = (jj >> 3) * (BLOCK_M * 128) + r * 128 + (((jj & 7) ^ (r & 7)) << 4);
+            *reinterpret_cast<uint4*>(og + (long long)row * row_stride + jj * 8) =
+                *reinterpret_cast<const uint4*>(sQ_ptr + off);
         }
     }
 }

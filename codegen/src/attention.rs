@@ -30,29 +30,33 @@
 //!   `seq_q == 0` (the grid would be empty); `seq_kv == 0` writes zeros.
 //! * Sequence lengths need not be multiples of the tiles: query rows past
 //!   `seq_q` are neither read nor written, keys past `seq_kv` are zero-filled
-//!   in shared memory and masked to `-inf` before the softmax.
+//!   in shared memory, left out of the row max and given probability 0.
 //!
 //! # Tiling
 //!
-//! One CTA handles `block_m` = 128 query rows of one `(b, h)` with 8 warps,
-//! 16 rows per warp, so each warp runs its own independent online softmax.
-//! The main loop walks the keys in tiles of 64:
+//! Hopper-only (sm_90a): the kernel uses warpgroup MMAs (`wgmma`), in the
+//! style of FlashAttention-3. One CTA handles `block_m` = 128 query rows of
+//! one `(b, h)` with two warpgroups (256 threads), 64 rows each, so each
+//! warpgroup runs its own online softmax. The main loop walks the keys in
+//! tiles of 128:
 //!
-//! 1. `S = Q·Kᵀ` with `mma.sync.m16n8k16` (bf16 in, f32 out); Q lives in
-//!    registers as A fragments for the whole kernel, K comes from shared
-//!    memory through `ldmatrix`.
-//! 2. `S · scale · log2(e)`, masking, running max / sum update, rescale of
-//!    the output accumulators, `P = exp2(S - max)`.
-//! 3. `O += P·V`: the f32 C fragments of `S` are exactly the A fragment
-//!    layout of the next MMA, so `P` is rounded to bf16 in registers and
-//!    reused; V comes through `ldmatrix.trans`.
+//! 1. `S = Q·Kᵀ` with `wgmma.m64n128k16` (bf16 in, f32 out), Q and K read by
+//!    the tensor cores from shared memory (128-byte swizzled, K-major).
+//! 2. `P = exp2(S · scale · log2 e − running max)` (one FFMA and one `ex2`
+//!    per score), running sums, rescale of the output accumulators.
+//! 3. `O += P·V` with `wgmma.m64n{D}k16`, P straight from the registers of
+//!    S (the accumulator fragment is the A fragment once packed to bf16),
+//!    V from shared memory (N-major, swizzled).
 //!
-//! K/V tiles are double buffered with `cp.async` (the next tile loads while
-//! the current one is consumed). Shared memory holds the Q tile (reused as
-//! the output staging tile) and two K and two V buffers, every row padded by
-//! 16 bytes so `ldmatrix` is bank-conflict free:
-//! `(block_m + 4 · 64) · (D + 8) · 2` bytes = 104 448 (D = 128) or 55 296
-//! (D = 64).
+//! Each warpgroup overlaps the softmax of tile j with `P_{j-1}·V_{j-1}` on
+//! the tensor cores, and the two warpgroups run half a tile apart
+//! (ping-pong), so one's softmax overlaps the other's GEMMs. K/V tiles are
+//! triple buffered with `cp.async` (each warpgroup copies half of each
+//! tile), published to the tensor cores with `fence.proxy.async` and one CTA
+//! barrier per tile. Shared memory: the Q tile (reused to stage the output)
+//! and three K and three V buffers, plus 1 KiB to align the base to the
+//! swizzle period: `(block_m + 6 · 128) · D · 2 + 1024` bytes = 230 400
+//! (D = 128) or 115 712 (D = 64), so one CTA per SM.
 
 /// The CUDA-core reference kernel (`kernels/attention_simt.cu`).
 const SIMT_TEMPLATE: &str = include_str!("../kernels/attention_simt.cu");
@@ -88,11 +92,13 @@ pub fn render_simt_attention(
     })
 }
 
-/// Query rows per CTA (8 warps × 16 rows).
+/// Query rows per CTA (2 warpgroups × 64 rows; the kernel assumes 128).
 const BLOCK_M: u32 = 128;
-/// Keys per main-loop iteration.
-const BLOCK_N: u32 = 64;
-/// Warps per CTA; each owns 16 query rows.
+/// Keys per main-loop iteration (the kernel assumes 128).
+const BLOCK_N: u32 = 128;
+/// K and V buffers each (the kernel's schedule needs 3).
+const STAGES: u32 = 3;
+/// Warps per CTA (two warpgroups of four).
 const NUM_WARPS: u32 = BLOCK_M / 16;
 
 /// The CUDA template, with `{{…}}` placeholders.
@@ -124,8 +130,9 @@ pub fn render_attention(head_dim: usize) -> Result<AttentionKernel, String> {
     }
     let d = head_dim as u32;
     let name = format!("attention_d{head_dim}_bf16");
-    // Q tile + 2 K buffers + 2 V buffers, rows padded by 8 bf16.
-    let shared_bytes = (BLOCK_M + 4 * BLOCK_N) * (d + 8) * 2;
+    // Q tile + 3 K buffers + 3 V buffers (swizzled, unpadded) + 1 KiB of
+    // slack to align the base to the 1024-byte swizzle period.
+    let shared_bytes = (BLOCK_M + 2 * STAGES * BLOCK_N) * d * 2 + 1024;
     let source = TEMPLATE
         .replace("{{NAME}}", &name)
         .replace("{{HEAD_DIM}}", &d.to_string())
@@ -162,12 +169,12 @@ mod tests {
             assert_eq!(k.name, format!("attention_d{d}_bf16"));
             assert!(k
                 .source
-                .contains(&format!("void __launch_bounds__(8 * 32)\n{}(", k.name)));
+                .contains(&format!("void __launch_bounds__(8 * 32, 1)\n{}(", k.name)));
             assert!(!k.source.contains("{{"));
             assert_eq!(k.threads, 256);
         }
-        assert_eq!(render_attention(128).unwrap().shared_bytes, 104_448);
-        assert_eq!(render_attention(64).unwrap().shared_bytes, 55_296);
+        assert_eq!(render_attention(128).unwrap().shared_bytes, 230_400);
+        assert_eq!(render_attention(64).unwrap().shared_bytes, 115_712);
     }
 
     #[test]

@@ -142,35 +142,29 @@ fn lower_group(
     steps: &mut Vec<PendingStep>,
 ) -> Result<(), CodegenError> {
     let group = &plan.groups[g];
-    {
-        let outputs: Vec<NodeId> = plan.group_outputs(graph, g);
-        match group.kind {
-            GroupKind::Pointwise | GroupKind::Table => {
-                steps.push(PendingStep::Kernel(kernels::pointwise(
-                    graph,
-                    &group.nodes,
-                    &outputs,
-                )?));
-            }
-            GroupKind::Reduction => {
-                let reduction = group
-                    .nodes
-                    .iter()
-                    .copied()
-                    .find(|&n| graph.node(n).op.class() == OpClass::Reduction)
-                    .ok_or_else(|| {
-                        CodegenError::Invalid(format!("reduction group {g} has no reduction"))
-                    })?;
-                steps.push(PendingStep::Kernel(kernels::row(
-                    graph,
-                    &group.nodes,
-                    &outputs,
-                    reduction,
-                )?));
-            }
-            GroupKind::Gemm => lower_gemm(graph, &group.nodes, group.anchor, &outputs, steps)?,
-            GroupKind::Attention => steps.push(lower_attention(graph, group.anchor)?),
+    let outputs: Vec<NodeId> = plan.group_outputs(graph, g);
+    match group.kind {
+        GroupKind::Pointwise | GroupKind::Table => steps.push(PendingStep::Kernel(
+            kernels::pointwise(graph, &group.nodes, &outputs)?,
+        )),
+        GroupKind::Reduction => {
+            let reduction = group
+                .nodes
+                .iter()
+                .copied()
+                .find(|&n| graph.node(n).op.class() == OpClass::Reduction)
+                .ok_or_else(|| {
+                    CodegenError::Invalid(format!("reduction group {g} has no reduction"))
+                })?;
+            steps.push(PendingStep::Kernel(kernels::row(
+                graph,
+                &group.nodes,
+                &outputs,
+                reduction,
+            )?));
         }
+        GroupKind::Gemm => lower_gemm(graph, &group.nodes, group.anchor, &outputs, steps)?,
+        GroupKind::Attention => steps.push(lower_attention(graph, group.anchor)?),
     }
     Ok(())
 }
