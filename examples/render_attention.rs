@@ -1,0 +1,50 @@
+//! Writes the attention kernels exactly as codegen renders them (head dims 64
+//! and 128) with their launch figures, for `benches/attention/check.py`.
+//!
+//! ```sh
+//! cargo run --release --example render_attention -- .dev/attention
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use fluxc::codegen::attention::render_attention;
+
+fn main() -> ExitCode {
+    let Some(dir) = std::env::args().nth(1).map(PathBuf::from) else {
+        eprintln!("usage: render_attention <output-dir>");
+        return ExitCode::from(2);
+    };
+    let mut meta = Vec::new();
+    for d in [64usize, 128] {
+        let kernel = match render_attention(d) {
+            Ok(k) => k,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let prelude = "#include <cuda_bf16.h>\n";
+        let written = std::fs::create_dir_all(&dir).and_then(|()| {
+            std::fs::write(
+                dir.join(format!("{}.cu", kernel.name)),
+                format!("{prelude}{}", kernel.source),
+            )
+        });
+        if let Err(e) = written {
+            eprintln!("error: cannot write to {}: {e}", dir.display());
+            return ExitCode::FAILURE;
+        }
+        meta.push(kernel);
+    }
+    let line = format!(
+        "{} {} {} {}\n",
+        meta[1].threads, meta[1].block_m, meta[0].shared_bytes, meta[1].shared_bytes
+    );
+    if let Err(e) = std::fs::write(dir.join("meta.txt"), line) {
+        eprintln!("error: cannot write meta.txt: {e}");
+        return ExitCode::FAILURE;
+    }
+    println!("wrote attention kernels to {}", dir.display());
+    ExitCode::SUCCESS
+}
