@@ -7,69 +7,19 @@
 //! timestep-embedding formula in f64). Also covered: rounding of fed inputs to
 //! their declared dtype, the interpreter's input errors, and `Tensor::rel_l2`.
 
+mod common;
+
+use common::{assert_exact, pseudo_random, Harness};
+
 use std::collections::HashMap;
 use std::f64::consts::PI;
 
 use fluxc_ir::interp::{self, InterpError, Tensor};
-use fluxc_ir::{BinaryOp, DType, GraphBuilder, NodeId, Op, Scalar, Shape, TimestepParams, UnaryOp};
+use fluxc_ir::{BinaryOp, DType, GraphBuilder, Op, Scalar, Shape, TimestepParams, UnaryOp};
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// A builder plus the tensors to feed its inputs.
-#[derive(Default)]
-struct Harness {
-    b: GraphBuilder,
-    feeds: HashMap<String, Tensor>,
-}
-
-impl Harness {
-    fn new() -> Self {
-        Self::default()
-    }
-
-    /// An f32 activation input fed with `data`.
-    fn input(&mut self, name: &str, shape: &[usize], data: Vec<f32>) -> NodeId {
-        self.input_typed(name, DType::F32, shape, data)
-    }
-
-    /// An activation input of any dtype fed with `data`.
-    fn input_typed(&mut self, name: &str, dtype: DType, shape: &[usize], data: Vec<f32>) -> NodeId {
-        let id = self.b.input(name, dtype, shape).unwrap();
-        self.feeds
-            .insert(name.to_string(), Tensor::new(shape, data).unwrap());
-        id
-    }
-
-    /// An f32 weight input fed with `data`.
-    fn weight(&mut self, name: &str, shape: &[usize], data: Vec<f32>) -> NodeId {
-        let id = self.b.weight(name, DType::F32, shape).unwrap();
-        self.feeds
-            .insert(name.to_string(), Tensor::new(shape, data).unwrap());
-        id
-    }
-
-    /// Marks `out` as the only output, verifies, runs, and returns it.
-    fn run(mut self, out: NodeId) -> Tensor {
-        self.b.output("out", out).unwrap();
-        let graph = self.b.finish().unwrap();
-        let mut outs = interp::run(&graph, &self.feeds).unwrap();
-        assert_eq!(outs.len(), 1);
-        outs.remove("out").unwrap()
-    }
-}
-
-/// Deterministic pseudo-random values in `[-1, 1)` (an LCG; no dependencies).
-fn pseudo_random(n: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(747_796_405).wrapping_add(2_891_336_453);
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (s >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
-        })
-        .collect()
-}
 
 /// `0, 1, 2, ...` as f32.
 fn iota(n: usize) -> Vec<f32> {
@@ -87,12 +37,6 @@ fn assert_close(actual: &Tensor, shape: &[usize], expected: &[f32], tol: f32) {
             actual.data
         );
     }
-}
-
-/// Asserts shape and exact (bitwise-equal-as-f32) values.
-fn assert_exact(actual: &Tensor, shape: &[usize], expected: &[f32]) {
-    assert_eq!(actual.shape, Shape::from(shape), "shape");
-    assert_eq!(actual.data, expected);
 }
 
 /// Row-major flat index of `idx` in a tensor of dims `dims`.
