@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use fluxc::ir::interp::{self, Tensor};
-use fluxc::models::checkpoint::{load_weights, read_safetensors, BflDims};
+use fluxc::models::checkpoint::{load_weights, read_safetensors, NameMap};
 use fluxc::models::{flux, ModelConfig};
 
 /// Relative L2 error allowed between two fp32 implementations of the same
@@ -28,8 +28,12 @@ fn parity(preset: &str, checkpoint: &str) -> f64 {
     let cfg = ModelConfig::load(&root().join(format!("models/{preset}.toml"))).unwrap();
     let graph = flux::build_transformer(&cfg).unwrap();
     let fixtures = root().join("tests/fixtures").join(preset);
-    let mut inputs: HashMap<String, Tensor> =
-        load_weights(&graph, &fixtures.join(checkpoint), BflDims::of(&cfg)).unwrap();
+    let mut inputs: HashMap<String, Tensor> = load_weights(
+        &graph,
+        &fixtures.join(checkpoint),
+        NameMap::of(&cfg).unwrap(),
+    )
+    .unwrap();
     let mut io = read_safetensors(&fixtures.join("io.safetensors")).unwrap();
     let expected = io.remove("sample").expect("fixture holds the output");
     inputs.extend(io);
@@ -66,7 +70,12 @@ fn a_perturbed_input_fails_the_tolerance() {
     let cfg = ModelConfig::load(&root().join("models/tiny-dev.toml")).unwrap();
     let graph = flux::build_transformer(&cfg).unwrap();
     let fixtures: &Path = &root().join("tests/fixtures/tiny-dev");
-    let mut inputs = load_weights(&graph, &fixtures.join("diffusers"), BflDims::of(&cfg)).unwrap();
+    let mut inputs = load_weights(
+        &graph,
+        &fixtures.join("diffusers"),
+        NameMap::of(&cfg).unwrap(),
+    )
+    .unwrap();
     let mut io = read_safetensors(&fixtures.join("io.safetensors")).unwrap();
     let expected = io.remove("sample").unwrap();
     inputs.extend(io);

@@ -26,7 +26,7 @@ use fluxc::ir::interp::{self, Tensor};
 use fluxc::ir::{DType, Graph, GraphBuilder, NodeId};
 use fluxc::models::checkpoint::{
     load_derived_weights, read_safetensors, resolve_derived_sources, BflDims, CheckpointFormat,
-    BFL_PREFIX,
+    NameMap,
 };
 use fluxc::models::{flux, ModelConfig};
 use fluxc::passes::pipeline::{optimize, Optimized};
@@ -77,15 +77,20 @@ fn compile(
     dir: &Path,
 ) -> (Optimized, Generated) {
     let optimized = optimize(graph, passes).unwrap();
-    let dims = BflDims::of(cfg);
+    let map = NameMap::of(cfg).unwrap();
+    let bundle = map
+        .bundle_prefixes()
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
     let layouts = [
         (CheckpointFormat::Diffusers, "diffusers", vec![]),
-        (CheckpointFormat::Bfl, "bfl", vec![BFL_PREFIX.to_string()]),
+        (CheckpointFormat::Bfl, "bfl", bundle),
     ]
     .into_iter()
     .filter_map(|(format, name, strip_prefixes)| {
         let sources =
-            resolve_derived_sources(&optimized.graph, &optimized.weights, format, dims).ok()?;
+            resolve_derived_sources(&optimized.graph, &optimized.weights, format, map).ok()?;
         Some((
             CheckpointLayout {
                 name: name.into(),
@@ -190,7 +195,7 @@ fn tiny_models_match_diffusers_and_the_interpreter() {
                     &optimized.graph,
                     &optimized.weights,
                     &fixtures.join(checkpoint),
-                    BflDims::of(&cfg),
+                    NameMap::of(&cfg).unwrap(),
                 )
                 .unwrap();
                 inputs.extend(io.clone());
@@ -236,7 +241,7 @@ fn tiny_models_in_bf16_stay_within_bf16_error() {
             &optimized.graph,
             &optimized.weights,
             &fixtures.join("diffusers"),
-            BflDims::of(&cfg),
+            NameMap::of(&cfg).unwrap(),
         )
         .unwrap();
         inputs.extend(io);

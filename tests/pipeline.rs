@@ -19,7 +19,7 @@ use fluxc::ir::interp::{self, Tensor};
 use fluxc::ir::{print_graph, verify, Graph, Op};
 use fluxc::models::checkpoint::{
     detect_format, load_derived_weights, load_weights, read_safetensors, resolve_derived_sources,
-    BflDims,
+    NameMap,
 };
 use fluxc::models::{flux, ModelConfig};
 use fluxc::passes::pipeline::{optimize, Optimized};
@@ -54,7 +54,8 @@ fn sample(
 ) -> Tensor {
     let cfg = config(preset);
     let path = fixtures(preset).join(checkpoint);
-    let mut inputs = load_derived_weights(graph, derived, &path, BflDims::of(&cfg)).unwrap();
+    let mut inputs =
+        load_derived_weights(graph, derived, &path, NameMap::of(&cfg).unwrap()).unwrap();
     inputs.extend(io(preset).0);
     interp::run(graph, &inputs).unwrap()["sample"].clone()
 }
@@ -94,7 +95,7 @@ fn each_exact_pass_preserves_the_tiny_models() {
         let weights = load_weights(
             &graph,
             &fixtures(preset).join("diffusers"),
-            BflDims::of(&cfg),
+            NameMap::of(&cfg).unwrap(),
         )
         .unwrap();
         let mut inputs = weights;
@@ -113,7 +114,7 @@ fn each_exact_pass_preserves_the_tiny_models() {
             .iter()
             .filter(|&&id| graph.node(id).op == Op::Linear)
             .count();
-        let expected = if cfg.transformer.guidance_embeds {
+        let expected = if cfg.transformer().unwrap().guidance_embeds {
             36
         } else {
             34
@@ -175,7 +176,8 @@ fn bfl_fused_weights_are_read_as_stored() {
     let path = fixtures(preset).join("bfl.safetensors");
     let cfg = config(preset);
     let format = detect_format(&path).unwrap();
-    let sources = resolve_derived_sources(&o.graph, &o.weights, format, BflDims::of(&cfg)).unwrap();
+    let sources =
+        resolve_derived_sources(&o.graph, &o.weights, format, NameMap::of(&cfg).unwrap()).unwrap();
     let qkv = &sources["transformer_blocks.0.attn.{to_q,to_k,to_v}.weight"];
     assert_eq!(
         *qkv,

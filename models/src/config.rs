@@ -1,10 +1,17 @@
 //! The `model.toml` schema.
 //!
-//! A model.toml names a model, its architecture hyperparameters (the keys of
-//! diffusers' `FluxTransformer2DModel` config, plus `hidden_size` as BFL's
-//! configs state it) and the fixed shapes it is compiled for. Unknown keys are
-//! rejected so a typo never silently falls back to a default.
-//! `models/README.md` documents every key.
+//! A model.toml names a model and its architecture, the hyperparameters of
+//! that architecture (`[transformer]`: the keys of diffusers'
+//! `FluxTransformer2DModel` config, plus `hidden_size` as BFL's configs state
+//! it; `[vae]`: the keys of diffusers' `AutoencoderKL` config) and the fixed
+//! shapes it is compiled for. Unknown keys are rejected so a typo never
+//! silently falls back to a default. `models/README.md` documents every key.
+//!
+//! Which sections a file has depends on `[model] architecture`; after
+//! validation the architecture's section is present, and the accessors
+//! ([`ModelConfig::transformer`], [`ModelConfig::vae`],
+//! [`ModelConfig::text_tokens`]) return it (or a [`MissingSection`] error on
+//! an unvalidated config, never a panic).
 //!
 //! [`ModelConfig::load`] and [`ModelConfig::from_toml_str`] parse a file and
 //! check the rules serde cannot express ([`ModelConfig::validate`]). Every
@@ -25,8 +32,14 @@ use serde::Deserialize;
 pub struct ModelConfig {
     /// `[model]`: name and dtype.
     pub model: ModelSection,
-    /// `[transformer]`: FLUX transformer hyperparameters.
-    pub transformer: TransformerConfig,
+    /// `[transformer]`: FLUX transformer hyperparameters (architecture
+    /// `flux-transformer` only).
+    #[serde(default)]
+    pub transformer: Option<TransformerConfig>,
+    /// `[vae]`: FLUX VAE hyperparameters (architecture `flux-vae-decoder`
+    /// only).
+    #[serde(default)]
+    pub vae: Option<VaeConfig>,
     /// `[shapes]`: the static shapes the model is compiled for.
     pub shapes: ShapesConfig,
     /// `[passes]`: which optimizations run (all on by default).
@@ -122,7 +135,7 @@ impl PassesConfig {
 pub struct ModelSection {
     /// Free-form name (used in reports and artifact names).
     pub name: String,
-    /// Architecture; only `"flux-transformer"` so far.
+    /// Architecture: `"flux-transformer"` or `"flux-vae-decoder"`.
     pub architecture: Architecture,
     /// Storage and compute dtype of weights and activations.
     pub dtype: ModelDType,
@@ -132,8 +145,36 @@ pub struct ModelSection {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Architecture {
-    /// diffusers' `FluxTransformer2DModel` (FLUX.1 schnell and dev).
+    /// diffusers' `FluxTransformer2DModel` (FLUX.1 schnell and dev); needs
+    /// `[transformer]` and `shapes.text_tokens`.
     FluxTransformer,
+    /// The decoder of diffusers' `AutoencoderKL` as FLUX.1 configures it
+    /// (`vae.decode(z)`); needs `[vae]`.
+    FluxVaeDecoder,
+}
+
+impl Architecture {
+    /// The name written in a model.toml.
+    pub fn name(self) -> &'static str {
+        match self {
+            Architecture::FluxTransformer => "flux-transformer",
+            Architecture::FluxVaeDecoder => "flux-vae-decoder",
+        }
+    }
+
+    /// The hyperparameter table this architecture needs.
+    pub fn section(self) -> &'static str {
+        match self {
+            Architecture::FluxTransformer => "transformer",
+            Architecture::FluxVaeDecoder => "vae",
+        }
+    }
+}
+
+impl fmt::Display for Architecture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// The dtypes a model can be compiled in.
@@ -198,6 +239,47 @@ pub struct TransformerConfig {
     pub mlp_ratio: f32,
 }
 
+/// `[vae]`: names follow diffusers' `config.json` for `AutoencoderKL`
+/// (`vae/config.json` of a FLUX.1 release). fluxc builds the decoder only.
+///
+/// FLUX's VAE has no quant/post-quant convolutions, so diffusers'
+/// `use_quant_conv` and `use_post_quant_conv` (both `false` there) are not
+/// keys; neither are the keys fixed by FLUX (`act_fn = "silu"`, the block
+/// types) or only used elsewhere (`sample_size`, `force_upcast`,
+/// `latents_mean`, `latents_std`).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaeConfig {
+    /// Image channels the encoder reads (FLUX: 3); the decoder does not use it.
+    pub in_channels: usize,
+    /// Image channels the decoder writes (FLUX: 3).
+    pub out_channels: usize,
+    /// Latent channels (FLUX: 16).
+    pub latent_channels: usize,
+    /// Channels of each resolution level, finest first (FLUX: [128, 256, 512, 512]).
+    pub block_out_channels: Vec<usize>,
+    /// ResNet blocks per encoder level; every decoder level has one more (FLUX: 2).
+    pub layers_per_block: usize,
+    /// Groups of every GroupNorm (FLUX: 32).
+    pub norm_num_groups: usize,
+    /// Latent scale (FLUX: 0.3611); the pipeline decodes
+    /// `latents / scaling_factor + shift_factor`, `vae.decode` itself does not use it.
+    pub scaling_factor: f32,
+    /// Latent shift (FLUX: 0.1159; diffusers' `null` is 0).
+    pub shift_factor: f32,
+    /// Whether the mid block has its self-attention (FLUX: true).
+    #[serde(default = "yes")]
+    pub mid_block_add_attention: bool,
+}
+
+impl VaeConfig {
+    /// Channels of the coarsest level: the mid block's width, and the
+    /// width of its attention (FLUX: 512). 0 for an (invalid) empty list.
+    pub fn mid_channels(&self) -> usize {
+        self.block_out_channels.last().copied().unwrap_or(0)
+    }
+}
+
 /// `[shapes]`: fluxc compiles for one fixed shape.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -209,12 +291,18 @@ pub struct ShapesConfig {
     pub height: usize,
     /// Image width in pixels (multiple of 16).
     pub width: usize,
-    /// Text tokens (FLUX.1-schnell: 256, dev: 512).
-    pub text_tokens: usize,
+    /// Text tokens (FLUX.1-schnell: 256, dev: 512); required by
+    /// `flux-transformer`, not allowed for `flux-vae-decoder`.
+    #[serde(default)]
+    pub text_tokens: Option<usize>,
 }
 
 fn one() -> usize {
     1
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn rope_theta() -> f32 {
@@ -229,22 +317,79 @@ fn mlp_ratio() -> f32 {
 /// transformer packs 2×2 latent patches into one token.
 pub const PIXELS_PER_TOKEN: usize = 16;
 
+/// Pixels per latent pixel along each axis: FLUX's VAE has four levels, three
+/// of them ×2 up- (decoder) or downsamplings (encoder).
+pub const VAE_SCALE: usize = 8;
+
+/// The number of entries of `[vae] block_out_channels` fluxc supports
+/// (giving [`VAE_SCALE`]).
+pub const VAE_LEVELS: usize = 4;
+
+impl TransformerConfig {
+    /// Output features per image token (`out_channels`, else `in_channels`).
+    pub fn out_channels(&self) -> usize {
+        self.out_channels.unwrap_or(self.in_channels)
+    }
+
+    /// Hidden width of the MLPs (`hidden_size · mlp_ratio`).
+    pub fn mlp_hidden(&self) -> usize {
+        (self.hidden_size as f64 * self.mlp_ratio as f64) as usize
+    }
+}
+
+/// A section or key the caller needs is absent from a [`ModelConfig`]: it is
+/// not part of the configured architecture (a validated config always has
+/// the ones its architecture needs).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the model has no {what} (its architecture is \"{architecture}\")")]
+pub struct MissingSection {
+    /// What is missing: `[transformer]`, `[vae]` or `shapes.text_tokens`.
+    pub what: &'static str,
+    /// The model's architecture.
+    pub architecture: Architecture,
+}
+
 impl ModelConfig {
     /// Image tokens per image: `(height/16)·(width/16)`.
     pub fn image_tokens(&self) -> usize {
         (self.shapes.height / PIXELS_PER_TOKEN) * (self.shapes.width / PIXELS_PER_TOKEN)
     }
 
-    /// Output features per image token.
-    pub fn out_channels(&self) -> usize {
-        self.transformer
-            .out_channels
-            .unwrap_or(self.transformer.in_channels)
+    /// Latent height and width: `(height/8, width/8)`.
+    pub fn latent_size(&self) -> (usize, usize) {
+        (
+            self.shapes.height / VAE_SCALE,
+            self.shapes.width / VAE_SCALE,
+        )
     }
 
-    /// Hidden width of the MLPs (`hidden_size · mlp_ratio`).
-    pub fn mlp_hidden(&self) -> usize {
-        (self.transformer.hidden_size as f64 * self.transformer.mlp_ratio as f64) as usize
+    /// `[transformer]`, present when the architecture is `flux-transformer`
+    /// and the config validated.
+    pub fn transformer(&self) -> Result<&TransformerConfig, MissingSection> {
+        self.transformer
+            .as_ref()
+            .ok_or_else(|| self.missing("[transformer]"))
+    }
+
+    /// `[vae]`, present when the architecture is `flux-vae-decoder` and the
+    /// config validated.
+    pub fn vae(&self) -> Result<&VaeConfig, MissingSection> {
+        self.vae.as_ref().ok_or_else(|| self.missing("[vae]"))
+    }
+
+    /// `shapes.text_tokens`, present when the architecture is
+    /// `flux-transformer` and the config validated.
+    pub fn text_tokens(&self) -> Result<usize, MissingSection> {
+        self.shapes
+            .text_tokens
+            .ok_or_else(|| self.missing("shapes.text_tokens"))
+    }
+
+    fn missing(&self, what: &'static str) -> MissingSection {
+        MissingSection {
+            what,
+            architecture: self.model.architecture,
+        }
     }
 }
 
@@ -356,7 +501,13 @@ impl ModelConfig {
     /// rule broken. `models/README.md` lists the rules.
     pub fn validate(&self) -> Result<(), Violation> {
         validate_model(&self.model)?;
-        validate_transformer(&self.transformer)?;
+        validate_sections(self)?;
+        if let Some(t) = &self.transformer {
+            validate_transformer(t)?;
+        }
+        if let Some(v) = &self.vae {
+            validate_vae(v)?;
+        }
         validate_shapes(&self.shapes)?;
         validate_passes(&self.passes)
     }
@@ -373,7 +524,14 @@ pub fn preset_path(name: &str) -> PathBuf {
 }
 
 /// The names of the presets shipped in [`presets_dir`].
-pub const PRESETS: [&str; 4] = ["flux-schnell", "flux-dev", "tiny-schnell", "tiny-dev"];
+pub const PRESETS: [&str; 6] = [
+    "flux-schnell",
+    "flux-dev",
+    "flux-vae",
+    "tiny-schnell",
+    "tiny-dev",
+    "tiny-vae",
+];
 
 // --- errors -----------------------------------------------------------------
 
@@ -389,7 +547,7 @@ fn parse_error(error: &toml::de::Error, source: &str, origin: &Path) -> ConfigEr
 }
 
 fn invalid_error(violation: Violation, source: &str, origin: &Path) -> ConfigError {
-    let location = key_offset(source, &violation.field).map(|offset| line_column(source, offset));
+    let location = locate(source, &violation.field).map(|offset| line_column(source, offset));
     ConfigError::Invalid {
         path: origin.to_path_buf(),
         field: violation.field,
@@ -426,6 +584,19 @@ fn floor_char_boundary(source: &str, mut offset: usize) -> usize {
     offset
 }
 
+/// Byte offset of the dotted key `field` in `source`, or, when that key is
+/// not written there (a missing key), of the nearest enclosing table that is
+/// (`shapes.text_tokens` → `[shapes]`).
+fn locate(source: &str, field: &str) -> Option<usize> {
+    let mut field = field;
+    loop {
+        if let Some(offset) = key_offset(source, field) {
+            return Some(offset);
+        }
+        field = field.rsplit_once('.')?.0;
+    }
+}
+
 /// Byte offset of the dotted key `field` (e.g. `transformer.hidden_size`)
 /// in `source`, if the key is written there.
 fn key_offset(source: &str, field: &str) -> Option<usize> {
@@ -447,6 +618,102 @@ fn key_offset(source: &str, field: &str) -> Option<usize> {
 fn validate_model(model: &ModelSection) -> Result<(), Violation> {
     if model.name.trim().is_empty() {
         return Err(Violation::new("model.name", "must not be empty"));
+    }
+    Ok(())
+}
+
+/// The architecture's section (and `shapes.text_tokens` for the
+/// transformer) is present, and nothing another architecture needs.
+fn validate_sections(cfg: &ModelConfig) -> Result<(), Violation> {
+    let arch = cfg.model.architecture;
+    let transformer = arch == Architecture::FluxTransformer;
+    let present = [
+        ("transformer", cfg.transformer.is_some(), transformer),
+        (
+            "vae",
+            cfg.vae.is_some(),
+            arch == Architecture::FluxVaeDecoder,
+        ),
+    ];
+    for (section, is_present, wanted) in present {
+        if wanted && !is_present {
+            return Err(Violation::new(
+                "model.architecture",
+                format!("[{section}] is required for architecture \"{arch}\""),
+            ));
+        }
+        if is_present && !wanted {
+            return Err(Violation::new(
+                section,
+                format!(
+                    "[{section}] is not used by architecture \"{arch}\" (it needs [{}]); \
+                     remove it",
+                    arch.section()
+                ),
+            ));
+        }
+    }
+    match (transformer, cfg.shapes.text_tokens.is_some()) {
+        (true, false) => Err(Violation::new(
+            "shapes.text_tokens",
+            format!("is required for architecture \"{arch}\""),
+        )),
+        (false, true) => Err(Violation::new(
+            "shapes.text_tokens",
+            format!("is not used by architecture \"{arch}\" (no text input); remove it"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn validate_vae(v: &VaeConfig) -> Result<(), Violation> {
+    at_least_one("vae.in_channels", v.in_channels)?;
+    at_least_one("vae.out_channels", v.out_channels)?;
+    at_least_one("vae.latent_channels", v.latent_channels)?;
+    at_least_one("vae.norm_num_groups", v.norm_num_groups)?;
+    check_block_out_channels(&v.block_out_channels, v.norm_num_groups)?;
+    check_positive_finite("vae.scaling_factor", v.scaling_factor)?;
+    if !v.shift_factor.is_finite() {
+        return Err(Violation::new(
+            "vae.shift_factor",
+            format!("must be finite, got {}", v.shift_factor),
+        ));
+    }
+    Ok(())
+}
+
+fn check_block_out_channels(channels: &[usize], groups: usize) -> Result<(), Violation> {
+    const FIELD: &str = "vae.block_out_channels";
+    if channels.len() != VAE_LEVELS {
+        return Err(Violation::new(
+            FIELD,
+            format!(
+                "must list {VAE_LEVELS} levels (FLUX's VAE: latents at 1/{VAE_SCALE} of the \
+                 image size), got {}",
+                channels.len()
+            ),
+        ));
+    }
+    for (index, &width) in channels.iter().enumerate() {
+        if width == 0 || width % groups != 0 {
+            return Err(Violation::new(
+                FIELD,
+                format!(
+                    "entry {index} is {width}; every level's channels must be a positive \
+                     multiple of norm_num_groups ({groups})"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_positive_finite(field: &str, value: f32) -> Result<(), Violation> {
+    if !(value.is_finite() && value > 0.0) {
+        return Err(Violation::new(
+            field,
+            format!("must be positive and finite, got {value}"),
+        ));
     }
     Ok(())
 }
@@ -488,7 +755,9 @@ fn validate_shapes(s: &ShapesConfig) -> Result<(), Violation> {
     at_least_one("shapes.batch", s.batch)?;
     check_pixels("shapes.height", s.height)?;
     check_pixels("shapes.width", s.width)?;
-    at_least_one("shapes.text_tokens", s.text_tokens)?;
+    if let Some(text_tokens) = s.text_tokens {
+        at_least_one("shapes.text_tokens", text_tokens)?;
+    }
     let rows = s.height / PIXELS_PER_TOKEN;
     let columns = s.width / PIXELS_PER_TOKEN;
     if rows.checked_mul(columns).is_none() {
@@ -591,13 +860,7 @@ fn check_mlp_ratio(mlp_ratio: f32, hidden_size: usize) -> Result<(), Violation> 
 }
 
 fn check_rope_theta(rope_theta: f32) -> Result<(), Violation> {
-    if !(rope_theta.is_finite() && rope_theta > 0.0) {
-        return Err(Violation::new(
-            "transformer.rope_theta",
-            format!("must be positive and finite, got {rope_theta}"),
-        ));
-    }
-    Ok(())
+    check_positive_finite("transformer.rope_theta", rope_theta)
 }
 
 fn check_pixels(field: &str, pixels: usize) -> Result<(), Violation> {

@@ -24,6 +24,7 @@
 
 use fluxc_ir::{BinaryOp, DType, Graph, GraphBuilder, IrError, NodeId, TimestepParams};
 
+use crate::config::{MissingSection, TransformerConfig};
 use crate::ModelConfig;
 
 /// Epsilon of every LayerNorm and RMSNorm in FLUX.1.
@@ -32,9 +33,14 @@ const NORM_EPS: f32 = 1e-6;
 /// Width of the sinusoidal timestep projection (diffusers' `Timesteps(256)`).
 const TIMESTEP_CHANNELS: usize = 256;
 
-/// Builds the full transformer forward for `cfg` (which must be validated).
+/// Builds the full transformer forward for `cfg` (which must be validated;
+/// a config without `[transformer]` or `shapes.text_tokens` is an
+/// [`IrError::Invalid`]).
 pub fn build_transformer(cfg: &ModelConfig) -> Result<Graph, IrError> {
-    let mut f = Flux::new(cfg);
+    let invalid = |e: MissingSection| IrError::Invalid(e.to_string());
+    let t = cfg.transformer().map_err(invalid)?;
+    let text_tokens = cfg.text_tokens().map_err(invalid)?;
+    let mut f = Flux::new(cfg, t, text_tokens);
     let sample = f.forward()?;
     f.b.output("sample", sample)?;
     f.b.finish()
@@ -44,9 +50,11 @@ pub fn build_transformer(cfg: &ModelConfig) -> Result<Graph, IrError> {
 /// module needs.
 struct Flux<'a> {
     b: GraphBuilder,
-    cfg: &'a ModelConfig,
+    t: &'a TransformerConfig,
     dtype: DType,
     batch: usize,
+    image_tokens: usize,
+    text_tokens: usize,
     hidden: usize,
     heads: usize,
     head_dim: usize,
@@ -61,13 +69,14 @@ struct Streams {
 }
 
 impl<'a> Flux<'a> {
-    fn new(cfg: &'a ModelConfig) -> Self {
-        let t = &cfg.transformer;
+    fn new(cfg: &ModelConfig, t: &'a TransformerConfig, text_tokens: usize) -> Self {
         Flux {
             b: GraphBuilder::new(),
-            cfg,
+            t,
             dtype: cfg.model.dtype.ir(),
             batch: cfg.shapes.batch,
+            image_tokens: cfg.image_tokens(),
+            text_tokens,
             hidden: t.hidden_size,
             heads: t.num_attention_heads,
             head_dim: t.attention_head_dim,
@@ -75,12 +84,8 @@ impl<'a> Flux<'a> {
     }
 
     fn forward(&mut self) -> Result<NodeId, IrError> {
-        let t = &self.cfg.transformer;
-        let (batch, n, txt) = (
-            self.batch,
-            self.cfg.image_tokens(),
-            self.cfg.shapes.text_tokens,
-        );
+        let t = self.t;
+        let (batch, n, txt) = (self.batch, self.image_tokens, self.text_tokens);
         let axes = t.axes_dims_rope.len();
         let dt = self.dtype;
 
@@ -133,7 +138,7 @@ impl<'a> Flux<'a> {
         let normed = self.b.layer_norm(streams.image, None, NORM_EPS)?;
         let image = self.modulate(normed, shift, scale)?;
         self.b.pop_scope();
-        self.linear("proj_out", image, self.cfg.out_channels())
+        self.linear("proj_out", image, self.t.out_channels())
     }
 
     /// `CombinedTimestep(Guidance)TextProjEmbeddings`: the conditioning vector
@@ -203,7 +208,7 @@ impl<'a> Flux<'a> {
         let k = self.b.concat(&[ck, k], 1)?;
         let v = self.b.concat(&[cv, v], 1)?;
         let joint = self.rope_attention(q, k, v, rope)?;
-        let txt = self.cfg.shapes.text_tokens;
+        let txt = self.text_tokens;
         let total = self.b.shape(joint)[1];
         let text_attn = self.b.slice(joint, 1, 0, txt)?;
         let image_attn = self.b.slice(joint, 1, txt, total)?;
@@ -241,14 +246,14 @@ impl<'a> Flux<'a> {
         let v = self.head_projection("to_v", normed, None)?;
         let attn = self.rope_attention(q, k, v, rope)?;
         self.b.pop_scope();
-        let mlp = self.linear("proj_mlp", normed, self.cfg.mlp_hidden())?;
+        let mlp = self.linear("proj_mlp", normed, self.t.mlp_hidden())?;
         let mlp = self.b.gelu_tanh(mlp)?;
 
         let both = self.b.concat(&[attn, mlp], 2)?;
         let out = self.linear("proj_out", both, self.hidden)?;
         let joint = self.gated_residual(joint, gate, out)?;
         let joint = self.clip_f16(joint)?;
-        let txt = self.cfg.shapes.text_tokens;
+        let txt = self.text_tokens;
         let total = self.b.shape(joint)[1];
         Ok(Streams {
             text: self.b.slice(joint, 1, 0, txt)?,
@@ -356,7 +361,7 @@ impl<'a> Flux<'a> {
     /// `net.0.proj` → GELU(tanh) → `net.2`.
     fn feed_forward(&mut self, module: &str, x: NodeId) -> Result<NodeId, IrError> {
         self.b.push_scope(module);
-        let h = self.linear("net.0.proj", x, self.cfg.mlp_hidden())?;
+        let h = self.linear("net.0.proj", x, self.t.mlp_hidden())?;
         let h = self.b.gelu_tanh(h)?;
         let out = self.linear("net.2", h, self.hidden)?;
         self.b.pop_scope();

@@ -1,12 +1,29 @@
 //! Models for fluxc: the `model.toml` schema and presets, the FLUX.1
-//! transformer built in the IR, and loading of real checkpoints.
+//! transformer and the FLUX VAE decoder built in the IR, and loading of real
+//! checkpoints.
 //!
-//! The builder names every weight input as diffusers names it in its
+//! The builders name every weight input as diffusers names it in its
 //! checkpoints; [`checkpoint`] resolves those names against diffusers
-//! (sharded) and original BFL files.
+//! (sharded) and original BFL files. [`build_graph`] builds whichever model a
+//! config's architecture names.
 
 pub mod checkpoint;
 pub mod config;
 pub mod flux;
+pub mod scheduler;
+pub mod vae;
 
 pub use config::ModelConfig;
+
+use config::Architecture;
+use fluxc_ir::{Graph, IrError};
+
+/// Builds the graph of the model `cfg` describes (validated): the
+/// transformer forward ([`flux::build_transformer`]) or `vae.decode`
+/// ([`vae::build_vae_decoder`]), by `[model] architecture`.
+pub fn build_graph(cfg: &ModelConfig) -> Result<Graph, IrError> {
+    match cfg.model.architecture {
+        Architecture::FluxTransformer => flux::build_transformer(cfg),
+        Architecture::FluxVaeDecoder => vae::build_vae_decoder(cfg),
+    }
+}

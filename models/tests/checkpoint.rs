@@ -665,9 +665,10 @@ fn tiny_fixtures_load_identically_from_both_layouts() {
     for preset in ["tiny-schnell", "tiny-dev"] {
         let cfg = ModelConfig::load(&preset_path(preset)).unwrap();
         let graph = build_transformer(&cfg).unwrap();
+        let t = cfg.transformer().unwrap();
         let dims = BflDims {
-            hidden_size: cfg.transformer.hidden_size,
-            mlp_hidden: cfg.mlp_hidden(),
+            hidden_size: t.hidden_size,
+            mlp_hidden: t.mlp_hidden(),
         };
         let dir = fixtures.join(preset);
         let bfl_path = dir.join("bfl.safetensors");

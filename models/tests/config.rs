@@ -140,7 +140,12 @@ fn every_preset_loads_and_validates() {
         let config = ModelConfig::load(&path)
             .unwrap_or_else(|error| panic!("preset {name} should load: {error}"));
         assert_eq!(config.model.name, name, "name in {}", path.display());
-        assert_eq!(config.model.architecture, Architecture::FluxTransformer);
+        let architecture = if name.ends_with("-vae") {
+            Architecture::FluxVaeDecoder
+        } else {
+            Architecture::FluxTransformer
+        };
+        assert_eq!(config.model.architecture, architecture, "{name}");
         assert_eq!(config.validate(), Ok(()));
     }
 }
@@ -166,11 +171,11 @@ fn load_preset(name: &str) -> ModelConfig {
 }
 
 fn assert_real_flux(config: &ModelConfig) {
-    let t = &config.transformer;
+    let t = config.transformer().unwrap();
     assert_eq!(config.model.dtype, ModelDType::Bf16);
     assert_eq!(t.patch_size, 1);
     assert_eq!(t.in_channels, 64);
-    assert_eq!(config.out_channels(), 64);
+    assert_eq!(t.out_channels(), 64);
     assert_eq!((t.num_layers, t.num_single_layers), (19, 38));
     assert_eq!((t.num_attention_heads, t.attention_head_dim), (24, 128));
     assert_eq!(t.hidden_size, 3072);
@@ -178,7 +183,7 @@ fn assert_real_flux(config: &ModelConfig) {
     assert_eq!(t.pooled_projection_dim, 768);
     assert_eq!(t.axes_dims_rope, vec![16, 56, 56]);
     assert_eq!(t.rope_theta, 10000.0);
-    assert_eq!(config.mlp_hidden(), 12288);
+    assert_eq!(config.transformer().unwrap().mlp_hidden(), 12288);
     assert_eq!((config.shapes.height, config.shapes.width), (1024, 1024));
     assert_eq!(config.shapes.batch, 1);
     assert_eq!(config.image_tokens(), 4096);
@@ -188,20 +193,20 @@ fn assert_real_flux(config: &ModelConfig) {
 fn flux_schnell_preset_matches_the_release() {
     let config = load_preset("flux-schnell");
     assert_real_flux(&config);
-    assert!(!config.transformer.guidance_embeds);
-    assert_eq!(config.shapes.text_tokens, 256);
+    assert!(!config.transformer().unwrap().guidance_embeds);
+    assert_eq!(config.shapes.text_tokens, Some(256));
 }
 
 #[test]
 fn flux_dev_preset_matches_the_release() {
     let config = load_preset("flux-dev");
     assert_real_flux(&config);
-    assert!(config.transformer.guidance_embeds);
-    assert_eq!(config.shapes.text_tokens, 512);
+    assert!(config.transformer().unwrap().guidance_embeds);
+    assert_eq!(config.shapes.text_tokens, Some(512));
 }
 
 fn assert_tiny(config: &ModelConfig) {
-    let t = &config.transformer;
+    let t = config.transformer().unwrap();
     assert_eq!(config.model.dtype, ModelDType::F32);
     assert_eq!(t.patch_size, 1, "defaulted");
     assert_eq!((t.num_layers, t.num_single_layers), (2, 2));
@@ -209,16 +214,16 @@ fn assert_tiny(config: &ModelConfig) {
     assert_eq!(t.hidden_size, 32);
     assert_eq!(t.in_channels, 16);
     assert_eq!(t.out_channels, None);
-    assert_eq!(config.out_channels(), 16);
+    assert_eq!(t.out_channels(), 16);
     assert_eq!(t.joint_attention_dim, 24);
     assert_eq!(t.pooled_projection_dim, 12);
     assert_eq!(t.axes_dims_rope, vec![4, 6, 6]);
     assert_eq!(t.rope_theta, 10000.0, "defaulted");
     assert_eq!(t.mlp_ratio, 4.0, "defaulted");
-    assert_eq!(config.mlp_hidden(), 128);
+    assert_eq!(config.transformer().unwrap().mlp_hidden(), 128);
     assert_eq!((config.shapes.height, config.shapes.width), (64, 48));
     assert_eq!(config.image_tokens(), 12);
-    assert_eq!(config.shapes.text_tokens, 7);
+    assert_eq!(config.shapes.text_tokens, Some(7));
     assert_eq!(config.shapes.batch, 1);
 }
 
@@ -226,14 +231,14 @@ fn assert_tiny(config: &ModelConfig) {
 fn tiny_schnell_preset_is_exact() {
     let config = load_preset("tiny-schnell");
     assert_tiny(&config);
-    assert!(!config.transformer.guidance_embeds);
+    assert!(!config.transformer().unwrap().guidance_embeds);
 }
 
 #[test]
 fn tiny_dev_preset_is_exact() {
     let config = load_preset("tiny-dev");
     assert_tiny(&config);
-    assert!(config.transformer.guidance_embeds);
+    assert!(config.transformer().unwrap().guidance_embeds);
 }
 
 // --- parsing and defaults ---------------------------------------------------
@@ -242,7 +247,7 @@ fn tiny_dev_preset_is_exact() {
 fn base_parses() {
     let config = parse(BASE).unwrap_or_else(|error| panic!("{error}"));
     assert_eq!(config.model.name, "tiny");
-    assert_eq!(config.transformer.out_channels, Some(16));
+    assert_eq!(config.transformer().unwrap().out_channels, Some(16));
 }
 
 #[test]
@@ -263,10 +268,10 @@ fn defaults_apply_to_omitted_keys() {
         .collect::<Vec<_>>()
         .join("\n");
     let config = parse(&source).unwrap_or_else(|error| panic!("{error}"));
-    assert_eq!(config.transformer.patch_size, 1);
-    assert_eq!(config.transformer.out_channels, None);
-    assert_eq!(config.transformer.rope_theta, 10000.0);
-    assert_eq!(config.transformer.mlp_ratio, 4.0);
+    assert_eq!(config.transformer().unwrap().patch_size, 1);
+    assert_eq!(config.transformer().unwrap().out_channels, None);
+    assert_eq!(config.transformer().unwrap().rope_theta, 10000.0);
+    assert_eq!(config.transformer().unwrap().mlp_ratio, 4.0);
     assert_eq!(config.shapes.batch, 1);
 }
 
@@ -274,18 +279,18 @@ fn defaults_apply_to_omitted_keys() {
 fn integer_rope_theta_and_mlp_ratio_are_accepted() {
     let source = with("rope_theta", "10000");
     let config = parse(&source).unwrap_or_else(|error| panic!("{error}"));
-    assert_eq!(config.transformer.rope_theta, 10000.0);
+    assert_eq!(config.transformer().unwrap().rope_theta, 10000.0);
     let source = with("mlp_ratio", "3");
     let config = parse(&source).unwrap_or_else(|error| panic!("{error}"));
-    assert_eq!(config.mlp_hidden(), 96);
+    assert_eq!(config.transformer().unwrap().mlp_hidden(), 96);
 }
 
 #[test]
 fn zero_layers_are_allowed() {
     let source = with("num_layers", "0").replace("num_single_layers = 2", "num_single_layers = 0");
     let config = parse(&source).unwrap_or_else(|error| panic!("{error}"));
-    assert_eq!(config.transformer.num_layers, 0);
-    assert_eq!(config.transformer.num_single_layers, 0);
+    assert_eq!(config.transformer().unwrap().num_layers, 0);
+    assert_eq!(config.transformer().unwrap().num_single_layers, 0);
 }
 
 // --- validation rules -------------------------------------------------------
@@ -476,7 +481,7 @@ fn model_name_must_not_be_empty() {
 #[test]
 fn validate_reports_the_field_without_a_file() {
     let mut config = parse(BASE).unwrap_or_else(|error| panic!("{error}"));
-    config.shapes.text_tokens = 0;
+    config.shapes.text_tokens = Some(0);
     let violation = config.validate().expect_err("text_tokens 0 is invalid");
     assert_eq!(
         violation,
@@ -675,7 +680,7 @@ fn unknown_dtype_and_architecture_are_rejected() {
         &with("architecture", "\"unet\""),
         line_of("architecture"),
         16,
-        "unknown variant `unet`, expected `flux-transformer`",
+        "unknown variant `unet`, expected `flux-transformer` or `flux-vae-decoder`",
     );
 }
 

@@ -5,46 +5,27 @@ use std::fmt::Write;
 use std::path::Path;
 
 use fluxc_ir::{Graph, GraphStats};
-use fluxc_models::{flux, ModelConfig};
+use fluxc_models::config::{Architecture, MissingSection};
+use fluxc_models::{build_graph, ModelConfig};
 
 /// Runs the check and prints the summary to stdout.
 pub fn run(path: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let cfg = ModelConfig::load(path)?;
-    let graph = flux::build_transformer(&cfg)
+    let graph = build_graph(&cfg)
         .map_err(|e| format!("building the graph of `{}` failed: {e}", path.display()))?;
-    print!("{}", summary(&cfg, &graph));
+    print!("{}", summary(&cfg, &graph)?);
     Ok(())
 }
 
-/// The text `fluxc check` prints.
-pub fn summary(cfg: &ModelConfig, graph: &Graph) -> String {
+/// The text `fluxc check` prints (fails only on an unvalidated config).
+pub fn summary(cfg: &ModelConfig, graph: &Graph) -> Result<String, MissingSection> {
     let stats = GraphStats::of(graph);
     let dtype = cfg.model.dtype.ir();
     let mut s = String::new();
-    let shapes = &cfg.shapes;
-    writeln!(
-        s,
-        "{}: FLUX.1 transformer, {dtype}, {}x{} (batch {}): {} image + {} text tokens",
-        cfg.model.name,
-        shapes.width,
-        shapes.height,
-        shapes.batch,
-        cfg.image_tokens(),
-        shapes.text_tokens
-    )
-    .unwrap();
-    let t = &cfg.transformer;
-    writeln!(
-        s,
-        "  blocks           {} double + {} single, {} heads x {}, hidden {}, guidance {}",
-        t.num_layers,
-        t.num_single_layers,
-        t.num_attention_heads,
-        t.attention_head_dim,
-        t.hidden_size,
-        if t.guidance_embeds { "yes" } else { "no" }
-    )
-    .unwrap();
+    match cfg.model.architecture {
+        Architecture::FluxTransformer => transformer_header(&mut s, cfg)?,
+        Architecture::FluxVaeDecoder => vae_header(&mut s, cfg)?,
+    }
     writeln!(
         s,
         "  parameters       {} ({} tensors, {} in {dtype})",
@@ -54,6 +35,15 @@ pub fn summary(cfg: &ModelConfig, graph: &Graph) -> String {
     )
     .unwrap();
     let count = |k: &str| stats.ops_by_kind.get(k).copied().unwrap_or(0);
+    if count("conv2d") > 0 {
+        writeln!(
+            s,
+            "  conv FLOPs       {} per forward ({} conv2d)",
+            si(stats.conv_flops as f64, "FLOP"),
+            count("conv2d")
+        )
+        .unwrap();
+    }
     writeln!(
         s,
         "  GEMM FLOPs       {} per forward ({} linear)",
@@ -83,7 +73,74 @@ pub fn summary(cfg: &ModelConfig, graph: &Graph) -> String {
             writeln!(s, "    {kind:<20} {n:>6}").unwrap();
         }
     }
-    s
+    Ok(s)
+}
+
+/// What the transformer is and what it runs on.
+fn transformer_header(s: &mut String, cfg: &ModelConfig) -> Result<(), MissingSection> {
+    let t = cfg.transformer()?;
+    let shapes = &cfg.shapes;
+    writeln!(
+        s,
+        "{}: FLUX.1 transformer, {}, {}x{} (batch {}): {} image + {} text tokens",
+        cfg.model.name,
+        cfg.model.dtype.ir(),
+        shapes.width,
+        shapes.height,
+        shapes.batch,
+        cfg.image_tokens(),
+        cfg.text_tokens()?
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "  blocks           {} double + {} single, {} heads x {}, hidden {}, guidance {}",
+        t.num_layers,
+        t.num_single_layers,
+        t.num_attention_heads,
+        t.attention_head_dim,
+        t.hidden_size,
+        if t.guidance_embeds { "yes" } else { "no" }
+    )
+    .unwrap();
+    Ok(())
+}
+
+/// What the VAE decoder is and what it runs on.
+fn vae_header(s: &mut String, cfg: &ModelConfig) -> Result<(), MissingSection> {
+    let v = cfg.vae()?;
+    let shapes = &cfg.shapes;
+    let (h, w) = cfg.latent_size();
+    writeln!(
+        s,
+        "{}: FLUX VAE decoder, {}, {}x{} (batch {}): latents {w}x{h}x{} -> image {}x{}x{}",
+        cfg.model.name,
+        cfg.model.dtype.ir(),
+        shapes.width,
+        shapes.height,
+        shapes.batch,
+        v.latent_channels,
+        shapes.width,
+        shapes.height,
+        v.out_channels
+    )
+    .unwrap();
+    let levels: Vec<usize> = v.block_out_channels.iter().rev().copied().collect();
+    writeln!(
+        s,
+        "  blocks           {} up blocks x {} resnets, channels {levels:?}, {} groups, \
+         mid attention {}",
+        levels.len(),
+        v.layers_per_block + 1,
+        v.norm_num_groups,
+        if v.mid_block_add_attention {
+            "yes"
+        } else {
+            "no"
+        }
+    )
+    .unwrap();
+    Ok(())
 }
 
 /// A parameter count the way model cards state it: `11.901 B`, `110.4 k`.

@@ -12,8 +12,8 @@ use std::path::Path;
 
 use fluxc_artifact::{CheckpointLayout, Step as ScheduleStep, WeightSource};
 use fluxc_codegen::{check_output_dir, generate, write_artifact, CodegenOptions, Generated};
-use fluxc_models::checkpoint::{resolve_derived_sources, BflDims, CheckpointFormat, BFL_PREFIX};
-use fluxc_models::{flux, ModelConfig};
+use fluxc_models::checkpoint::{resolve_derived_sources, CheckpointFormat, NameMap};
+use fluxc_models::{build_graph, ModelConfig};
 use fluxc_passes::pipeline::{optimize, optimize_with_dump, Optimized, Step};
 
 /// What `fluxc compile` was asked to do.
@@ -37,7 +37,7 @@ pub fn run(args: &CompileArgs) -> Result<(), Box<dyn std::error::Error>> {
         check_output_dir(out)?;
     }
     let cfg = ModelConfig::load(args.model)?;
-    let graph = flux::build_transformer(&cfg).map_err(|e| {
+    let graph = build_graph(&cfg).map_err(|e| {
         format!(
             "building the graph of `{}` failed: {e}",
             args.model.display()
@@ -61,7 +61,7 @@ pub fn run(args: &CompileArgs) -> Result<(), Box<dyn std::error::Error>> {
         &optimized,
         &CodegenOptions {
             model_name: cfg.model.name.clone(),
-            layouts: layouts(&optimized, &cfg),
+            layouts: layouts(&optimized, NameMap::of(&cfg)?),
             reuse_memory: !args.no_memory_reuse,
         },
     )?;
@@ -77,17 +77,21 @@ pub fn run(args: &CompileArgs) -> Result<(), Box<dyn std::error::Error>> {
 /// cannot be loaded from is left out).
 fn layouts(
     optimized: &Optimized,
-    cfg: &ModelConfig,
+    map: NameMap,
 ) -> Vec<(CheckpointLayout, BTreeMap<String, WeightSource>)> {
-    let dims = BflDims::of(cfg);
+    let bundle: Vec<String> = map
+        .bundle_prefixes()
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
     [
         (CheckpointFormat::Diffusers, "diffusers", vec![]),
-        (CheckpointFormat::Bfl, "bfl", vec![BFL_PREFIX.to_string()]),
+        (CheckpointFormat::Bfl, "bfl", bundle),
     ]
     .into_iter()
     .filter_map(|(format, name, strip_prefixes)| {
         let sources =
-            resolve_derived_sources(&optimized.graph, &optimized.weights, format, dims).ok()?;
+            resolve_derived_sources(&optimized.graph, &optimized.weights, format, map).ok()?;
         let layout = CheckpointLayout {
             name: name.to_string(),
             strip_prefixes,

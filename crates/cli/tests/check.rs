@@ -67,6 +67,42 @@ fn flux_schnell_has_no_guidance_embedder() {
 }
 
 #[test]
+fn flux_vae_reports_parameters_and_conv_flops() {
+    fluxc()
+        .arg("check")
+        .arg(repo().join("models/flux-vae.toml"))
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "flux-vae: FLUX VAE decoder, bf16, 1024x1024 (batch 1): latents 128x128x16 -> image \
+             1024x1024x3",
+        ))
+        .stdout(predicate::str::contains(
+            "4 up blocks x 3 resnets, channels [512, 512, 256, 128], 32 groups, mid attention yes",
+        ))
+        .stdout(predicate::str::contains("parameters       49.545 M"))
+        .stdout(predicate::str::contains(
+            "conv FLOPs       9.888 TFLOP per forward (35 conv2d)",
+        ))
+        .stdout(predicate::str::contains("(1 attention)"));
+}
+
+#[test]
+fn vae_without_its_section_names_it() {
+    let text = std::fs::read_to_string(repo().join("models/tiny-vae.toml")).unwrap();
+    let start = text.find("[vae]").unwrap();
+    let end = text.find("[shapes]").unwrap();
+    let (_dir, path) = model_file(&format!("{}{}", &text[..start], &text[end..]));
+    let stderr = check_fails(&path);
+    assert!(
+        stderr.contains(
+            "model.architecture: [vae] is required for architecture \"flux-vae-decoder\""
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn missing_file_names_the_path() {
     let stderr = check_fails(Path::new("no/such/model.toml"));
     assert!(

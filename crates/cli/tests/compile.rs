@@ -153,3 +153,32 @@ fn bad_fp8_glob_in_model_toml_names_the_field() {
     let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
     assert!(stderr.contains("passes.fp8_include: bad glob"), "{stderr}");
 }
+
+#[test]
+fn vae_dumps_then_stops_at_codegen_with_a_clear_error() {
+    let out = fluxc()
+        .args(["compile", "--dump-after", "hoist_weights"])
+        .arg(repo().join("models/tiny-vae.toml"))
+        .assert()
+        .failure()
+        .code(1);
+    let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    assert!(stdout.contains("input[\"z\"]"), "{stdout}");
+    assert!(stdout.contains("output \"sample\" = %"), "{stdout}");
+    // conv1x1_as_mm and fuse_qkv ran on the VAE too.
+    assert!(
+        stdout.contains("decoder.mid_block.attentions.0.{to_q,to_k,to_v}.weight = concat("),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("conv_shortcut.weight.view(16,32) = reshape("),
+        "{stdout}"
+    );
+    let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert!(stderr.contains("fusion: "), "{stderr}");
+    assert!(
+        stderr.contains("error: not supported by codegen yet: conv2d GEMMs"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -133,20 +133,20 @@ pub(crate) fn strip_bfl_prefix(name: &str) -> &str {
 
 /// `"12.attn.to_q.weight"` → `(12, "attn.to_q.weight")`; the index must be
 /// written as Python writes it (no sign, no leading zeros).
-fn block_index(rest: &str) -> Option<(usize, &str)> {
+pub(super) fn block_index(rest: &str) -> Option<(usize, &str)> {
     let (idx, tail) = rest.split_once('.')?;
     let i: usize = idx.parse().ok()?;
     (i.to_string() == idx).then_some((i, tail))
 }
 
 /// `"a.b.weight"` → `("a.b", "weight")`, for `weight` and `bias` only.
-fn split_param(name: &str) -> Option<(&str, &str)> {
+pub(super) fn split_param(name: &str) -> Option<(&str, &str)> {
     let (stem, param) = name.rsplit_once('.')?;
     matches!(param, "weight" | "bias").then_some((stem, param))
 }
 
 /// The second element of the pair whose first is `key`.
-fn lookup(table: &[(&str, &'static str)], key: &str) -> Option<&'static str> {
+pub(super) fn lookup(table: &[(&str, &'static str)], key: &str) -> Option<&'static str> {
     table.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
 }
 

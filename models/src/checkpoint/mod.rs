@@ -1,24 +1,28 @@
-//! Loading FLUX transformer weights from real checkpoints.
+//! Loading FLUX transformer and VAE decoder weights from real checkpoints.
 //!
-//! The model builder names every weight input of the graph as diffusers names
-//! it (`transformer_blocks.0.attn.to_q.weight`). Checkpoints come in two
-//! layouts ([`CheckpointFormat`]): diffusers' (a directory with one or several
-//! sharded safetensors files, or a single file) where those names are stored
-//! as is, and the original BFL single file (`flux1-dev.safetensors`), whose
-//! names and fusions differ. [`resolve_sources`] says for each weight how it is
-//! derived from the stored tensors (a [`WeightSource`], which the compiler
-//! records in its manifest); [`load_weights`] detects the layout, checks every
-//! weight (present, convertible dtype, shape after derivation) before reading
-//! any data, and returns them all in f32 for the CPU interpreter.
+//! The model builders name every weight input of the graph as diffusers names
+//! it (`transformer_blocks.0.attn.to_q.weight`, `decoder.conv_in.weight`).
+//! Checkpoints come in two layouts ([`CheckpointFormat`]): diffusers' (a
+//! directory with one or several sharded safetensors files, or a single file)
+//! where those names are stored as is, and the original BFL single files
+//! (`flux1-dev.safetensors`, `ae.safetensors`), whose names and fusions
+//! differ. Which original name map applies, and the widths it needs, is a
+//! [`NameMap`] (`NameMap::of(&config)`). [`resolve_sources`] says for each
+//! weight how it is derived from the stored tensors (a [`WeightSource`], which
+//! the compiler records in its manifest); [`load_weights`] detects the layout,
+//! checks every weight (present, convertible dtype, shape after derivation)
+//! before reading any data, and returns them all in f32 for the CPU
+//! interpreter.
 //!
 //! Everything that does not know FLUX (safetensors files, diffusers
 //! directory layouts and shard indexes, applying derivations, the error
 //! types) lives in the `fluxc-checkpoint` crate, which the runtime shares;
-//! this module adds the model knowledge. Modules: [`bfl`] (the name map),
-//! `store` ([`Checkpoint`], layout detection on top of
-//! [`fluxc_checkpoint::Checkpoint`]).
+//! this module adds the model knowledge. Modules: [`bfl`] (the transformer's
+//! name map), [`bfl_vae`] (the VAE decoder's), `store` ([`Checkpoint`],
+//! layout detection on top of [`fluxc_checkpoint::Checkpoint`]).
 
 pub mod bfl;
+pub mod bfl_vae;
 mod store;
 
 use std::collections::{BTreeMap, HashMap};
@@ -28,18 +32,84 @@ use fluxc_artifact::WeightSource;
 use fluxc_ir::interp::Tensor;
 use fluxc_ir::{Graph, InputKind, Op, Shape};
 
+use crate::config::{Architecture, MissingSection, TransformerConfig, VaeConfig};
+use crate::ModelConfig;
+
 pub use bfl::{bfl_source, BFL_PREFIX};
+pub use bfl_vae::{bfl_vae_source, VAE_PREFIXES};
 pub use fluxc_checkpoint::{CheckpointError, DeriveError};
 pub use store::Checkpoint;
 
 /// The naming layout of a checkpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CheckpointFormat {
-    /// diffusers' `FluxTransformer2DModel` names: graph weights are stored as is.
+    /// diffusers' `FluxTransformer2DModel` / `AutoencoderKL` names: graph
+    /// weights are stored as is.
     Diffusers,
-    /// The original Black Forest Labs single file: fused qkv and `linear1`,
-    /// shift-then-scale final modulation; see [`bfl_source`].
+    /// The original Black Forest Labs single files: the transformer's
+    /// (`flux1-*.safetensors`: fused qkv and `linear1`, shift-then-scale final
+    /// modulation; see [`bfl_source`]) or the VAE's (`ae.safetensors`, LDM
+    /// names, 1×1-conv attention projections; see [`bfl_vae_source`]).
     Bfl,
+}
+
+/// Which original-layout name map a graph's weights go through, with the
+/// widths it needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NameMap {
+    /// The FLUX transformer ↔ BFL `flux1-*.safetensors` ([`bfl_source`]).
+    Transformer(BflDims),
+    /// The FLUX VAE decoder ↔ BFL `ae.safetensors` ([`bfl_vae_source`]).
+    VaeDecoder(VaeDims),
+}
+
+impl NameMap {
+    /// The map for the model `cfg` describes (by its architecture); fails
+    /// only on an unvalidated config that lacks the architecture's section.
+    pub fn of(cfg: &ModelConfig) -> Result<NameMap, MissingSection> {
+        Ok(match cfg.model.architecture {
+            Architecture::FluxTransformer => NameMap::Transformer(BflDims::of(cfg.transformer()?)),
+            Architecture::FluxVaeDecoder => NameMap::VaeDecoder(VaeDims::of(cfg.vae()?)),
+        })
+    }
+
+    /// How diffusers weight `name` is derived from the original checkpoint;
+    /// `None` when the original layout has no counterpart.
+    pub fn original_source(&self, name: &str) -> Option<WeightSource> {
+        match *self {
+            NameMap::Transformer(d) => bfl_source(name, d.hidden_size, d.mlp_hidden),
+            NameMap::VaeDecoder(d) => bfl_vae_source(name, d),
+        }
+    }
+
+    /// The prefixes under which single-file bundles store this model's
+    /// original tensors (stripped when reading).
+    pub fn bundle_prefixes(&self) -> &'static [&'static str] {
+        match self {
+            NameMap::Transformer(_) => &[BFL_PREFIX],
+            NameMap::VaeDecoder(_) => &VAE_PREFIXES,
+        }
+    }
+
+    /// The original layout, in words (for errors).
+    pub fn layout_name(&self) -> &'static str {
+        match self {
+            NameMap::Transformer(_) => "original BFL FLUX",
+            NameMap::VaeDecoder(_) => "original BFL VAE (ae.safetensors)",
+        }
+    }
+}
+
+impl From<BflDims> for NameMap {
+    fn from(dims: BflDims) -> Self {
+        NameMap::Transformer(dims)
+    }
+}
+
+impl From<VaeDims> for NameMap {
+    fn from(dims: VaeDims) -> Self {
+        NameMap::VaeDecoder(dims)
+    }
 }
 
 /// The widths the BFL name map needs to split fused tensors.
@@ -52,11 +122,11 @@ pub struct BflDims {
 }
 
 impl BflDims {
-    /// The widths of the transformer `cfg` describes.
-    pub fn of(cfg: &crate::ModelConfig) -> BflDims {
+    /// The widths of the transformer `t` describes.
+    pub fn of(t: &TransformerConfig) -> BflDims {
         BflDims {
-            hidden_size: cfg.transformer.hidden_size,
-            mlp_hidden: cfg.mlp_hidden(),
+            hidden_size: t.hidden_size,
+            mlp_hidden: t.mlp_hidden(),
         }
     }
 
@@ -67,23 +137,53 @@ impl BflDims {
     };
 }
 
+/// What the VAE decoder's name map needs to know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct VaeDims {
+    /// Levels of the decoder (`len(block_out_channels)`): the original numbers
+    /// them in the opposite order.
+    pub up_blocks: usize,
+    /// Width of the mid-block attention (the last of `block_out_channels`):
+    /// the original's 1×1-conv projections are reshaped to `[C, C]`.
+    pub attention_channels: usize,
+}
+
+impl VaeDims {
+    /// The widths of the VAE `v` describes.
+    pub fn of(v: &VaeConfig) -> VaeDims {
+        VaeDims {
+            up_blocks: v.block_out_channels.len(),
+            attention_channels: v.mid_channels(),
+        }
+    }
+
+    /// FLUX.1's VAE: four levels, attention width 512.
+    pub const FLUX1: VaeDims = VaeDims {
+        up_blocks: 4,
+        attention_channels: 512,
+    };
+}
+
 /// The layout of the checkpoint at `path` (see [`Checkpoint::open`] for the
 /// paths accepted). A single file is BFL when its tensor names (possibly
 /// under [`BFL_PREFIX`]) include `double_blocks.*`, `single_blocks.*` or
-/// `img_in.weight`.
+/// `img_in.weight` (the transformer), or (possibly under one of
+/// [`VAE_PREFIXES`]) `decoder.up.*`, `decoder.mid.*`, `decoder.norm_out.*` or
+/// their `encoder.` counterparts (the VAE).
 pub fn detect_format(path: &Path) -> Result<CheckpointFormat, CheckpointError> {
     Ok(Checkpoint::open(path)?.format())
 }
 
 /// How each weight input of `graph` (by diffusers name) is derived from a
 /// checkpoint in `format`: the stored tensor of the same name for diffusers,
-/// [`bfl_source`] for BFL. Fails on a weight the BFL layout does not have.
+/// `map`'s original source for BFL. Fails on a weight the BFL layout does
+/// not have.
 pub fn resolve_sources(
     graph: &Graph,
     format: CheckpointFormat,
-    dims: BflDims,
+    map: impl Into<NameMap>,
 ) -> Result<BTreeMap<String, WeightSource>, CheckpointError> {
-    resolve_derived_sources(graph, &BTreeMap::new(), format, dims)
+    resolve_derived_sources(graph, &BTreeMap::new(), format, map)
 }
 
 /// Like [`resolve_sources`] for a graph whose passes derived some weights
@@ -95,8 +195,9 @@ pub fn resolve_derived_sources(
     graph: &Graph,
     derived: &BTreeMap<String, WeightSource>,
     format: CheckpointFormat,
-    dims: BflDims,
+    map: impl Into<NameMap>,
 ) -> Result<BTreeMap<String, WeightSource>, CheckpointError> {
+    let map = map.into();
     graph_weights(graph)
         .into_iter()
         .map(|(name, _)| {
@@ -104,14 +205,15 @@ pub fn resolve_derived_sources(
                 .get(&name)
                 .cloned()
                 .unwrap_or_else(|| WeightSource::tensor(&name));
-            let source = compose(&over_diffusers, format, dims)?;
+            let source = compose(&over_diffusers, format, map)?;
             Ok((name, fluxc_checkpoint::simplify(source)))
         })
         .collect()
 }
 
 /// Loads every weight input of `graph` from the checkpoint at `path` (layout
-/// detected), in f32, keyed by diffusers name. Every weight is checked before
+/// detected; `map` says which original name map applies), in f32, keyed by
+/// diffusers name. Every weight is checked before
 /// any data is read: a missing tensor, an unconvertible stored dtype or a
 /// shape other than the graph's is an error naming the weight and the
 /// checkpoint tensors. Weights may be stored as F32, BF16 or F16 whatever
@@ -119,9 +221,9 @@ pub fn resolve_derived_sources(
 pub fn load_weights(
     graph: &Graph,
     path: &Path,
-    dims: BflDims,
+    map: impl Into<NameMap>,
 ) -> Result<HashMap<String, Tensor>, CheckpointError> {
-    load_derived_weights(graph, &BTreeMap::new(), path, dims)
+    load_derived_weights(graph, &BTreeMap::new(), path, map)
 }
 
 /// Like [`load_weights`] for a graph whose passes derived some weights from
@@ -131,10 +233,10 @@ pub fn load_derived_weights(
     graph: &Graph,
     derived: &BTreeMap<String, WeightSource>,
     path: &Path,
-    dims: BflDims,
+    map: impl Into<NameMap>,
 ) -> Result<HashMap<String, Tensor>, CheckpointError> {
     let ckpt = Checkpoint::open(path)?;
-    let sources = resolve_derived_sources(graph, derived, ckpt.format(), dims)?;
+    let sources = resolve_derived_sources(graph, derived, ckpt.format(), map)?;
     let mut plan = Vec::new();
     for (name, shape) in graph_weights(graph) {
         let source = &sources[&name];
@@ -154,11 +256,11 @@ pub fn load_derived_weights(
 fn compose(
     source: &WeightSource,
     format: CheckpointFormat,
-    dims: BflDims,
+    map: NameMap,
 ) -> Result<WeightSource, CheckpointError> {
-    let inner = |of: &WeightSource| compose(of, format, dims).map(Box::new);
+    let inner = |of: &WeightSource| compose(of, format, map).map(Box::new);
     Ok(match source {
-        WeightSource::Tensor { name } => source_for(name, format, dims)?,
+        WeightSource::Tensor { name } => source_for(name, format, map)?,
         WeightSource::Rows { of, start, len } => WeightSource::Rows {
             of: inner(of)?,
             start: *start,
@@ -168,7 +270,7 @@ fn compose(
         WeightSource::Concat { parts } => WeightSource::Concat {
             parts: parts
                 .iter()
-                .map(|p| compose(p, format, dims))
+                .map(|p| compose(p, format, map))
                 .collect::<Result<_, _>>()?,
         },
         WeightSource::Reshape { of, shape } => WeightSource::Reshape {
@@ -209,17 +311,16 @@ pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, Tensor>, Checkpo
 fn source_for(
     name: &str,
     format: CheckpointFormat,
-    dims: BflDims,
+    map: NameMap,
 ) -> Result<WeightSource, CheckpointError> {
     match format {
         CheckpointFormat::Diffusers => Ok(WeightSource::tensor(name)),
         CheckpointFormat::Bfl => {
-            bfl_source(name, dims.hidden_size, dims.mlp_hidden).ok_or_else(|| {
-                CheckpointError::UnmappedWeight {
+            map.original_source(name)
+                .ok_or_else(|| CheckpointError::UnmappedWeight {
                     weight: name.to_string(),
-                    layout: "original BFL FLUX".to_string(),
-                }
-            })
+                    layout: map.layout_name().to_string(),
+                })
         }
     }
 }

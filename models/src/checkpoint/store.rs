@@ -1,7 +1,9 @@
 //! An opened FLUX checkpoint: a [`fluxc_checkpoint::Checkpoint`] whose
-//! layout ([`CheckpointFormat`]) has been detected, with BFL's
-//! [`BFL_PREFIX`](super::BFL_PREFIX) stripped from the names of bundled
-//! single files, and whose weights come back as interpreter tensors.
+//! layout ([`CheckpointFormat`]) has been detected, with the bundle prefixes
+//! of BFL files ([`BFL_PREFIX`](super::BFL_PREFIX) for the transformer,
+//! [`VAE_PREFIXES`](super::VAE_PREFIXES) for the VAE) stripped from the
+//! names of bundled single files, and whose weights come back as
+//! interpreter tensors.
 
 use std::path::Path;
 
@@ -10,6 +12,7 @@ use fluxc_ir::interp::Tensor;
 use fluxc_ir::Shape;
 
 use super::bfl::{looks_like_bfl, BFL_PREFIX};
+use super::bfl_vae::{looks_like_bfl_vae, VAE_PREFIXES};
 use super::{CheckpointError, CheckpointFormat};
 
 /// A checkpoint opened for reading: memory-mapped files with parsed headers.
@@ -22,15 +25,16 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// Opens the checkpoint at `path`: a diffusers directory (or a pipeline
     /// root with a `transformer/` subfolder), a shard index file, or a single
-    /// `.safetensors` file in diffusers or BFL layout.
+    /// `.safetensors` file in diffusers or BFL layout (transformer, VAE, or
+    /// a bundle of both).
     pub fn open(path: &Path) -> Result<Self, CheckpointError> {
         let mut inner = fluxc_checkpoint::Checkpoint::open(path)?;
-        let bfl = !inner.is_sharded() && looks_like_bfl(inner.stored_names().into_iter());
-        let format = if bfl {
-            inner.strip_prefixes(&[BFL_PREFIX]);
-            CheckpointFormat::Bfl
-        } else {
+        let prefixes = original_prefixes(&inner);
+        let format = if prefixes.is_empty() {
             CheckpointFormat::Diffusers
+        } else {
+            inner.strip_prefixes(&prefixes);
+            CheckpointFormat::Bfl
         };
         Ok(Checkpoint { format, inner })
     }
@@ -92,6 +96,23 @@ impl Checkpoint {
     ) -> Result<Tensor, CheckpointError> {
         self.inner.derive(weight, source).map(to_tensor)
     }
+}
+
+/// The bundle prefixes to strip from a single file in the original BFL
+/// layout (the transformer's, the VAE's, or both for a bundle); empty when
+/// the checkpoint is not in that layout.
+fn original_prefixes(inner: &fluxc_checkpoint::Checkpoint) -> Vec<&'static str> {
+    let mut prefixes = Vec::new();
+    if inner.is_sharded() {
+        return prefixes;
+    }
+    if looks_like_bfl(inner.stored_names().into_iter()) {
+        prefixes.push(BFL_PREFIX);
+    }
+    if looks_like_bfl_vae(inner.stored_names().into_iter()) {
+        prefixes.extend(VAE_PREFIXES);
+    }
+    prefixes
 }
 
 /// A host tensor as an interpreter tensor.
