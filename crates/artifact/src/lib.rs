@@ -12,9 +12,13 @@
 //! | `kernels.cu` | CUDA C++ | every generated kernel, `extern "C"` |
 //! | `graph.txt` | text | the optimized IR, for humans |
 //! | `fusion.txt` | text | the kernel grouping with refused fusions, for humans |
+//!
+//! Beside artifacts, `tuning.json` ([`TuningCache`]) keeps measured best
+//! configurations across compiles.
 
 mod manifest;
 mod schedule;
+mod tuning;
 mod weights;
 
 pub use manifest::{content_hash, CheckpointLayout, Manifest, WeightEntry, FORMAT_VERSION};
@@ -22,6 +26,7 @@ pub use schedule::{
     Arg, Attention, Binding, Buffer, BufferId, Copy, ElemType, Gemm, GemmEpilogue, Launch, Region,
     Schedule, ScheduleError, Step, Tensor,
 };
+pub use tuning::{tuning_key, TuningCache, TuningRecord, TUNING_FORMAT_VERSION};
 pub use weights::{Fp8Format, WeightSource};
 
 /// File names inside an artifact directory.

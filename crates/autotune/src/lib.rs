@@ -1,5 +1,16 @@
-//! Coordinate-descent autotuning of kernel and GEMM configurations, with a
-//! persistent tuning cache.
+//! Coordinate-descent autotuning of kernel and GEMM configurations.
 //!
-//! Empty so far: the crate is part of the workspace layout so the dependency
-//! structure is fixed from the start.
+//! The search itself is independent of what is tuned: a [`ConfigSpace`] of
+//! named fields with ordered values, a starting configuration (the
+//! heuristic default) and a measure that times one configuration or rejects
+//! it. [`coordinate_descent`] walks the space as Inductor's
+//! `coordinate_descent_tuning` does. What the measure times on the GPU
+//! (generated kernels, cuBLASLt algorithms) is built on top; [`cache`]
+//! keeps results in `tuning.json` across compiles.
+
+pub mod cache;
+pub mod search;
+pub mod space;
+
+pub use search::{coordinate_descent, Measurement, SearchError, SearchOptions, SearchResult};
+pub use space::{Config, ConfigSpace, Field};

@@ -1,0 +1,168 @@
+//! The coordinate-descent search on synthetic cost functions: it finds the
+//! optimum of a convex bowl, never picks a rejected configuration, ignores
+//! improvements within the noise, needs `check_all_directions` for diagonal
+//! valleys, and stops within its budget without measuring anything twice.
+
+use std::collections::HashSet;
+
+use fluxc_autotune::{
+    coordinate_descent, Config, ConfigSpace, Field, Measurement, SearchError, SearchOptions,
+};
+
+/// threads ∈ {32, ..., 1024} (×2 steps), stages ∈ {1, ..., 8} (±1 steps).
+fn space() -> ConfigSpace {
+    ConfigSpace::new(vec![
+        Field::powers_of_two("threads", 32, 1024),
+        Field::new("stages", (1..=8).collect::<Vec<i64>>()),
+    ])
+}
+
+/// A bowl with its minimum at threads = 256, stages = 3.
+fn bowl(values: &[i64]) -> f64 {
+    let t = (values[0] as f64).log2() - 8.0;
+    let s = values[1] as f64 - 3.0;
+    10.0 + t * t + s * s
+}
+
+fn at(space: &ConfigSpace, values: &[i64]) -> Config {
+    space.config_of(values).expect("values in the space")
+}
+
+#[test]
+fn finds_the_optimum_of_a_convex_bowl() {
+    let s = space();
+    for start in [[32, 8], [1024, 1], [256, 3], [64, 5]] {
+        let r = coordinate_descent(&s, at(&s, &start), &SearchOptions::default(), |c| {
+            Measurement::Time(bowl(&s.values(c)))
+        })
+        .unwrap();
+        assert_eq!(s.values(&r.best), vec![256, 3], "from {start:?}");
+        assert_eq!(r.best_time, 10.0);
+        assert_eq!(r.start_time, bowl(&start));
+    }
+}
+
+#[test]
+fn never_picks_a_rejected_configuration() {
+    // The bowl's minimum (256, 3) is inside the rejected region
+    // threads · stages > 500: the best valid point is (128, 3).
+    let s = space();
+    let rejected = |v: &[i64]| v[0] * v[1] > 500;
+    let r = coordinate_descent(&s, at(&s, &[32, 8]), &SearchOptions::default(), |c| {
+        let v = s.values(c);
+        if rejected(&v) {
+            Measurement::Rejected(format!("{} threads x {} stages do not fit", v[0], v[1]))
+        } else {
+            Measurement::Time(bowl(&v))
+        }
+    })
+    .unwrap();
+    assert!(!rejected(&s.values(&r.best)));
+    assert_eq!(s.values(&r.best), vec![128, 3]);
+    assert!(r
+        .measurements
+        .iter()
+        .any(|(_, m)| matches!(m, Measurement::Rejected(_))));
+}
+
+#[test]
+fn stops_without_measuring_twice_and_within_budget() {
+    let s = space();
+    let r = coordinate_descent(&s, at(&s, &[32, 8]), &SearchOptions::default(), |c| {
+        Measurement::Time(bowl(&s.values(c)))
+    })
+    .unwrap();
+    let distinct: HashSet<&Config> = r.measurements.iter().map(|(c, _)| c).collect();
+    assert_eq!(
+        distinct.len(),
+        r.measurements.len(),
+        "a configuration measured twice"
+    );
+    assert!(
+        r.measurements.len() < 6 * 8,
+        "{} measurements",
+        r.measurements.len()
+    );
+
+    let tight = SearchOptions {
+        max_measurements: 5,
+        ..SearchOptions::default()
+    };
+    let r = coordinate_descent(&s, at(&s, &[32, 8]), &tight, |c| {
+        Measurement::Time(bowl(&s.values(c)))
+    })
+    .unwrap();
+    assert_eq!(r.measurements.len(), 5);
+    assert!(
+        r.best_time < r.start_time,
+        "it still improved within the budget"
+    );
+}
+
+#[test]
+fn improvements_within_the_noise_are_ignored() {
+    let s = space();
+    // Every other configuration is 0.5% faster: below 1% noise.
+    let r = coordinate_descent(&s, at(&s, &[256, 3]), &SearchOptions::default(), |c| {
+        Measurement::Time(if s.values(c) == vec![256, 3] {
+            100.0
+        } else {
+            99.5
+        })
+    })
+    .unwrap();
+    assert_eq!(s.values(&r.best), vec![256, 3]);
+}
+
+/// Moving one field alone always costs, moving both together pays: a
+/// diagonal valley.
+fn valley(v: &[i64]) -> f64 {
+    1.0 + 5.0 * (v[0] - v[1]).abs() as f64 + (4 - v[0]) as f64
+}
+
+#[test]
+fn diagonal_valleys_need_all_directions() {
+    let s = ConfigSpace::new(vec![
+        Field::new("a", vec![0, 1, 2, 3, 4]),
+        Field::new("b", vec![0, 1, 2, 3, 4]),
+    ]);
+    let measure = |c: &Config| Measurement::Time(valley(&s.values(c)));
+    let plain =
+        coordinate_descent(&s, at(&s, &[0, 0]), &SearchOptions::default(), measure).unwrap();
+    assert_eq!(s.values(&plain.best), vec![0, 0], "stuck without diagonals");
+    let all = SearchOptions {
+        check_all_directions: true,
+        ..SearchOptions::default()
+    };
+    let wide = coordinate_descent(&s, at(&s, &[0, 0]), &all, measure).unwrap();
+    assert_eq!(s.values(&wide.best), vec![4, 4]);
+    assert_eq!(wide.best_time, 1.0);
+}
+
+#[test]
+fn a_rejected_or_foreign_start_is_an_error() {
+    let s = space();
+    let err = coordinate_descent(&s, at(&s, &[32, 1]), &SearchOptions::default(), |_| {
+        Measurement::Rejected("too much shared memory".into())
+    })
+    .unwrap_err();
+    assert_eq!(
+        err,
+        SearchError::StartRejected("too much shared memory".into())
+    );
+    let err = coordinate_descent(&s, Config(vec![99, 0]), &SearchOptions::default(), |_| {
+        Measurement::Time(1.0)
+    })
+    .unwrap_err();
+    assert_eq!(err, SearchError::BadStart);
+}
+
+#[test]
+fn neighbourhoods() {
+    let s = space();
+    let c = at(&s, &[256, 1]);
+    let n: Vec<Vec<i64>> = s.neighbours(&c).iter().map(|c| s.values(c)).collect();
+    assert_eq!(n, vec![vec![128, 1], vec![512, 1], vec![256, 2]]);
+    assert_eq!(s.all_directions(&c).len(), 3 * 2 - 1);
+    assert_eq!(s.describe(&c), "threads=256 stages=1");
+}
