@@ -1,6 +1,6 @@
 //! Snapshots of what codegen emits: every kernel and the schedule of the
-//! tiny presets (fp8 off, epilogue fusion on and off), and a summary of the
-//! full FLUX.1-schnell schedule. A change here changes what runs on the GPU:
+//! tiny presets (fp8 off, epilogue fusion on and off; bf16 with fp8 per row
+//! and per tensor), and a summary of the full FLUX.1-schnell schedule. A change here changes what runs on the GPU:
 //! review it line by line (`cargo insta review`).
 
 use std::collections::BTreeMap;
@@ -11,15 +11,29 @@ use fluxc::artifact::{Region, Step};
 use fluxc::codegen::{generate, schedule_json, CodegenOptions, Generated};
 use fluxc::models::{flux, ModelConfig};
 use fluxc::passes::pipeline::optimize;
-use fluxc::passes::PassOptions;
+use fluxc::passes::{Fp8Mode, PassOptions};
 
 fn generated(preset: &str, epilogue_fusion: bool) -> Generated {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("models/{preset}.toml"));
-    let cfg = ModelConfig::load(&path).unwrap();
-    let options = PassOptions {
+    generated_with(preset, None, |options| PassOptions {
         epilogue_fusion,
-        ..cfg.passes.options()
-    };
+        ..options
+    })
+}
+
+/// `preset` (with its dtype replaced by `dtype`), compiled with its pass
+/// options as `adjust` changes them.
+fn generated_with(
+    preset: &str,
+    dtype: Option<&str>,
+    adjust: impl FnOnce(PassOptions) -> PassOptions,
+) -> Generated {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("models/{preset}.toml"));
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    if let Some(dtype) = dtype {
+        text = text.replace("dtype = \"f32\"", &format!("dtype = \"{dtype}\""));
+    }
+    let cfg = ModelConfig::from_toml_str(&text, &path).unwrap();
+    let options = adjust(cfg.passes.options());
     let optimized = optimize(flux::build_transformer(&cfg).unwrap(), &options).unwrap();
     let opts = CodegenOptions {
         model_name: cfg.model.name.clone(),
@@ -45,6 +59,24 @@ fn tiny_schnell_kernels_and_schedule() {
         insta::assert_snapshot!(format!("tiny_schnell_kernels_{suffix}"), kernels(&g));
         insta::assert_snapshot!(
             format!("tiny_schnell_schedule_{suffix}"),
+            schedule_json(&g.schedule).unwrap()
+        );
+    }
+}
+
+#[test]
+fn tiny_schnell_fp8_kernels_and_schedule() {
+    for (fp8, suffix) in [
+        (Fp8Mode::DynamicRow, "fp8_row"),
+        (Fp8Mode::DynamicTensor, "fp8_tensor"),
+    ] {
+        let g = generated_with("tiny-schnell", Some("bf16"), |options| PassOptions {
+            fp8,
+            ..options
+        });
+        insta::assert_snapshot!(format!("tiny_schnell_kernels_bf16_{suffix}"), kernels(&g));
+        insta::assert_snapshot!(
+            format!("tiny_schnell_schedule_bf16_{suffix}"),
             schedule_json(&g.schedule).unwrap()
         );
     }

@@ -14,6 +14,9 @@
 //!   layouts.
 //! - The tiny presets in bf16: the output stays within bf16 error of the
 //!   interpreter.
+//! - The tiny presets in bf16 with fp8 (per row and per tensor): the output
+//!   matches the interpreter's fp8 semantics (the same quantized weights and
+//!   dynamic scales).
 //! - A block with 64- and 128-wide heads in bf16 exercises the tensor-core
 //!   attention kernel.
 
@@ -30,7 +33,7 @@ use fluxc::models::checkpoint::{
 };
 use fluxc::models::{flux, ModelConfig};
 use fluxc::passes::pipeline::{optimize, Optimized};
-use fluxc::passes::PassOptions;
+use fluxc::passes::{Fp8Mode, PassOptions};
 use fluxc::runtime::{cuda, Engine, LoadOptions};
 
 /// The repository root: the current directory when it is one (the GPU
@@ -254,6 +257,88 @@ fn tiny_models_in_bf16_stay_within_bf16_error() {
         );
         assert!(error <= 3e-2, "{preset}: {error:e}");
     }
+}
+
+#[test]
+fn tiny_models_in_fp8_match_the_interpreter() {
+    require_gpu!("tiny_models_in_fp8_match_the_interpreter");
+    // Every case runs and prints before anything is asserted, so one run on
+    // the GPU machine reports all of them.
+    let mut failures = Vec::new();
+    for preset in ["tiny-schnell", "tiny-dev"] {
+        // fp8 GEMMs write bf16 or f16 (codegen refuses fp8 in f32 models).
+        for (dtype, bound) in [("bf16", 5e-2)] {
+            for fp8 in [Fp8Mode::DynamicRow, Fp8Mode::DynamicTensor] {
+                let case = format!("{preset} {dtype} {fp8:?}");
+                match fp8_case(preset, dtype, fp8) {
+                    Ok((error, worst)) => {
+                        println!("{case}: sample vs interpreter {error:.3e}; {worst}");
+                        if error.is_nan() || error > bound {
+                            failures.push(format!("{case}: {error:e} > {bound:e}"));
+                        }
+                    }
+                    Err(e) => {
+                        println!("{case}: FAILED: {e}");
+                        failures.push(format!("{case}: {e}"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// One fp8 tiny model on the GPU vs the interpreter's fp8 semantics (same
+/// quantized weights, same dynamic scales): the output's relative L2 error,
+/// and the worst intermediate buffer in words.
+fn fp8_case(preset: &str, dtype: &str, fp8: Fp8Mode) -> Result<(f64, String), String> {
+    let cfg = config(preset, Some(dtype));
+    let passes = PassOptions {
+        fp8,
+        ..cfg.passes.options()
+    };
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let artifact = dir.path().join("artifact");
+    let (optimized, generated) = compile(
+        flux::build_transformer(&cfg).map_err(|e| e.to_string())?,
+        &cfg,
+        &passes,
+        &artifact,
+    );
+    let fixtures = root().join("tests/fixtures").join(preset);
+    let options = LoadOptions {
+        progress: false,
+        ..LoadOptions::default()
+    };
+    let mut e = Engine::load(&artifact, &fixtures.join("diffusers"), &options)
+        .map_err(|e| e.to_string())?;
+    let (mut io, _) = fixture_inputs(preset);
+    // bf16-exact timestep and guidance, as in the bf16 test above.
+    io.insert("timestep".into(), Tensor::new([1], vec![0.5]).unwrap());
+    if io.contains_key("guidance") {
+        io.insert("guidance".into(), Tensor::new([1], vec![4.0]).unwrap());
+    }
+    set_inputs(&mut e, &io);
+    e.run().map_err(|e| e.to_string())?;
+    let mut inputs = load_derived_weights(
+        &optimized.graph,
+        &optimized.weights,
+        &fixtures.join("diffusers"),
+        NameMap::of(&cfg).unwrap(),
+    )
+    .map_err(|e| e.to_string())?;
+    inputs.extend(io);
+    let reference = interp::run(&optimized.graph, &inputs).unwrap()["sample"].clone();
+    let sample = Tensor::new(
+        reference.shape.clone(),
+        e.output("sample").map_err(|e| e.to_string())?,
+    )
+    .unwrap();
+    let (worst, at) = worst_buffer(&e, &generated, &optimized.graph, &inputs);
+    Ok((
+        sample.rel_l2(&reference),
+        format!("worst buffer {worst:.3e} ({at})"),
+    ))
 }
 
 /// A small attention block with `heads × head_dim`, bf16, random weights

@@ -1,9 +1,17 @@
 #!/usr/bin/env python3
-"""Compares fluxc's and diffusers' transformer outputs with the fp32
+"""Compares fluxc's and the peers' transformer outputs with the fp32
 reference and writes the forward report (JSON + markdown).
 
-    python3 benches/peers/compare.py --dir /tmp/flux --fluxc-json fluxc.json \
+    python3 benches/peers/compare.py --dir /tmp/flux \
+        --fluxc bf16 fluxc_bf16.json fluxc_bf16.safetensors \
+        --fluxc fp8-row fluxc_row.json fluxc_row.safetensors \
         --commit abc123 --command "..." --out report
+
+Each `--fluxc LABEL JSON OUTPUT` is one fluxc artifact's `fluxc run --json`
+report and output file. LABEL is `bf16`, `fp8-tensor` or `fp8-row`; each
+is judged against its peer of the same precision from make_reference.py:
+diffusers eager bf16 for bf16 (error ratio ≤ 1.5), torchao's fp8 of the same
+granularity for fp8 (≤ 1.2), when that peer ran.
 """
 
 import argparse
@@ -11,8 +19,15 @@ import datetime
 import json
 import pathlib
 
-import torch
 from safetensors.torch import load_file
+
+# label -> (peer output file, peer timing key, peer name, acceptance ratio)
+PEERS = {
+    "bf16": ("diffusers_bf16.safetensors", "eager_bf16", "diffusers 0.42.1 eager bf16", 1.5),
+    "fp8-tensor": ("torchao_fp8_tensor.safetensors", "torchao_fp8_tensor",
+                   "torchao 0.18 fp8 per tensor (eager)", 1.2),
+    "fp8-row": ("torchao_fp8_row.safetensors", "torchao_fp8_row", "torchao 0.18 fp8 per row (eager)", 1.2),
+}
 
 
 def rel_l2(x, ref):
@@ -23,8 +38,7 @@ def rel_l2(x, ref):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--dir", type=pathlib.Path, required=True)
-    p.add_argument("--fluxc-json", type=pathlib.Path, required=True)
-    p.add_argument("--fluxc-output", type=pathlib.Path, required=True)
+    p.add_argument("--fluxc", nargs=3, action="append", metavar=("LABEL", "JSON", "OUTPUT"), required=True)
     p.add_argument("--commit", default="unknown")
     p.add_argument("--command", default="")
     p.add_argument("--name", default="forward")
@@ -32,33 +46,41 @@ def main():
     a = p.parse_args()
 
     ref = load_file(a.dir / "ref_fp32.safetensors")["sample"]
-    diffusers_out = load_file(a.dir / "diffusers_bf16.safetensors")["sample"]
-    fluxc_out = load_file(a.fluxc_output)["sample"]
-    diffusers = json.loads((a.dir / "diffusers.json").read_text())
-    fluxc = json.loads(a.fluxc_json.read_text())
+    timings = json.loads((a.dir / "diffusers.json").read_text())
+    rows, peer_errors = [], {}
+    for label, (file, key, name, _) in PEERS.items():
+        if (a.dir / file).exists() and key in timings:
+            t = timings[key]
+            peer_errors[label] = rel_l2(load_file(a.dir / file)["sample"], ref)
+            rows.append({"system": name, "median_ms": t["median_ms"], "min_ms": t["min_ms"], "max_ms": t["max_ms"],
+                         "rel_l2_vs_fp32": peer_errors[label], "host_us_per_launch": None})
+    checks, fluxc_runs = [], {}
+    eager = timings["eager_bf16"]["median_ms"]
+    for label, json_path, output in a.fluxc:
+        run = json.loads(pathlib.Path(json_path).read_text())
+        fluxc_runs[label] = run
+        error = rel_l2(load_file(output)["sample"], ref)
+        median = run["gpu_ms"]["median"]
+        rows.append({"system": f"fluxc {label} (CUDA graph)", "median_ms": median, "min_ms": run["gpu_ms"]["min"],
+                     "max_ms": run["gpu_ms"]["max"], "rel_l2_vs_fp32": error,
+                     "host_us_per_launch": run["launch_us"]["median"]})
+        check = {"fluxc": label, "median_ms": median, "speedup_vs_diffusers_eager": eager / median,
+                 "rel_l2_vs_fp32": error}
+        if label in PEERS and label in peer_errors:
+            _, _, peer, bound = PEERS[label]
+            check.update(peer=peer, peer_rel_l2=peer_errors[label], error_ratio=error / peer_errors[label],
+                         bound=bound, within_bound=error / peer_errors[label] <= bound)
+        checks.append(check)
 
-    err_diffusers = rel_l2(diffusers_out, ref)
-    err_fluxc = rel_l2(fluxc_out, ref)
-    d = diffusers["eager_bf16"]
-    rows = [
-        ("diffusers 0.42.1 eager bf16", d["median_ms"], d["min_ms"], d["max_ms"], err_diffusers, None),
-        ("fluxc bf16 (CUDA graph)", fluxc["gpu_ms"]["median"], fluxc["gpu_ms"]["min"], fluxc["gpu_ms"]["max"],
-         err_fluxc, fluxc["launch_us"]["median"]),
-    ]
     report = {
         "date": datetime.date.today().isoformat(),
         "commit": a.commit,
         "command": a.command,
-        "gpu": diffusers["versions"]["gpu"],
-        "versions": diffusers["versions"],
-        "rows": [
-            {"system": r[0], "median_ms": r[1], "min_ms": r[2], "max_ms": r[3], "rel_l2_vs_fp32": r[4],
-             "host_us_per_launch": r[5]}
-            for r in rows
-        ],
-        "error_ratio_fluxc_over_diffusers": err_fluxc / err_diffusers,
-        "speedup_vs_diffusers_eager": d["median_ms"] / fluxc["gpu_ms"]["median"],
-        "fluxc": fluxc,
+        "gpu": timings["versions"]["gpu"],
+        "versions": timings["versions"],
+        "rows": rows,
+        "checks": checks,
+        "fluxc": fluxc_runs,
     }
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / f"{a.name}.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -73,14 +95,18 @@ def main():
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
-        host = f"{r[5]:.1f}" if r[5] is not None else "—"
-        lines.append(f"| {r[0]} | {r[1]:.2f} | {r[2]:.2f} | {r[3]:.2f} | {r[4]:.3e} | {host} |")
-    lines += [
-        "",
-        f"fluxc error / diffusers bf16 error = {report['error_ratio_fluxc_over_diffusers']:.3f} "
-        f"(acceptance: ≤ 1.5); speed-up over diffusers eager = {report['speedup_vs_diffusers_eager']:.2f}×.",
-        "",
-    ]
+        host = f"{r['host_us_per_launch']:.1f}" if r["host_us_per_launch"] is not None else "—"
+        lines.append(f"| {r['system']} | {r['median_ms']:.2f} | {r['min_ms']:.2f} | {r['max_ms']:.2f} "
+                     f"| {r['rel_l2_vs_fp32']:.3e} | {host} |")
+    lines.append("")
+    for c in checks:
+        line = f"- fluxc {c['fluxc']}: {c['speedup_vs_diffusers_eager']:.2f}× diffusers eager bf16"
+        if "peer" in c:
+            verdict = "within" if c["within_bound"] else "NOT within"
+            line += (f"; error / {c['peer']}'s = {c['error_ratio']:.3f} ({verdict} the bound "
+                     f"{c['bound']})")
+        lines.append(line + ".")
+    lines.append("")
     (a.out / f"{a.name}.md").write_text("\n".join(lines))
     print("\n".join(lines))
 

@@ -6,7 +6,13 @@ Writes, under --out:
     io.safetensors         the forward's inputs (f32)
     ref_fp32.safetensors   `sample` of the same weights run in fp32 (TF32 off)
     diffusers_bf16.safetensors  `sample` of diffusers' eager bf16 forward
-    diffusers.json         diffusers' eager bf16 time per forward (median/min/max ms)
+    diffusers.json         diffusers' eager bf16 time per forward (median/min/max ms),
+                           and with --torchao the eager torchao fp8 times
+    torchao_fp8_{tensor,row}.safetensors  with --torchao: `sample` of the bf16
+                           model after torchao's float8_dynamic_activation_float8_weight
+                           (per tensor / per row) on the linears fluxc's default fp8
+                           policy selects (transformer-block linears except the
+                           adaLN modulation ones)
 
 Weights come from diffusers' own initialisation (seeded), so the model is
 the real architecture with untrained weights. Needs torch, a GPU and
@@ -16,6 +22,7 @@ diffusers==0.42.1.
 """
 
 import argparse
+import copy
 import json
 import pathlib
 import statistics
@@ -79,6 +86,36 @@ def time_forward(model, x, dtype, warmup, repeats):
     return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times), "repeats": repeats}
 
 
+# fluxc's default fp8 policy (passes/src/options.rs, Fp8Policy::default):
+# every linear inside a double or single block except the modulation GEMVs.
+FP8_INCLUDE = ("transformer_blocks.", "single_transformer_blocks.")
+FP8_EXCLUDE = (".norm1.linear", ".norm1_context.linear", ".norm.linear")
+
+
+def fp8_policy(module, fqn):
+    return (isinstance(module, torch.nn.Linear) and fqn.startswith(FP8_INCLUDE)
+            and not fqn.endswith(FP8_EXCLUDE))
+
+
+def torchao_fp8(model, x, repeats, out):
+    """torchao's dynamic fp8 (per tensor, per row) of the bf16 `model` on the
+    fp8 policy's linears: eager time per forward and `sample`, each on a copy."""
+    from torchao.quantization import (Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor,
+                                      quantize_)
+    timings = {}
+    for name, granularity in (("tensor", PerTensor), ("row", PerRow)):
+        quantized = copy.deepcopy(model)
+        quantize_(quantized, Float8DynamicActivationFloat8WeightConfig(granularity=granularity()),
+                  filter_fn=fp8_policy)
+        timings[f"torchao_fp8_{name}"] = time_forward(quantized, x, torch.bfloat16, warmup=3, repeats=repeats)
+        sample = forward(quantized, x, torch.bfloat16)
+        save_file({"sample": sample.float().cpu().contiguous()}, out / f"torchao_fp8_{name}.safetensors")
+        print(f"torchao fp8 per {name} (eager): {timings[f'torchao_fp8_{name}']}", flush=True)
+        del quantized
+        torch.cuda.empty_cache()
+    return timings
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--variant", choices=["schnell", "dev"], default="schnell")
@@ -86,6 +123,7 @@ def main():
     p.add_argument("--width", type=int, default=1024)
     p.add_argument("--text-tokens", type=int, default=256)
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--torchao", action="store_true", help="also run torchao's fp8 (per tensor, per row)")
     p.add_argument("--out", type=pathlib.Path, required=True)
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
@@ -108,6 +146,9 @@ def main():
     sample = forward(model, x, torch.bfloat16)
     save_file({"sample": sample.float().cpu().contiguous()}, a.out / "diffusers_bf16.safetensors")
     print(f"diffusers eager bf16: {timing}", flush=True)
+    timings = {"eager_bf16": timing}
+    if a.torchao:
+        timings.update(torchao_fp8(model, x, a.repeats, a.out))
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -116,7 +157,7 @@ def main():
     save_file({"sample": reference.cpu().contiguous()}, a.out / "ref_fp32.safetensors")
     versions = {"torch": torch.__version__, "diffusers": __import__("diffusers").__version__,
                 "gpu": torch.cuda.get_device_name()}
-    (a.out / "diffusers.json").write_text(json.dumps({"eager_bf16": timing, "versions": versions}, indent=2))
+    (a.out / "diffusers.json").write_text(json.dumps({**timings, "versions": versions}, indent=2))
     print("reference written", flush=True)
 
 

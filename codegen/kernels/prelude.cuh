@@ -14,13 +14,22 @@ FX_DEVICE float fx_load(const float* p, long long i) { return p[i]; }
 FX_DEVICE float fx_load(const __nv_bfloat16* p, long long i) { return __bfloat162float(p[i]); }
 FX_DEVICE float fx_load(const __half* p, long long i) { return __half2float(p[i]); }
 
+FX_DEVICE float fx_load(const __nv_fp8_e4m3* p, long long i) { return float(p[i]); }
+FX_DEVICE float fx_load(const __nv_fp8_e5m2* p, long long i) { return float(p[i]); }
+
 FX_DEVICE void fx_store(float* p, long long i, float v) { p[i] = v; }
 FX_DEVICE void fx_store(__nv_bfloat16* p, long long i, float v) { p[i] = __float2bfloat16_rn(v); }
 FX_DEVICE void fx_store(__half* p, long long i, float v) { p[i] = __float2half_rn(v); }
+// fp8 stores round to nearest even and saturate to the largest finite value
+// (the constructors use __NV_SATFINITE), as the IR's `quantize` does.
+FX_DEVICE void fx_store(__nv_fp8_e4m3* p, long long i, float v) { p[i] = __nv_fp8_e4m3(v); }
+FX_DEVICE void fx_store(__nv_fp8_e5m2* p, long long i, float v) { p[i] = __nv_fp8_e5m2(v); }
 
 // Rounding to a storage type and back (the IR's `cast`).
 FX_DEVICE float fx_round_bf16(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
 FX_DEVICE float fx_round_f16(float v) { return __half2float(__float2half_rn(v)); }
+FX_DEVICE float fx_round_f8e4m3(float v) { return float(__nv_fp8_e4m3(v)); }
+FX_DEVICE float fx_round_f8e5m2(float v) { return float(__nv_fp8_e5m2(v)); }
 
 FX_DEVICE float fx_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 FX_DEVICE float fx_silu(float x) { return x * fx_sigmoid(x); }
@@ -93,6 +102,10 @@ template <int N>
 FX_DEVICE float fx_vget(const fx_vec<N, __nv_bfloat16>& r, int v) { return __bfloat162float(r.x[v]); }
 template <int N>
 FX_DEVICE float fx_vget(const fx_vec<N, __half>& r, int v) { return __half2float(r.x[v]); }
+template <int N>
+FX_DEVICE float fx_vget(const fx_vec<N, __nv_fp8_e4m3>& r, int v) { return float(r.x[v]); }
+template <int N>
+FX_DEVICE float fx_vget(const fx_vec<N, __nv_fp8_e5m2>& r, int v) { return float(r.x[v]); }
 template <int N, typename T>
 FX_DEVICE void fx_vstore(T* p, int i, const float* y) {
     fx_vec<N, T> r;

@@ -56,6 +56,9 @@ pub struct Emitter<'g> {
     /// Values supplied by the surrounding template (a reduction's result at
     /// the current element), by node and index.
     provided: BTreeMap<(NodeId, String), String>,
+    /// Values supplied by the template for every index (a row's
+    /// quantization scale in a row kernel).
+    provided_everywhere: BTreeMap<NodeId, String>,
     /// Vector mode: loads whose linear index is one of these variables are
     /// served from one wide load per thread at the variable's base
     /// (`i` → `i0`), element `v` of it.
@@ -84,6 +87,7 @@ impl<'g> Emitter<'g> {
             next_var: 0,
             scopes: vec![Scope::default()],
             provided: BTreeMap::new(),
+            provided_everywhere: BTreeMap::new(),
             vector: BTreeMap::new(),
             vector_width: 1,
             vector_loads: Vec::new(),
@@ -187,6 +191,12 @@ impl<'g> Emitter<'g> {
         self.provided.insert((node, index.join(",")), value);
     }
 
+    /// Makes `value` the value of `node` at every index (a per-row scale in
+    /// a row kernel, where every element the thread touches is in its row).
+    pub fn provide_everywhere(&mut self, node: NodeId, value: String) {
+        self.provided_everywhere.insert(node, value);
+    }
+
     /// The parameter slot of `node`'s buffer, registering it on first use.
     pub fn param(&mut self, node: NodeId, written: bool) -> usize {
         if let Some(&i) = self.param_index.get(&node) {
@@ -207,6 +217,9 @@ impl<'g> Emitter<'g> {
     /// The f32 value of `id` at `index` (an index over `id`'s shape), as a
     /// variable name or literal.
     pub fn value(&mut self, id: NodeId, index: &Index) -> Result<String, CodegenError> {
+        if let Some(v) = self.provided_everywhere.get(&id) {
+            return Ok(v.clone());
+        }
         let key = (id, index.join(","));
         if let Some(v) = self.provided.get(&key) {
             return Ok(v.clone());
@@ -317,7 +330,19 @@ impl<'g> Emitter<'g> {
                     DType::F32 => a,
                     DType::BF16 => format!("fx_round_bf16({a})"),
                     DType::F16 => format!("fx_round_f16({a})"),
+                    DType::F8E4M3 | DType::F8E5M2 => format!("fx_round_{}({a})", dtype.name()),
                     other => return Err(unsupported(&node.op, &format!("cast to {other}"))),
+                }
+            }
+            Op::Quantize(dtype) => {
+                let a = self.value(operands[0], index)?;
+                let is = self.broadcast(index, &out_dims, operands[1]);
+                let scale = self.value(operands[1], &is)?;
+                match dtype {
+                    DType::F8E4M3 | DType::F8E5M2 => {
+                        format!("fx_round_{}({a} / {scale})", dtype.name())
+                    }
+                    other => return Err(unsupported(&node.op, &format!("to {other}"))),
                 }
             }
             Op::Slice { axis, start, .. } => {

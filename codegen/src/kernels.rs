@@ -17,7 +17,7 @@
 
 use std::collections::HashSet;
 
-use fluxc_ir::{DType, Graph, NodeId, Op};
+use fluxc_ir::{DType, Graph, NodeId, Op, MIN_AMAX};
 
 use crate::emit::{float_literal, Emitter, Index, Param};
 use crate::CodegenError;
@@ -41,6 +41,9 @@ pub struct KernelSource {
     pub block: [u32; 3],
     /// Op kinds it computes, in order (for its name).
     pub ops: Vec<&'static str>,
+    /// 32-bit words of zero-initialized scratch the kernel takes as its last
+    /// parameter (`unsigned int* s0`), one allocation per launch; 0 for none.
+    pub scratch_words: u32,
 }
 
 /// A pointwise kernel computing `nodes` and writing `outputs`, one thread
@@ -100,14 +103,22 @@ pub fn pointwise(
     finish(graph, e, nodes, "", [grid, 1, 1])
 }
 
-/// Elements per 16-byte access when every output has the same element size
-/// (8 for bf16/f16, 4 for f32).
+/// Elements per vector access: 8 for bf16/f16, 4 for f32 when every output
+/// has that element size (16-byte accesses); with fp8 outputs, 8 (an 8-byte
+/// fp8 store) or, next to f32 outputs, 4. `None` for other mixes.
 fn vector_width(graph: &Graph, outputs: &[NodeId]) -> Option<usize> {
-    let size = graph.ty(*outputs.first()?).dtype.size_bytes();
-    let same = outputs
+    let sizes: Vec<usize> = outputs
         .iter()
-        .all(|&o| graph.ty(o).dtype.size_bytes() == size);
-    (same && (size == 2 || size == 4)).then_some(16 / size)
+        .map(|&o| graph.ty(o).dtype.size_bytes())
+        .collect();
+    let largest = *sizes.iter().max()?;
+    let same = sizes.iter().all(|&s| s == largest);
+    let with_fp8 = sizes.contains(&1) && sizes.iter().all(|&s| [1, 2, 4].contains(&s));
+    match largest {
+        1 => Some(8),
+        2 | 4 if same || with_fp8 => Some(16 / largest),
+        _ => None,
+    }
 }
 
 fn grid_for(items: usize, per_block: usize) -> Result<u32, CodegenError> {
@@ -149,8 +160,16 @@ impl RowShape {
     }
 }
 
-/// A row kernel for `reduction` (a LayerNorm, RMSNorm or softmax over the
-/// last axis) with the rest of `nodes` as prologue and epilogue.
+/// A row kernel for `reduction` (a LayerNorm, RMSNorm, softmax or per-row
+/// fp8 scale over the last axis) with the rest of `nodes` as prologue and
+/// epilogue, and optionally a second, per-row fp8 scale of an epilogue
+/// value (LayerNorm → modulation → scale → quantize in one kernel).
+///
+/// With a second scale the epilogue runs in two passes over the row: the
+/// first computes the scaled value into registers (and stores every output
+/// that does not need the scale), the row's absmax is reduced, then the
+/// second pass computes and stores what reads the scale (the fp8 values).
+/// Scales are stored once per row, by the row's first thread.
 pub fn row(
     graph: &Graph,
     nodes: &[NodeId],
@@ -164,8 +183,20 @@ pub fn row(
     let c = *dims.last().unwrap_or(&1);
     let total = elements(graph, x)?;
     let rows = total / c;
-    check_outputs(graph, outputs, total)?;
-    let width = vector_width(graph, outputs)
+    // A second reduction: a per-row scale of a value the epilogue computes.
+    let second = nodes
+        .iter()
+        .copied()
+        .find(|&n| n != reduction && is_row_scale(graph, n));
+    let is_scale_output =
+        |o: &NodeId| (*o == reduction && is_row_scale(graph, *o)) || Some(*o) == second;
+    let element_outputs: Vec<NodeId> = outputs
+        .iter()
+        .copied()
+        .filter(|o| !is_scale_output(o))
+        .collect();
+    check_outputs(graph, &element_outputs, total)?;
+    let width = vector_width(graph, &element_outputs)
         .filter(|w| c % w == 0)
         .unwrap_or(1);
     let shape = RowShape::for_width(c, width);
@@ -184,7 +215,13 @@ pub fn row(
     }
     let downstream = downstream_of(graph, nodes, reduction);
     let (epilogue_outs, prologue_outs): (Vec<NodeId>, Vec<NodeId>) =
-        outputs.iter().partition(|o| downstream.contains(o));
+        element_outputs.iter().partition(|o| downstream.contains(o));
+    // With a second scale: outputs of the first epilogue pass, and of the
+    // second (those that read the scale).
+    let after_second = second.map(|s| downstream_of(graph, nodes, s));
+    let (second_pass_outs, first_pass_outs): (Vec<NodeId>, Vec<NodeId>) = epilogue_outs
+        .iter()
+        .partition(|o| after_second.as_ref().is_some_and(|d| d.contains(o)));
     let needs_pair = rope_reads(graph, nodes, reduction);
     if needs_pair && c % 2 != 0 {
         return Err(CodegenError::Unsupported(format!(
@@ -242,29 +279,17 @@ pub fn row(
     e.close();
 
     // Row statistics over the registers (ragged chunks excluded).
-    let reduce = |kind: &str, v: &str| {
-        if tpr > 32 {
-            format!("fx_row_{kind}({v}, {tpr}, fx_scratch)")
-        } else {
-            format!("fx_group_{kind}({v}, {tpr})")
-        }
-    };
-    let over = |body: &str| {
-        format!(
-            "for (int k = 0; k < {cpt}; ++k) if (lane + k * {tpr} < {chunks}) for (int v = 0; v < {w}; ++v) {{ const float xe = x[k * {w} + v]; {body} }}"
-        )
-    };
-    let sum_over = |e: &mut Emitter, name: &str, term: &str| {
-        e.line(format!("float {name} = 0.0f;"));
-        e.line("#pragma unroll");
-        e.line(over(&format!("{name} += {term};")));
-        e.line(format!("{name} = {};", reduce("sum", name)));
+    let row = RowLoop {
+        w,
+        tpr,
+        cpt,
+        chunks,
     };
     let normalized = match &r.op {
         Op::LayerNorm { eps } => {
-            sum_over(&mut e, "sum", "xe");
+            row.sum(&mut e, "sum", "x", "xe");
             e.line(format!("const float mean = sum / {c}.0f;"));
-            sum_over(&mut e, "sq", "(xe - mean) * (xe - mean)");
+            row.sum(&mut e, "sq", "x", "(xe - mean) * (xe - mean)");
             e.line(format!(
                 "const float rstd = rsqrtf(sq / {c}.0f + {});",
                 float_literal(eps.get())
@@ -272,7 +297,7 @@ pub fn row(
             "(x[k * W + v] - mean) * rstd"
         }
         Op::RmsNorm { eps } => {
-            sum_over(&mut e, "sq", "xe * xe");
+            row.sum(&mut e, "sq", "x", "xe * xe");
             e.line(format!(
                 "const float rstd = rsqrtf(sq / {c}.0f + {});",
                 float_literal(eps.get())
@@ -282,10 +307,15 @@ pub fn row(
         Op::Softmax => {
             e.line("float mx = -__int_as_float(0x7f800000);");
             e.line("#pragma unroll");
-            e.line(over("mx = fmaxf(mx, xe);"));
-            e.line(format!("mx = {};", reduce("max", "mx")));
-            sum_over(&mut e, "sum", "expf(xe - mx)");
+            e.line(row.over("x", "mx = fmaxf(mx, xe);"));
+            e.line(format!("mx = {};", row.reduce("max", "mx")));
+            row.sum(&mut e, "sum", "x", "expf(xe - mx)");
             "expf(x[k * W + v] - mx) / sum"
+        }
+        Op::DynamicScale { dtype, .. } => {
+            row.scale(&mut e, reduction, "x", "scale", *dtype)?;
+            e.provide_everywhere(reduction, "scale".into());
+            "x[k * W + v]"
         }
         other => {
             return Err(CodegenError::Unsupported(format!(
@@ -295,6 +325,17 @@ pub fn row(
         }
     };
     let normalized = normalized.replace('W', &w.to_string());
+    // The value the epilogue reads for the reduction at its element: the
+    // normalized value, or for a scale the reduced operand itself.
+    let (provided_node, provided_dims) = if is_row_scale(graph, reduction) {
+        (x, dims.clone())
+    } else {
+        (reduction, graph.ty(reduction).shape.dims().to_vec())
+    };
+    let second_in = second.map(|s| graph.operands(s)[0]);
+    if second.is_some() {
+        e.line(format!("float q[{}];", cpt * w));
+    }
 
     // Epilogue: normalized value (and affine) per element, then the tail.
     // A rotary epilogue also needs its pair partner's value: the same
@@ -308,6 +349,11 @@ pub fn row(
     e.line(format!("const int c0 = chunk * {w};"));
     e.line(format!("float y[{w}];"));
     e.line(format!("for (int v = 0; v < {w}; ++v) y[v] = 0.0f;"));
+    if second.is_some() {
+        e.line(format!(
+            "for (int v = 0; v < {w}; ++v) q[k * {w} + v] = 0.0f;"
+        ));
+    }
     e.open("if (ok)");
     let mark = e.mark();
     e.line("#pragma unroll");
@@ -315,13 +361,15 @@ pub fn row(
     e.line("const int c = c0 + v;");
     let mut y = normalized;
     let c_index: Index = vec!["c".to_string()];
-    if let Some(&wt) = r_operands.get(1) {
-        let wv = e.value(wt, &c_index)?;
-        y = format!("({y}) * {wv}");
-    }
-    if let Some(&b) = r_operands.get(2) {
-        let bv = e.value(b, &c_index)?;
-        y = format!("{y} + {bv}");
+    if !is_row_scale(graph, reduction) {
+        if let Some(&wt) = r_operands.get(1) {
+            let wv = e.value(wt, &c_index)?;
+            y = format!("({y}) * {wv}");
+        }
+        if let Some(&b) = r_operands.get(2) {
+            let bv = e.value(b, &c_index)?;
+            y = format!("{y} + {bv}");
+        }
     }
     e.line(format!("y[v] = {y};"));
     e.close();
@@ -333,22 +381,26 @@ pub fn row(
     }
     e.open("if (ok)");
     e.line(format!("const int i0 = row * {c} + c0;"));
-    for j in 0..epilogue_outs.len() {
+    for j in 0..first_pass_outs.len() {
         e.line(format!("float eo{j}[{w}];"));
     }
     let mark = e.mark();
     element_loop_header(&mut e, w, c);
-    let r_dims = graph.ty(reduction).shape.dims().to_vec();
-    let r_index = e.delinearize("i", r_dims.clone());
-    e.provide(reduction, &r_index, "y[v]".to_string());
+    let r_index = e.delinearize("i", provided_dims.clone());
+    e.provide(provided_node, &r_index, "y[v]".to_string());
     if needs_pair {
         let mut pair_index = r_index.clone();
-        let last = r_dims.len() - 1;
+        let last = provided_dims.len() - 1;
         pair_index[last] = e.bind_index(format!("{} ^ 1", r_index[last]));
         let pair = if w == 1 { "y_pair" } else { "y[v ^ 1]" };
-        e.provide(reduction, &pair_index, pair.to_string());
+        e.provide(provided_node, &pair_index, pair.to_string());
     }
-    for (j, &out) in epilogue_outs.iter().enumerate() {
+    if let Some(q) = second_in {
+        let q_index = e.delinearize("i", graph.ty(q).shape.dims().to_vec());
+        let v = e.value(q, &q_index)?;
+        e.line(format!("q[k * {w} + v] = {v};"));
+    }
+    for (j, &out) in first_pass_outs.iter().enumerate() {
         let out_index = e.delinearize("i", graph.ty(out).shape.dims().to_vec());
         let v = e.value(out, &out_index)?;
         e.line(format!("eo{j}[v] = {v};"));
@@ -356,15 +408,200 @@ pub fn row(
     e.close();
     let loads = e.take_vector_loads();
     e.insert(mark, loads);
-    for (j, &out) in epilogue_outs.iter().enumerate() {
+    for (j, &out) in first_pass_outs.iter().enumerate() {
         let p = e.param(out, true);
         e.line(format!("fx_vstore<{w}>(p{p}, i0, eo{j});"));
     }
     e.close();
     e.close();
 
+    // The second scale and the second pass, which reads it.
+    if let (Some(s), Some(q)) = (second, second_in) {
+        let Op::DynamicScale { dtype, .. } = graph.node(s).op else {
+            unreachable!("is_row_scale")
+        };
+        row.scale(&mut e, s, "q", "scale2", dtype)?;
+        e.provide_everywhere(s, "scale2".into());
+        e.line("#pragma unroll");
+        e.open(format!("for (int k = 0; k < {cpt}; ++k)"));
+        e.line(format!("const int chunk = lane + k * {tpr};"));
+        e.open(format!("if (active && chunk < {chunks})"));
+        e.line(format!("const int c0 = chunk * {w};"));
+        e.line(format!("const int i0 = row * {c} + c0;"));
+        for j in 0..second_pass_outs.len() {
+            e.line(format!("float so{j}[{w}];"));
+        }
+        let mark = e.mark();
+        element_loop_header(&mut e, w, c);
+        let q_index = e.delinearize("i", graph.ty(q).shape.dims().to_vec());
+        e.provide(q, &q_index, format!("q[k * {w} + v]"));
+        for (j, &out) in second_pass_outs.iter().enumerate() {
+            let out_index = e.delinearize("i", graph.ty(out).shape.dims().to_vec());
+            let v = e.value(out, &out_index)?;
+            e.line(format!("so{j}[v] = {v};"));
+        }
+        e.close();
+        let loads = e.take_vector_loads();
+        e.insert(mark, loads);
+        for (j, &out) in second_pass_outs.iter().enumerate() {
+            let p = e.param(out, true);
+            e.line(format!("fx_vstore<{w}>(p{p}, i0, so{j});"));
+        }
+        e.close();
+        e.close();
+    }
+
     let grid = grid_for(rows, rpb as usize)?;
     finish(graph, e, nodes, r.op.kind_name(), [grid, 1, 1])
+}
+
+/// Whether `id` is a per-row fp8 scale.
+fn is_row_scale(graph: &Graph, id: NodeId) -> bool {
+    matches!(graph.node(id).op, Op::DynamicScale { per_row: true, .. })
+}
+
+/// How a row kernel's threads cover a row, for the statistics loops.
+struct RowLoop {
+    w: usize,
+    tpr: u32,
+    cpt: usize,
+    chunks: usize,
+}
+
+impl RowLoop {
+    /// The row-wide `kind` ("sum" or "max") of each thread's `v`.
+    fn reduce(&self, kind: &str, v: &str) -> String {
+        if self.tpr > 32 {
+            format!("fx_row_{kind}({v}, {}, fx_scratch)", self.tpr)
+        } else {
+            format!("fx_group_{kind}({v}, {})", self.tpr)
+        }
+    }
+
+    /// A loop running `body` with `xe` bound to each element of register
+    /// array `regs` this thread holds (ragged chunks excluded).
+    fn over(&self, regs: &str, body: &str) -> String {
+        let (w, tpr, cpt, chunks) = (self.w, self.tpr, self.cpt, self.chunks);
+        format!(
+            "for (int k = 0; k < {cpt}; ++k) if (lane + k * {tpr} < {chunks}) for (int v = 0; v < {w}; ++v) {{ const float xe = {regs}[k * {w} + v]; {body} }}"
+        )
+    }
+
+    /// `float name` = the row sum of `term` over register array `regs`.
+    fn sum(&self, e: &mut Emitter, name: &str, regs: &str, term: &str) {
+        e.line(format!("float {name} = 0.0f;"));
+        e.line("#pragma unroll");
+        e.line(self.over(regs, &format!("{name} += {term};")));
+        e.line(format!("{name} = {};", self.reduce("sum", name)));
+    }
+
+    /// `const float name` = the fp8 scale of the row in register array
+    /// `regs`, `max(amax, MIN_AMAX) / max_finite(dtype)`, stored for the row
+    /// by its first thread into `node`'s buffer.
+    fn scale(
+        &self,
+        e: &mut Emitter,
+        node: NodeId,
+        regs: &str,
+        name: &str,
+        dtype: DType,
+    ) -> Result<(), CodegenError> {
+        let max = dtype
+            .max_finite()
+            .ok_or_else(|| CodegenError::Invalid(format!("a {dtype} quantization scale")))?;
+        let amax = format!("{name}_amax");
+        e.line(format!("float {amax} = 0.0f;"));
+        e.line("#pragma unroll");
+        e.line(self.over(regs, &format!("{amax} = fmaxf({amax}, fabsf(xe));")));
+        e.line(format!("{amax} = {};", self.reduce("max", &amax)));
+        e.line(format!(
+            "const float {name} = fmaxf({amax}, {}) / {};",
+            float_literal(MIN_AMAX),
+            float_literal(max)
+        ));
+        let p = e.param(node, true);
+        e.line(format!(
+            "if (active && lane == 0) fx_store(p{p}, row, {name});"
+        ));
+        Ok(())
+    }
+}
+
+/// Blocks of a whole-tensor scale kernel at most (enough to fill the GPU;
+/// each thread then strides over the tensor).
+const TENSOR_SCALE_MAX_BLOCKS: usize = 1024;
+
+/// A whole-tensor fp8 scale (`dynamic_scale` with `per_row = false`): every
+/// block reduces the absmax of its share of the tensor, folds it into a
+/// scratch word with `atomicMax` (absmax ≥ 0, so float bits order as
+/// unsigned integers), and the last block to finish — counted by a second
+/// scratch word — writes `max(amax, MIN_AMAX) / max_finite` and zeroes both
+/// words for the next run. One kernel, no host synchronization.
+pub fn tensor_scale(graph: &Graph, node: NodeId) -> Result<KernelSource, CodegenError> {
+    let Op::DynamicScale {
+        dtype,
+        per_row: false,
+    } = graph.node(node).op
+    else {
+        return Err(CodegenError::Invalid(
+            "tensor_scale of something other than a whole-tensor scale".into(),
+        ));
+    };
+    let max = dtype
+        .max_finite()
+        .ok_or_else(|| CodegenError::Invalid(format!("a {dtype} quantization scale")))?;
+    let x = crate::lower::storage_of(graph, graph.operands(node)[0]);
+    let total = elements(graph, x)?;
+    let x_type = c_type(graph.ty(x).dtype)?;
+    let w = vector_width(graph, &[x])
+        .filter(|w| total % w == 0)
+        .unwrap_or(1);
+    let blocks = (total / w)
+        .div_ceil(BLOCK_THREADS as usize)
+        .clamp(1, TENSOR_SCALE_MAX_BLOCKS);
+    let source = format!(
+        r#"extern "C" __global__ void __launch_bounds__({threads}) {NAME}(const {x_type}* __restrict__ p0, float* __restrict__ p1, unsigned int* __restrict__ s0) {{
+    __shared__ float fx_scratch[{warps}];
+    float amax = 0.0f;
+    for (int i0 = (blockIdx.x * {threads} + threadIdx.x) * {w}; i0 < {total}; i0 += gridDim.x * {threads} * {w}) {{
+        const auto r = fx_vload<{w}>(p0, i0);
+        #pragma unroll
+        for (int v = 0; v < {w}; ++v) amax = fmaxf(amax, fabsf(fx_vget<{w}>(r, v)));
+    }}
+    amax = fx_row_max(amax, {threads}, fx_scratch);
+    if (threadIdx.x == 0) {{
+        atomicMax(s0, __float_as_uint(amax));
+        __threadfence();
+        if (atomicAdd(s0 + 1, 1u) == gridDim.x - 1) {{
+            const float total_amax = __uint_as_float(atomicExch(s0, 0u));
+            atomicExch(s0 + 1, 0u);
+            p1[0] = fmaxf(total_amax, {min_amax}) / {max};
+        }}
+    }}
+}}
+"#,
+        threads = BLOCK_THREADS,
+        warps = BLOCK_THREADS / 32,
+        min_amax = float_literal(MIN_AMAX),
+        max = float_literal(max),
+    );
+    Ok(KernelSource {
+        source,
+        params: vec![
+            Param {
+                node: x,
+                written: false,
+            },
+            Param {
+                node,
+                written: true,
+            },
+        ],
+        grid: [blocks as u32, 1, 1],
+        block: [BLOCK_THREADS, 1, 1],
+        ops: vec!["dynamic_scale"],
+        scratch_words: 2,
+    })
 }
 
 /// Opens the per-element loop of a row chunk: `v` over the chunk, `i` the
@@ -472,6 +709,7 @@ fn finish(
         grid,
         block: [BLOCK_THREADS, 1, 1],
         ops,
+        scratch_words: 0,
     })
 }
 
@@ -508,6 +746,7 @@ fn kind_static(kind: &str) -> &'static str {
         "layer_norm" => "layer_norm",
         "rms_norm" => "rms_norm",
         "softmax" => "softmax",
+        "dynamic_scale" => "dynamic_scale",
         _ => "row",
     }
 }
@@ -518,8 +757,10 @@ pub fn c_type(dtype: DType) -> Result<&'static str, CodegenError> {
         DType::F32 => Ok("float"),
         DType::BF16 => Ok("__nv_bfloat16"),
         DType::F16 => Ok("__half"),
+        DType::F8E4M3 => Ok("__nv_fp8_e4m3"),
+        DType::F8E5M2 => Ok("__nv_fp8_e5m2"),
         other => Err(CodegenError::Unsupported(format!(
-            "{other} tensors in generated kernels (fp8 kernels come with the fp8 issue)"
+            "{other} tensors in generated kernels"
         ))),
     }
 }

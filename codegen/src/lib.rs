@@ -19,7 +19,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use fluxc_artifact::{
     content_hash, Arg, Attention, Binding, Buffer, CheckpointLayout, ElemType, Gemm, GemmEpilogue,
-    Launch, Manifest, Region, Schedule, Step, Tensor, WeightEntry, WeightSource, FORMAT_VERSION,
+    GemmScales as ScaleSpec, Launch, Manifest, Region, ScaleMode, Schedule, Step, Tensor,
+    WeightEntry, WeightSource, FORMAT_VERSION,
 };
 use fluxc_ir::{print_graph, DType, Graph, NodeId, Op};
 use fluxc_passes::pipeline::Optimized;
@@ -158,17 +159,36 @@ pub fn generate(optimized: &Optimized, opts: &CodegenOptions) -> Result<Generate
     }
 
     let tensor = |id: NodeId| Tensor::of(buffer_of[&id]);
+    let mut scratch_bytes = 0u64;
     let mut steps = Vec::with_capacity(pending.len());
     let mut attention_sources: BTreeMap<String, String> = BTreeMap::new();
     for (s, step) in pending.iter().enumerate() {
         steps.push(match step {
-            PendingStep::Kernel(k) => Step::Launch(Launch {
-                kernel: kernel_names[&s].clone(),
-                grid: k.grid,
-                block: k.block,
-                shared_bytes: 0,
-                args: k.params.iter().map(|p| Arg::Ptr(tensor(p.node))).collect(),
-            }),
+            PendingStep::Kernel(k) => {
+                let mut args: Vec<Arg> =
+                    k.params.iter().map(|p| Arg::Ptr(tensor(p.node))).collect();
+                if k.scratch_words > 0 {
+                    args.push(Arg::Ptr(Tensor::of(buffers.len() as u32)));
+                    let bytes = u64::from(k.scratch_words) * 4;
+                    buffers.push(Buffer {
+                        id: buffers.len() as u32,
+                        name: format!("scratch of step {s} ({})", kernel_names[&s]),
+                        dtype: ElemType::I32,
+                        shape: vec![u64::from(k.scratch_words)],
+                        region: Region::Scratch,
+                        offset: scratch_bytes,
+                        bytes,
+                    });
+                    scratch_bytes += memory::align(bytes);
+                }
+                Step::Launch(Launch {
+                    kernel: kernel_names[&s].clone(),
+                    grid: k.grid,
+                    block: k.block,
+                    shared_bytes: 0,
+                    args,
+                })
+            }
             PendingStep::Gemm {
                 node,
                 x,
@@ -180,6 +200,8 @@ pub fn generate(optimized: &Optimized, opts: &CodegenOptions) -> Result<Generate
                 k,
                 n,
                 dtype,
+                out_dtype,
+                scales,
             } => Step::Gemm(Gemm {
                 name: describe(graph, *node, &number),
                 dtype: elem_type(*dtype)?,
@@ -200,6 +222,17 @@ pub fn generate(optimized: &Optimized, opts: &CodegenOptions) -> Result<Generate
                     (Some(_), false) => GemmEpilogue::Bias,
                     (None, _) => GemmEpilogue::Default,
                 },
+                d_dtype: out_dtype.map(elem_type).transpose()?,
+                scales: scales.map(|sc| ScaleSpec {
+                    mode: if sc.per_row {
+                        ScaleMode::OuterVector
+                    } else {
+                        ScaleMode::Tensor
+                    },
+                    // A is the weight (one scale per row of D), B the input.
+                    a: tensor(sc.w),
+                    b: tensor(sc.x),
+                }),
                 algo: None,
             }),
             PendingStep::Attention {
@@ -254,6 +287,7 @@ pub fn generate(optimized: &Optimized, opts: &CodegenOptions) -> Result<Generate
     let schedule = Schedule {
         arena_bytes,
         weight_bytes,
+        scratch_bytes,
         gemm_workspace_bytes: GEMM_WORKSPACE_BYTES,
         buffers,
         inputs,

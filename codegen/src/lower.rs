@@ -25,6 +25,17 @@ use crate::attention::{
 use crate::kernels::{self, KernelSource};
 use crate::CodegenError;
 
+/// The dequantization scales of an fp8 GEMM (see [`Op::ScaledLinear`]).
+#[derive(Clone, Copy, Debug)]
+pub struct GemmScales {
+    /// The weight's scale: `[1]`, or `[n, 1]` with `per_row`.
+    pub w: NodeId,
+    /// The input's scale: `[1]`, or one per row with `per_row`.
+    pub x: NodeId,
+    /// Per output channel and per row (cuBLASLt's outer-vector mode).
+    pub per_row: bool,
+}
+
 /// A step over graph values, before buffers have offsets.
 #[derive(Clone, Debug)]
 pub enum PendingStep {
@@ -50,8 +61,12 @@ pub enum PendingStep {
         k: u64,
         /// Output features.
         n: u64,
-        /// Element type.
+        /// Element type of x and w (and of the output, unless `out_dtype`).
         dtype: DType,
+        /// Element type of the output of an fp8 GEMM.
+        out_dtype: Option<DType>,
+        /// The scales of an fp8 GEMM.
+        scales: Option<GemmScales>,
     },
     /// The attention kernel.
     Attention {
@@ -84,9 +99,18 @@ impl PendingStep {
                 .filter(|p| !p.written)
                 .map(|p| p.node)
                 .collect(),
-            PendingStep::Gemm { x, w, bias, .. } => {
-                [Some(*x), Some(*w), *bias].into_iter().flatten().collect()
-            }
+            PendingStep::Gemm {
+                x, w, bias, scales, ..
+            } => [
+                Some(*x),
+                Some(*w),
+                *bias,
+                scales.map(|s| s.w),
+                scales.map(|s| s.x),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
             PendingStep::Attention { q, k, v, .. } => vec![*q, *k, *v],
         }
     }
@@ -147,6 +171,17 @@ fn lower_group(
         GroupKind::Pointwise | GroupKind::Table => steps.push(PendingStep::Kernel(
             kernels::pointwise(graph, &group.nodes, &outputs)?,
         )),
+        GroupKind::Reduction
+            if matches!(
+                graph.node(group.anchor).op,
+                Op::DynamicScale { per_row: false, .. }
+            ) =>
+        {
+            steps.push(PendingStep::Kernel(kernels::tensor_scale(
+                graph,
+                group.anchor,
+            )?))
+        }
         GroupKind::Reduction => {
             let reduction = group
                 .nodes
@@ -177,21 +212,28 @@ fn lower_gemm(
     steps: &mut Vec<PendingStep>,
 ) -> Result<(), CodegenError> {
     let node = graph.node(anchor);
-    if node.op != Op::Linear {
-        return Err(CodegenError::Unsupported(format!(
-            "{} GEMMs (only linear so far; conv and fp8 GEMMs come with their issues)",
-            node.op.kind_name()
-        )));
-    }
     let operands = graph.operands(anchor);
-    let x = storage_of(graph, operands[0]);
-    let w = operands[1];
+    // Operand positions: linear (x, w, bias?); scaled linear (xq, x_scale,
+    // wq, w_scale, bias?).
+    let (x_at, w_at, bias_at) = match node.op {
+        Op::Linear => (0, 1, 2),
+        Op::ScaledLinear { .. } => (0, 2, 4),
+        _ => {
+            return Err(CodegenError::Unsupported(format!(
+                "{} GEMMs (linear and scaled_linear so far; conv comes with the VAE issue)",
+                node.op.kind_name()
+            )))
+        }
+    };
+    let x = storage_of(graph, operands[x_at]);
+    let w = operands[w_at];
     if !graph.node(w).op.is_weight() {
         return Err(CodegenError::Unsupported(
             "linear weights computed in the forward".into(),
         ));
     }
-    let bias = operands.get(2).copied();
+    let bias = operands.get(bias_at).copied();
+    let operands = [operands[x_at], w];
     let x_dims = graph.ty(operands[0]).shape.dims();
     let k = *x_dims.last().unwrap_or(&1) as u64;
     let n = graph.ty(w).shape.dims()[0] as u64;
@@ -209,6 +251,21 @@ fn lower_gemm(
     });
     let product = gelu.unwrap_or(anchor);
     let rest: Vec<NodeId> = tail.into_iter().filter(|&t| Some(t) != gelu).collect();
+    let (dtype, out_dtype, scales) = match node.op {
+        Op::ScaledLinear { out } => {
+            // cuBLASLt's fp8 GEMMs add a bf16 or f16 bias only.
+            if !matches!(out, DType::BF16 | DType::F16) {
+                return Err(CodegenError::Unsupported(format!(
+                    "fp8 linears in a {out} model (fp8 GEMMs write bf16 or f16; set the model's \
+                     dtype to bf16)"
+                )));
+            }
+            let all = graph.operands(anchor);
+            let scales = gemm_scales(graph, storage_of(graph, all[1]), all[3], rows, n)?;
+            (graph.ty(x).dtype, Some(out), Some(scales))
+        }
+        _ => (node.ty.dtype, None, None),
+    };
     steps.push(PendingStep::Gemm {
         node: anchor,
         x,
@@ -219,7 +276,9 @@ fn lower_gemm(
         rows,
         k,
         n,
-        dtype: node.ty.dtype,
+        dtype,
+        out_dtype,
+        scales,
     });
     if !rest.is_empty() {
         let tail_outputs: Vec<NodeId> = outputs
@@ -234,6 +293,38 @@ fn lower_gemm(
         )?));
     }
     Ok(())
+}
+
+/// The scales of a scaled linear with `rows` input rows and `n` outputs:
+/// both per tensor, or one per input row and one per output channel.
+fn gemm_scales(
+    graph: &Graph,
+    x_scale: NodeId,
+    w_scale: NodeId,
+    rows: u64,
+    n: u64,
+) -> Result<GemmScales, CodegenError> {
+    if !graph.node(w_scale).op.is_weight() {
+        return Err(CodegenError::Unsupported(
+            "fp8 weight scales computed in the forward".into(),
+        ));
+    }
+    let count = |id: NodeId| graph.ty(id).shape.numel() as u64;
+    match (count(x_scale), count(w_scale)) {
+        (1, 1) if rows > 1 || n > 1 => Ok(GemmScales {
+            w: w_scale,
+            x: x_scale,
+            per_row: false,
+        }),
+        (xs, ws) if xs == rows && ws == n => Ok(GemmScales {
+            w: w_scale,
+            x: x_scale,
+            per_row: true,
+        }),
+        (xs, ws) => Err(CodegenError::Unsupported(format!(
+            "fp8 GEMM scales with {xs} input and {ws} weight values for {rows} rows and {n}              outputs (both per tensor, or per row and per output channel)"
+        ))),
+    }
 }
 
 fn lower_attention(graph: &Graph, node: NodeId) -> Result<PendingStep, CodegenError> {
@@ -315,10 +406,12 @@ pub fn name_kernels(
 
 fn kernel_name(graph: &Graph, n: usize, k: &KernelSource) -> String {
     let ops: Vec<&str> = k.ops.iter().copied().take(4).collect();
+    // The type of the largest output (the fp8 values, not their scales).
     let dtype = k
         .params
         .iter()
-        .find(|p| p.written)
+        .filter(|p| p.written)
+        .max_by_key(|p| graph.ty(p.node).shape.numel())
         .map(|p| graph.ty(p.node).dtype.name())
         .unwrap_or("f32");
     format!("k{n}_{}_{dtype}", ops.join("_"))

@@ -24,7 +24,7 @@ pub use dtype::{DType, UnknownDType};
 pub use error::IrError;
 pub use graph::{Graph, Node, NodeId};
 pub use infer::infer;
-pub use op::{BinaryOp, InputKind, Op, OpClass, Scalar, TimestepParams, UnaryOp};
+pub use op::{BinaryOp, InputKind, Op, OpClass, Scalar, TimestepParams, UnaryOp, MIN_AMAX};
 pub use print::print_graph;
 pub use shape::{Shape, TensorType};
 pub use stats::{node_flops, GraphStats};

@@ -296,6 +296,11 @@ pub enum Op {
     },
 }
 
+/// Smallest amax a dynamic scale uses, so an all-zero tensor (or row) gets a
+/// tiny positive scale instead of zero (torchao's `EPS`); see
+/// [`Op::DynamicScale`].
+pub const MIN_AMAX: f32 = 1e-12;
+
 /// The broad class of an op, as fusion and codegen see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum OpClass {

@@ -4,7 +4,8 @@
 use fluxc_ir::{DType, Graph, GraphBuilder, NodeId, Op, OpClass};
 use fluxc_passes::fusion::{
     plan_fusion, FusionPlan, GroupKind, ALREADY_JOINED, ATTENTION_EPILOGUE, CYCLE, EPILOGUE_OFF,
-    MOVEMENT_AFTER_GEMM, NO_PROLOGUE, REDUCTION_IN_GEMM, TWO_REDUCTIONS,
+    MOVEMENT_AFTER_GEMM, NO_PROLOGUE, REDUCTION_IN_GEMM, TWO_REDUCTIONS, TWO_SCALES,
+    WHOLE_TENSOR_SCALE,
 };
 
 const F32: DType = DType::F32;
@@ -88,6 +89,19 @@ fn check_invariants(graph: &Graph, plan: &FusionPlan) {
             let numel = |n: NodeId| graph.ty(n).shape.numel();
             assert!(group.nodes.iter().all(|&n| numel(n) <= numel(group.anchor)));
         } else {
+            // Besides its anchor, a reduction group may hold one per-row fp8
+            // scale of a value it computes (the second reduction).
+            let second: Vec<NodeId> = heavy
+                .iter()
+                .copied()
+                .filter(|&n| {
+                    n != group.anchor
+                        && group.kind == GroupKind::Reduction
+                        && matches!(graph.node(n).op, Op::DynamicScale { per_row: true, .. })
+                })
+                .collect();
+            assert!(second.len() <= 1, "g{g} holds scales {second:?}");
+            let heavy: Vec<NodeId> = heavy.into_iter().filter(|n| !second.contains(n)).collect();
             assert_eq!(
                 heavy,
                 vec![group.anchor],
@@ -600,6 +614,78 @@ fn one_reduction_per_kernel() {
     assert!(same_group(&plan, &[a, ln]));
     assert_ne!(plan.group_of(ln), plan.group_of(sm));
     assert_eq!(refusal(&plan, ln, sm), TWO_REDUCTIONS);
+}
+
+/// `x → LayerNorm → modulate → [scale → quantize]`, with fp8 scales per
+/// row or per tensor; returns the graph and (ln, modulated, scale, quantized).
+fn norm_then_quantize(per_row: bool) -> (Graph, [NodeId; 4]) {
+    let mut b = GraphBuilder::new();
+    let x = b.input("x", F32, [1, 6, 16]).unwrap();
+    let shift = b.input("shift", F32, [1, 16]).unwrap();
+    let scale = b.input("scale", F32, [1, 16]).unwrap();
+    let [ln, _, _, modulated] = norm_modulate(&mut b, x, shift, scale);
+    let s = b.dynamic_scale(modulated, DType::F8E4M3, per_row).unwrap();
+    let q = b.quantize(modulated, s, DType::F8E4M3).unwrap();
+    b.output("q", q).unwrap();
+    b.output("s", s).unwrap();
+    (b.finish().unwrap(), [ln, modulated, s, q])
+}
+
+#[test]
+fn a_row_scale_and_its_quantize_join_the_norm_kernel() {
+    let (graph, [ln, modulated, s, q]) = norm_then_quantize(true);
+    let plan = plan(&graph, true);
+    assert!(same_group(&plan, &[ln, modulated, s, q]));
+    let g = plan.group_of(ln).unwrap();
+    assert_eq!(plan.groups[g].kind, GroupKind::Reduction);
+    assert_eq!(plan.groups[g].anchor, ln);
+    // The kernel writes the fp8 values and the scales, not the modulated
+    // activation.
+    assert_eq!(plan.group_outputs(&graph, g), [s, q]);
+}
+
+#[test]
+fn a_row_scale_takes_a_pointwise_prologue_and_the_quantize_as_tail() {
+    let mut b = GraphBuilder::new();
+    let x = b.input("x", F32, [1, 6, 16]).unwrap();
+    let y = b.input("y", F32, [1, 6, 8]).unwrap();
+    let g = b.gelu_tanh(y).unwrap();
+    let cat = b.concat(&[x, g], 2).unwrap();
+    let s = b.dynamic_scale(cat, DType::F8E4M3, true).unwrap();
+    let q = b.quantize(cat, s, DType::F8E4M3).unwrap();
+    b.output("q", q).unwrap();
+    b.output("s", s).unwrap();
+    let graph = b.finish().unwrap();
+    let plan = plan(&graph, true);
+    assert!(same_group(&plan, &[g, cat, s, q]));
+    assert_eq!(plan.groups[plan.group_of(s).unwrap()].anchor, s);
+}
+
+#[test]
+fn one_scale_per_kernel() {
+    let mut b = GraphBuilder::new();
+    let x = b.input("x", F32, [1, 6, 16]).unwrap();
+    let s1 = b.dynamic_scale(x, DType::F8E4M3, true).unwrap();
+    let q1 = b.quantize(x, s1, DType::F8E4M3).unwrap();
+    let back = b.cast(q1, F32).unwrap();
+    let s2 = b.dynamic_scale(back, DType::F8E4M3, true).unwrap();
+    b.output("s2", s2).unwrap();
+    let graph = b.finish().unwrap();
+    let plan = plan(&graph, true);
+    assert!(same_group(&plan, &[s1, q1, back]));
+    assert_ne!(plan.group_of(s1), plan.group_of(s2));
+    assert_eq!(refusal(&plan, back, s2), TWO_SCALES);
+}
+
+#[test]
+fn a_tensor_scale_is_its_own_kernel_and_its_quantize_another() {
+    let (graph, [ln, modulated, s, q]) = norm_then_quantize(false);
+    let plan = plan(&graph, true);
+    assert!(same_group(&plan, &[ln, modulated]));
+    let (gn, gs, gq) = (plan.group_of(ln), plan.group_of(s), plan.group_of(q));
+    assert!(gn != gs && gs != gq && gn != gq, "{gn:?} {gs:?} {gq:?}");
+    assert_eq!(refusal(&plan, modulated, s), WHOLE_TENSOR_SCALE);
+    assert_eq!(refusal(&plan, s, q), WHOLE_TENSOR_SCALE);
 }
 
 #[test]

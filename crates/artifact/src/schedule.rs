@@ -52,6 +52,10 @@ pub enum Region {
     Arena,
     /// Weights, loaded once.
     Weights,
+    /// Kernel-private state (grid-reduction counters) that must be zero
+    /// before the first run; the kernels that use it leave it zero again,
+    /// so graph replays need no reset. Never shared between buffers.
+    Scratch,
 }
 
 /// A dense row-major tensor at a fixed place.
@@ -150,6 +154,31 @@ pub enum GemmEpilogue {
     GeluBias,
 }
 
+/// How the scales of an fp8 GEMM apply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScaleMode {
+    /// One f32 each for A and B.
+    Tensor,
+    /// One f32 per row of D for A (`m` values) and one per column of D for
+    /// B (`n` values): fluxc's per-output-channel weight scales and
+    /// per-token activation scales (cuBLASLt's `OUTER_VEC_32F`).
+    OuterVector,
+}
+
+/// The scales of an fp8 GEMM: `D[i, j] = (op(A)·op(B))[i, j] · a[i] · b[j]`
+/// (with `a[i] = a[0]`, `b[j] = b[0]` in [`ScaleMode::Tensor`]), applied
+/// before the bias and the epilogue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GemmScales {
+    /// How they apply.
+    pub mode: ScaleMode,
+    /// A's scales (f32).
+    pub a: Tensor,
+    /// B's scales (f32).
+    pub b: Tensor,
+}
+
 /// One cuBLASLt matmul, described in cuBLAS's column-major terms so the
 /// runtime replays it without reinterpreting anything:
 /// `D (m×n) = epilogue(op(A) · op(B))`, f32 accumulation.
@@ -161,7 +190,7 @@ pub enum GemmEpilogue {
 pub struct Gemm {
     /// What it computes, for reports (`%512 linear @single_transformer_blocks.3`).
     pub name: String,
-    /// Type of A, B and D.
+    /// Type of A and B, and of D unless [`Gemm::d_dtype`] says otherwise.
     pub dtype: ElemType,
     /// `op(A) = Aᵀ`.
     pub trans_a: bool,
@@ -189,6 +218,12 @@ pub struct Gemm {
     pub bias: Option<Tensor>,
     /// What cuBLASLt applies after the product.
     pub epilogue: GemmEpilogue,
+    /// Type of D when it differs from A and B (fp8 GEMMs write bf16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub d_dtype: Option<ElemType>,
+    /// The dequantization scales of an fp8 GEMM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scales: Option<GemmScales>,
     /// The algorithm to run, as cuBLASLt's opaque `cublasLtMatmulAlgo_t`
     /// (eight 64-bit words), when the compiler chose one; `None` means the
     /// runtime takes cuBLASLt's top heuristic.
@@ -263,6 +298,9 @@ pub struct Schedule {
     pub arena_bytes: u64,
     /// Bytes of the weight region.
     pub weight_bytes: u64,
+    /// Bytes of the scratch region (zeroed once by the runtime).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub scratch_bytes: u64,
     /// Bytes of cuBLASLt workspace the GEMMs may use.
     pub gemm_workspace_bytes: u64,
     /// Every buffer; `buffers[i].id == i`.
@@ -298,6 +336,7 @@ impl Schedule {
             let region = match b.region {
                 Region::Arena => self.arena_bytes,
                 Region::Weights => self.weight_bytes,
+                Region::Scratch => self.scratch_bytes,
             };
             if b.offset.checked_add(b.bytes).is_none_or(|end| end > region) {
                 return fail(format!("buffer {i} `{}` lies outside its region", b.name));
@@ -340,10 +379,17 @@ impl Step {
                     _ => None,
                 })
                 .collect(),
-            Step::Gemm(g) => [Some(g.a), Some(g.b), Some(g.d), g.bias]
-                .into_iter()
-                .flatten()
-                .collect(),
+            Step::Gemm(g) => [
+                Some(g.a),
+                Some(g.b),
+                Some(g.d),
+                g.bias,
+                g.scales.map(|s| s.a),
+                g.scales.map(|s| s.b),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
             Step::Attention(a) => vec![a.q, a.k, a.v, a.out],
             Step::Copy(c) => vec![c.src, c.dst],
         }

@@ -37,6 +37,7 @@ fn write_artifact(dir: &Path) {
     let schedule = Schedule {
         arena_bytes: 512,
         weight_bytes: 256,
+        scratch_bytes: 0,
         gemm_workspace_bytes: 0,
         buffers: vec![
             buffer(0, "x", Region::Arena, 0),

@@ -7,14 +7,21 @@
 //! heuristic within the workspace limit. Running it is one `cublasLtMatmul`
 //! with `alpha = 1`, `beta = 0`, `C = D` — capturable into a CUDA graph.
 //! Every raw handle is freed on drop; errors there are ignored.
+//!
+//! fp8 GEMMs (checked by `plan::check_step`: e4m3 A and B, TN, a bf16, f16
+//! or f32 D) get A and B layouts in `CUDA_R_8F_E4M3`, C and D layouts in
+//! D's type, and the dequantization scales as cuBLASLt's A and B scale
+//! pointers (device addresses, like the bias pointer); outer-vector scales
+//! also set both scale modes to `OUTER_VEC_32F`. Compute stays f32.
 
 use std::ffi::c_void;
 use std::mem::size_of;
 
 use cudarc::cublaslt::result as lt;
 use cudarc::cublaslt::sys;
-use fluxc_artifact::{ElemType, Gemm, GemmEpilogue};
+use fluxc_artifact::{ElemType, Gemm, GemmEpilogue, ScaleMode};
 
+use crate::plan::scale_mode_text;
 use crate::RuntimeError;
 
 /// The cuBLASLt handle.
@@ -144,8 +151,21 @@ fn cuda_type(dtype: ElemType) -> Option<sys::cudaDataType> {
         ElemType::F32 => Some(sys::cudaDataType_t::CUDA_R_32F),
         ElemType::Bf16 => Some(sys::cudaDataType_t::CUDA_R_16BF),
         ElemType::F16 => Some(sys::cudaDataType_t::CUDA_R_16F),
-        _ => None,
+        ElemType::F8e4m3 => Some(sys::cudaDataType_t::CUDA_R_8F_E4M3),
+        ElemType::F8e5m2 => Some(sys::cudaDataType_t::CUDA_R_8F_E5M2),
+        ElemType::I32 | ElemType::I64 => None,
     }
+}
+
+/// The value of the `CUBLASLT_MATMUL_DESC_{A,B}_SCALE_MODE` attributes
+/// (an `int32_t` holding a `cublasLtMatmulMatrixScale_t`) for `mode`.
+fn scale_mode_value(mode: ScaleMode) -> i32 {
+    type S = sys::cublasLtMatmulMatrixScale_t;
+    let value = match mode {
+        ScaleMode::Tensor => S::CUBLASLT_MATMUL_MATRIX_SCALE_SCALAR_32F,
+        ScaleMode::OuterVector => S::CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F,
+    };
+    value as i32
 }
 
 /// The device addresses a GEMM reads and writes.
@@ -159,6 +179,34 @@ pub(crate) struct GemmAddrs {
     pub d: u64,
     /// The bias and its element type, for the bias epilogues.
     pub bias: Option<(u64, ElemType)>,
+    /// A's and B's dequantization scales (f32), for fp8 GEMMs.
+    pub scales: Option<(u64, u64)>,
+}
+
+/// Sets A's and B's scale pointers (and, for outer-vector scales, both
+/// scale modes) of an fp8 GEMM. `g.scales` and `scales` are both present or
+/// both absent.
+fn set_scales(desc: &MatmulDesc, g: &Gemm, scales: Option<(u64, u64)>) -> Result<(), String> {
+    type A = sys::cublasLtMatmulDescAttributes_t;
+    let st = |what: &'static str| move |e: lt::CublasError| format!("{what}: {e}");
+    let (mode, (a, b)) = match (g.scales, scales) {
+        (None, None) => return Ok(()),
+        (Some(s), Some(ptrs)) => (s.mode, ptrs),
+        _ => return Err("the GEMM's scales and their addresses disagree".into()),
+    };
+    // The pointer attributes hold a `const void*`: the device address, by value.
+    desc.set(A::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a)
+        .map_err(st("setting A's scale pointer"))?;
+    desc.set(A::CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b)
+        .map_err(st("setting B's scale pointer"))?;
+    if mode != ScaleMode::Tensor {
+        let value = scale_mode_value(mode);
+        desc.set(A::CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &value)
+            .map_err(st("setting A's scale mode"))?;
+        desc.set(A::CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &value)
+            .map_err(st("setting B's scale mode"))?;
+    }
+    Ok(())
 }
 
 /// One prepared matmul.
@@ -184,8 +232,10 @@ impl GemmPlan {
         addrs: GemmAddrs,
         workspace_limit: usize,
     ) -> Result<Self, String> {
-        let dtype =
+        let ab_type =
             cuda_type(g.dtype).ok_or_else(|| format!("{:?} GEMMs are not supported", g.dtype))?;
+        let d_elem = g.d_dtype.unwrap_or(g.dtype);
+        let d_type = cuda_type(d_elem).ok_or_else(|| format!("a {d_elem:?} D is not supported"))?;
         let st = |what: &'static str| move |e: lt::CublasError| format!("{what}: {e}");
         let desc = MatmulDesc::new().map_err(st("creating the matmul descriptor"))?;
         type A = sys::cublasLtMatmulDescAttributes_t;
@@ -209,14 +259,24 @@ impl GemmPlan {
             desc.set(A::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type)
                 .map_err(st("setting the bias type"))?;
         }
+        set_scales(&desc, g, addrs.scales)?;
         let (a_rows, a_cols) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
         let (b_rows, b_cols) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
         let a_layout =
-            MatrixLayout::new(dtype, a_rows, a_cols, g.lda).map_err(st("creating A's layout"))?;
+            MatrixLayout::new(ab_type, a_rows, a_cols, g.lda).map_err(st("creating A's layout"))?;
         let b_layout =
-            MatrixLayout::new(dtype, b_rows, b_cols, g.ldb).map_err(st("creating B's layout"))?;
+            MatrixLayout::new(ab_type, b_rows, b_cols, g.ldb).map_err(st("creating B's layout"))?;
         let d_layout =
-            MatrixLayout::new(dtype, g.m, g.n, g.ldd).map_err(st("creating D's layout"))?;
+            MatrixLayout::new(d_type, g.m, g.n, g.ldd).map_err(st("creating D's layout"))?;
+        // Says which kind of GEMM cuBLASLt turned down.
+        let kind = match g.scales {
+            Some(s) => format!(
+                " for this {:?} → {d_elem:?} GEMM with {} scales",
+                g.dtype,
+                scale_mode_text(s.mode)
+            ),
+            None => String::new(),
+        };
 
         let (algo, workspace_bytes) = match g.algo {
             Some(words) => {
@@ -237,7 +297,7 @@ impl GemmPlan {
                     )
                 }
                 .result()
-                .map_err(|e| format!("the recorded algorithm does not apply here: {e}"))?;
+                .map_err(|e| format!("the recorded algorithm does not apply here{kind}: {e}"))?;
                 // SAFETY: written by the successful check.
                 let result = unsafe { result.assume_init() };
                 (algo, result.workspaceSize)
@@ -257,7 +317,10 @@ impl GemmPlan {
                         pref.raw,
                     )
                 }
-                .map_err(|e| format!("cuBLASLt has no algorithm for it (heuristic: {e})"))?;
+                .map_err(|e| {
+                    let what = if kind.is_empty() { " for it" } else { &kind };
+                    format!("cuBLASLt has no algorithm{what} (heuristic: {e})")
+                })?;
                 (h.algo, h.workspaceSize)
             }
         };
@@ -310,5 +373,22 @@ impl GemmPlan {
             workspace_size,
             stream as sys::cudaStream_t,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fp8_types_and_scale_modes_map_to_cublaslt() {
+        assert_eq!(
+            cuda_type(ElemType::F8e4m3),
+            Some(sys::cudaDataType_t::CUDA_R_8F_E4M3)
+        );
+        assert_eq!(cuda_type(ElemType::I32), None);
+        // cublasLt.h: SCALAR_32F = 0, OUTER_VEC_32F = 3.
+        assert_eq!(scale_mode_value(ScaleMode::Tensor), 0);
+        assert_eq!(scale_mode_value(ScaleMode::OuterVector), 3);
     }
 }

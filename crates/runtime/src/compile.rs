@@ -1,4 +1,6 @@
-//! Compiling `kernels.cu` to a CUBIN with NVRTC, and caching the result.
+//! Compiling CUDA sources to CUBINs with NVRTC, and caching the result:
+//! the artifact's `kernels.cu`, and the runtime's own `quantize.cu` (fp8
+//! weight quantization at load time), each its own program and module.
 //!
 //! The CUBIN is compiled for the artifact's architecture (`sm_90a`) with
 //! `--gpu-architecture=<arch> -std=c++17 --include-path=<dir>...` (NVRTC 13
@@ -65,10 +67,25 @@ pub fn cache_key(
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Compiles `source` to a CUBIN for `arch` (an `sm_*` architecture) with
-/// `options` (see [`nvrtc_options`]). Returns the CUBIN and NVRTC's log
-/// (warnings); a compile error is [`RuntimeError::Compile`] with the log.
+/// Compiles `source` (the artifact's `kernels.cu`) to a CUBIN for `arch`
+/// (an `sm_*` architecture) with `options` (see [`nvrtc_options`]). Returns
+/// the CUBIN and NVRTC's log (warnings); a compile error is
+/// [`RuntimeError::Compile`] with the log.
 pub fn compile_cubin(
+    source: &str,
+    arch: &str,
+    options: &[String],
+) -> Result<(Vec<u8>, String), RuntimeError> {
+    compile_named(KERNELS_FILE, source, arch, options)
+}
+
+/// The file name NVRTC and errors give the artifact's kernels.
+pub const KERNELS_FILE: &str = "kernels.cu";
+
+/// [`compile_cubin`] for a source named `name` in NVRTC's diagnostics and
+/// in errors.
+pub fn compile_named(
+    name: &str,
     source: &str,
     arch: &str,
     options: &[String],
@@ -79,17 +96,18 @@ pub fn compile_cubin(
         )));
     }
     let src = CString::new(source)
-        .map_err(|_| RuntimeError::Unsupported("kernels.cu contains a NUL byte".into()))?;
+        .map_err(|_| RuntimeError::Unsupported(format!("{name} contains a NUL byte")))?;
     if options.iter().any(|o| o.contains('\0')) {
         return Err(RuntimeError::Unsupported(
             "an NVRTC option contains a NUL byte".into(),
         ));
     }
-    let name = CString::new("kernels.cu").expect("no NUL");
-    let prog = nvrtc::create_program(&src, Some(&name))
+    let file = CString::new(name)
+        .map_err(|_| RuntimeError::Unsupported("a source name contains a NUL byte".into()))?;
+    let prog = nvrtc::create_program(&src, Some(&file))
         .map_err(RuntimeError::nvrtc("creating the NVRTC program"))?;
     // SAFETY: `prog` was created above and is destroyed exactly once, below;
-    // `src` and `name` outlive it. Options hold no NUL (checked above), so
+    // `src` and `file` outlive it. Options hold no NUL (checked above), so
     // `compile_program`'s CString conversion cannot panic.
     let result = unsafe {
         let compiled = nvrtc::compile_program(prog, options);
@@ -99,12 +117,13 @@ pub fn compile_cubin(
         let out = match compiled {
             Err(e) if e.0 == nvrtc_sys::nvrtcResult::NVRTC_ERROR_COMPILATION => {
                 Err(RuntimeError::Compile {
+                    file: name.to_string(),
                     arch: arch.to_string(),
                     options: options.join(" "),
                     log,
                 })
             }
-            Err(e) => Err(RuntimeError::nvrtc("compiling kernels.cu")(e)),
+            Err(e) => Err(RuntimeError::nvrtc(format!("compiling {name}"))(e)),
             Ok(()) => get_cubin(prog).map(|cubin| (cubin, log)),
         };
         let _ = nvrtc::destroy_program(prog);
@@ -156,10 +175,32 @@ pub enum CubinOrigin {
     Compiled(Option<PathBuf>),
 }
 
-/// The CUBIN for `source`: from `cache_dir` when a CUBIN with the same key
-/// is there, else compiled with NVRTC and written there. `warn` receives
-/// cache problems and compiler warnings.
+/// The CUBIN for `source` (the artifact's `kernels.cu`): from `cache_dir`
+/// when a CUBIN with the same key is there, else compiled with NVRTC and
+/// written there. `warn` receives cache problems and compiler warnings.
 pub fn cached_cubin(
+    source: &str,
+    arch: &str,
+    options: &[String],
+    driver_version: i32,
+    cache_dir: Option<&Path>,
+    warn: impl FnMut(&str),
+) -> Result<(Vec<u8>, CubinOrigin), RuntimeError> {
+    cached_named(
+        KERNELS_FILE,
+        source,
+        arch,
+        options,
+        driver_version,
+        cache_dir,
+        warn,
+    )
+}
+
+/// [`cached_cubin`] for a source named `name` in diagnostics and errors.
+/// The key covers the source, not its name: equal sources share a CUBIN.
+pub fn cached_named(
+    name: &str,
     source: &str,
     arch: &str,
     options: &[String],
@@ -180,9 +221,9 @@ pub fn cached_cubin(
             )),
         }
     }
-    let (cubin, log) = compile_cubin(source, arch, options)?;
+    let (cubin, log) = compile_named(name, source, arch, options)?;
     if !log.is_empty() {
-        warn(&format!("NVRTC warnings:\n{log}"));
+        warn(&format!("NVRTC warnings for {name}:\n{log}"));
     }
     let written = file.and_then(|f| match write_atomically(&f, &cubin) {
         Ok(()) => Some(f),

@@ -10,9 +10,13 @@
 //!    architecture, create the context and a non-default stream (event
 //!    tracking off: the engine orders everything on that one stream);
 //! 3. compile `kernels.cu` with NVRTC (or take the cached CUBIN), load it,
-//!    resolve every kernel and raise its dynamic shared memory limit;
-//! 4. allocate the arena, the weight region and the GEMM workspace once,
-//!    and stream the weights in;
+//!    resolve every kernel and raise its dynamic shared memory limit; when
+//!    the checkpoint's weights are quantized to fp8 at load time, compile the
+//!    runtime's `quantize.cu` the same way;
+//! 4. allocate the arena, the weight region, the scratch region (all
+//!    zeroed) and the GEMM workspace once, and stream the weights in, fp8
+//!    weights quantized on the GPU (`quantize.rs`) through a staging buffer
+//!    that is freed afterwards;
 //! 5. prepare every GEMM with cuBLASLt, run the schedule once eagerly
 //!    (step by step, so a failing step is named; this also lets cuBLASLt
 //!    and the driver load what they load lazily outside the capture), and
@@ -32,14 +36,15 @@ use fluxc_checkpoint::Checkpoint;
 
 use crate::artifact::Artifact;
 use crate::blas::{BlasHandle, GemmAddrs, GemmPlan};
-use crate::compile::{cached_cubin, compile_cubin, nvrtc_options, CubinOrigin};
+use crate::compile::{cached_named, compile_named, nvrtc_options, CubinOrigin, KERNELS_FILE};
 use crate::convert::{decode, encode};
 use crate::cuda::{
     check_device, check_libraries, driver_version, Arch, DeviceBuffer, GraphExec, Module,
 };
 use crate::plan::{address, describe_step, kernel_params, kernels, Bases, Param};
+use crate::quantize::{self, Quantizer};
 use crate::timing::Timing;
-use crate::weights::{select_layout, WeightPlan};
+use crate::weights::{select_layout, Progress, WeightPlan};
 use crate::{LoadOptions, RuntimeError};
 
 /// Dynamic shared memory a kernel may use without opting in.
@@ -76,6 +81,7 @@ pub struct Engine {
     workspace: DeviceBuffer,
     workspace_bytes: usize,
     weights: DeviceBuffer,
+    scratch: DeviceBuffer,
     arena: DeviceBuffer,
     stream: Arc<CudaStream>,
     ctx: Arc<CudaContext>,
@@ -125,6 +131,12 @@ impl Engine {
         let layout_index = select_layout(&artifact.manifest, &mut ckpt)?;
         let layout = artifact.manifest.layouts[layout_index].name.clone();
         let plan = WeightPlan::new(&artifact.manifest, schedule, &layout, &ckpt)?;
+        let quantize_jobs = if options.quantize_on_gpu {
+            plan.quantize_job_sizes(&ckpt)?
+        } else {
+            Vec::new()
+        };
+        let staging_bytes = quantize::staging_bytes(&quantize_jobs);
         let arch = Arch::parse(&artifact.manifest.arch).ok_or_else(|| {
             RuntimeError::Unsupported(format!(
                 "architecture `{}` (expected sm_<major><minor>[a])",
@@ -163,26 +175,24 @@ impl Engine {
             .map_err(RuntimeError::driver("creating a stream"))?;
         let cu_stream = stream.cu_stream();
 
-        let needed = schedule.arena_bytes + schedule.weight_bytes + schedule.gemm_workspace_bytes;
-        let (free, total) = ctx
-            .mem_get_info()
-            .map_err(RuntimeError::driver("querying free memory"))?;
-        if needed > free as u64 {
-            return Err(RuntimeError::Device(format!(
-                "the artifact needs {:.2} GB of device memory (arena {:.2}, weights {:.2}, \
-                 workspace {:.2}); {device_name} has {:.2} of {:.2} GB free",
-                needed as f64 / 1e9,
-                schedule.arena_bytes as f64 / 1e9,
-                schedule.weight_bytes as f64 / 1e9,
-                schedule.gemm_workspace_bytes as f64 / 1e9,
-                free as f64 / 1e9,
-                total as f64 / 1e9
-            )));
-        }
+        check_memory(&ctx, schedule, staging_bytes, &device_name)?;
 
         // 3. Kernels.
-        let module = load_module(&ctx, &artifact, options, &say)?;
+        let arch = &artifact.manifest.arch;
+        let module = load_module(&ctx, KERNELS_FILE, &artifact.kernels, arch, options, &say)?;
         let functions = resolve_kernels(&ctx, &module, &artifact)?;
+        let quantize_module = if quantize_jobs.is_empty() {
+            None
+        } else {
+            Some(load_module(
+                &ctx,
+                quantize::FILE,
+                quantize::SOURCE,
+                arch,
+                options,
+                &say,
+            )?)
+        };
 
         // 4. Memory and weights.
         let arena = DeviceBuffer::zeroed(
@@ -193,6 +203,14 @@ impl Engine {
         )?;
         let weights =
             DeviceBuffer::zeroed(&ctx, cu_stream, schedule.weight_bytes, "the weight region")?;
+        // Kernel-private state must start zero; an empty region still gets
+        // a (one-byte) allocation, so every base address is valid.
+        let scratch = DeviceBuffer::zeroed(
+            &ctx,
+            cu_stream,
+            schedule.scratch_bytes,
+            "the scratch region",
+        )?;
         let workspace = DeviceBuffer::zeroed(
             &ctx,
             cu_stream,
@@ -202,13 +220,34 @@ impl Engine {
         let workspace_bytes = usize::try_from(schedule.gemm_workspace_bytes).map_err(|_| {
             RuntimeError::Device("the GEMM workspace does not fit this host".into())
         })?;
-        upload_weights(&plan, &ckpt, &weights, &stream, options.progress)?;
+        let quantizer = match quantize_module {
+            Some(module) => {
+                say(&format!(
+                    "quantizing {} fp8 weight(s) on the GPU ({:.3} GB staging)",
+                    quantize_jobs.len(),
+                    staging_bytes as f64 / 1e9
+                ));
+                Some(Quantizer::new(&ctx, module, cu_stream, staging_bytes)?)
+            }
+            None => None,
+        };
+        upload_weights(
+            &plan,
+            &ckpt,
+            &weights,
+            &stream,
+            quantizer.as_ref(),
+            options.progress,
+        )?;
+        // The staging buffer and the quantization kernels are not needed again.
+        drop(quantizer);
         drop(ckpt);
 
         // 5. GEMMs, steps, graph.
         let bases = Bases {
             arena: arena.ptr(),
             weights: weights.ptr(),
+            scratch: scratch.ptr(),
         };
         let blas = if schedule.steps.iter().any(|s| matches!(s, Step::Gemm(_))) {
             ctx.bind_to_thread()
@@ -226,6 +265,7 @@ impl Engine {
             workspace,
             workspace_bytes,
             weights,
+            scratch,
             arena,
             stream,
             ctx,
@@ -385,15 +425,13 @@ impl Engine {
         self.read_buffer(buffer.id)
     }
 
-    /// Any buffer of the schedule (activations, weights), converted to f32.
-    /// Activations are only meaningful while the arena has not reused their
-    /// bytes (compile without memory reuse to compare intermediates).
+    /// Any buffer of the schedule (activations, weights, scratch), converted
+    /// to f32. Activations are only meaningful while the arena has not
+    /// reused their bytes (compile without memory reuse to compare
+    /// intermediates).
     pub fn read_buffer(&self, id: BufferId) -> Result<Vec<f32>, RuntimeError> {
         let buffer = self.buffer(id)?;
-        let base = match buffer.region {
-            fluxc_artifact::Region::Arena => self.arena.ptr(),
-            fluxc_artifact::Region::Weights => self.weights.ptr(),
-        };
+        let base = self.bases().of(buffer.region);
         let bytes = usize::try_from(buffer.bytes).map_err(|_| {
             RuntimeError::Device(format!("buffer `{}` does not fit this host", buffer.name))
         })?;
@@ -491,6 +529,15 @@ impl Engine {
                     .map_err(RuntimeError::driver("reading a timing event"))
             })
             .collect()
+    }
+
+    /// The base addresses of the three regions.
+    fn bases(&self) -> Bases {
+        Bases {
+            arena: self.arena.ptr(),
+            weights: self.weights.ptr(),
+            scratch: self.scratch.ptr(),
+        }
     }
 
     /// Makes the engine's context current on this thread.
@@ -632,20 +679,61 @@ impl Drop for Engine {
     }
 }
 
-/// The CUBIN of `kernels.cu` (cached or compiled), loaded. A cached CUBIN
-/// the driver rejects is deleted and compiled again.
+/// Fails with [`RuntimeError::Device`] unless the device has room for
+/// every region, the GEMM workspace and (while loading) the staging buffer
+/// of the fp8 quantization.
+fn check_memory(
+    ctx: &Arc<CudaContext>,
+    schedule: &Schedule,
+    staging_bytes: u64,
+    device_name: &str,
+) -> Result<(), RuntimeError> {
+    let parts = [
+        ("arena", schedule.arena_bytes),
+        ("weights", schedule.weight_bytes),
+        ("scratch", schedule.scratch_bytes),
+        ("workspace", schedule.gemm_workspace_bytes),
+        ("fp8 staging while loading", staging_bytes),
+    ];
+    let needed = parts.iter().fold(0u64, |a, (_, b)| a.saturating_add(*b));
+    let (free, total) = ctx
+        .mem_get_info()
+        .map_err(RuntimeError::driver("querying free memory"))?;
+    if needed <= free as u64 {
+        return Ok(());
+    }
+    let gb = |b: u64| b as f64 / 1e9;
+    let detail: Vec<String> = parts
+        .iter()
+        .filter(|(what, bytes)| *bytes > 0 || matches!(*what, "arena" | "weights" | "workspace"))
+        .map(|(what, bytes)| format!("{what} {:.2}", gb(*bytes)))
+        .collect();
+    Err(RuntimeError::Device(format!(
+        "the artifact needs {:.2} GB of device memory ({}); {device_name} has {:.2} of {:.2} GB free",
+        gb(needed),
+        detail.join(", "),
+        gb(free as u64),
+        gb(total as u64)
+    )))
+}
+
+/// The CUBIN of CUDA source `name` (the artifact's `kernels.cu`, or the
+/// runtime's `quantize.cu`) for `arch`, cached or compiled, and loaded. A
+/// cached CUBIN the driver rejects is deleted and compiled again.
 fn load_module(
     ctx: &Arc<CudaContext>,
-    artifact: &Artifact,
+    name: &str,
+    source: &str,
+    arch: &str,
     options: &LoadOptions,
     say: &impl Fn(&str),
 ) -> Result<Module, RuntimeError> {
-    let arch = &artifact.manifest.arch;
     let nvrtc_opts = nvrtc_options(arch, &options.cuda_include_dirs);
     let driver = driver_version()?;
     let started = Instant::now();
-    let (cubin, origin) = cached_cubin(
-        &artifact.kernels,
+    let (cubin, origin) = cached_named(
+        name,
+        source,
         arch,
         &nvrtc_opts,
         driver,
@@ -653,32 +741,29 @@ fn load_module(
         |w| eprintln!("fluxc-runtime: warning: {w}"),
     )?;
     match &origin {
-        CubinOrigin::Cache(path) => say(&format!("kernels: cached CUBIN `{}`", path.display())),
+        CubinOrigin::Cache(path) => say(&format!("{name}: cached CUBIN `{}`", path.display())),
         CubinOrigin::Compiled(path) => say(&format!(
-            "kernels: compiled kernels.cu for {arch} with NVRTC in {:.2} s{}",
+            "{name}: compiled for {arch} with NVRTC in {:.2} s{}",
             started.elapsed().as_secs_f64(),
             path.as_ref()
                 .map(|p| format!(", cached at `{}`", p.display()))
                 .unwrap_or_default()
         )),
     }
+    let what = format!("loading the compiled {name}");
     match Module::load(ctx, &cubin) {
         Ok(m) => Ok(m),
         Err(code) => {
             let CubinOrigin::Cache(path) = origin else {
-                return Err(RuntimeError::driver("loading the compiled kernels")(
-                    drv::DriverError(code),
-                ));
+                return Err(RuntimeError::driver(what)(drv::DriverError(code)));
             };
             eprintln!(
                 "fluxc-runtime: warning: the driver rejected cached CUBIN `{}` ({code:?}); recompiling",
                 path.display()
             );
             let _ = std::fs::remove_file(&path);
-            let (cubin, _) = compile_cubin(&artifact.kernels, arch, &nvrtc_opts)?;
-            Module::load(ctx, &cubin).map_err(|c| {
-                RuntimeError::driver("loading the compiled kernels")(drv::DriverError(c))
-            })
+            let (cubin, _) = compile_named(name, source, arch, &nvrtc_opts)?;
+            Module::load(ctx, &cubin).map_err(|c| RuntimeError::driver(what)(drv::DriverError(c)))
         }
     }
 }
@@ -753,42 +838,50 @@ fn resolve_kernels(
     Ok(functions)
 }
 
-/// Streams the weights into the weight region, printing progress.
+/// Streams the weights into the weight region, printing progress. With a
+/// `quantizer`, fp8 weights are computed on the GPU; without, on the host.
 fn upload_weights(
     plan: &WeightPlan,
     ckpt: &Checkpoint,
     weights: &DeviceBuffer,
     stream: &Arc<CudaStream>,
+    quantizer: Option<&Quantizer>,
     progress: bool,
 ) -> Result<(), RuntimeError> {
     let mut last_print = Instant::now();
+    let mut report = |p: &Progress| {
+        let last = p.done == p.total;
+        if progress && (last || last_print.elapsed().as_secs_f64() >= PROGRESS_EVERY_S) {
+            eprintln!("fluxc-runtime: {p}");
+            last_print = Instant::now();
+        }
+    };
     let region = weights.bytes() as u64;
-    plan.load(
-        ckpt,
-        |offset, bytes| {
-            if offset + bytes.len() as u64 > region {
-                return Err(RuntimeError::Device(format!(
-                    "a weight reaches past the weight region ({} + {} > {region} bytes)",
-                    offset,
-                    bytes.len()
-                )));
-            }
-            // SAFETY: the destination lies inside the weight region (checked
-            // above); `bytes` lives until the synchronize below.
-            unsafe { drv::memcpy_htod_async(weights.ptr() + offset, bytes, stream.cu_stream()) }
-                .map_err(RuntimeError::driver("copying weights to the GPU"))?;
-            stream
-                .synchronize()
-                .map_err(RuntimeError::driver("copying weights to the GPU"))
-        },
-        |p| {
-            let last = p.done == p.total;
-            if progress && (last || last_print.elapsed().as_secs_f64() >= PROGRESS_EVERY_S) {
-                eprintln!("fluxc-runtime: {p}");
-                last_print = Instant::now();
-            }
-        },
-    )
+    let upload = |offset: u64, bytes: &[u8]| {
+        if offset + bytes.len() as u64 > region {
+            return Err(RuntimeError::Device(format!(
+                "a weight reaches past the weight region ({} + {} > {region} bytes)",
+                offset,
+                bytes.len()
+            )));
+        }
+        // SAFETY: the destination lies inside the weight region (checked
+        // above); `bytes` lives until the synchronize below.
+        unsafe { drv::memcpy_htod_async(weights.ptr() + offset, bytes, stream.cu_stream()) }
+            .map_err(RuntimeError::driver("copying weights to the GPU"))?;
+        stream
+            .synchronize()
+            .map_err(RuntimeError::driver("copying weights to the GPU"))
+    };
+    match quantizer {
+        Some(q) => plan.load_quantizing(
+            ckpt,
+            upload,
+            |job| q.run(job, weights, stream.cu_stream()),
+            &mut report,
+        ),
+        None => plan.load(ckpt, upload, &mut report),
+    }
 }
 
 /// Every step of `schedule`, ready to enqueue.
@@ -839,6 +932,7 @@ fn build_ops(
                         bias: g
                             .bias
                             .map(|t| (at(t), schedule.buffers[t.buffer as usize].dtype)),
+                        scales: g.scales.map(|s| (at(s.a), at(s.b))),
                     };
                     GemmPlan::new(blas, g, addrs, workspace_bytes)
                         .map(Op::Gemm)

@@ -125,9 +125,11 @@ pub enum RuntimeError {
         /// NVRTC's error.
         source: NvrtcError,
     },
-    /// NVRTC rejected `kernels.cu`.
-    #[error("NVRTC failed to compile kernels.cu for {arch} (options: {options}):\n{log}")]
+    /// NVRTC rejected a source (`kernels.cu`, or the runtime's `quantize.cu`).
+    #[error("NVRTC failed to compile {file} for {arch} (options: {options}):\n{log}")]
     Compile {
+        /// The source's file name.
+        file: String,
         /// The target architecture.
         arch: String,
         /// The compile options.

@@ -26,9 +26,11 @@
 //!
 //! Modules: `artifact` ([`Artifact`]: reading and validating the artifact
 //! directory), [`weights`] (checkpoint layout selection and weight
-//! streaming), [`convert`] (f32 ↔ buffer dtypes), [`compile`] (NVRTC and the
-//! CUBIN cache), [`cuda`] (library checks and RAII driver handles), `blas`
-//! (cuBLASLt), `plan` (device addresses, kernel parameters, extent checks),
+//! streaming, fp8 quantization jobs), `quantize` (running those jobs on the
+//! GPU with the runtime's own `kernels/quantize.cu`), [`convert`] (f32 ↔
+//! buffer dtypes), [`compile`] (NVRTC and the CUBIN cache), [`cuda`]
+//! (library checks and RAII driver handles), `blas` (cuBLASLt, fp8 GEMMs
+//! included), `plan` (device addresses, kernel parameters, extent checks),
 //! `engine` ([`Engine`]), `timing` ([`Timing`]), `options` ([`LoadOptions`]),
 //! `error` ([`RuntimeError`]).
 
@@ -41,6 +43,7 @@ mod engine;
 mod error;
 mod options;
 mod plan;
+mod quantize;
 mod timing;
 pub mod weights;
 

@@ -1,5 +1,6 @@
 //! [`LoadOptions`]: how [`Engine::load`](crate::Engine::load) finds the CUDA
-//! headers, where it caches compiled kernels, and what it prints.
+//! headers, where it caches compiled kernels, where it quantizes fp8
+//! weights, and what it prints.
 
 use std::path::PathBuf;
 
@@ -27,6 +28,10 @@ pub struct LoadOptions {
     pub capture_graph: bool,
     /// Print progress (compile, weights, capture) to stderr (default).
     pub progress: bool,
+    /// Quantize fp8 weights on the GPU while loading (default). Without it
+    /// they are derived on the host in f32, the reference the GPU kernels
+    /// match bit for bit, which takes far longer for a large model.
+    pub quantize_on_gpu: bool,
 }
 
 impl Default for LoadOptions {
@@ -40,6 +45,7 @@ impl Default for LoadOptions {
             ),
             capture_graph: true,
             progress: true,
+            quantize_on_gpu: true,
         }
     }
 }

@@ -3,32 +3,48 @@
 //! parameter lists, and checks that every GEMM, attention and copy stays
 //! inside the buffers it names (the schedule only records where an access
 //! starts; a mistake in its extent would otherwise be a GPU fault).
+//!
+//! GEMM checks also cover what cuBLASLt needs of fp8 GEMMs (e4m3 A and B,
+//! TN, `k` a multiple of 16, f32 scales, a bf16/f16/f32 D and the bias type
+//! that goes with it), so an artifact it cannot run is refused with a reason
+//! before any GPU work rather than with an opaque heuristic failure.
 
 use std::collections::BTreeMap;
 use std::ffi::c_void;
 
-use fluxc_artifact::{Arg, Buffer, ElemType, GemmEpilogue, Region, Schedule, Step, Tensor};
+use fluxc_artifact::{
+    Arg, Buffer, ElemType, Gemm, GemmEpilogue, Region, ScaleMode, Schedule, Step, Tensor,
+};
 
 use crate::RuntimeError;
 
-/// Device addresses of the two regions.
+/// Device addresses of the three regions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Bases {
     /// The activation arena.
     pub arena: u64,
     /// The weight region.
     pub weights: u64,
+    /// The scratch region (kernel-private state, zeroed once at load).
+    pub scratch: u64,
+}
+
+impl Bases {
+    /// The base address of `region`.
+    pub(crate) fn of(self, region: Region) -> u64 {
+        match region {
+            Region::Arena => self.arena,
+            Region::Weights => self.weights,
+            Region::Scratch => self.scratch,
+        }
+    }
 }
 
 /// The device address of `t` (the schedule is validated, so the buffer
 /// exists and the offset lies inside it).
 pub(crate) fn address(schedule: &Schedule, bases: Bases, t: Tensor) -> u64 {
     let b = &schedule.buffers[t.buffer as usize];
-    let base = match b.region {
-        Region::Arena => bases.arena,
-        Region::Weights => bases.weights,
-    };
-    base + b.offset + t.offset
+    bases.of(b.region) + b.offset + t.offset
 }
 
 /// One kernel parameter, by value.
@@ -38,6 +54,8 @@ pub(crate) enum Param {
     Ptr(u64),
     /// An `int`.
     I32(i32),
+    /// A `long long` (element counts of the runtime's own kernels).
+    I64(i64),
     /// A `float`.
     F32(f32),
 }
@@ -48,6 +66,7 @@ impl Param {
         match self {
             Param::Ptr(v) => v as *mut u64 as *mut c_void,
             Param::I32(v) => v as *mut i32 as *mut c_void,
+            Param::I64(v) => v as *mut i64 as *mut c_void,
             Param::F32(v) => v as *mut f32 as *mut c_void,
         }
     }
@@ -90,7 +109,18 @@ pub(crate) fn describe_step(step: &Step) -> String {
     match step {
         Step::Launch(l) => format!("kernel `{}`", l.kernel),
         Step::Attention(a) => format!("attention kernel `{}`", a.kernel),
-        Step::Gemm(g) => format!("gemm `{}` m={} n={} k={}", g.name, g.m, g.n, g.k),
+        Step::Gemm(g) => {
+            let mut text = format!("gemm `{}` m={} n={} k={}", g.name, g.m, g.n, g.k);
+            if let Some(s) = g.scales {
+                text.push_str(&format!(
+                    ", {:?} → {:?}, {} scales",
+                    g.dtype,
+                    g.d_dtype.unwrap_or(g.dtype),
+                    scale_mode_text(s.mode)
+                ));
+            }
+            text
+        }
         Step::Copy(c) => format!("copy of {} bytes", c.bytes),
     }
 }
@@ -170,61 +200,195 @@ pub(crate) fn check_step(
             }
         }
         Step::Gemm(g) => {
-            if !matches!(g.dtype, ElemType::Bf16 | ElemType::F16 | ElemType::F32) {
-                return fail(format!(
-                    "{:?} GEMMs are not supported by the runtime (bf16, f16 and f32 are)",
-                    g.dtype
-                ));
-            }
-            if g.m == 0 || g.n == 0 || g.k == 0 {
-                return fail("a GEMM dimension is zero".into());
-            }
-            let (a_rows, a_cols) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
-            let (b_rows, b_cols) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
-            let size = g.dtype.size_bytes();
-            for (what, t, rows, cols, ld) in [
-                ("A", g.a, a_rows, a_cols, g.lda),
-                ("B", g.b, b_rows, b_cols, g.ldb),
-                ("D", g.d, g.m, g.n, g.ldd),
-            ] {
-                let b = buf(t);
-                if b.dtype != g.dtype {
-                    return fail(format!(
-                        "{what} is buffer `{}` of {:?}, the GEMM is {:?}",
-                        b.name, b.dtype, g.dtype
-                    ));
-                }
-                if ld < rows {
-                    return fail(format!(
-                        "{what} is {rows}x{cols} column-major, but its leading dimension is {ld} < {rows}"
-                    ));
-                }
-                let elements = (cols - 1).saturating_mul(ld).saturating_add(rows);
-                if let Err(e) = fits(b, t.offset, elements.saturating_mul(size)) {
-                    return fail(format!("{what}: {e}"));
-                }
-            }
-            match (g.epilogue, g.bias) {
-                (GemmEpilogue::Default, Some(_)) => {
-                    return fail("a bias is given but the epilogue adds none".into())
-                }
-                (GemmEpilogue::Bias | GemmEpilogue::GeluBias, None) => {
-                    return fail(format!("epilogue {:?} needs a bias", g.epilogue))
-                }
-                (_, Some(t)) => {
-                    let b = buf(t);
-                    if !matches!(b.dtype, ElemType::Bf16 | ElemType::F16 | ElemType::F32) {
-                        return fail(format!("bias buffer `{}` is {:?}", b.name, b.dtype));
-                    }
-                    if let Err(e) = fits(b, t.offset, g.m.saturating_mul(b.dtype.size_bytes())) {
-                        return fail(format!("bias: {e}"));
-                    }
-                }
-                (GemmEpilogue::Default, None) => {}
+            if let Err(reason) = check_gemm(schedule, g) {
+                return fail(reason);
             }
         }
     }
     Ok(())
+}
+
+/// The scale mode in words, for errors and logs.
+pub(crate) fn scale_mode_text(mode: ScaleMode) -> &'static str {
+    match mode {
+        ScaleMode::Tensor => "per-tensor (SCALAR_32F)",
+        ScaleMode::OuterVector => "per-row/per-column (OUTER_VEC_32F)",
+    }
+}
+
+/// Whether `dtype` is an 8-bit float.
+pub(crate) fn is_fp8(dtype: ElemType) -> bool {
+    matches!(dtype, ElemType::F8e4m3 | ElemType::F8e5m2)
+}
+
+/// The bias type cuBLASLt takes for an fp8 GEMM writing `d`: its own type
+/// for 16-bit outputs, bf16 for f32 outputs (cuBLASLt's fp8 type table).
+pub(crate) fn fp8_bias_type(d: ElemType) -> ElemType {
+    match d {
+        ElemType::F16 => ElemType::F16,
+        _ => ElemType::Bf16,
+    }
+}
+
+/// Checks one GEMM: operand types, fp8 requirements, extents, scales and
+/// bias. The reason, in words, when it cannot run.
+fn check_gemm(schedule: &Schedule, g: &Gemm) -> Result<(), String> {
+    let buf = |t: Tensor| &schedule.buffers[t.buffer as usize];
+    let d_dtype = gemm_d_type(g)?;
+    if g.m == 0 || g.n == 0 || g.k == 0 {
+        return Err("a GEMM dimension is zero".into());
+    }
+    if is_fp8(g.dtype) {
+        check_fp8_layout(g)?;
+    }
+    let (a_rows, a_cols) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
+    let (b_rows, b_cols) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
+    for (what, t, dtype, rows, cols, ld) in [
+        ("A", g.a, g.dtype, a_rows, a_cols, g.lda),
+        ("B", g.b, g.dtype, b_rows, b_cols, g.ldb),
+        ("D", g.d, d_dtype, g.m, g.n, g.ldd),
+    ] {
+        let b = buf(t);
+        if b.dtype != dtype {
+            return Err(format!(
+                "{what} is buffer `{}` of {:?}, the GEMM's {what} is {dtype:?}",
+                b.name, b.dtype
+            ));
+        }
+        if ld < rows {
+            return Err(format!(
+                "{what} is {rows}x{cols} column-major, but its leading dimension is {ld} < {rows}"
+            ));
+        }
+        // Each operand's extent in its own element size (fp8 A and B are
+        // one byte an element, their bf16 D two).
+        let elements = (cols - 1).saturating_mul(ld).saturating_add(rows);
+        fits(b, t.offset, elements.saturating_mul(dtype.size_bytes()))
+            .map_err(|e| format!("{what}: {e}"))?;
+    }
+    if let Some(s) = g.scales {
+        let (a_count, b_count) = match s.mode {
+            ScaleMode::Tensor => (1, 1),
+            ScaleMode::OuterVector => (g.m, g.n),
+        };
+        for (what, t, count) in [("A's scales", s.a, a_count), ("B's scales", s.b, b_count)] {
+            check_scales(buf(t), t.offset, count).map_err(|e| format!("{what}: {e}"))?;
+        }
+    }
+    check_bias(g, d_dtype, |t| buf(t))
+}
+
+/// The type of D, after checking the GEMM's type combination: bf16, f16
+/// and f32 GEMMs without scales writing their own type, or e4m3 GEMMs with
+/// scales writing bf16, f16 or f32.
+fn gemm_d_type(g: &Gemm) -> Result<ElemType, String> {
+    match (g.dtype, g.scales.is_some(), g.d_dtype) {
+        (ElemType::F8e5m2, _, _) => {
+            Err("e5m2 × e5m2 GEMMs are not supported by cuBLASLt (fp8 GEMMs here are e4m3)".into())
+        }
+        (ElemType::F8e4m3, false, _) => {
+            Err("an fp8 GEMM needs scales (the dequantization factors of A and B)".into())
+        }
+        (ElemType::F8e4m3, true, None) => {
+            Err("an fp8 GEMM needs d_dtype (the type of D: bf16, f16 or f32)".into())
+        }
+        (ElemType::F8e4m3, true, Some(d @ (ElemType::Bf16 | ElemType::F16 | ElemType::F32))) => {
+            Ok(d)
+        }
+        (ElemType::F8e4m3, true, Some(d)) => Err(format!(
+            "an fp8 GEMM writing {d:?} is not supported by the runtime (D is bf16, f16 or f32)"
+        )),
+        (ElemType::Bf16 | ElemType::F16 | ElemType::F32, true, _) => Err(format!(
+            "scales are given, but the GEMM is {:?}: only fp8 GEMMs take scales",
+            g.dtype
+        )),
+        (t @ (ElemType::Bf16 | ElemType::F16 | ElemType::F32), false, None) => Ok(t),
+        (t @ (ElemType::Bf16 | ElemType::F16 | ElemType::F32), false, Some(d)) if d == t => Ok(t),
+        (t @ (ElemType::Bf16 | ElemType::F16 | ElemType::F32), false, Some(d)) => Err(format!(
+            "a {t:?} GEMM writing {d:?} is not supported by the runtime (only fp8 GEMMs \
+             write another type)"
+        )),
+        (t, _, _) => Err(format!(
+            "{t:?} GEMMs are not supported by the runtime (bf16, f16, f32 and fp8 e4m3 are)"
+        )),
+    }
+}
+
+/// cuBLASLt's layout requirements of fp8 GEMMs: A transposed and B not
+/// (TN), and the reduced dimension and the operands' leading dimensions
+/// multiples of 16 elements (16 bytes).
+fn check_fp8_layout(g: &Gemm) -> Result<(), String> {
+    if !g.trans_a || g.trans_b {
+        return Err(format!(
+            "cuBLASLt fp8 GEMMs must be TN (trans_a = true, trans_b = false); this one has \
+             trans_a = {}, trans_b = {}",
+            g.trans_a, g.trans_b
+        ));
+    }
+    if g.k % 16 != 0 {
+        return Err(format!(
+            "k = {} is not a multiple of 16, which cuBLASLt fp8 GEMMs need",
+            g.k
+        ));
+    }
+    for (what, ld) in [("lda", g.lda), ("ldb", g.ldb)] {
+        if ld % 16 != 0 {
+            return Err(format!(
+                "{what} = {ld} is not a multiple of 16, which cuBLASLt fp8 GEMMs need"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Fails unless `b` holds `count` f32 scales from `offset`, aligned.
+fn check_scales(b: &Buffer, offset: u64, count: u64) -> Result<(), String> {
+    if b.dtype != ElemType::F32 {
+        return Err(format!(
+            "buffer `{}` is {:?}; scales are f32",
+            b.name, b.dtype
+        ));
+    }
+    if offset % 4 != 0 {
+        return Err(format!(
+            "offset {offset} into buffer `{}` is not a multiple of 4",
+            b.name
+        ));
+    }
+    fits(b, offset, count.saturating_mul(4))
+}
+
+/// Checks the bias against the epilogue: present exactly for the bias
+/// epilogues, `m` values, of a type cuBLASLt takes with D of `d_dtype`.
+fn check_bias<'s>(
+    g: &Gemm,
+    d_dtype: ElemType,
+    buf: impl Fn(Tensor) -> &'s Buffer,
+) -> Result<(), String> {
+    let t = match (g.epilogue, g.bias) {
+        (GemmEpilogue::Default, None) => return Ok(()),
+        (GemmEpilogue::Default, Some(_)) => {
+            return Err("a bias is given but the epilogue adds none".into())
+        }
+        (GemmEpilogue::Bias | GemmEpilogue::GeluBias, None) => {
+            return Err(format!("epilogue {:?} needs a bias", g.epilogue))
+        }
+        (_, Some(t)) => t,
+    };
+    let b = buf(t);
+    if is_fp8(g.dtype) {
+        let want = fp8_bias_type(d_dtype);
+        if b.dtype != want {
+            return Err(format!(
+                "bias buffer `{}` is {:?}; cuBLASLt takes a {want:?} bias for an fp8 GEMM \
+                 writing {d_dtype:?}",
+                b.name, b.dtype
+            ));
+        }
+    } else if !matches!(b.dtype, ElemType::Bf16 | ElemType::F16 | ElemType::F32) {
+        return Err(format!("bias buffer `{}` is {:?}", b.name, b.dtype));
+    }
+    fits(b, t.offset, g.m.saturating_mul(b.dtype.size_bytes())).map_err(|e| format!("bias: {e}"))
 }
 
 /// Fails unless `bytes` bytes from `offset` lie inside `b`.
@@ -240,7 +404,7 @@ fn fits(b: &Buffer, offset: u64, bytes: u64) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use fluxc_artifact::{Attention, Copy, Gemm, Launch};
+    use fluxc_artifact::{Attention, Copy, GemmScales, Launch};
 
     use super::*;
 
@@ -257,17 +421,27 @@ mod tests {
         }
     }
 
-    /// x [4, 8] bf16 (arena), W [16, 8] bf16 (weights), bias [16], y [4, 16].
+    /// x [4, 8] bf16 (arena), W [16, 8] bf16 (weights), bias [16], y [4, 16];
+    /// for fp8: W8 [16, 16] e4m3 (weights) with per-row scales sw [16],
+    /// x8 [4, 16] e4m3 (arena) with per-token scales sx [4], an f32 bias
+    /// [16], and a scratch counter.
     fn schedule(steps: Vec<Step>) -> Schedule {
         Schedule {
             arena_bytes: 1024,
             weight_bytes: 1024,
+            scratch_bytes: 256,
             gemm_workspace_bytes: 0,
             buffers: vec![
                 buffer(0, ElemType::Bf16, vec![4, 8], Region::Arena, 0),
                 buffer(1, ElemType::Bf16, vec![16, 8], Region::Weights, 256),
                 buffer(2, ElemType::Bf16, vec![16], Region::Weights, 0),
                 buffer(3, ElemType::Bf16, vec![4, 16], Region::Arena, 512),
+                buffer(4, ElemType::F8e4m3, vec![16, 16], Region::Weights, 512),
+                buffer(5, ElemType::F8e4m3, vec![4, 16], Region::Arena, 256),
+                buffer(6, ElemType::F32, vec![16], Region::Weights, 768),
+                buffer(7, ElemType::F32, vec![4], Region::Arena, 768),
+                buffer(8, ElemType::F32, vec![16], Region::Weights, 896),
+                buffer(9, ElemType::I32, vec![4], Region::Scratch, 0),
             ],
             inputs: vec![],
             outputs: vec![],
@@ -293,7 +467,30 @@ mod tests {
             ldd: 16,
             bias: Some(Tensor::of(2)),
             epilogue: GemmEpilogue::Bias,
+            d_dtype: None,
+            scales: None,
             algo: None,
+        }
+    }
+
+    /// `y = (x8 · W8ᵀ) · sx · sw + b` in cuBLAS terms: e4m3 A = W8 and
+    /// B = x8, bf16 D = y, per-row/per-column scales.
+    fn fp8_linear() -> Gemm {
+        Gemm {
+            name: "fp8".into(),
+            dtype: ElemType::F8e4m3,
+            k: 16,
+            a: Tensor::of(4),
+            lda: 16,
+            b: Tensor::of(5),
+            ldb: 16,
+            d_dtype: Some(ElemType::Bf16),
+            scales: Some(GemmScales {
+                mode: ScaleMode::OuterVector,
+                a: Tensor::of(6),
+                b: Tensor::of(7),
+            }),
+            ..linear()
         }
     }
 
@@ -303,6 +500,7 @@ mod tests {
         let bases = Bases {
             arena: 0x1000_0000,
             weights: 0x2000_0000,
+            scratch: 0x3000_0000,
         };
         assert_eq!(address(&s, bases, Tensor::of(3)), 0x1000_0000 + 512);
         assert_eq!(
@@ -316,6 +514,8 @@ mod tests {
             ),
             0x2000_0000 + 256 + 32
         );
+        assert_eq!(address(&s, bases, Tensor::of(9)), 0x3000_0000);
+        assert_eq!(bases.of(Region::Scratch), 0x3000_0000);
     }
 
     #[test]
@@ -337,6 +537,7 @@ mod tests {
         let bases = Bases {
             arena: 4096,
             weights: 0,
+            scratch: 0,
         };
         let s = schedule(vec![]);
         assert_eq!(
@@ -401,8 +602,210 @@ mod tests {
         g.epilogue = GemmEpilogue::Default;
         assert!(msg(g).contains("adds none"));
         let mut g = linear();
-        g.dtype = ElemType::F8e4m3;
+        g.dtype = ElemType::I32;
         assert!(msg(g).contains("not supported"));
+        let mut g = linear();
+        g.d_dtype = Some(ElemType::Bf16);
+        assert!(check_step(&s, 0, &Step::Gemm(g)).is_ok(), "d_dtype = dtype");
+        let mut g = linear();
+        g.d_dtype = Some(ElemType::F32);
+        assert!(msg(g).contains("only fp8 GEMMs write another type"));
+        let mut g = linear();
+        g.scales = fp8_linear().scales;
+        assert!(msg(g).contains("only fp8 GEMMs take scales"));
+    }
+
+    #[test]
+    fn fp8_gemms_are_accepted_with_scales_and_a_bf16_d() {
+        let s = schedule(vec![]);
+        check_step(&s, 0, &Step::Gemm(fp8_linear())).unwrap();
+        let tensor_scales = Gemm {
+            scales: Some(GemmScales {
+                mode: ScaleMode::Tensor,
+                a: Tensor::of(6),
+                b: Tensor {
+                    buffer: 7,
+                    offset: 12,
+                },
+            }),
+            ..fp8_linear()
+        };
+        check_step(&s, 0, &Step::Gemm(tensor_scales)).unwrap();
+        let no_bias = Gemm {
+            bias: None,
+            epilogue: GemmEpilogue::Default,
+            ..fp8_linear()
+        };
+        check_step(&s, 0, &Step::Gemm(no_bias)).unwrap();
+        let m = describe_step(&Step::Gemm(fp8_linear()));
+        assert!(
+            m.contains("F8e4m3 → Bf16") && m.contains("OUTER_VEC_32F"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn fp8_gemms_need_what_cublaslt_needs() {
+        let s = schedule(vec![]);
+        let msg = |g: Gemm| check_step(&s, 3, &Step::Gemm(g)).unwrap_err().to_string();
+        let has = |g: Gemm, needle: &str| {
+            let m = msg(g);
+            assert!(m.contains(needle), "{m}\nlacks {needle}");
+            assert!(m.starts_with("step 3 (gemm `fp8`"), "{m}");
+        };
+        has(
+            Gemm {
+                scales: None,
+                ..fp8_linear()
+            },
+            "needs scales",
+        );
+        has(
+            Gemm {
+                d_dtype: None,
+                ..fp8_linear()
+            },
+            "needs d_dtype",
+        );
+        has(
+            Gemm {
+                d_dtype: Some(ElemType::F8e4m3),
+                ..fp8_linear()
+            },
+            "writing F8e4m3 is not supported",
+        );
+        has(
+            Gemm {
+                dtype: ElemType::F8e5m2,
+                ..fp8_linear()
+            },
+            "e5m2 × e5m2",
+        );
+        has(
+            Gemm {
+                trans_a: false,
+                ..fp8_linear()
+            },
+            "must be TN",
+        );
+        has(
+            Gemm {
+                trans_b: true,
+                ..fp8_linear()
+            },
+            "must be TN",
+        );
+        has(
+            Gemm {
+                k: 8,
+                lda: 16,
+                ldb: 16,
+                ..fp8_linear()
+            },
+            "k = 8 is not a multiple of 16",
+        );
+        has(
+            Gemm {
+                lda: 24,
+                ..fp8_linear()
+            },
+            "lda = 24 is not a multiple of 16",
+        );
+        // A must be e4m3 (W is bf16), D must be d_dtype (x8 is e4m3).
+        has(
+            Gemm {
+                a: Tensor::of(1),
+                ..fp8_linear()
+            },
+            "A is buffer `b1` of Bf16",
+        );
+        has(
+            Gemm {
+                d: Tensor::of(5),
+                ..fp8_linear()
+            },
+            "D is buffer `b5` of F8e4m3",
+        );
+        // Extents: A is 16 × 16 one-byte elements; D 16 × 4 two-byte ones.
+        has(
+            Gemm {
+                n: 5,
+                ..fp8_linear()
+            },
+            "B: needs 80 bytes",
+        );
+        let mut g = fp8_linear();
+        g.d = Tensor {
+            buffer: 3,
+            offset: 2,
+        };
+        has(g, "D: needs 128 bytes at offset 2");
+    }
+
+    #[test]
+    fn fp8_scales_and_bias_are_checked() {
+        let s = schedule(vec![]);
+        let msg = |g: Gemm| check_step(&s, 0, &Step::Gemm(g)).unwrap_err().to_string();
+        let with_scales = |mode, a: Tensor, b: Tensor| Gemm {
+            scales: Some(GemmScales { mode, a, b }),
+            ..fp8_linear()
+        };
+        // OuterVector: m = 16 values for A, n = 4 for B.
+        let m = msg(with_scales(
+            ScaleMode::OuterVector,
+            Tensor::of(7),
+            Tensor::of(6),
+        ));
+        assert!(
+            m.contains("A's scales: needs 64 bytes") && m.contains("`b7`"),
+            "{m}"
+        );
+        let m = msg(with_scales(
+            ScaleMode::OuterVector,
+            Tensor::of(6),
+            Tensor {
+                buffer: 7,
+                offset: 4,
+            },
+        ));
+        assert!(m.contains("B's scales: needs 16 bytes at offset 4"), "{m}");
+        let m = msg(with_scales(ScaleMode::Tensor, Tensor::of(2), Tensor::of(7)));
+        assert!(
+            m.contains("A's scales") && m.contains("scales are f32"),
+            "{m}"
+        );
+        let m = msg(with_scales(
+            ScaleMode::Tensor,
+            Tensor {
+                buffer: 6,
+                offset: 2,
+            },
+            Tensor::of(7),
+        ));
+        assert!(m.contains("not a multiple of 4"), "{m}");
+        let m = msg(with_scales(
+            ScaleMode::Tensor,
+            Tensor {
+                buffer: 6,
+                offset: 64,
+            },
+            Tensor::of(7),
+        ));
+        assert!(m.contains("needs 4 bytes at offset 64"), "{m}");
+
+        // A bf16 D takes a bf16 bias, an f32 D too; an f16 D an f16 one.
+        let f32_bias = Gemm {
+            bias: Some(Tensor::of(8)),
+            ..fp8_linear()
+        };
+        let m = msg(f32_bias);
+        assert!(
+            m.contains("takes a Bf16 bias") && m.contains("`b8` is F32"),
+            "{m}"
+        );
+        assert_eq!(fp8_bias_type(ElemType::F32), ElemType::Bf16);
+        assert_eq!(fp8_bias_type(ElemType::F16), ElemType::F16);
+        assert_eq!(fp8_bias_type(ElemType::Bf16), ElemType::Bf16);
     }
 
     #[test]

@@ -49,6 +49,7 @@ fn schedule() -> Schedule {
     Schedule {
         arena_bytes: 1024,
         weight_bytes: 512,
+        scratch_bytes: 0,
         gemm_workspace_bytes: 1 << 20,
         buffers: vec![
             buffer(0, "x", ElemType::Bf16, vec![4, 8], Region::Arena, 0),
@@ -96,6 +97,8 @@ fn schedule() -> Schedule {
                 ldd: 16,
                 bias: Some(Tensor::of(2)),
                 epilogue: GemmEpilogue::Bias,
+                d_dtype: None,
+                scales: None,
                 algo: None,
             }),
             Step::Launch(Launch {

@@ -167,9 +167,7 @@ fn linear(args: &[&Tensor]) -> Vec<f32> {
     out
 }
 
-/// Smallest amax a dynamic scale uses, so an all-zero tensor (or row) gets a
-/// tiny positive scale instead of zero (torchao's `EPS`).
-const MIN_AMAX: f32 = 1e-12;
+use crate::op::MIN_AMAX;
 
 /// `max(amax, 1e-12) / max_finite(dtype)` over the whole tensor or per row of
 /// the last axis. A NaN anywhere in the reduced elements gives a NaN scale.

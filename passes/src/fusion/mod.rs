@@ -35,7 +35,8 @@
 //!      shape, or the same elements in the same row-major order seen through
 //!      a reshape (equal element counts, no group value broadcast);
 //!    - a reduction group as an epilogue when its output shape equals the
-//!      reduction's output shape (LayerNorm → modulate, RmsNorm → ApplyRope);
+//!      reduction's input shape, the group's rows (LayerNorm → modulate,
+//!      RmsNorm → ApplyRope, per-row DynamicScale → Quantize);
 //!    - a GEMM group only when `epilogue_fusion` is on and its output shape
 //!      equals the GEMM output (GELU, gate multiply, residual add);
 //!    - a table group with the same shape;
@@ -69,7 +70,17 @@
 //!    - a table op (`RopeTable`, `TimestepEmbedding`) taking a prologue;
 //!    - a reduction fused into a GEMM group (it needs whole rows, an
 //!      epilogue sees tiles), into a table group, or after attention;
-//!    - two reductions in one group (one reduction per kernel);
+//!    - two reductions in one group (one reduction per kernel), except a
+//!      per-row `DynamicScale` after another row reduction: it joins that
+//!      reduction's group when it reduces the same rows (its operand is
+//!      computed in the group over the group's iteration space) and the
+//!      group has no scale yet. LayerNorm → modulation → fp8 scale →
+//!      quantize is then one kernel that writes only the fp8 values and
+//!      their scales;
+//!    - a whole-tensor `DynamicScale` fused with anything: it needs every
+//!      element before its value exists, so it reads its operand from
+//!      memory in its own grid-wide kernel, and whatever reads it (the
+//!      quantize) runs after, in another kernel;
 //!    - any merge that would create a cycle between groups: a path that
 //!      leaves one side, runs through a kernel outside both and re-enters
 //!      the other. Checked by a bounded reachability search before merging.
@@ -105,7 +116,7 @@ use planner::Planner;
 pub use planner::{
     ALREADY_JOINED, ATTENTION_EPILOGUE, CYCLE, EPILOGUE_OFF, MAX_INLINE_NODES, MOVEMENT_AFTER_GEMM,
     MOVEMENT_AFTER_REDUCTION, NOT_REDUCED_OPERAND, NO_PROLOGUE, REDUCTION_IN_GEMM,
-    REDUCTION_IN_TABLE, TABLE_PROLOGUE, TWO_REDUCTIONS,
+    REDUCTION_IN_TABLE, TABLE_PROLOGUE, TWO_REDUCTIONS, TWO_SCALES, WHOLE_TENSOR_SCALE,
 };
 use view::View;
 

@@ -8,7 +8,7 @@
 //! their reasons are listed in the parent module's header; the reason
 //! strings live here as constants so tests can match them.
 
-use fluxc_ir::{Graph, IrError, NodeId, OpClass, Shape};
+use fluxc_ir::{Graph, IrError, NodeId, Op, OpClass, Shape};
 
 use super::view::{is_input, is_view, NodeSet, View};
 use super::{FusionPlan, Group, GroupKind, Refusal};
@@ -24,6 +24,11 @@ pub const NO_PROLOGUE: &str =
 pub const REDUCTION_IN_GEMM: &str = "a reduction needs whole rows; not fused into a GEMM epilogue";
 /// Refusal: a reduction reading a group that already has one.
 pub const TWO_REDUCTIONS: &str = "one reduction per kernel";
+/// Refusal: a whole-tensor quantization scale taking a prologue or a tail.
+pub const WHOLE_TENSOR_SCALE: &str =
+    "a whole-tensor scale is a grid-wide reduction: it runs as its own kernel, and its readers after it";
+/// Refusal: a second quantization scale in a reduction group.
+pub const TWO_SCALES: &str = "one quantization scale per kernel";
 /// Refusal: the merge would make the group graph cyclic.
 pub const CYCLE: &str = "would create a cycle between groups";
 /// Refusal: a table op reading a computed value.
@@ -59,13 +64,26 @@ pub(crate) fn role(graph: &Graph, id: NodeId) -> Option<GroupKind> {
     })
 }
 
+/// Whether `id` is a per-row `DynamicScale` (a row reduction that may
+/// follow another row reduction in one kernel).
+fn is_row_scale(graph: &Graph, id: NodeId) -> bool {
+    matches!(graph.node(id).op, Op::DynamicScale { per_row: true, .. })
+}
+
+/// Whether `id` is a whole-tensor `DynamicScale`.
+fn is_tensor_scale(graph: &Graph, id: NodeId) -> bool {
+    matches!(graph.node(id).op, Op::DynamicScale { per_row: false, .. })
+}
+
 /// A group under construction.
 struct Building {
     kind: GroupKind,
     anchor: NodeId,
     nodes: Vec<NodeId>,
     /// Iteration space: the shape every non-inlined member computes over (the
-    /// anchor's output shape; the reduction's output once one joins).
+    /// anchor's output shape; the reduced operand's shape once a reduction
+    /// joins, which is the reduction's output shape except for a
+    /// `DynamicScale`, whose output has one value per row or tensor).
     space: Shape,
 }
 
@@ -266,6 +284,9 @@ impl<'v, 'g> Planner<'v, 'g> {
             GroupKind::Pointwise => same("the group's iteration space"),
             GroupKind::Table => same("the table's output"),
             GroupKind::Attention => Err(ATTENTION_EPILOGUE.into()),
+            GroupKind::Reduction if is_tensor_scale(self.graph(), group.anchor) => {
+                Err(WHOLE_TENSOR_SCALE.into())
+            }
             GroupKind::Reduction if movement => Err(MOVEMENT_AFTER_REDUCTION.into()),
             GroupKind::Reduction => same("the reduction's output"),
             GroupKind::Gemm if !self.epilogue_fusion => Err(EPILOGUE_OFF.into()),
@@ -349,6 +370,13 @@ impl<'v, 'g> Planner<'v, 'g> {
     /// A reduction takes the most recent pointwise producer group that
     /// computes its reduced operand as a prologue, or opens a group.
     fn place_reduction(&mut self, n: NodeId) {
+        if is_tensor_scale(self.graph(), n) {
+            for (_, p) in self.producer_groups(n) {
+                self.refuse(p, n, WHOLE_TENSOR_SCALE);
+            }
+            self.open_reduction(n);
+            return;
+        }
         let mut joined = false;
         for (g, p) in self.producer_groups(n) {
             let verdict = self.prologue_rule(n, g);
@@ -359,6 +387,10 @@ impl<'v, 'g> Planner<'v, 'g> {
             }
             match verdict {
                 Ok(()) if self.join_cycles(n, g) => self.refuse(p, n, CYCLE),
+                Ok(()) if self.group(g).kind == GroupKind::Reduction => {
+                    self.add_to(g, n);
+                    joined = true;
+                }
                 Ok(()) => {
                     self.take_as_prologue(g, n);
                     joined = true;
@@ -367,8 +399,15 @@ impl<'v, 'g> Planner<'v, 'g> {
             }
         }
         if !joined {
-            self.new_group(n, GroupKind::Reduction);
+            self.open_reduction(n);
         }
+    }
+
+    /// A new reduction group for `n`, iterating over its reduced operand.
+    fn open_reduction(&mut self, n: NodeId) {
+        let g = self.new_group(n, GroupKind::Reduction);
+        let space = self.shape(self.graph().operands(n)[0]).clone();
+        self.groups[g].as_mut().expect("live group").space = space;
     }
 
     /// Whether reduction `n` may take group `g` as its prologue (cycles aside).
@@ -376,6 +415,9 @@ impl<'v, 'g> Planner<'v, 'g> {
         let group = self.group(g);
         match group.kind {
             GroupKind::Gemm => return Err(REDUCTION_IN_GEMM.into()),
+            GroupKind::Reduction if is_row_scale(self.graph(), n) => {
+                return self.row_scale_rule(n, g)
+            }
             GroupKind::Reduction => return Err(TWO_REDUCTIONS.into()),
             GroupKind::Attention => return Err(ATTENTION_EPILOGUE.into()),
             GroupKind::Table => return Err(REDUCTION_IN_TABLE.into()),
@@ -397,9 +439,40 @@ impl<'v, 'g> Planner<'v, 'g> {
         Ok(())
     }
 
+    /// Whether the per-row scale `n` may join reduction group `g` as its
+    /// second reduction: the rows it reduces are the group's rows (its
+    /// operand is computed in `g` over `g`'s iteration space), and `g` has
+    /// no quantization scale yet. The kernel then reduces twice: the
+    /// group's statistics, then the absmax of a value computed from them.
+    fn row_scale_rule(&self, n: NodeId, g: usize) -> Result<(), String> {
+        let group = self.group(g);
+        if is_tensor_scale(self.graph(), group.anchor) {
+            return Err(WHOLE_TENSOR_SCALE.into());
+        }
+        if group
+            .nodes
+            .iter()
+            .any(|&m| matches!(self.graph().node(m).op, Op::DynamicScale { .. }))
+        {
+            return Err(TWO_SCALES.into());
+        }
+        let reduced = self.graph().operands(n)[0];
+        if self.group_of(self.view.source(reduced)) != Some(g) {
+            return Err(NOT_REDUCED_OPERAND.into());
+        }
+        let input = self.shape(reduced);
+        if *input != group.space {
+            return Err(format!(
+                "the group's rows {} differ from the scale's input {input}",
+                group.space
+            ));
+        }
+        Ok(())
+    }
+
     /// Turns pointwise group `g` into a reduction group anchored at `n`.
     fn take_as_prologue(&mut self, g: usize, n: NodeId) {
-        let space = self.shape(n).clone();
+        let space = self.shape(self.graph().operands(n)[0]).clone();
         self.add_to(g, n);
         let group = self.groups[g].as_mut().expect("live group");
         group.kind = GroupKind::Reduction;

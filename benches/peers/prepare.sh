@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Builds, on the dev machine, everything benches/peers/run_h200.sh needs on
+# the GPU machine (which has no Rust), into .dev/ (git-ignored):
+#
+#   .dev/bin/fluxc        the CLI
+#   .dev/bin/gpu-tests    the GPU test binary (tests/gpu.rs)
+#   .dev/bin/gpu-fp8-tests  the runtime's fp8 GPU tests (crates/runtime/tests/gpu_fp8.rs)
+#   .dev/art/schnell-$TEXT_TOKENS-$variant
+#                         FLUX.1-schnell at 1024² with TEXT_TOKENS text
+#                         tokens, for each variant: bf16, fp8-tensor, fp8-row
+#
+# Then carry .dev and the diffusers wheels (.whl) to the GPU machine.
+set -euo pipefail
+TEXT_TOKENS=${TEXT_TOKENS:-512}
+VARIANTS=${VARIANTS:-bf16 fp8-tensor fp8-row}
+mkdir -p .dev/bin .dev/art .dev/models
+cargo build --release -p fluxc-cli
+cp target/release/fluxc .dev/bin/
+test_bin=$(cargo test --release --test gpu --no-run 2>&1 | grep -o 'target/release/deps/gpu-[a-z0-9]*' | head -1)
+cp "$test_bin" .dev/bin/gpu-tests
+test_bin=$(cargo test --release -p fluxc-runtime --test gpu_fp8 --no-run 2>&1 | grep -o 'target/release/deps/gpu_fp8-[a-z0-9]*' | head -1)
+cp "$test_bin" .dev/bin/gpu-fp8-tests
+strip .dev/bin/fluxc .dev/bin/gpu-tests .dev/bin/gpu-fp8-tests
+for variant in $VARIANTS; do
+    case $variant in
+        bf16) fp8=off ;;
+        fp8-tensor) fp8=dynamic-tensor ;;
+        fp8-row) fp8=dynamic-row ;;
+        *) echo "unknown variant $variant" >&2; exit 2 ;;
+    esac
+    model=.dev/models/schnell-$TEXT_TOKENS-$variant.toml
+    sed "s/^text_tokens = .*/text_tokens = $TEXT_TOKENS/" models/flux-schnell.toml > "$model"
+    printf '\n[passes]\nfp8 = "%s"\n' "$fp8" >> "$model"
+    rm -rf ".dev/art/schnell-$TEXT_TOKENS-$variant"
+    .dev/bin/fluxc compile "$model" -o ".dev/art/schnell-$TEXT_TOKENS-$variant"
+done
+du -sh .dev
