@@ -259,28 +259,47 @@ fn tiny_models_in_bf16_stay_within_bf16_error() {
     }
 }
 
+/// GPU fp8 vs the interpreter's fp8, relative L2. Not near zero: the GPU
+/// stores activations in bf16 between kernels and the interpreter keeps f32,
+/// and that difference moves some values across an e4m3 rounding boundary
+/// (e4m3 steps are 32× coarser than bf16's), each a 6–12% change of that
+/// element, compounding over the ~20 quantized GEMMs of a tiny model.
+/// Measured on the H200 (2026-11-29): 4.4e-2 to 5.3e-2. A wrong scale,
+/// layout or rounding mode gives errors of order 1.
+const FP8_VS_INTERPRETER: f64 = 1e-1;
+
+/// The GPU's fp8 error against the fp32 model (without fp8) may exceed the
+/// interpreter's fp8 error (no bf16 storage) by at most this factor.
+const FP8_ERROR_RATIO: f64 = 1.5;
+
 #[test]
 fn tiny_models_in_fp8_match_the_interpreter() {
     require_gpu!("tiny_models_in_fp8_match_the_interpreter");
     // Every case runs and prints before anything is asserted, so one run on
-    // the GPU machine reports all of them.
+    // the GPU machine reports all of them. fp8 GEMMs write bf16 or f16
+    // (codegen refuses fp8 in f32 models).
     let mut failures = Vec::new();
     for preset in ["tiny-schnell", "tiny-dev"] {
-        // fp8 GEMMs write bf16 or f16 (codegen refuses fp8 in f32 models).
-        for (dtype, bound) in [("bf16", 5e-2)] {
-            for fp8 in [Fp8Mode::DynamicRow, Fp8Mode::DynamicTensor] {
-                let case = format!("{preset} {dtype} {fp8:?}");
-                match fp8_case(preset, dtype, fp8) {
-                    Ok((error, worst)) => {
-                        println!("{case}: sample vs interpreter {error:.3e}; {worst}");
-                        if error.is_nan() || error > bound {
-                            failures.push(format!("{case}: {error:e} > {bound:e}"));
-                        }
+        for fp8 in [Fp8Mode::DynamicRow, Fp8Mode::DynamicTensor] {
+            let case = format!("{preset} bf16 {fp8:?}");
+            match fp8_case(preset, fp8) {
+                Ok(r) => {
+                    let ratio = r.gpu_vs_fp32 / r.interpreter_vs_fp32;
+                    println!(
+                        "{case}: sample vs interpreter {:.3e}; vs fp32: GPU {:.3e}, \
+                         interpreter {:.3e} (ratio {ratio:.3}); {}",
+                        r.vs_interpreter, r.gpu_vs_fp32, r.interpreter_vs_fp32, r.worst
+                    );
+                    if r.vs_interpreter.is_nan() || r.vs_interpreter > FP8_VS_INTERPRETER {
+                        failures.push(format!("{case}: vs interpreter {:e}", r.vs_interpreter));
                     }
-                    Err(e) => {
-                        println!("{case}: FAILED: {e}");
-                        failures.push(format!("{case}: {e}"));
+                    if ratio.is_nan() || ratio > FP8_ERROR_RATIO {
+                        failures.push(format!("{case}: error ratio {ratio}"));
                     }
+                }
+                Err(e) => {
+                    println!("{case}: FAILED: {e}");
+                    failures.push(format!("{case}: {e}"));
                 }
             }
         }
@@ -288,11 +307,23 @@ fn tiny_models_in_fp8_match_the_interpreter() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
-/// One fp8 tiny model on the GPU vs the interpreter's fp8 semantics (same
-/// quantized weights, same dynamic scales): the output's relative L2 error,
-/// and the worst intermediate buffer in words.
-fn fp8_case(preset: &str, dtype: &str, fp8: Fp8Mode) -> Result<(f64, String), String> {
-    let cfg = config(preset, Some(dtype));
+/// What one fp8 tiny-model run measured.
+struct Fp8Result {
+    /// GPU output vs the interpreter's fp8 output.
+    vs_interpreter: f64,
+    /// GPU output vs the fp32 model without fp8.
+    gpu_vs_fp32: f64,
+    /// The interpreter's fp8 output vs the fp32 model without fp8.
+    interpreter_vs_fp32: f64,
+    /// The worst intermediate buffer, in words.
+    worst: String,
+}
+
+/// One fp8 tiny model in bf16 on the GPU next to the interpreter's fp8
+/// semantics (same quantized weights, same dynamic scales) and the fp32
+/// model without fp8.
+fn fp8_case(preset: &str, fp8: Fp8Mode) -> Result<Fp8Result, String> {
+    let cfg = config(preset, Some("bf16"));
     let passes = PassOptions {
         fp8,
         ..cfg.passes.options()
@@ -327,7 +358,7 @@ fn fp8_case(preset: &str, dtype: &str, fp8: Fp8Mode) -> Result<(f64, String), St
         NameMap::of(&cfg).unwrap(),
     )
     .map_err(|e| e.to_string())?;
-    inputs.extend(io);
+    inputs.extend(io.clone());
     let reference = interp::run(&optimized.graph, &inputs).unwrap()["sample"].clone();
     let sample = Tensor::new(
         reference.shape.clone(),
@@ -335,10 +366,29 @@ fn fp8_case(preset: &str, dtype: &str, fp8: Fp8Mode) -> Result<(f64, String), St
     )
     .unwrap();
     let (worst, at) = worst_buffer(&e, &generated, &optimized.graph, &inputs);
-    Ok((
-        sample.rel_l2(&reference),
-        format!("worst buffer {worst:.3e} ({at})"),
-    ))
+    // The fp32 model without fp8, interpreted (it matches diffusers' fp32
+    // forward to ~1e-6, see tests/diffusers_parity.rs).
+    let cfg32 = config(preset, None);
+    let plain = optimize(
+        flux::build_transformer(&cfg32).unwrap(),
+        &cfg32.passes.options(),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut inputs32 = load_derived_weights(
+        &plain.graph,
+        &plain.weights,
+        &fixtures.join("diffusers"),
+        NameMap::of(&cfg32).unwrap(),
+    )
+    .map_err(|e| e.to_string())?;
+    inputs32.extend(io);
+    let expected = interp::run(&plain.graph, &inputs32).unwrap()["sample"].clone();
+    Ok(Fp8Result {
+        vs_interpreter: sample.rel_l2(&reference),
+        gpu_vs_fp32: sample.rel_l2(&expected),
+        interpreter_vs_fp32: reference.rel_l2(&expected),
+        worst: format!("worst buffer {worst:.3e} ({at})"),
+    })
 }
 
 /// A small attention block with `heads × head_dim`, bf16, random weights

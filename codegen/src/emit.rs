@@ -16,6 +16,7 @@ use std::fmt::Write;
 
 use fluxc_ir::{BinaryOp, DType, Graph, NodeId, Op, UnaryOp};
 
+use crate::lanes::{Lane, Lanes};
 use crate::CodegenError;
 
 /// A multi-dimensional index: one C expression per dimension.
@@ -28,6 +29,28 @@ pub struct Param {
     pub node: NodeId,
     /// Whether the kernel writes it.
     pub written: bool,
+}
+
+/// A block's effect on wide loads made inside it, which are issued before
+/// the element loop (outside every block of it).
+#[derive(Clone, Debug)]
+enum Branch {
+    /// A structural block (loops, bounds checks around the element loop).
+    Plain,
+    /// A branch taken or not for all lanes at once: wide loads inside are
+    /// guarded by this condition (in before-the-loop terms).
+    Uniform(String),
+    /// A branch that may differ between lanes: no wide loads inside.
+    Divergent,
+}
+
+/// One wide load: `var = guard ? fx_vload<w>(p{param}, base) : zeros`.
+#[derive(Clone, Debug)]
+struct WideLoad {
+    param: usize,
+    base: String,
+    var: String,
+    guard: Vec<String>,
 }
 
 /// What is known inside one C block: computed values, and the index
@@ -65,9 +88,15 @@ pub struct Emitter<'g> {
     vector: BTreeMap<String, String>,
     /// Width of vector loads.
     vector_width: usize,
-    /// Wide loads requested since [`Emitter::take_vector_loads`]: (param,
-    /// base expression, variable).
-    vector_loads: Vec<(usize, String, String)>,
+    /// Lane classes of index variables: with vectors wider than one
+    /// element, any load at `base + v` (`base` aligned and the same for the
+    /// whole loop) is a wide load too (`lanes.rs`).
+    lanes: Lanes,
+    /// What the data-dependent branches open around the current statement
+    /// say about wide loads (innermost last).
+    branches: Vec<Branch>,
+    /// Wide loads requested since [`Emitter::take_vector_loads`].
+    vector_loads: Vec<WideLoad>,
 }
 
 impl<'g> Emitter<'g> {
@@ -90,6 +119,8 @@ impl<'g> Emitter<'g> {
             provided_everywhere: BTreeMap::new(),
             vector: BTreeMap::new(),
             vector_width: 1,
+            lanes: Lanes::new(1),
+            branches: Vec::new(),
             vector_loads: Vec::new(),
         }
     }
@@ -98,16 +129,47 @@ impl<'g> Emitter<'g> {
     /// from `width`-element loads at `base`.
     pub fn vectorize(&mut self, var: &str, base: &str, width: usize) {
         self.vector.insert(var.to_string(), base.to_string());
+        if width != self.vector_width {
+            self.lanes = Lanes::new(width);
+        }
         self.vector_width = width;
+        self.lanes.stride(var, base);
     }
 
-    /// The wide loads requested since the last call, as declarations.
+    /// The wide loads requested since the last call, as declarations. A
+    /// load made inside uniform branches is guarded by their conditions
+    /// (the other lanes' data may lie outside the buffer).
     pub fn take_vector_loads(&mut self) -> Vec<String> {
         let width = self.vector_width;
         std::mem::take(&mut self.vector_loads)
             .into_iter()
-            .map(|(p, base, var)| format!("const auto {var} = fx_vload<{width}>(p{p}, {base});"))
+            .map(|l| {
+                let (p, base, var) = (l.param, l.base, l.var);
+                let load = format!("fx_vload<{width}>(p{p}, {base})");
+                if l.guard.is_empty() {
+                    format!("const auto {var} = {load};")
+                } else {
+                    format!(
+                        "const auto {var} = ({}) ? {load} : decltype({load}){{}};",
+                        l.guard.join(") && (")
+                    )
+                }
+            })
             .collect()
+    }
+
+    /// The guard of a wide load made here, or `None` when a divergent
+    /// branch forbids one.
+    fn load_guard(&self) -> Option<Vec<String>> {
+        let mut guard = Vec::new();
+        for b in &self.branches {
+            match b {
+                Branch::Plain => {}
+                Branch::Uniform(c) => guard.push(c.clone()),
+                Branch::Divergent => return None,
+            }
+        }
+        Some(guard)
     }
 
     /// Number of statements emitted so far (a position for [`Emitter::insert`]).
@@ -144,14 +206,28 @@ impl<'g> Emitter<'g> {
     /// Opens a C block (`if (...) {`); statements go one level deeper, and
     /// values computed inside are forgotten when it closes.
     pub fn open(&mut self, header: impl AsRef<str>) {
-        self.line(format!("{} {{", header.as_ref()));
+        self.open_block(header.as_ref(), Branch::Plain);
+    }
+
+    /// Opens a data-dependent branch: `uniform` is its condition evaluated
+    /// once for all lanes when it is the same for every lane, `None` when it
+    /// may differ.
+    fn open_branch(&mut self, header: &str, uniform: Option<String>) {
+        let branch = uniform.map_or(Branch::Divergent, Branch::Uniform);
+        self.open_block(header, branch);
+    }
+
+    fn open_block(&mut self, header: &str, branch: Branch) {
+        self.line(format!("{header} {{"));
         self.indent += 1;
         self.scopes.push(Scope::default());
+        self.branches.push(branch);
     }
 
     /// Closes the innermost block.
     pub fn close(&mut self) {
         self.scopes.pop();
+        self.branches.pop();
         self.indent -= 1;
         self.line("}");
     }
@@ -174,6 +250,7 @@ impl<'g> Emitter<'g> {
         }
         let name = self.fresh("t");
         self.line(format!("const int {name} = {expr};"));
+        self.lanes.bind(&name, &expr);
         self.scope().bound.insert(expr, name.clone());
         name
     }
@@ -228,30 +305,42 @@ impl<'g> Emitter<'g> {
             return Ok(v.clone());
         }
         let node = self.graph.node(id);
-        let value = if let Op::Reshape(_) = node.op {
-            // A view: same elements, re-linearized.
-            let operand = self.graph.operands(id)[0];
-            let linear = self.linear(index, node.ty.shape.dims());
-            let inner = self.delinearize(&linear, self.graph.ty(operand).shape.dims().to_vec());
-            return self.value(operand, &inner);
-        } else if !self.computed.contains(&id) {
-            let p = self.param(id, false);
-            let linear = self.linear(index, node.ty.shape.dims());
-            if let Some(base) = self.vector.get(&linear).cloned() {
-                let var = format!("r{p}_{linear}");
-                if !self.vector_loads.iter().any(|(_, _, v)| *v == var) {
-                    self.vector_loads.push((p, base, var.clone()));
+        let value =
+            if let Op::Reshape(_) = node.op {
+                // A view: same elements, re-linearized.
+                let operand = self.graph.operands(id)[0];
+                let linear = self.linear(index, node.ty.shape.dims());
+                let inner = self.delinearize(&linear, self.graph.ty(operand).shape.dims().to_vec());
+                return self.value(operand, &inner);
+            } else if !self.computed.contains(&id) {
+                let p = self.param(id, false);
+                let linear = self.linear(index, node.ty.shape.dims());
+                let base = self.vector.get(&linear).cloned().or_else(|| {
+                    match self.lanes.classify(&linear) {
+                        Some(Lane::Stride { base }) => Some(base),
+                        _ => None,
+                    }
+                });
+                if let (Some(base), Some(guard)) = (base, self.load_guard()) {
+                    let var = format!("r{p}_{linear}");
+                    if !self.vector_loads.iter().any(|l| l.var == var) {
+                        self.vector_loads.push(WideLoad {
+                            param: p,
+                            base,
+                            var: var.clone(),
+                            guard,
+                        });
+                    }
+                    let v = format!("fx_vget<{}>({var}, v)", self.vector_width);
+                    self.scope().values.insert(key, v.clone());
+                    return Ok(v);
                 }
-                let v = format!("fx_vget<{}>({var}, v)", self.vector_width);
-                self.scope().values.insert(key, v.clone());
-                return Ok(v);
-            }
-            let v = self.fresh("v");
-            self.line(format!("const float {v} = fx_load(p{p}, {linear});"));
-            v
-        } else {
-            self.compute(id, index)?
-        };
+                let v = self.fresh("v");
+                self.line(format!("const float {v} = fx_load(p{p}, {linear});"));
+                v
+            } else {
+                self.compute(id, index)?
+            };
         self.scope().values.insert(key, value.clone());
         Ok(value)
     }
@@ -437,7 +526,8 @@ impl<'g> Emitter<'g> {
             } else {
                 format!("else if ({} < {})", index[axis], offset + len)
             };
-            self.open(header);
+            let uniform = self.lanes.uniform_range(&index[axis], offset, offset + len);
+            self.open_branch(&header, uniform);
             let mut inner = index.clone();
             if offset > 0 {
                 inner[axis] = self.bind_index(format!("{} - {offset}", index[axis]));
@@ -495,7 +585,7 @@ impl<'g> Emitter<'g> {
             } else {
                 format!("else if ({pair} < {})", first_pair + pairs)
             };
-            self.open(header);
+            self.open_branch(&header, None);
             let pos = self.value(ids, &vec![s.clone(), axis.to_string()])?;
             let mut line = String::new();
             write!(

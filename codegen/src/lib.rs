@@ -11,6 +11,7 @@
 pub mod attention;
 mod emit;
 mod kernels;
+mod lanes;
 mod lower;
 pub mod memory;
 mod write;
