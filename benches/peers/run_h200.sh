@@ -11,7 +11,7 @@
 #            and (TORCHAO=1) torchao fp8 per tensor and per row, then
 #            `fluxc run` of every variant in VARIANTS (timing, per-step
 #            profile) and the comparison report
-# Logs and reports go to $OUT (default ./out).
+# Reports go to $OUT (default ./out), every log packed in $OUT/logs.tar.gz.
 set -euo pipefail
 OUT=${OUT:-out}
 STEPS=${STEPS:-tests forward}
@@ -56,4 +56,6 @@ if [[ " $STEPS " == *" forward "* ]]; then
             --command "benches/peers/run_h200.sh" --name "forward_schnell_1024_t$TEXT_TOKENS" --out "$OUT"
     fi
 fi
+# The device returns only a few files: keep the reports, pack the logs.
+(cd "$OUT" && tar czf logs.tar.gz --remove-files $(ls | grep -v -e '^forward_.*\.\(md\|json\)$' -e '^logs.tar.gz$'))
 exit $status
