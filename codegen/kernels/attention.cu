@@ -1,13 +1,14 @@
 // fluxc flash-attention forward kernel template (bf16 in/out, f32 accumulate),
 // Hopper warpgroup MMA (wgmma, sm_90a) version.
 //
-// Rendered by codegen/src/attention.rs, which replaces these placeholders:
-//   {{NAME}}         kernel symbol, e.g. attention_d128_bf16
-//   {{HEAD_DIM}}     head dimension D (64 or 128)
-//   {{BLOCK_M}}      query rows per CTA (64 per warpgroup)
-//   {{BLOCK_N}}      keys per main-loop iteration
-//   {{NUM_WARPS}}    warps per CTA (BLOCK_M / 16)
-//   {{SHARED_BYTES}} dynamic shared memory the runtime passes at launch
+// Rendered by codegen/src/attention.rs, which replaces these placeholders (each
+// written in the source as its name in double curly braces):
+//   NAME         kernel symbol, e.g. attention_d128_bf16
+//   HEAD_DIM     head dimension D (64 or 128)
+//   BLOCK_M      query rows per CTA (64 per warpgroup)
+//   BLOCK_N      keys per main-loop iteration
+//   NUM_WARPS    warps per CTA (BLOCK_M / 16)
+//   SHARED_BYTES dynamic shared memory the runtime passes at launch
 //
 // out[b, s, h, :] = softmax(q[b, s, h, :] . k[b, :, h, :]^T * scale) . v[b, :, h, :]
 // non-causal, no mask; q/k/v/o are contiguous [batch, seq, heads, D] bf16.

@@ -84,3 +84,23 @@ fn nvrtc_compiles_sm90a() {
     let (cubin, _) = compile_cubin(&both, "attention_both", &include_dir).unwrap();
     assert!(!cubin.is_empty());
 }
+
+/// The rendered attention kernels, as they go into `kernels.cu`: a change
+/// here changes what runs on the GPU, so review it line by line.
+#[test]
+fn rendered_attention_snapshots() {
+    for d in [64usize, 128] {
+        let k = render_attention(d).unwrap();
+        let header = format!(
+            "// {}: block_m {}, {} threads, {} bytes of dynamic shared memory\n",
+            k.name, k.block_m, k.threads, k.shared_bytes
+        );
+        insta::assert_snapshot!(format!("attention_d{d}_bf16"), header + &k.source);
+    }
+    let simt = fluxc_codegen::attention::render_simt_attention(40, "float", "f32").unwrap();
+    let header = format!(
+        "// {}: block_m {}, {} threads, {} bytes of dynamic shared memory\n",
+        simt.name, simt.block_m, simt.threads, simt.shared_bytes
+    );
+    insta::assert_snapshot!("attention_simt_d40_f32", header + &simt.source);
+}
