@@ -11,7 +11,10 @@ Each `--fluxc LABEL JSON OUTPUT` is one fluxc artifact's `fluxc run --json`
 report and output file. LABEL is `bf16`, `fp8-tensor` or `fp8-row`; each
 is judged against its peer of the same precision from make_reference.py:
 diffusers eager bf16 for bf16 (error ratio ≤ 1.5), torchao's fp8 of the same
-granularity for fp8 (≤ 1.2), when that peer ran.
+granularity for fp8 (≤ 1.2), when that peer ran. Rows for the torch.compile
+peers (torch_compile.py) and the library floors (floors.py) are added when
+their outputs are in --dir, and each fluxc variant is compared with the
+torch.compile peer of its precision.
 """
 
 import argparse
@@ -28,6 +31,10 @@ PEERS = {
                    "torchao 0.18 fp8 per tensor (eager)", 1.2),
     "fp8-row": ("torchao_fp8_row.safetensors", "torchao_fp8_row", "torchao 0.18 fp8 per row (eager)", 1.2),
 }
+
+
+# fluxc label -> torch.compile peer of the same precision
+COMPILED = {"bf16": "torch_compile_bf16", "fp8-tensor": "torch_compile_fp8_tensor", "fp8-row": "torch_compile_fp8_row"}
 
 
 def rel_l2(x, ref):
@@ -54,6 +61,21 @@ def main():
             peer_errors[label] = rel_l2(load_file(a.dir / file)["sample"], ref)
             rows.append({"system": name, "median_ms": t["median_ms"], "min_ms": t["min_ms"], "max_ms": t["max_ms"],
                          "rel_l2_vs_fp32": peer_errors[label], "host_us_per_launch": None})
+    for key in COMPILED.values():
+        if (a.dir / f"{key}.safetensors").exists() and key in timings:
+            t = timings[key]
+            peer_errors[key] = rel_l2(load_file(a.dir / f"{key}.safetensors")["sample"], ref)
+            rows.append({"system": f"torch.compile {key[len('torch_compile_'):].replace('_', ' ')} ({t['recipe']})",
+                         "median_ms": t["median_ms"], "min_ms": t["min_ms"], "max_ms": t["max_ms"],
+                         "rel_l2_vs_fp32": peer_errors[key], "host_us_per_launch": None,
+                         "compile_s": t["compile_s"]})
+    floors = None
+    if (a.dir / "floors.json").exists():
+        floors = json.loads((a.dir / "floors.json").read_text())
+        for name, key in (("bf16", "floor_bf16_ms"), ("fp8 row", "floor_fp8_row_ms")):
+            rows.append({"system": f"library floor {name}: cuBLAS GEMMs + cuDNN attention, each alone, summed",
+                         "median_ms": floors[key], "min_ms": None, "max_ms": None, "rel_l2_vs_fp32": None,
+                         "host_us_per_launch": None})
     checks, fluxc_runs = [], {}
     eager = timings["eager_bf16"]["median_ms"]
     for label, json_path, output in a.fluxc:
@@ -66,6 +88,9 @@ def main():
                      "host_us_per_launch": run["launch_us"]["median"]})
         check = {"fluxc": label, "median_ms": median, "speedup_vs_diffusers_eager": eager / median,
                  "rel_l2_vs_fp32": error}
+        compiled = COMPILED.get(label)
+        if compiled in timings and (a.dir / f"{compiled}.safetensors").exists():
+            check.update(speedup_vs_torch_compile=timings[compiled]["median_ms"] / median)
         if label in PEERS and label in peer_errors:
             _, _, peer, bound = PEERS[label]
             check.update(peer=peer, peer_rel_l2=peer_errors[label], error_ratio=error / peer_errors[label],
@@ -80,6 +105,7 @@ def main():
         "versions": timings["versions"],
         "rows": rows,
         "checks": checks,
+        "floors": floors,
         "fluxc": fluxc_runs,
     }
     a.out.mkdir(parents=True, exist_ok=True)
@@ -91,16 +117,22 @@ def main():
         "",
         f"Command: `{a.command}`",
         "",
-        "| system | median ms | min ms | max ms | rel. L2 vs fp32 | host µs / launch |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| system | median ms | min ms | max ms | rel. L2 vs fp32 | host µs / launch | compile s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+
+    def cell(v, fmt):
+        return "—" if v is None else format(v, fmt)
+
     for r in rows:
-        host = f"{r['host_us_per_launch']:.1f}" if r["host_us_per_launch"] is not None else "—"
-        lines.append(f"| {r['system']} | {r['median_ms']:.2f} | {r['min_ms']:.2f} | {r['max_ms']:.2f} "
-                     f"| {r['rel_l2_vs_fp32']:.3e} | {host} |")
+        lines.append(f"| {r['system']} | {r['median_ms']:.2f} | {cell(r['min_ms'], '.2f')} | {cell(r['max_ms'], '.2f')} "
+                     f"| {cell(r['rel_l2_vs_fp32'], '.3e')} | {cell(r['host_us_per_launch'], '.1f')} "
+                     f"| {cell(r.get('compile_s'), '.0f')} |")
     lines.append("")
     for c in checks:
         line = f"- fluxc {c['fluxc']}: {c['speedup_vs_diffusers_eager']:.2f}× diffusers eager bf16"
+        if "speedup_vs_torch_compile" in c:
+            line += f", {c['speedup_vs_torch_compile']:.2f}× torch.compile of the same precision"
         if "peer" in c:
             verdict = "within" if c["within_bound"] else "NOT within"
             line += (f"; error / {c['peer']}'s = {c['error_ratio']:.3f} ({verdict} the bound "

@@ -5,12 +5,16 @@
 #   .dev/bin/fluxc        the CLI
 #   .dev/bin/gpu-tests    the GPU test binary (tests/gpu.rs)
 #   .dev/bin/gpu-fp8-tests  the runtime's fp8 GPU tests (crates/runtime/tests/gpu_fp8.rs)
-#   .dev/art/schnell-$TEXT_TOKENS-$variant
-#                         FLUX.1-schnell at 1024² with TEXT_TOKENS text
-#                         tokens, for each variant: bf16, fp8-tensor, fp8-row
+#   .dev/art/$MODEL-${HEIGHT}x$WIDTH-t$TEXT_TOKENS-$variant
+#                         FLUX.1-$MODEL (schnell or dev) at HEIGHT×WIDTH
+#                         (default 1024×1024) with TEXT_TOKENS text tokens,
+#                         for each variant: bf16, fp8-tensor, fp8-row
 #
 # Then carry .dev and the diffusers wheels (.whl) to the GPU machine.
 set -euo pipefail
+MODEL=${MODEL:-schnell}
+HEIGHT=${HEIGHT:-1024}
+WIDTH=${WIDTH:-1024}
 TEXT_TOKENS=${TEXT_TOKENS:-512}
 VARIANTS=${VARIANTS:-bf16 fp8-tensor fp8-row}
 mkdir -p .dev/bin .dev/art .dev/models
@@ -28,10 +32,11 @@ for variant in $VARIANTS; do
         fp8-row) fp8=dynamic-row ;;
         *) echo "unknown variant $variant" >&2; exit 2 ;;
     esac
-    model=.dev/models/schnell-$TEXT_TOKENS-$variant.toml
-    sed "s/^text_tokens = .*/text_tokens = $TEXT_TOKENS/" models/flux-schnell.toml > "$model"
-    printf '\n[passes]\nfp8 = "%s"\n' "$fp8" >> "$model"
-    rm -rf ".dev/art/schnell-$TEXT_TOKENS-$variant"
-    .dev/bin/fluxc compile "$model" -o ".dev/art/schnell-$TEXT_TOKENS-$variant"
+    name=$MODEL-${HEIGHT}x$WIDTH-t$TEXT_TOKENS-$variant
+    sed -e "s/^text_tokens = .*/text_tokens = $TEXT_TOKENS/" -e "s/^height = .*/height = $HEIGHT/" \
+        -e "s/^width = .*/width = $WIDTH/" "models/flux-$MODEL.toml" > ".dev/models/$name.toml"
+    printf '\n[passes]\nfp8 = "%s"\n' "$fp8" >> ".dev/models/$name.toml"
+    rm -rf ".dev/art/$name"
+    .dev/bin/fluxc compile ".dev/models/$name.toml" -o ".dev/art/$name"
 done
 du -sh .dev

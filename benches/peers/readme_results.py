@@ -33,7 +33,8 @@ def table(report, report_path, readme_dir):
         "| --- | ---: | ---: |",
     ]
     for row in sorted(report["rows"], key=lambda r: -r["median_ms"]):
-        lines.append(f"| {row['system']} | {row['median_ms']:.2f} | {row['rel_l2_vs_fp32']:.3e} |")
+        error = "—" if row["rel_l2_vs_fp32"] is None else f"{row['rel_l2_vs_fp32']:.3e}"
+        lines.append(f"| {row['system']} | {row['median_ms']:.2f} | {error} |")
     return lines
 
 

@@ -6,19 +6,27 @@
 # with STEPS="tests forward"):
 #   tests    the GPU tests (every kernel kind vs the interpreter, tiny models
 #            vs diffusers, fp8 vs the interpreter's fp8)
-#   forward  full FLUX.1-schnell at 1024² with TEXT_TOKENS text tokens: random
+#   forward  full FLUX.1-$MODEL at HEIGHT×WIDTH (default schnell, 1024×1024)
+#            with TEXT_TOKENS text tokens (the same settings as prepare.sh): random
 #            weights saved by diffusers, fp32 reference, diffusers eager bf16
-#            and (TORCHAO=1) torchao fp8 per tensor and per row, then
-#            `fluxc run` of every variant in VARIANTS (timing, per-step
-#            profile) and the comparison report
+#            and (TORCHAO=1) torchao fp8 per tensor and per row; (FLOORS=1)
+#            the library floors; the torch.compile peers listed in
+#            TORCH_COMPILE (any of bf16, tensor, row; each compiles for
+#            minutes); then `fluxc run` of every variant in VARIANTS (timing,
+#            per-step profile) and the comparison report
 # Reports go to $OUT (default ./out), every log packed in $OUT/logs.tar.gz.
 set -euo pipefail
 OUT=${OUT:-out}
 STEPS=${STEPS:-tests forward}
 WORK=${WORK:-/tmp/fluxc-forward}
+MODEL=${MODEL:-schnell}
+HEIGHT=${HEIGHT:-1024}
+WIDTH=${WIDTH:-1024}
 TEXT_TOKENS=${TEXT_TOKENS:-512}
 VARIANTS=${VARIANTS:-bf16 fp8-tensor fp8-row}
 TORCHAO=${TORCHAO:-1}
+FLOORS=${FLOORS:-1}
+TORCH_COMPILE=${TORCH_COMPILE:-}
 mkdir -p "$OUT"
 
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
@@ -38,11 +46,24 @@ if [[ " $STEPS " == *" forward "* ]]; then
     export PYTHONPATH=/tmp/site
     torchao=()
     [[ "$TORCHAO" == 1 ]] && torchao=(--torchao)
-    python3 benches/peers/make_reference.py --variant schnell --text-tokens "$TEXT_TOKENS" \
+    python3 benches/peers/make_reference.py --variant "$MODEL" --height "$HEIGHT" --width "$WIDTH" \
+        --text-tokens "$TEXT_TOKENS" \
         "${torchao[@]}" --out "$WORK" 2>&1 | tee "$OUT/reference.log"
+    if [[ "$FLOORS" == 1 ]]; then
+        guidance=()
+        [[ "$MODEL" == dev ]] && guidance=(--guidance)
+        python3 benches/peers/floors.py --dir "$WORK" --height "$HEIGHT" --width "$WIDTH" \
+            --text-tokens "$TEXT_TOKENS" "${guidance[@]}" 2>&1 \
+            | tee "$OUT/floors.log" || status=1
+    fi
+    for fp8 in $TORCH_COMPILE; do
+        [[ "$fp8" == bf16 ]] && fp8=off
+        python3 benches/peers/torch_compile.py --dir "$WORK" --fp8 "$fp8" 2>&1 \
+            | tee "$OUT/torch_compile_$fp8.log" || status=1
+    done
     compared=()
     for variant in $VARIANTS; do
-        if .dev/bin/fluxc run ".dev/art/schnell-$TEXT_TOKENS-$variant" --weights "$WORK/checkpoint" \
+        if .dev/bin/fluxc run ".dev/art/$MODEL-${HEIGHT}x$WIDTH-t$TEXT_TOKENS-$variant" --weights "$WORK/checkpoint" \
             --inputs "$WORK/io.safetensors" --output "$WORK/fluxc_$variant.safetensors" \
             --replays 30 --warmup 5 --profile --json "$OUT/fluxc_$variant.json" \
             2>&1 | tee "$OUT/fluxc_run_$variant.log"; then
@@ -53,7 +74,8 @@ if [[ " $STEPS " == *" forward "* ]]; then
     done
     if (( ${#compared[@]} )); then
         python3 benches/peers/compare.py --dir "$WORK" "${compared[@]}" --commit "${COMMIT:-unknown}" \
-            --command "benches/peers/run_h200.sh" --name "forward_schnell_1024_t$TEXT_TOKENS" --out "$OUT"
+            --command "MODEL=$MODEL HEIGHT=$HEIGHT WIDTH=$WIDTH TEXT_TOKENS=$TEXT_TOKENS VARIANTS='$VARIANTS' TORCHAO=$TORCHAO FLOORS=$FLOORS TORCH_COMPILE='$TORCH_COMPILE' benches/peers/run_h200.sh" \
+            --name "forward_${MODEL}_${HEIGHT}x${WIDTH}_t$TEXT_TOKENS" --out "$OUT"
     fi
 fi
 # The device returns only a few files: keep the reports, pack the logs.
