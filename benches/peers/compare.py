@@ -24,17 +24,22 @@ import pathlib
 
 from safetensors.torch import load_file
 
-# label -> (peer output file, peer timing key, peer name, acceptance ratio)
+# peer -> (output file, timing key in diffusers.json, name, acceptance ratio of
+# a fluxc variant's error to this peer's)
 PEERS = {
-    "bf16": ("diffusers_bf16.safetensors", "eager_bf16", "diffusers 0.42.1 eager bf16", 1.5),
-    "fp8-tensor": ("torchao_fp8_tensor.safetensors", "torchao_fp8_tensor",
-                   "torchao 0.18 fp8 per tensor (eager)", 1.2),
-    "fp8-row": ("torchao_fp8_row.safetensors", "torchao_fp8_row", "torchao 0.18 fp8 per row (eager)", 1.2),
+    "diffusers_bf16": ("diffusers_bf16.safetensors", "eager_bf16", "diffusers 0.42.1 eager bf16", 1.5),
+    "torchao_fp8_tensor": ("torchao_fp8_tensor.safetensors", "torchao_fp8_tensor",
+                           "torchao 0.18 fp8 per tensor (eager)", 1.2),
+    "torchao_fp8_row": ("torchao_fp8_row.safetensors", "torchao_fp8_row", "torchao 0.18 fp8 per row (eager)", 1.2),
 }
 
+# fluxc label -> the peer its error is judged against
+QUALITY_PEER = {"bf16": "diffusers_bf16", "fp8-tensor": "torchao_fp8_tensor", "fp8-row": "torchao_fp8_row",
+                "fp8-tensor-fast": "torchao_fp8_tensor", "fp8-row-fast": "torchao_fp8_row"}
 
 # fluxc label -> torch.compile peer of the same precision
-COMPILED = {"bf16": "torch_compile_bf16", "fp8-tensor": "torch_compile_fp8_tensor", "fp8-row": "torch_compile_fp8_row"}
+COMPILED = {"bf16": "torch_compile_bf16", "fp8-tensor": "torch_compile_fp8_tensor", "fp8-row": "torch_compile_fp8_row",
+            "fp8-tensor-fast": "torch_compile_fp8_tensor", "fp8-row-fast": "torch_compile_fp8_row"}
 
 
 def rel_l2(x, ref):
@@ -55,13 +60,13 @@ def main():
     ref = load_file(a.dir / "ref_fp32.safetensors")["sample"]
     timings = json.loads((a.dir / "diffusers.json").read_text())
     rows, peer_errors = [], {}
-    for label, (file, key, name, _) in PEERS.items():
+    for peer_key, (file, key, name, _) in PEERS.items():
         if (a.dir / file).exists() and key in timings:
             t = timings[key]
-            peer_errors[label] = rel_l2(load_file(a.dir / file)["sample"], ref)
+            peer_errors[peer_key] = rel_l2(load_file(a.dir / file)["sample"], ref)
             rows.append({"system": name, "median_ms": t["median_ms"], "min_ms": t["min_ms"], "max_ms": t["max_ms"],
-                         "rel_l2_vs_fp32": peer_errors[label], "host_us_per_launch": None})
-    for key in COMPILED.values():
+                         "rel_l2_vs_fp32": peer_errors[peer_key], "host_us_per_launch": None})
+    for key in dict.fromkeys(COMPILED.values()):
         if (a.dir / f"{key}.safetensors").exists() and key in timings:
             t = timings[key]
             peer_errors[key] = rel_l2(load_file(a.dir / f"{key}.safetensors")["sample"], ref)
@@ -91,10 +96,12 @@ def main():
         compiled = COMPILED.get(label)
         if compiled in timings and (a.dir / f"{compiled}.safetensors").exists():
             check.update(speedup_vs_torch_compile=timings[compiled]["median_ms"] / median)
-        if label in PEERS and label in peer_errors:
-            _, _, peer, bound = PEERS[label]
-            check.update(peer=peer, peer_rel_l2=peer_errors[label], error_ratio=error / peer_errors[label],
-                         bound=bound, within_bound=error / peer_errors[label] <= bound)
+        peer_key = QUALITY_PEER.get(label)
+        if peer_key in peer_errors:
+            _, _, peer, bound = PEERS[peer_key]
+            ratio = error / peer_errors[peer_key]
+            check.update(peer=peer, peer_rel_l2=peer_errors[peer_key], error_ratio=ratio, bound=bound,
+                         within_bound=ratio <= bound)
         checks.append(check)
 
     report = {

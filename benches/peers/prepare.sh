@@ -8,7 +8,8 @@
 #   .dev/art/$MODEL-${HEIGHT}x$WIDTH-t$TEXT_TOKENS-$variant
 #                         FLUX.1-$MODEL (schnell or dev) at HEIGHT×WIDTH
 #                         (default 1024×1024) with TEXT_TOKENS text tokens,
-#                         for each variant: bf16, fp8-tensor, fp8-row
+#                         for each variant: bf16, fp8-tensor, fp8-row (and
+#                         fp8-row-fast, fp8-tensor-fast: fast fp8 accumulation)
 #
 # Then carry .dev and the diffusers wheels (.whl) to the GPU machine.
 set -euo pipefail
@@ -26,16 +27,19 @@ test_bin=$(cargo test --release -p fluxc-runtime --test gpu_fp8 --no-run 2>&1 | 
 cp "$test_bin" .dev/bin/gpu-fp8-tests
 strip .dev/bin/fluxc .dev/bin/gpu-tests .dev/bin/gpu-fp8-tests
 for variant in $VARIANTS; do
+    extra=
     case $variant in
         bf16) fp8=off ;;
         fp8-tensor) fp8=dynamic-tensor ;;
         fp8-row) fp8=dynamic-row ;;
+        fp8-row-fast) fp8=dynamic-row; extra='fp8_fast_accumulation = true' ;;
+        fp8-tensor-fast) fp8=dynamic-tensor; extra='fp8_fast_accumulation = true' ;;
         *) echo "unknown variant $variant" >&2; exit 2 ;;
     esac
     name=$MODEL-${HEIGHT}x$WIDTH-t$TEXT_TOKENS-$variant
     sed -e "s/^text_tokens = .*/text_tokens = $TEXT_TOKENS/" -e "s/^height = .*/height = $HEIGHT/" \
         -e "s/^width = .*/width = $WIDTH/" "models/flux-$MODEL.toml" > ".dev/models/$name.toml"
-    printf '\n[passes]\nfp8 = "%s"\n' "$fp8" >> ".dev/models/$name.toml"
+    printf '\n[passes]\nfp8 = "%s"\n%s\n' "$fp8" "$extra" >> ".dev/models/$name.toml"
     rm -rf ".dev/art/$name"
     .dev/bin/fluxc compile ".dev/models/$name.toml" -o ".dev/art/$name"
 done

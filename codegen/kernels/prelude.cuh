@@ -38,6 +38,20 @@ FX_DEVICE float fx_gelu_tanh(float x) {
     return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
 }
 
+// The hardware tanh (one SFU instruction, absolute error about 2^-11), used
+// for values the IR types as bf16 or f16: for bf16 its error is below the
+// value's own rounding (half an ulp is 2^-9 relative); for f16 (2^-12) it is
+// not, a trade the GELU of an f16 model can afford. f32 values keep tanhf.
+FX_DEVICE float fx_tanh_approx(float x) {
+    float y;
+    asm("tanh.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+FX_DEVICE float fx_gelu_tanh_approx(float x) {
+    const float k = 0.7978845608028654f;  // sqrt(2 / pi)
+    return 0.5f * x * (1.0f + fx_tanh_approx(k * (x + 0.044715f * x * x * x)));
+}
+
 // Sum over the `width` consecutive lanes of a warp that share a row
 // (width is a power of two, at most 32).
 FX_DEVICE float fx_group_sum(float v, int width) {

@@ -400,7 +400,7 @@ impl<'g> Emitter<'g> {
         let expr = match &node.op {
             Op::Unary(u) => {
                 let a = self.value(operands[0], index)?;
-                unary(*u, &a)
+                unary(*u, &a, node.ty.dtype)
             }
             Op::Binary(b) => {
                 let ia = self.broadcast(index, &out_dims, operands[0]);
@@ -632,7 +632,10 @@ fn is_simple(expr: &str) -> bool {
     expr.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-fn unary(op: UnaryOp, a: &str) -> String {
+/// `op` of `a`, for a value typed `dtype`: tanh-based ops of 16-bit values
+/// use the hardware tanh, whose error is below their rounding.
+fn unary(op: UnaryOp, a: &str, dtype: DType) -> String {
+    let half = matches!(dtype, DType::BF16 | DType::F16);
     match op {
         UnaryOp::Neg => format!("-{a}"),
         UnaryOp::Abs => format!("fabsf({a})"),
@@ -644,9 +647,11 @@ fn unary(op: UnaryOp, a: &str) -> String {
         UnaryOp::Square => format!("{a} * {a}"),
         UnaryOp::Sin => format!("sinf({a})"),
         UnaryOp::Cos => format!("cosf({a})"),
+        UnaryOp::Tanh if half => format!("fx_tanh_approx({a})"),
         UnaryOp::Tanh => format!("tanhf({a})"),
         UnaryOp::Sigmoid => format!("fx_sigmoid({a})"),
         UnaryOp::Silu => format!("fx_silu({a})"),
+        UnaryOp::GeluTanh if half => format!("fx_gelu_tanh_approx({a})"),
         UnaryOp::GeluTanh => format!("fx_gelu_tanh({a})"),
     }
 }

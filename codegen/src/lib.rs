@@ -234,6 +234,7 @@ pub fn generate(optimized: &Optimized, opts: &CodegenOptions) -> Result<Generate
                     a: tensor(sc.w),
                     b: tensor(sc.x),
                 }),
+                fast_accumulation: scales.is_some() && optimized.fp8_fast_accumulation,
                 algo: None,
             }),
             PendingStep::Attention {

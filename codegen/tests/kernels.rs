@@ -347,3 +347,45 @@ fn dump_fp8_mini_block() {
     println!("{}", &g.kernels_cu[start..]);
     println!("{}", g.fusion_txt);
 }
+
+#[test]
+fn fast_accumulation_is_recorded_on_fp8_gemms_only() {
+    let options = PassOptions {
+        fuse_qkv_min_rows: 1,
+        fp8: Fp8Mode::DynamicRow,
+        fp8_policy: Fp8Policy {
+            include: vec!["*".into()],
+            exclude: Vec::new(),
+        },
+        fp8_fast_accumulation: true,
+        ..PassOptions::default()
+    };
+    let optimized = optimize(mini_block(DType::BF16), &options).unwrap();
+    let opts = CodegenOptions {
+        model_name: "mini".into(),
+        layouts: Vec::new(),
+        reuse_memory: true,
+    };
+    let g = generate(&optimized, &opts).unwrap();
+    let gemms: Vec<&fluxc_artifact::Gemm> = g
+        .schedule
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Gemm(gemm) => Some(gemm),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(gemms.len(), 5);
+    assert!(gemms
+        .iter()
+        .all(|g| g.scales.is_some() && g.fast_accumulation));
+    // Without the option (and in bf16 GEMMs) it is never set.
+    let plain = generated_fp8(mini_block(DType::BF16), Fp8Mode::DynamicRow);
+    let bf16 = generated(mini_block(DType::BF16), true);
+    for s in plain.schedule.steps.iter().chain(&bf16.schedule.steps) {
+        if let Step::Gemm(g) = s {
+            assert!(!g.fast_accumulation, "{}", g.name);
+        }
+    }
+}

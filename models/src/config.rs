@@ -70,6 +70,8 @@ pub struct PassesConfig {
     pub fp8_include: Option<Vec<String>>,
     /// Scope globs never quantized (default: the modulation linears).
     pub fp8_exclude: Option<Vec<String>>,
+    /// Fast fp8 accumulation in the fp8 GEMMs (torchao's default).
+    pub fp8_fast_accumulation: bool,
 }
 
 /// `[passes] fp8`.
@@ -103,6 +105,7 @@ impl PassesConfig {
             fp8: Fp8Setting::Off,
             fp8_include: None,
             fp8_exclude: None,
+            fp8_fast_accumulation: o.fp8_fast_accumulation,
         }
     }
 
@@ -125,6 +128,7 @@ impl PassesConfig {
                 include: self.fp8_include.clone().unwrap_or(default_policy.include),
                 exclude: self.fp8_exclude.clone().unwrap_or(default_policy.exclude),
             },
+            fp8_fast_accumulation: self.fp8_fast_accumulation,
         }
     }
 }

@@ -65,6 +65,10 @@ pub struct PassOptions {
     pub fp8: Fp8Mode,
     /// Which linears fp8 applies to.
     pub fp8_policy: Fp8Policy,
+    /// Let fp8 GEMMs accumulate with Hopper's fast (less often promoted)
+    /// fp8 accumulation, as torchao does by default. Not a graph rewrite:
+    /// codegen records it on every fp8 GEMM.
+    pub fp8_fast_accumulation: bool,
 }
 
 impl Default for PassOptions {
@@ -78,6 +82,7 @@ impl Default for PassOptions {
             epilogue_fusion: true,
             fp8: Fp8Mode::Off,
             fp8_policy: Fp8Policy::default(),
+            fp8_fast_accumulation: false,
         }
     }
 }

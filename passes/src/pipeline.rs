@@ -113,6 +113,8 @@ pub struct Optimized {
     pub fusion: FusionPlan,
     /// One line per step saying what it did.
     pub log: Vec<String>,
+    /// [`PassOptions::fp8_fast_accumulation`], for codegen.
+    pub fp8_fast_accumulation: bool,
 }
 
 /// Runs the whole pipeline on `graph`.
@@ -210,6 +212,7 @@ fn run(
             weights,
             fusion,
             log,
+            fp8_fast_accumulation: opts.fp8_fast_accumulation,
         },
         dump,
     ))

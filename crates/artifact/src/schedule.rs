@@ -99,6 +99,10 @@ fn is_zero(v: &u64) -> bool {
     *v == 0
 }
 
+fn is_false(v: &bool) -> bool {
+    !*v
+}
+
 impl Tensor {
     /// The start of `buffer`.
     pub fn of(buffer: BufferId) -> Tensor {
@@ -224,6 +228,10 @@ pub struct Gemm {
     /// The dequantization scales of an fp8 GEMM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scales: Option<GemmScales>,
+    /// Hopper's fast fp8 accumulation (cuBLASLt's `FAST_ACCUM`: partial
+    /// sums are promoted to f32 less often), for fp8 GEMMs only.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub fast_accumulation: bool,
     /// The algorithm to run, as cuBLASLt's opaque `cublasLtMatmulAlgo_t`
     /// (eight 64-bit words), when the compiler chose one; `None` means the
     /// runtime takes cuBLASLt's top heuristic.

@@ -240,6 +240,8 @@ fn check_gemm(schedule: &Schedule, g: &Gemm) -> Result<(), String> {
     }
     if is_fp8(g.dtype) {
         check_fp8_layout(g)?;
+    } else if g.fast_accumulation {
+        return Err("fast accumulation is for fp8 GEMMs only".into());
     }
     let (a_rows, a_cols) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
     let (b_rows, b_cols) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
@@ -469,6 +471,7 @@ mod tests {
             epilogue: GemmEpilogue::Bias,
             d_dtype: None,
             scales: None,
+            fast_accumulation: false,
             algo: None,
         }
     }
@@ -637,6 +640,17 @@ mod tests {
             ..fp8_linear()
         };
         check_step(&s, 0, &Step::Gemm(no_bias)).unwrap();
+        let fast = Gemm {
+            fast_accumulation: true,
+            ..fp8_linear()
+        };
+        check_step(&s, 0, &Step::Gemm(fast)).unwrap();
+        let bf16_fast = Gemm {
+            fast_accumulation: true,
+            ..linear()
+        };
+        let e = check_step(&s, 0, &Step::Gemm(bf16_fast)).unwrap_err();
+        assert!(e.to_string().contains("fp8 GEMMs only"), "{e}");
         let m = describe_step(&Step::Gemm(fp8_linear()));
         assert!(
             m.contains("F8e4m3 → Bf16") && m.contains("OUTER_VEC_32F"),

@@ -92,6 +92,7 @@ fn schedule() -> Schedule {
             },
             d_dtype: Some(Bf16),
             scales: Some(scales),
+            fast_accumulation: false,
             algo: None,
         })
     };

@@ -99,6 +99,7 @@ fn schedule() -> Schedule {
                 epilogue: GemmEpilogue::Bias,
                 d_dtype: None,
                 scales: None,
+                fast_accumulation: false,
                 algo: None,
             }),
             Step::Launch(Launch {
