@@ -93,10 +93,11 @@ def main():
                      "host_us_per_launch": run["launch_us"]["median"]})
         check = {"fluxc": label, "median_ms": median, "speedup_vs_diffusers_eager": eager / median,
                  "rel_l2_vs_fp32": error}
-        compiled = COMPILED.get(label)
+        base = label.removesuffix("-tuned")
+        compiled = COMPILED.get(base)
         if compiled in timings and (a.dir / f"{compiled}.safetensors").exists():
             check.update(speedup_vs_torch_compile=timings[compiled]["median_ms"] / median)
-        peer_key = QUALITY_PEER.get(label)
+        peer_key = QUALITY_PEER.get(base)
         if peer_key in peer_errors:
             _, _, peer, bound = PEERS[peer_key]
             ratio = error / peer_errors[peer_key]

@@ -13,7 +13,9 @@
 #            the library floors; the torch.compile peers listed in
 #            TORCH_COMPILE (any of bf16, tensor, row; each compiles for
 #            minutes); then `fluxc run` of every variant in VARIANTS (timing,
-#            per-step profile) and the comparison report
+#            per-step profile; a variant named `<variant>-tuned` is a copy of
+#            <variant> whose GEMM algorithms `fluxc tune` chose first) and
+#            the comparison report
 # Reports go to $OUT (default ./out), every log packed in $OUT/logs.tar.gz.
 set -euo pipefail
 OUT=${OUT:-out}
@@ -63,7 +65,16 @@ if [[ " $STEPS " == *" forward "* ]]; then
     done
     compared=()
     for variant in $VARIANTS; do
-        if .dev/bin/fluxc run ".dev/art/$MODEL-${HEIGHT}x$WIDTH-t$TEXT_TOKENS-$variant" --weights "$WORK/checkpoint" \
+        artifact=".dev/art/$MODEL-${HEIGHT}x$WIDTH-t$TEXT_TOKENS-$variant"
+        if [[ "$variant" == *-tuned ]]; then
+            # A copy of the untuned artifact, GEMM algorithms tuned here.
+            untuned=".dev/art/$MODEL-${HEIGHT}x$WIDTH-t$TEXT_TOKENS-${variant%-tuned}"
+            artifact="/tmp/fluxc-art-$variant"
+            rm -rf "$artifact" && cp -r "$untuned" "$artifact"
+            .dev/bin/fluxc tune "$artifact" --report --cache "$OUT/tuning.json" 2>&1 \
+                | tee "$OUT/tune_$variant.log" || { status=1; continue; }
+        fi
+        if .dev/bin/fluxc run "$artifact" --weights "$WORK/checkpoint" \
             --inputs "$WORK/io.safetensors" --output "$WORK/fluxc_$variant.safetensors" \
             --replays 30 --warmup 5 --profile --json "$OUT/fluxc_$variant.json" \
             2>&1 | tee "$OUT/fluxc_run_$variant.log"; then

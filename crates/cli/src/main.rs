@@ -7,6 +7,7 @@
 mod check;
 mod compile;
 mod run;
+mod tune;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -76,6 +77,24 @@ enum Command {
         #[arg(long)]
         profile: bool,
     },
+    /// Time cuBLASLt's candidate algorithms for every GEMM of an artifact on
+    /// this machine's GPU and record the fastest in the artifact.
+    Tune {
+        /// The artifact directory (written by `fluxc compile -o`).
+        artifact: PathBuf,
+        /// Heuristic candidates timed per GEMM.
+        #[arg(long, default_value_t = 8)]
+        candidates: usize,
+        /// Add the measurements to this tuning cache (tuning.json).
+        #[arg(long, value_name = "FILE")]
+        cache: Option<PathBuf>,
+        /// Print every GEMM's default and tuned time.
+        #[arg(long)]
+        report: bool,
+        /// Measure only; leave the artifact unchanged.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -113,6 +132,19 @@ fn main() -> ExitCode {
             eager,
             json: json.as_deref(),
             profile,
+        }),
+        Command::Tune {
+            artifact,
+            candidates,
+            cache,
+            report,
+            dry_run,
+        } => tune::run(&tune::TuneArgs {
+            artifact: &artifact,
+            candidates,
+            cache: cache.as_deref(),
+            report,
+            dry_run,
         }),
     };
     match result {

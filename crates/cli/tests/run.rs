@@ -1,6 +1,7 @@
-//! `fluxc run` without a GPU: artifact and input problems are reported
-//! before CUDA is touched, and a machine without CUDA gets an error saying
-//! so (never a panic). Running on the GPU is exercised on the H200.
+//! `fluxc run` and `fluxc tune` without a GPU: artifact, input and cache
+//! problems are reported before CUDA is touched, and a machine without CUDA
+//! gets an error saying so (never a panic), with the artifact unchanged.
+//! Running on the GPU is exercised on the H200.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -126,9 +127,14 @@ fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
 
 /// Runs `fluxc run` with `args`, expecting exit code 1; returns stderr.
 fn run_fails(args: &[&std::ffi::OsStr]) -> String {
+    fails("run", args)
+}
+
+/// Runs `fluxc <command>` with `args`, expecting exit code 1; returns stderr.
+fn fails(command: &str, args: &[&std::ffi::OsStr]) -> String {
     let out = Command::cargo_bin("fluxc")
         .unwrap()
-        .arg("run")
+        .arg(command)
         .args(args)
         .assert()
         .failure()
@@ -194,4 +200,37 @@ fn without_cuda_the_error_says_so() {
         "5".as_ref(),
     ]);
     assert!(stderr.contains("CUDA is not available"), "{stderr}");
+}
+
+#[test]
+fn tune_without_cuda_says_so_and_leaves_the_artifact() {
+    if fluxc_runtime::cuda::driver_library_present() {
+        println!(
+            "SKIP tune_without_cuda_says_so_and_leaves_the_artifact: a CUDA driver is present"
+        );
+        return;
+    }
+    let (_tmp, artifact, _) = setup();
+    let before = std::fs::read(artifact.join(files::SCHEDULE)).unwrap();
+    let stderr = fails("tune", &[artifact.as_os_str()]);
+    assert!(stderr.contains("CUDA is not available"), "{stderr}");
+    assert_eq!(
+        std::fs::read(artifact.join(files::SCHEDULE)).unwrap(),
+        before
+    );
+}
+
+#[test]
+fn tune_names_a_broken_cache_before_measuring() {
+    let (tmp, artifact, _) = setup();
+    let cache = tmp.path().join("tuning.json");
+    std::fs::write(&cache, "{ not json").unwrap();
+    let stderr = fails(
+        "tune",
+        &[artifact.as_os_str(), "--cache".as_ref(), cache.as_os_str()],
+    );
+    assert!(
+        stderr.contains("tuning.json") && stderr.contains("not valid"),
+        "{stderr}"
+    );
 }

@@ -222,16 +222,21 @@ pub(crate) struct GemmPlan {
     beta: f32,
 }
 
-impl GemmPlan {
-    /// Builds the descriptors of `g` (already checked by
-    /// `plan::check_step`) and picks its algorithm; errors are reasons, in
-    /// words, for [`RuntimeError::Step`].
-    pub fn new(
-        handle: &BlasHandle,
-        g: &Gemm,
-        addrs: GemmAddrs,
-        workspace_limit: usize,
-    ) -> Result<Self, String> {
+/// The descriptors of one matmul: operation and the three layouts.
+#[derive(Debug)]
+struct Descriptors {
+    desc: MatmulDesc,
+    a_layout: MatrixLayout,
+    b_layout: MatrixLayout,
+    d_layout: MatrixLayout,
+    /// What kind of GEMM this is, for error messages (empty for plain ones).
+    kind: String,
+}
+
+impl Descriptors {
+    /// The descriptors of `g` (already checked by `plan::check_step`) over
+    /// `addrs`.
+    fn new(g: &Gemm, addrs: GemmAddrs) -> Result<Self, String> {
         let ab_type =
             cuda_type(g.dtype).ok_or_else(|| format!("{:?} GEMMs are not supported", g.dtype))?;
         let d_elem = g.d_dtype.unwrap_or(g.dtype);
@@ -282,51 +287,135 @@ impl GemmPlan {
             ),
             None => String::new(),
         };
+        Ok(Descriptors {
+            desc,
+            a_layout,
+            b_layout,
+            d_layout,
+            kind,
+        })
+    }
 
+    /// Up to `count` algorithms cuBLASLt's heuristic proposes within
+    /// `workspace_limit` bytes of workspace, best first.
+    fn heuristic(
+        &self,
+        handle: &BlasHandle,
+        workspace_limit: usize,
+        count: usize,
+    ) -> Result<Vec<sys::cublasLtMatmulHeuristicResult_t>, String> {
+        let st = |what: &'static str| move |e: lt::CublasError| format!("{what}: {e}");
+        let pref =
+            MatmulPref::with_workspace(workspace_limit).map_err(st("creating the preference"))?;
+        let count = count.clamp(1, 64);
+        let mut results: Vec<sys::cublasLtMatmulHeuristicResult_t> = (0..count)
+            // SAFETY: a plain C struct of integers and arrays; all-zero is valid.
+            .map(|_| unsafe { std::mem::zeroed() })
+            .collect();
+        let mut returned: i32 = 0;
+        // SAFETY: every descriptor is alive; `results` holds `count`
+        // entries and `returned` is valid for writes.
+        let status = unsafe {
+            sys::cublasLtMatmulAlgoGetHeuristic(
+                handle.raw,
+                self.desc.raw,
+                self.a_layout.raw,
+                self.b_layout.raw,
+                self.d_layout.raw,
+                self.d_layout.raw,
+                pref.raw,
+                count as i32,
+                results.as_mut_ptr(),
+                &mut returned,
+            )
+        };
+        let what = if self.kind.is_empty() {
+            " for it"
+        } else {
+            &self.kind
+        };
+        status
+            .result()
+            .map_err(|e| format!("cuBLASLt has no algorithm{what} (heuristic: {e})"))?;
+        results.truncate(returned.max(0) as usize);
+        results.retain(|r| r.state == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS);
+        if results.is_empty() {
+            return Err(format!("cuBLASLt has no algorithm{what}"));
+        }
+        Ok(results)
+    }
+}
+
+impl Descriptors {
+    /// Checks that the recorded algorithm `words` applies to these
+    /// descriptors; returns it with the workspace it needs.
+    fn check(
+        &self,
+        handle: &BlasHandle,
+        words: [u64; 8],
+    ) -> Result<(sys::cublasLtMatmulAlgo_t, usize), String> {
+        let algo = sys::cublasLtMatmulAlgo_t { data: words };
+        let mut result = std::mem::MaybeUninit::<sys::cublasLtMatmulHeuristicResult_t>::zeroed();
+        // SAFETY: every descriptor is alive; `result` is valid for writes.
+        unsafe {
+            sys::cublasLtMatmulAlgoCheck(
+                handle.raw,
+                self.desc.raw,
+                self.a_layout.raw,
+                self.b_layout.raw,
+                self.d_layout.raw,
+                self.d_layout.raw,
+                &algo,
+                result.as_mut_ptr(),
+            )
+        }
+        .result()
+        .map_err(|e| {
+            format!(
+                "the recorded algorithm does not apply here{}: {e}",
+                self.kind
+            )
+        })?;
+        // SAFETY: written by the successful check.
+        let result = unsafe { result.assume_init() };
+        Ok((algo, result.workspaceSize))
+    }
+}
+
+/// Up to `count` algorithms cuBLASLt's heuristic proposes for `g` over
+/// `addrs`, best first, as the words [`Gemm::algo`] records: the candidates
+/// GEMM tuning times.
+pub(crate) fn heuristic_algos(
+    handle: &BlasHandle,
+    g: &Gemm,
+    addrs: GemmAddrs,
+    workspace_limit: usize,
+    count: usize,
+) -> Result<Vec<[u64; 8]>, String> {
+    let d = Descriptors::new(g, addrs)?;
+    Ok(d.heuristic(handle, workspace_limit, count)?
+        .into_iter()
+        .map(|r| r.algo.data)
+        .collect())
+}
+
+impl GemmPlan {
+    /// Builds the descriptors of `g` (already checked by
+    /// `plan::check_step`) and picks its algorithm: the recorded one
+    /// (checked), else cuBLASLt's top heuristic; errors are reasons, in
+    /// words, for [`RuntimeError::Step`].
+    pub fn new(
+        handle: &BlasHandle,
+        g: &Gemm,
+        addrs: GemmAddrs,
+        workspace_limit: usize,
+    ) -> Result<Self, String> {
+        let d = Descriptors::new(g, addrs)?;
         let (algo, workspace_bytes) = match g.algo {
-            Some(words) => {
-                let algo = sys::cublasLtMatmulAlgo_t { data: words };
-                let mut result =
-                    std::mem::MaybeUninit::<sys::cublasLtMatmulHeuristicResult_t>::zeroed();
-                // SAFETY: every descriptor is alive; `result` is valid for writes.
-                unsafe {
-                    sys::cublasLtMatmulAlgoCheck(
-                        handle.raw,
-                        desc.raw,
-                        a_layout.raw,
-                        b_layout.raw,
-                        d_layout.raw,
-                        d_layout.raw,
-                        &algo,
-                        result.as_mut_ptr(),
-                    )
-                }
-                .result()
-                .map_err(|e| format!("the recorded algorithm does not apply here{kind}: {e}"))?;
-                // SAFETY: written by the successful check.
-                let result = unsafe { result.assume_init() };
-                (algo, result.workspaceSize)
-            }
+            Some(words) => d.check(handle, words)?,
             None => {
-                let pref = MatmulPref::with_workspace(workspace_limit)
-                    .map_err(st("creating the preference"))?;
-                // SAFETY: every descriptor is alive.
-                let h = unsafe {
-                    lt::get_matmul_algo_heuristic(
-                        handle.raw,
-                        desc.raw,
-                        a_layout.raw,
-                        b_layout.raw,
-                        d_layout.raw,
-                        d_layout.raw,
-                        pref.raw,
-                    )
-                }
-                .map_err(|e| {
-                    let what = if kind.is_empty() { " for it" } else { &kind };
-                    format!("cuBLASLt has no algorithm{what} (heuristic: {e})")
-                })?;
-                (h.algo, h.workspaceSize)
+                let best = d.heuristic(handle, workspace_limit, 1)?[0];
+                (best.algo, best.workspaceSize)
             }
         };
         if workspace_bytes > workspace_limit {
@@ -335,10 +424,10 @@ impl GemmPlan {
             ));
         }
         Ok(GemmPlan {
-            desc,
-            a_layout,
-            b_layout,
-            d_layout,
+            desc: d.desc,
+            a_layout: d.a_layout,
+            b_layout: d.b_layout,
+            d_layout: d.d_layout,
             algo,
             addrs,
             alpha: 1.0,

@@ -30,7 +30,8 @@
 //! GPU with the runtime's own `kernels/quantize.cu`), [`convert`] (f32 ↔
 //! buffer dtypes), [`compile`] (NVRTC and the CUBIN cache), [`cuda`]
 //! (library checks and RAII driver handles), `blas` (cuBLASLt, fp8 GEMMs
-//! included), `plan` (device addresses, kernel parameters, extent checks),
+//! included), [`gemm_tuning`] (timing cuBLASLt's candidate algorithms of
+//! every GEMM of a schedule, for `fluxc tune`), `plan` (device addresses, kernel parameters, extent checks),
 //! `engine` ([`Engine`]), `timing` ([`Timing`]), `options` ([`LoadOptions`]),
 //! `error` ([`RuntimeError`]).
 
@@ -41,6 +42,7 @@ pub mod convert;
 pub mod cuda;
 mod engine;
 mod error;
+pub mod gemm_tuning;
 mod options;
 mod plan;
 mod quantize;
