@@ -273,10 +273,10 @@ impl Bench {
         // [-1, 1) finely enough), bf16 ones too.
         let a_n = count(matrix_bytes(a_rows, a_cols, g.lda, g.dtype), g.dtype);
         let b_n = count(matrix_bytes(b_rows, b_cols, g.ldb, g.dtype), g.dtype);
-        let d_n = count(matrix_bytes(g.m, g.n, g.ldd, d_type), d_type);
         let a = self.upload(g.dtype, &pseudo_random(a_n, seed), "operand A")?;
         let b = self.upload(g.dtype, &pseudo_random(b_n, seed + 1), "operand B")?;
-        let d = self.upload(d_type, &vec![0.0; d_n], "operand D")?;
+        let d_bytes = matrix_bytes(g.m, g.n, g.ldd, d_type);
+        let d = DeviceBuffer::zeroed(&self.ctx, self.stream.cu_stream(), d_bytes, "operand D")?;
         let bias = match g.bias {
             Some(t) => {
                 let dtype = schedule.buffers[t.buffer as usize].dtype;
