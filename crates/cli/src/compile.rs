@@ -5,12 +5,14 @@
 //! `fluxc_passes::pipeline::STEPS`). `-o DIR` writes the artifact
 //! (`manifest.json`, `schedule.json`, `kernels.cu`, `graph.txt`,
 //! `fusion.txt`); without it the compile still runs to the end, so errors
-//! show without writing anything. No GPU is needed.
+//! show without writing anything. No GPU is needed. `--tuning-cache FILE`
+//! gives every GEMM the algorithm `fluxc tune` recorded for it in that
+//! cache (the rest keep cuBLASLt's heuristic choice at load time).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use fluxc_artifact::{CheckpointLayout, Step as ScheduleStep, WeightSource};
+use fluxc_artifact::{content_hash, CheckpointLayout, Step as ScheduleStep, WeightSource};
 use fluxc_codegen::{check_output_dir, generate, write_artifact, CodegenOptions, Generated};
 use fluxc_models::checkpoint::{resolve_derived_sources, CheckpointFormat, NameMap};
 use fluxc_models::{build_graph, ModelConfig};
@@ -26,6 +28,8 @@ pub struct CompileArgs<'a> {
     pub dump_after: Option<&'a str>,
     /// Give every buffer its own bytes (debugging: intermediates stay readable).
     pub no_memory_reuse: bool,
+    /// A tuning cache whose GEMM algorithms the schedule takes.
+    pub tuning_cache: Option<&'a Path>,
 }
 
 /// Runs the compile.
@@ -36,6 +40,10 @@ pub fn run(args: &CompileArgs) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(out) = args.out {
         check_output_dir(out)?;
     }
+    let cache = args
+        .tuning_cache
+        .map(fluxc_autotune::cache::load)
+        .transpose()?;
     let cfg = ModelConfig::load(args.model)?;
     let graph = build_graph(&cfg).map_err(|e| {
         format!(
@@ -57,7 +65,7 @@ pub fn run(args: &CompileArgs) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(dump) = dump {
         print!("{dump}");
     }
-    let generated = generate(
+    let mut generated = generate(
         &optimized,
         &CodegenOptions {
             model_name: cfg.model.name.clone(),
@@ -66,6 +74,23 @@ pub fn run(args: &CompileArgs) -> Result<(), Box<dyn std::error::Error>> {
         },
     )?;
     eprintln!("  codegen: {}", summary(&generated));
+    if let (Some(cache), Some(path)) = (cache, args.tuning_cache) {
+        let applied = crate::tune::apply_cache(&mut generated.schedule, &cache)
+            .map_err(|e| format!("tuning cache `{}`: {e}", path.display()))?;
+        let schedule = fluxc_codegen::schedule_json(&generated.schedule)?;
+        generated.manifest.content_hash =
+            content_hash(schedule.as_bytes(), generated.kernels_cu.as_bytes());
+        eprintln!(
+            "  tuning: {} of {} GEMM steps take tuned algorithms from `{}`{}",
+            applied.tuned,
+            applied.gemms,
+            path.display(),
+            applied
+                .device
+                .map(|d| format!(" (measured on {d})"))
+                .unwrap_or_default()
+        );
+    }
     if let Some(out) = args.out {
         write_artifact(out, &generated)?;
         eprintln!("wrote {}", out.display());

@@ -45,6 +45,10 @@ enum Command {
         /// Give every buffer its own memory (keeps intermediates readable).
         #[arg(long)]
         no_memory_reuse: bool,
+        /// Take the GEMM algorithms `fluxc tune` recorded in this tuning
+        /// cache (tuning.json).
+        #[arg(long, value_name = "FILE")]
+        tuning_cache: Option<PathBuf>,
     },
     /// Run a compiled artifact on the GPU with real weights: one forward,
     /// outputs written, and optionally timed CUDA graph replays.
@@ -106,11 +110,13 @@ fn main() -> ExitCode {
             out,
             dump_after,
             no_memory_reuse,
+            tuning_cache,
         } => compile::run(&compile::CompileArgs {
             model: &model,
             out: out.as_deref(),
             dump_after: dump_after.as_deref(),
             no_memory_reuse,
+            tuning_cache: tuning_cache.as_deref(),
         }),
         Command::Run {
             artifact,

@@ -11,13 +11,14 @@
 //! `manifest.json` with its new content hash are written to temporary files
 //! first and renamed into place.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use fluxc_artifact::{content_hash, files, tuning_key, Step, TuningRecord};
+use fluxc_artifact::{content_hash, files, tuning_key, Schedule, Step, TuningCache, TuningRecord};
 use fluxc_codegen::schedule_json;
 use fluxc_runtime::gemm_tuning::{
-    chosen_algos, per_forward_us, tune_gemms, GemmTuneOptions, GemmTuning,
+    chosen_algos, gemm_key, per_forward_us, tune_gemms, GemmTuneOptions, GemmTuning,
 };
 use fluxc_runtime::Artifact;
 
@@ -101,7 +102,7 @@ pub fn run(args: &TuneArgs) -> Result<(), Box<dyn std::error::Error>> {
 /// words (cuBLASLt's opaque `cublasLtMatmulAlgo_t`, valid for the device and
 /// driver in the key).
 fn record(g: &GemmTuning) -> TuningRecord {
-    let mut config = std::collections::BTreeMap::new();
+    let mut config = BTreeMap::new();
     config.insert("candidate".to_string(), g.best as i64);
     for (i, w) in g.best_algo().iter().enumerate() {
         config.insert(format!("algo_word_{i}"), *w as i64);
@@ -113,6 +114,87 @@ fn record(g: &GemmTuning) -> TuningRecord {
         default_time_us: g.default_us(),
         measurements: g.candidates.len(),
     }
+}
+
+/// The algorithm a cache record chose, when it beat the default clearly.
+fn recorded_algo(r: &TuningRecord) -> Option<[u64; 8]> {
+    if r.time_us.is_nan() || r.time_us >= r.default_time_us * (1.0 - MIN_GAIN) {
+        return None;
+    }
+    let mut words = [0u64; 8];
+    for (i, w) in words.iter_mut().enumerate() {
+        *w = *r.config.get(&format!("algo_word_{i}"))? as u64;
+    }
+    Some(words)
+}
+
+/// What [`apply_cache`] did.
+#[derive(Debug, PartialEq)]
+pub struct Applied {
+    /// GEMM steps that got a tuned algorithm.
+    pub tuned: usize,
+    /// GEMM steps in all.
+    pub gemms: usize,
+    /// The device (and driver) the applied records were measured on.
+    pub device: Option<String>,
+}
+
+/// Gives every GEMM step of `schedule` the algorithm `cache` recorded for
+/// its GEMM, where the record beat cuBLASLt's default. Records are keyed by
+/// device and driver too; compiling needs no GPU, so the records of one
+/// device are used, and a cache holding several is an error naming them.
+pub fn apply_cache(schedule: &mut Schedule, cache: &TuningCache) -> Result<Applied, String> {
+    // GEMM key -> (device and driver, record)
+    let mut by_gemm: BTreeMap<&str, Vec<(String, &TuningRecord)>> = BTreeMap::new();
+    for (key, record) in &cache.entries {
+        let parts: Vec<&str> = key.splitn(4, '|').collect();
+        if let [_, gemm, device, driver] = parts[..] {
+            by_gemm
+                .entry(gemm)
+                .or_default()
+                .push((format!("{device} (driver {driver})"), record));
+        }
+    }
+    let keys: Vec<Option<String>> = schedule
+        .steps
+        .iter()
+        .map(|s| match s {
+            Step::Gemm(g) => Some(gemm_key(schedule, g)),
+            _ => None,
+        })
+        .collect();
+    let mut devices: Vec<String> = keys
+        .iter()
+        .flatten()
+        .flat_map(|k| by_gemm.get(k.as_str()).into_iter().flatten())
+        .map(|(d, _)| d.clone())
+        .collect();
+    devices.sort();
+    devices.dedup();
+    if devices.len() > 1 {
+        return Err(format!(
+            "the tuning cache holds measurements of this model's GEMMs from several devices ({}); \
+             keep one device's entries",
+            devices.join(", ")
+        ));
+    }
+    let mut applied = Applied {
+        tuned: 0,
+        gemms: keys.iter().flatten().count(),
+        device: devices.pop(),
+    };
+    for (step, key) in schedule.steps.iter_mut().zip(&keys) {
+        let (Step::Gemm(g), Some(key)) = (step, key) else {
+            continue;
+        };
+        let algo = by_gemm
+            .get(key.as_str())
+            .and_then(|records| records.first())
+            .and_then(|(_, r)| recorded_algo(r));
+        applied.tuned += usize::from(algo.is_some());
+        g.algo = algo;
+    }
+    Ok(applied)
 }
 
 /// One line per distinct GEMM: default and tuned µs, speed-up, how many
@@ -147,7 +229,7 @@ fn report(gemms: &[GemmTuning]) -> String {
 /// GEMM back to the heuristic's choice) and the manifest's new content hash.
 fn rewrite(
     artifact: &Artifact,
-    chosen: &std::collections::BTreeMap<usize, [u64; 8]>,
+    chosen: &BTreeMap<usize, [u64; 8]>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let mut schedule = artifact.schedule.clone();
     for (i, step) in schedule.steps.iter_mut().enumerate() {
@@ -197,6 +279,116 @@ mod tests {
                 .collect(),
             best,
         }
+    }
+
+    fn schedule() -> Schedule {
+        use fluxc_artifact::{Buffer, ElemType, Gemm, GemmEpilogue, Region, Tensor};
+        let buffer = |id: u32, shape: Vec<u64>| Buffer {
+            id,
+            name: format!("b{id}"),
+            dtype: ElemType::Bf16,
+            bytes: shape.iter().product::<u64>() * 2,
+            shape,
+            region: Region::Arena,
+            offset: 0,
+        };
+        let gemm = |m: u64, bias: bool| {
+            Step::Gemm(Gemm {
+                name: format!("linear {m}"),
+                dtype: ElemType::Bf16,
+                trans_a: true,
+                trans_b: false,
+                m,
+                n: 4,
+                k: 16,
+                a: Tensor::of(1),
+                lda: 16,
+                b: Tensor::of(0),
+                ldb: 16,
+                d: Tensor::of(3),
+                ldd: m,
+                bias: bias.then(|| Tensor::of(2)),
+                epilogue: if bias {
+                    GemmEpilogue::Bias
+                } else {
+                    GemmEpilogue::Default
+                },
+                d_dtype: None,
+                scales: None,
+                fast_accumulation: false,
+                algo: None,
+            })
+        };
+        Schedule {
+            arena_bytes: 1 << 16,
+            weight_bytes: 0,
+            scratch_bytes: 0,
+            gemm_workspace_bytes: 0,
+            buffers: vec![
+                buffer(0, vec![4, 16]),
+                buffer(1, vec![16, 16]),
+                buffer(2, vec![16]),
+                buffer(3, vec![4, 16]),
+            ],
+            inputs: vec![],
+            outputs: vec![],
+            steps: vec![gemm(16, true), gemm(16, true), gemm(8, false)],
+        }
+    }
+
+    fn entry(cache: &mut TuningCache, g: &GemmTuning, device: &str) {
+        let key = tuning_key(
+            &content_hash(g.key.as_bytes(), b""),
+            &g.key,
+            device,
+            "13000",
+        );
+        cache.entries.insert(key, record(g));
+    }
+
+    #[test]
+    fn the_cache_gives_compiles_the_tuned_algorithms() {
+        let mut s = schedule();
+        let key = |i: usize| match &s.steps[i] {
+            Step::Gemm(g) => gemm_key(&s, g),
+            _ => unreachable!(),
+        };
+        let (fast, slight) = (
+            GemmTuning {
+                key: key(0),
+                ..gemm(&[Some(10.0), Some(5.0)], 1)
+            },
+            GemmTuning {
+                key: key(2),
+                ..gemm(&[Some(10.0), Some(9.9)], 1)
+            },
+        );
+        let mut cache = TuningCache::default();
+        entry(&mut cache, &fast, "NVIDIA H200");
+        entry(&mut cache, &slight, "NVIDIA H200");
+        let applied = apply_cache(&mut s, &cache).unwrap();
+        assert_eq!(
+            applied,
+            Applied {
+                tuned: 2,
+                gemms: 3,
+                device: Some("NVIDIA H200 (driver 13000)".into())
+            }
+        );
+        let algos: Vec<Option<[u64; 8]>> = s
+            .steps
+            .iter()
+            .map(|st| match st {
+                Step::Gemm(g) => g.algo,
+                _ => None,
+            })
+            .collect();
+        // Only the clear gain is taken; the 1% one stays with the heuristic.
+        assert_eq!(algos, vec![Some([2; 8]), Some([2; 8]), None]);
+
+        entry(&mut cache, &fast, "NVIDIA H100");
+        let err = apply_cache(&mut s, &cache).unwrap_err();
+        assert!(err.contains("H100") && err.contains("H200"), "{err}");
     }
 
     #[test]

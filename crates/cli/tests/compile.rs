@@ -182,3 +182,69 @@ fn vae_dumps_then_stops_at_codegen_with_a_clear_error() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn a_tuning_cache_gives_gemms_their_recorded_algorithms() {
+    use fluxc_artifact::{content_hash, tuning_key, Step, TuningCache, TuningRecord};
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("art");
+    fluxc()
+        .args(["compile", "-o"])
+        .arg(&out)
+        .arg(tiny())
+        .assert()
+        .success();
+    let artifact = fluxc_runtime::Artifact::load(&out).unwrap();
+    let schedule = &artifact.schedule;
+    let (index, key) = schedule
+        .steps
+        .iter()
+        .enumerate()
+        .find_map(|(i, s)| match s {
+            Step::Gemm(g) => Some((i, fluxc_runtime::gemm_tuning::gemm_key(schedule, g))),
+            _ => None,
+        })
+        .unwrap();
+    let mut config = std::collections::BTreeMap::from([("candidate".to_string(), 3i64)]);
+    for w in 0..8 {
+        config.insert(format!("algo_word_{w}"), 100 + w);
+    }
+    let mut cache = TuningCache::default();
+    cache.entries.insert(
+        tuning_key(
+            &content_hash(key.as_bytes(), b""),
+            &key,
+            "NVIDIA H200",
+            "13000",
+        ),
+        TuningRecord {
+            name: "first GEMM".into(),
+            config,
+            time_us: 5.0,
+            default_time_us: 10.0,
+            measurements: 8,
+        },
+    );
+    let cache_path = tmp.path().join("tuning.json");
+    fluxc_autotune::cache::save(&cache_path, &cache).unwrap();
+    let assert = fluxc()
+        .args(["compile", "-o"])
+        .arg(&out)
+        .arg("--tuning-cache")
+        .arg(&cache_path)
+        .arg(tiny())
+        .assert()
+        .success();
+    let stderr = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
+    assert!(
+        stderr.contains("take tuned algorithms") && stderr.contains("H200"),
+        "{stderr}"
+    );
+    // The artifact still validates (content hash recomputed) and the GEMM
+    // carries the recorded words.
+    let tuned = fluxc_runtime::Artifact::load(&out).unwrap();
+    let Step::Gemm(g) = &tuned.schedule.steps[index] else {
+        panic!("step {index} is not a GEMM")
+    };
+    assert_eq!(g.algo, Some([100, 101, 102, 103, 104, 105, 106, 107]));
+}
