@@ -35,11 +35,13 @@ PEERS = {
 
 # fluxc label -> the peer its error is judged against
 QUALITY_PEER = {"bf16": "diffusers_bf16", "fp8-tensor": "torchao_fp8_tensor", "fp8-row": "torchao_fp8_row",
-                "fp8-tensor-fast": "torchao_fp8_tensor", "fp8-row-fast": "torchao_fp8_row"}
+                "fp8-tensor-fast": "torchao_fp8_tensor", "fp8-row-fast": "torchao_fp8_row",
+                "fp8-row-image": "torchao_fp8_row"}
 
 # fluxc label -> torch.compile peer of the same precision
 COMPILED = {"bf16": "torch_compile_bf16", "fp8-tensor": "torch_compile_fp8_tensor", "fp8-row": "torch_compile_fp8_row",
-            "fp8-tensor-fast": "torch_compile_fp8_tensor", "fp8-row-fast": "torch_compile_fp8_row"}
+            "fp8-tensor-fast": "torch_compile_fp8_tensor", "fp8-row-fast": "torch_compile_fp8_row",
+            "fp8-row-image": "torch_compile_fp8_row"}
 
 
 def rel_l2(x, ref):

@@ -9,7 +9,9 @@
 #                         FLUX.1-$MODEL (schnell or dev) at HEIGHT×WIDTH
 #                         (default 1024×1024) with TEXT_TOKENS text tokens,
 #                         for each variant: bf16, fp8-tensor, fp8-row (and
-#                         fp8-row-fast, fp8-tensor-fast: fast fp8 accumulation)
+#                         fp8-row-fast, fp8-tensor-fast: fast fp8 accumulation;
+#                         fp8-row-image: only linears of >= 1024 rows, i.e.
+#                         the text stream stays bf16)
 #
 # Then carry .dev and the diffusers wheels (.whl) to the GPU machine.
 set -euo pipefail
@@ -34,6 +36,7 @@ for variant in $VARIANTS; do
         fp8-row) fp8=dynamic-row ;;
         fp8-row-fast) fp8=dynamic-row; extra='fp8_fast_accumulation = true' ;;
         fp8-tensor-fast) fp8=dynamic-tensor; extra='fp8_fast_accumulation = true' ;;
+        fp8-row-image) fp8=dynamic-row; extra='fp8_min_rows = 1024' ;;
         *) echo "unknown variant $variant" >&2; exit 2 ;;
     esac
     name=$MODEL-${HEIGHT}x$WIDTH-t$TEXT_TOKENS-$variant

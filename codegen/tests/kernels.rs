@@ -171,6 +171,7 @@ fn generated_fp8(graph: Graph, fp8: Fp8Mode) -> Generated {
         fp8_policy: Fp8Policy {
             include: vec!["*".into()],
             exclude: Vec::new(),
+            min_rows: 0,
         },
         ..PassOptions::default()
     };
@@ -325,6 +326,7 @@ fn fp8_in_an_f32_model_is_a_clear_error() {
         fp8_policy: Fp8Policy {
             include: vec!["*".into()],
             exclude: Vec::new(),
+            min_rows: 0,
         },
         ..PassOptions::default()
     };
@@ -356,6 +358,7 @@ fn fast_accumulation_is_recorded_on_fp8_gemms_only() {
         fp8_policy: Fp8Policy {
             include: vec!["*".into()],
             exclude: Vec::new(),
+            min_rows: 0,
         },
         fp8_fast_accumulation: true,
         ..PassOptions::default()

@@ -70,6 +70,8 @@ pub struct PassesConfig {
     pub fp8_include: Option<Vec<String>>,
     /// Scope globs never quantized (default: the modulation linears).
     pub fp8_exclude: Option<Vec<String>>,
+    /// Linears with fewer input rows stay unquantized (0: no limit).
+    pub fp8_min_rows: usize,
     /// Fast fp8 accumulation in the fp8 GEMMs (torchao's default).
     pub fp8_fast_accumulation: bool,
 }
@@ -105,6 +107,7 @@ impl PassesConfig {
             fp8: Fp8Setting::Off,
             fp8_include: None,
             fp8_exclude: None,
+            fp8_min_rows: o.fp8_policy.min_rows,
             fp8_fast_accumulation: o.fp8_fast_accumulation,
         }
     }
@@ -127,6 +130,7 @@ impl PassesConfig {
             fp8_policy: Fp8Policy {
                 include: self.fp8_include.clone().unwrap_or(default_policy.include),
                 exclude: self.fp8_exclude.clone().unwrap_or(default_policy.exclude),
+                min_rows: self.fp8_min_rows,
             },
             fp8_fast_accumulation: self.fp8_fast_accumulation,
         }

@@ -24,9 +24,10 @@
 //!
 //! Which linears: those whose node scope (e.g.
 //! `transformer_blocks.3.attn.to_q`) matches an include glob of the
-//! [`Fp8Policy`] and no exclude glob; `*` matches any characters, dots
-//! included. Linears whose input is not a float wider than fp8 are left
-//! alone. A tensor feeding several selected linears (the shared input of
+//! [`Fp8Policy`] and no exclude glob (`*` matches any characters, dots
+//! included), and whose input has at least the policy's `min_rows` rows.
+//! Linears whose input is not a float wider than fp8 are left alone. A
+//! tensor feeding several selected linears (the shared input of
 //! q/k/v, a shared weight) is quantized once and the result shared; the
 //! replaced linears are removed.
 
@@ -57,7 +58,11 @@ pub fn insert_fp8(graph: &mut Graph, mode: Fp8Mode, policy: &Fp8Policy) -> Resul
     let linears: Vec<NodeId> = graph
         .topo_order()?
         .into_iter()
-        .filter(|&id| is_quantizable_linear(graph, id) && selector.selects(&graph.node(id).scope))
+        .filter(|&id| {
+            is_quantizable_linear(graph, id)
+                && selector.selects(&graph.node(id).scope)
+                && input_rows(graph, id) >= policy.min_rows
+        })
         .collect();
     let mut quantized = Quantized::new(per_row);
     for &linear in &linears {
@@ -108,6 +113,13 @@ fn glob_set(which: &str, globs: &[String]) -> Result<GlobSet, IrError> {
     builder
         .build()
         .map_err(|e| IrError::Invalid(format!("fp8 policy: bad {which} globs: {e}")))
+}
+
+/// Rows of a linear's input (its elements over the last axis).
+fn input_rows(graph: &Graph, linear: NodeId) -> usize {
+    let x = graph.ty(graph.operands(linear)[0]);
+    let k = x.shape.dims().last().copied().unwrap_or(1).max(1);
+    x.shape.numel() / k
 }
 
 /// A `Linear` whose input is a float wider than fp8 (already-fp8 or integer

@@ -23,6 +23,12 @@ pub struct Fp8Policy {
     pub include: Vec<String>,
     /// Scopes never to quantize.
     pub exclude: Vec<String>,
+    /// Linears whose input has fewer rows than this stay unquantized (0:
+    /// no limit). FLUX's text stream (256 or 512 rows) and the one-row
+    /// adaLN GEMVs gain little from fp8; this keeps them out by shape,
+    /// which scope globs cannot do once q/k/v fusion has merged the image
+    /// and text streams' scopes into `transformer_blocks.N.attn`.
+    pub min_rows: usize,
 }
 
 impl Default for Fp8Policy {
@@ -40,6 +46,7 @@ impl Default for Fp8Policy {
                 "*.norm1_context.linear".into(),
                 "*.norm.linear".into(),
             ],
+            min_rows: 0,
         }
     }
 }

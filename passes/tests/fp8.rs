@@ -187,6 +187,7 @@ fn policy_globs_match_across_dots() {
     let only_double = Fp8Policy {
         include: vec!["transformer_blocks.*".into()],
         exclude: vec![],
+        min_rows: 0,
     };
     let selector = ScopeSelector::new(&only_double).unwrap();
     assert!(selector.selects("transformer_blocks.12.ff.net.0.proj"));
@@ -198,6 +199,7 @@ fn custom_policy_include_and_exclude() {
     let policy = Fp8Policy {
         include: vec!["*.attn.*".into(), "proj_out".into()],
         exclude: vec!["*.to_k".into()],
+        min_rows: 0,
     };
     let mut g = toy_flux(DType::F32);
     let n = insert_fp8(&mut g, Fp8Mode::DynamicRow, &policy).unwrap();
@@ -216,6 +218,7 @@ fn empty_include_selects_nothing_and_changes_nothing() {
     let policy = Fp8Policy {
         include: vec![],
         exclude: vec![],
+        min_rows: 0,
     };
     let mut g = toy_flux(DType::BF16);
     let before = print_graph(&g).unwrap();
@@ -247,10 +250,12 @@ fn bad_glob_is_an_error_and_leaves_the_graph_alone() {
         Fp8Policy {
             include: vec!["transformer_blocks.[0".into()],
             exclude: vec![],
+            min_rows: 0,
         },
         Fp8Policy {
             include: vec!["*".into()],
             exclude: vec!["*.{norm1".into()],
+            min_rows: 0,
         },
     ] {
         let err = insert_fp8(&mut g, Fp8Mode::DynamicRow, &policy).unwrap_err();
@@ -481,4 +486,44 @@ fn one_quantized_linear_stays_within_five_percent() {
             assert!(err < 5e-2 && err > 1e-3, "{mode:?} seed {seed}: {err}");
         }
     }
+}
+
+#[test]
+fn min_rows_keeps_short_inputs_unquantized() {
+    // toy_flux's linears read either the 16 image rows or the one-row
+    // timestep embedding: a limit of 16 rows keeps the one-row GEMVs as
+    // they are (FLUX's 512-row text stream is kept out the same way).
+    let all = Fp8Policy {
+        include: vec!["*".into()],
+        exclude: vec![],
+        min_rows: 0,
+    };
+    let mut g = toy_flux(DType::BF16);
+    let every = insert_fp8(&mut g, Fp8Mode::DynamicRow, &all).unwrap();
+    let mut g = toy_flux(DType::BF16);
+    let rows = |g: &fluxc_ir::Graph, id: fluxc_ir::NodeId| {
+        let x = g.ty(g.operands(id)[0]);
+        x.shape.numel() / x.shape.dims().last().unwrap()
+    };
+    let image_rows = g
+        .node_ids()
+        .into_iter()
+        .filter(|&id| g.node(id).op == fluxc_ir::Op::Linear)
+        .map(|id| rows(&g, id))
+        .max()
+        .unwrap();
+    let limited = Fp8Policy {
+        min_rows: image_rows,
+        ..all
+    };
+    let some = insert_fp8(&mut g, Fp8Mode::DynamicRow, &limited).unwrap();
+    assert!(0 < some && some < every, "{some} of {every}");
+    for id in g.node_ids() {
+        match g.node(id).op {
+            fluxc_ir::Op::Linear => assert!(rows(&g, id) < image_rows),
+            fluxc_ir::Op::ScaledLinear { .. } => assert!(rows(&g, id) >= image_rows),
+            _ => {}
+        }
+    }
+    verify(&g).unwrap();
 }
