@@ -22,8 +22,74 @@ use fluxc_ir::{DType, Graph, NodeId, Op, MIN_AMAX};
 use crate::emit::{float_literal, Emitter, Index, Param};
 use crate::CodegenError;
 
-/// Threads per block of every generated kernel.
+/// Threads per block of a generated kernel unless tuned otherwise.
 pub const BLOCK_THREADS: u32 = 256;
+
+/// How a generated kernel is launched: the part of its shape the autotuner
+/// may change (`launch.rs` declares the spaces). The kernel computes the
+/// same values under every valid configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LaunchConfig {
+    /// Threads per block.
+    pub block_threads: u32,
+    /// Threads sharing one row (row kernels; 0 for the other kinds).
+    pub threads_per_row: u32,
+}
+
+/// What a kernel computes, kept so that it can be rendered again under
+/// another [`LaunchConfig`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Recipe {
+    /// [`pointwise`] over `nodes`, writing `outputs`.
+    Pointwise {
+        /// The group's nodes.
+        nodes: Vec<NodeId>,
+        /// What it writes.
+        outputs: Vec<NodeId>,
+    },
+    /// [`row`] over `nodes` around `reduction`.
+    Row {
+        /// The group's nodes.
+        nodes: Vec<NodeId>,
+        /// What it writes.
+        outputs: Vec<NodeId>,
+        /// The (first) reduction.
+        reduction: NodeId,
+    },
+    /// [`tensor_scale`] of `node`.
+    TensorScale {
+        /// The whole-tensor `DynamicScale`.
+        node: NodeId,
+    },
+}
+
+/// Renders `recipe` under `config` (its default configuration when
+/// `None`). An invalid configuration is [`CodegenError::Unsupported`].
+pub fn render(
+    graph: &Graph,
+    recipe: &Recipe,
+    config: Option<LaunchConfig>,
+) -> Result<KernelSource, CodegenError> {
+    match recipe {
+        Recipe::Pointwise { nodes, outputs } => pointwise_with(graph, nodes, outputs, config),
+        Recipe::Row {
+            nodes,
+            outputs,
+            reduction,
+        } => row_with(graph, nodes, outputs, *reduction, config),
+        Recipe::TensorScale { node } => tensor_scale_with(graph, *node, config),
+    }
+}
+
+/// Checks a block size: a whole number of warps, at most 1024 threads.
+fn check_block(block: u32) -> Result<(), CodegenError> {
+    if block == 0 || block % 32 != 0 || block > 1024 {
+        return Err(CodegenError::Unsupported(format!(
+            "a block of {block} threads (a multiple of 32, at most 1024)"
+        )));
+    }
+    Ok(())
+}
 
 /// Placeholder for the kernel name in rendered sources.
 pub const NAME: &str = "{{NAME}}";
@@ -44,6 +110,10 @@ pub struct KernelSource {
     /// 32-bit words of zero-initialized scratch the kernel takes as its last
     /// parameter (`unsigned int* s0`), one allocation per launch; 0 for none.
     pub scratch_words: u32,
+    /// The launch configuration it was rendered with.
+    pub config: LaunchConfig,
+    /// What it computes (to render it again under another configuration).
+    pub recipe: Recipe,
 }
 
 /// A pointwise kernel computing `nodes` and writing `outputs`, one thread
@@ -53,14 +123,32 @@ pub fn pointwise(
     nodes: &[NodeId],
     outputs: &[NodeId],
 ) -> Result<KernelSource, CodegenError> {
+    pointwise_with(graph, nodes, outputs, None)
+}
+
+/// [`pointwise`] in blocks of `config`'s threads (256 by default).
+pub fn pointwise_with(
+    graph: &Graph,
+    nodes: &[NodeId],
+    outputs: &[NodeId],
+    config: Option<LaunchConfig>,
+) -> Result<KernelSource, CodegenError> {
+    let block = config.map_or(BLOCK_THREADS, |c| c.block_threads);
+    check_block(block)?;
+    let config = LaunchConfig {
+        block_threads: block,
+        threads_per_row: 0,
+    };
+    let recipe = Recipe::Pointwise {
+        nodes: nodes.to_vec(),
+        outputs: outputs.to_vec(),
+    };
     let total = elements(graph, outputs[0])?;
     check_outputs(graph, outputs, total)?;
     let mut e = Emitter::new(graph, nodes.iter().copied(), 1);
     let width = vector_width(graph, outputs).filter(|w| total % w == 0);
     let Some(w) = width else {
-        e.line(format!(
-            "const int i = blockIdx.x * {BLOCK_THREADS} + threadIdx.x;"
-        ));
+        e.line(format!("const int i = blockIdx.x * {block} + threadIdx.x;"));
         e.line(format!("if (i >= {total}) return;"));
         for &out in outputs {
             let dims = graph.ty(out).shape.dims().to_vec();
@@ -68,14 +156,14 @@ pub fn pointwise(
             let v = e.value(out, &index)?;
             e.store(out, "i", &v);
         }
-        let grid = grid_for(total, BLOCK_THREADS as usize)?;
-        return finish(graph, e, nodes, "", [grid, 1, 1]);
+        let grid = grid_for(total, block as usize)?;
+        return finish(graph, e, nodes, "", [grid, 1, 1], config, recipe);
     };
     // Vectorized: each thread computes `w` consecutive elements; operands
     // read at the element's own index come in one 16-byte load, outputs go
     // out in one 16-byte store.
     e.line(format!(
-        "const int i0 = (blockIdx.x * {BLOCK_THREADS} + threadIdx.x) * {w};"
+        "const int i0 = (blockIdx.x * {block} + threadIdx.x) * {w};"
     ));
     e.line(format!("if (i0 >= {total}) return;"));
     for k in 0..outputs.len() {
@@ -99,8 +187,8 @@ pub fn pointwise(
         let p = e.param(out, true);
         e.line(format!("fx_vstore<{w}>(p{p}, i0, o{k});"));
     }
-    let grid = grid_for(total / w, BLOCK_THREADS as usize)?;
-    finish(graph, e, nodes, "", [grid, 1, 1])
+    let grid = grid_for(total / w, block as usize)?;
+    finish(graph, e, nodes, "", [grid, 1, 1], config, recipe)
 }
 
 /// Elements per vector access: 8 for bf16/f16, 4 for f32 when every output
@@ -158,6 +246,21 @@ impl RowShape {
             rows_per_block: BLOCK_THREADS / tpr as u32,
         }
     }
+
+    /// A row of `c` elements read `width` at a time by `tpr` threads, in
+    /// blocks of `block` threads; `None` when `tpr` is not a power of two
+    /// dividing the block.
+    pub fn with_threads(c: usize, width: usize, tpr: u32, block: u32) -> Option<RowShape> {
+        if !tpr.is_power_of_two() || tpr > block || block % tpr != 0 {
+            return None;
+        }
+        Some(RowShape {
+            width: width as u32,
+            tpr,
+            chunks_per_thread: (c / width).div_ceil(tpr as usize) as u32,
+            rows_per_block: block / tpr,
+        })
+    }
 }
 
 /// A row kernel for `reduction` (a LayerNorm, RMSNorm, softmax or per-row
@@ -176,6 +279,23 @@ pub fn row(
     outputs: &[NodeId],
     reduction: NodeId,
 ) -> Result<KernelSource, CodegenError> {
+    row_with(graph, nodes, outputs, reduction, None)
+}
+
+/// [`row`] with `config`'s threads per row and per block (by default the
+/// [`RowShape::for_width`] heuristic in blocks of 256).
+pub fn row_with(
+    graph: &Graph,
+    nodes: &[NodeId],
+    outputs: &[NodeId],
+    reduction: NodeId,
+    config: Option<LaunchConfig>,
+) -> Result<KernelSource, CodegenError> {
+    let recipe = Recipe::Row {
+        nodes: nodes.to_vec(),
+        outputs: outputs.to_vec(),
+        reduction,
+    };
     let r = graph.node(reduction).clone();
     let r_operands = graph.operands(reduction);
     let x = r_operands[0];
@@ -199,7 +319,25 @@ pub fn row(
     let width = vector_width(graph, &element_outputs)
         .filter(|w| c % w == 0)
         .unwrap_or(1);
-    let shape = RowShape::for_width(c, width);
+    let shape = match config {
+        None => RowShape::for_width(c, width),
+        Some(cfg) => {
+            check_block(cfg.block_threads)?;
+            RowShape::with_threads(c, width, cfg.threads_per_row, cfg.block_threads).ok_or_else(
+                || {
+                    CodegenError::Unsupported(format!(
+                        "{} threads per row in blocks of {}",
+                        cfg.threads_per_row, cfg.block_threads
+                    ))
+                },
+            )?
+        }
+    };
+    let block = shape.rows_per_block * shape.tpr;
+    let config = LaunchConfig {
+        block_threads: block,
+        threads_per_row: shape.tpr,
+    };
     let (w, tpr, cpt, rpb) = (
         shape.width as usize,
         shape.tpr,
@@ -231,10 +369,7 @@ pub fn row(
 
     let mut e = Emitter::new(graph, nodes.iter().copied(), 1);
     if tpr > 32 {
-        e.line(format!(
-            "__shared__ float fx_scratch[{}];",
-            BLOCK_THREADS / 32
-        ));
+        e.line(format!("__shared__ float fx_scratch[{}];", block / 32));
     }
     e.line(format!(
         "const int row = blockIdx.x * {rpb} + threadIdx.x / {tpr};"
@@ -452,7 +587,15 @@ pub fn row(
     }
 
     let grid = grid_for(rows, rpb as usize)?;
-    finish(graph, e, nodes, r.op.kind_name(), [grid, 1, 1])
+    finish(
+        graph,
+        e,
+        nodes,
+        r.op.kind_name(),
+        [grid, 1, 1],
+        config,
+        recipe,
+    )
 }
 
 /// Whether `id` is a per-row fp8 scale.
@@ -538,6 +681,17 @@ const TENSOR_SCALE_MAX_BLOCKS: usize = 1024;
 /// scratch word — writes `max(amax, MIN_AMAX) / max_finite` and zeroes both
 /// words for the next run. One kernel, no host synchronization.
 pub fn tensor_scale(graph: &Graph, node: NodeId) -> Result<KernelSource, CodegenError> {
+    tensor_scale_with(graph, node, None)
+}
+
+/// [`tensor_scale`] in blocks of `config`'s threads (256 by default).
+pub fn tensor_scale_with(
+    graph: &Graph,
+    node: NodeId,
+    config: Option<LaunchConfig>,
+) -> Result<KernelSource, CodegenError> {
+    let block = config.map_or(BLOCK_THREADS, |c| c.block_threads);
+    check_block(block)?;
     let Op::DynamicScale {
         dtype,
         per_row: false,
@@ -557,7 +711,7 @@ pub fn tensor_scale(graph: &Graph, node: NodeId) -> Result<KernelSource, Codegen
         .filter(|w| total % w == 0)
         .unwrap_or(1);
     let blocks = (total / w)
-        .div_ceil(BLOCK_THREADS as usize)
+        .div_ceil(block as usize)
         .clamp(1, TENSOR_SCALE_MAX_BLOCKS);
     let source = format!(
         r#"extern "C" __global__ void __launch_bounds__({threads}) {NAME}(const {x_type}* __restrict__ p0, float* __restrict__ p1, unsigned int* __restrict__ s0) {{
@@ -580,8 +734,8 @@ pub fn tensor_scale(graph: &Graph, node: NodeId) -> Result<KernelSource, Codegen
     }}
 }}
 "#,
-        threads = BLOCK_THREADS,
-        warps = BLOCK_THREADS / 32,
+        threads = block,
+        warps = block / 32,
         min_amax = float_literal(MIN_AMAX),
         max = float_literal(max),
     );
@@ -598,9 +752,14 @@ pub fn tensor_scale(graph: &Graph, node: NodeId) -> Result<KernelSource, Codegen
             },
         ],
         grid: [blocks as u32, 1, 1],
-        block: [BLOCK_THREADS, 1, 1],
+        block: [block, 1, 1],
         ops: vec!["dynamic_scale"],
         scratch_words: 2,
+        config: LaunchConfig {
+            block_threads: block,
+            threads_per_row: 0,
+        },
+        recipe: Recipe::TensorScale { node },
     })
 }
 
@@ -675,7 +834,10 @@ fn finish(
     nodes: &[NodeId],
     anchor_kind: &str,
     grid: [u32; 3],
+    config: LaunchConfig,
+    recipe: Recipe,
 ) -> Result<KernelSource, CodegenError> {
+    let block = config.block_threads;
     let body = drop_unused_indices(e.take_lines());
     let params = e.params().to_vec();
     let mut signature = Vec::new();
@@ -685,7 +847,7 @@ fn finish(
         signature.push(format!("{constness}{ty}* __restrict__ p{i}"));
     }
     let mut source = format!(
-        "extern \"C\" __global__ void __launch_bounds__({BLOCK_THREADS}) {NAME}({}) {{\n",
+        "extern \"C\" __global__ void __launch_bounds__({block}) {NAME}({}) {{\n",
         signature.join(", ")
     );
     for line in body {
@@ -707,9 +869,11 @@ fn finish(
         source,
         params,
         grid,
-        block: [BLOCK_THREADS, 1, 1],
+        block: [block, 1, 1],
         ops,
         scratch_words: 0,
+        config,
+        recipe,
     })
 }
 

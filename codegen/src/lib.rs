@@ -12,6 +12,7 @@ pub mod attention;
 mod emit;
 mod kernels;
 mod lanes;
+pub mod launch;
 mod lower;
 pub mod memory;
 mod write;
@@ -26,6 +27,7 @@ use fluxc_artifact::{
 use fluxc_ir::{print_graph, DType, Graph, NodeId, Op};
 use fluxc_passes::pipeline::Optimized;
 
+pub use kernels::{KernelSource, LaunchConfig};
 use lower::{storage_of, PendingStep};
 pub use write::{check_output_dir, write_artifact, WriteError};
 
@@ -86,8 +88,26 @@ pub struct Generated {
 
 /// Generates the artifact for `optimized`.
 pub fn generate(optimized: &Optimized, opts: &CodegenOptions) -> Result<Generated, CodegenError> {
+    generate_with(optimized, opts, &|_| None)
+}
+
+/// [`generate`], with every generated kernel for which `choose` returns a
+/// launch configuration rendered under it (`choose` sees the kernel as
+/// rendered by default; see [`launch`] for tuning).
+pub fn generate_with(
+    optimized: &Optimized,
+    opts: &CodegenOptions,
+    choose: &dyn Fn(&kernels::KernelSource) -> Option<LaunchConfig>,
+) -> Result<Generated, CodegenError> {
     let graph = &optimized.graph;
-    let pending = lower::lower(graph, &optimized.fusion)?;
+    let mut pending = lower::lower(graph, &optimized.fusion)?;
+    for step in &mut pending {
+        if let PendingStep::Kernel(k) = step {
+            if let Some(config) = choose(k) {
+                *k = kernels::render(graph, &k.recipe, Some(config))?;
+            }
+        }
+    }
     let (unique_kernels, kernel_names) = lower::name_kernels(graph, &pending);
     let values = lower::materialized(graph, &pending);
 

@@ -392,3 +392,74 @@ fn fast_accumulation_is_recorded_on_fp8_gemms_only() {
         }
     }
 }
+
+#[test]
+fn kernel_variants_render_and_compile() {
+    use fluxc_codegen::launch::{translation_unit, tunable_kernels, variant};
+    let options = PassOptions {
+        fuse_qkv_min_rows: 1,
+        ..PassOptions::default()
+    };
+    let optimized = optimize(mini_block(DType::BF16), &options).unwrap();
+    let kernels = tunable_kernels(&optimized).unwrap();
+    assert!(kernels.len() >= 5, "{}", kernels.len());
+    let mut variants = Vec::new();
+    for (i, k) in kernels.iter().enumerate() {
+        // The default configuration renders the default kernel.
+        let same = variant(&optimized, k, &k.default_config).unwrap();
+        assert_eq!(same.source, k.default.source);
+        let mut rendered = 0;
+        for (j, config) in k.space.neighbours(&k.default_config).iter().enumerate() {
+            match variant(&optimized, k, config) {
+                Ok(v) => {
+                    assert_eq!(v.block[0] as i64, k.space.values(config)[0]);
+                    assert_ne!(v.source, k.default.source);
+                    variants.push((format!("v{i}_{j}"), v));
+                    rendered += 1;
+                }
+                Err(e) => assert!(e.to_string().contains("not supported"), "{e}"),
+            }
+        }
+        assert!(rendered > 0, "no other configuration of kernel {i} renders");
+    }
+    if let Some(why) = common::nvrtc_unavailable() {
+        println!("SKIP compiling kernel variants: {why}");
+        return;
+    }
+    let named: Vec<(String, &fluxc_codegen::KernelSource)> =
+        variants.iter().map(|(n, v)| (n.clone(), v)).collect();
+    let cu = translation_unit(&named);
+    let (cubin, log) = common::compile_cubin(&cu, "variants", &common::include_dir())
+        .unwrap_or_else(|e| panic!("{e}\n--- variants ---\n{cu}"));
+    assert!(!cubin.is_empty(), "{log}");
+}
+
+#[test]
+fn generate_with_renders_chosen_configurations() {
+    use fluxc_codegen::{generate_with, LaunchConfig};
+    let options = PassOptions {
+        fuse_qkv_min_rows: 1,
+        ..PassOptions::default()
+    };
+    let optimized = optimize(mini_block(DType::BF16), &options).unwrap();
+    let opts = CodegenOptions {
+        model_name: "mini".into(),
+        layouts: Vec::new(),
+        reuse_memory: true,
+    };
+    // Every pointwise kernel in blocks of 128.
+    let choose = |k: &fluxc_codegen::KernelSource| {
+        (k.config.threads_per_row == 0).then_some(LaunchConfig {
+            block_threads: 128,
+            threads_per_row: 0,
+        })
+    };
+    let g = generate_with(&optimized, &opts, &choose).unwrap();
+    g.schedule.validate().unwrap();
+    let plain = generate(&optimized, &opts).unwrap();
+    let blocks = |g: &Generated| -> Vec<u32> { launches(g).iter().map(|l| l.block[0]).collect() };
+    assert!(blocks(&g).contains(&128), "{:?}", blocks(&g));
+    assert!(!blocks(&plain).contains(&128));
+    assert_eq!(launches(&g).len(), launches(&plain).len());
+    assert!(g.kernels_cu.contains("__launch_bounds__(128)"));
+}

@@ -1,0 +1,185 @@
+//! The tuning surface of the generated kernels.
+//!
+//! Each kernel kind of `kernels.rs` has a launch configuration the
+//! autotuner may change without changing what the kernel computes
+//! ([`LaunchConfig`]); this module declares the space of each kind
+//! (fields and values in `fluxc_autotune` terms) and the entry points a
+//! tuner needs: the distinct kernels of an optimized graph with their
+//! parameters ([`tunable_kernels`]), a kernel rendered under another
+//! configuration ([`variant`]), a compilable translation unit of several
+//! variants ([`translation_unit`]), and [`generate_with`](crate::generate_with)
+//! to emit the artifact with the chosen configurations.
+//!
+//! Spaces:
+//! - pointwise and whole-tensor scale kernels: `block_threads` ∈ {64, 128,
+//!   256, 512, 1024};
+//! - row kernels: `block_threads` as above and `threads_per_row` ∈ {1, 2,
+//!   4, …, 1024}. Configurations whose row does not fit in registers (more
+//!   than 64 values per thread) or whose threads per row exceed the block
+//!   are rejected when rendered.
+
+use fluxc_artifact::ElemType;
+use fluxc_autotune::{Config, ConfigSpace, Field};
+use fluxc_passes::pipeline::Optimized;
+
+use crate::kernels::{self, KernelSource, LaunchConfig, Recipe, NAME};
+use crate::{elem_type, lower, CodegenError};
+
+/// Block sizes every kind may use.
+const BLOCKS: [i64; 5] = [64, 128, 256, 512, 1024];
+
+/// The configuration space of `kernel`'s kind.
+pub fn space(kernel: &KernelSource) -> ConfigSpace {
+    let blocks = Field::new("block_threads", BLOCKS);
+    match kernel.recipe {
+        Recipe::Row { .. } => ConfigSpace::new(vec![
+            blocks,
+            Field::powers_of_two("threads_per_row", 1, 1024),
+        ]),
+        Recipe::Pointwise { .. } | Recipe::TensorScale { .. } => ConfigSpace::new(vec![blocks]),
+    }
+}
+
+/// `config` of `space` (from [`space`]) as a launch configuration.
+pub fn launch_config(space: &ConfigSpace, config: &Config) -> LaunchConfig {
+    let values = space.values(config);
+    LaunchConfig {
+        block_threads: values[0] as u32,
+        threads_per_row: values.get(1).copied().unwrap_or(0) as u32,
+    }
+}
+
+/// The point of `space` that `launch` is, if the space has it.
+pub fn config_of(space: &ConfigSpace, launch: LaunchConfig) -> Option<Config> {
+    let mut values = vec![i64::from(launch.block_threads)];
+    if space.fields.len() > 1 {
+        values.push(i64::from(launch.threads_per_row));
+    }
+    space.config_of(&values)
+}
+
+/// One parameter of a kernel, as a benchmark allocates it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamSpec {
+    /// Element type.
+    pub dtype: ElemType,
+    /// Elements.
+    pub elements: u64,
+    /// Whether the kernel writes it.
+    pub written: bool,
+}
+
+/// A distinct generated kernel of a graph, as the tuner sees it.
+#[derive(Clone, Debug)]
+pub struct TunableKernel {
+    /// The kernel as rendered by default (its source identifies it:
+    /// identical kernels of different blocks are one).
+    pub default: KernelSource,
+    /// Its configuration space.
+    pub space: ConfigSpace,
+    /// The default configuration in that space.
+    pub default_config: Config,
+    /// Its parameters, in order (scratch words not included).
+    pub params: Vec<ParamSpec>,
+    /// How many steps of the forward launch it.
+    pub launches: usize,
+}
+
+/// The distinct generated kernels of `optimized`, in order of first use.
+pub fn tunable_kernels(optimized: &Optimized) -> Result<Vec<TunableKernel>, CodegenError> {
+    let graph = &optimized.graph;
+    let pending = lower::lower(graph, &optimized.fusion)?;
+    let mut out: Vec<TunableKernel> = Vec::new();
+    for step in pending {
+        let lower::PendingStep::Kernel(k) = step else {
+            continue;
+        };
+        if let Some(seen) = out.iter_mut().find(|t| t.default.source == k.source) {
+            seen.launches += 1;
+            continue;
+        }
+        let space = space(&k);
+        let default_config = config_of(&space, k.config).ok_or_else(|| {
+            CodegenError::Invalid(format!(
+                "a kernel's default launch {:?} lies outside its space {space}",
+                k.config
+            ))
+        })?;
+        let params = k
+            .params
+            .iter()
+            .map(|p| {
+                let ty = graph.ty(p.node);
+                Ok(ParamSpec {
+                    dtype: elem_type(ty.dtype)?,
+                    elements: ty.shape.numel() as u64,
+                    written: p.written,
+                })
+            })
+            .collect::<Result<Vec<_>, CodegenError>>()?;
+        out.push(TunableKernel {
+            default: k,
+            space,
+            default_config,
+            params,
+            launches: 1,
+        });
+    }
+    Ok(out)
+}
+
+/// `kernel` rendered under `config` of its space; an invalid configuration
+/// is [`CodegenError::Unsupported`] (the tuner rejects it).
+pub fn variant(
+    optimized: &Optimized,
+    kernel: &TunableKernel,
+    config: &Config,
+) -> Result<KernelSource, CodegenError> {
+    let launch = launch_config(&kernel.space, config);
+    kernels::render(&optimized.graph, &kernel.default.recipe, Some(launch))
+}
+
+/// One CUDA translation unit (the kernel prelude, then every kernel under
+/// its given `extern "C"` name): what a benchmark compiles with NVRTC.
+pub fn translation_unit(kernels: &[(String, &KernelSource)]) -> String {
+    let mut cu = String::from(include_str!("../kernels/prelude.cuh"));
+    for (name, k) in kernels {
+        cu.push('\n');
+        cu.push_str(&k.source.replace(NAME, name));
+    }
+    cu
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn launch_configs_round_trip_through_spaces() {
+        let row = ConfigSpace::new(vec![
+            Field::new("block_threads", BLOCKS),
+            Field::powers_of_two("threads_per_row", 1, 1024),
+        ]);
+        let launch = LaunchConfig {
+            block_threads: 512,
+            threads_per_row: 128,
+        };
+        let config = config_of(&row, launch).unwrap();
+        assert_eq!(launch_config(&row, &config), launch);
+        let pointwise = ConfigSpace::new(vec![Field::new("block_threads", BLOCKS)]);
+        let launch = LaunchConfig {
+            block_threads: 128,
+            threads_per_row: 0,
+        };
+        let config = config_of(&pointwise, launch).unwrap();
+        assert_eq!(launch_config(&pointwise, &config), launch);
+        assert!(config_of(
+            &pointwise,
+            LaunchConfig {
+                block_threads: 96,
+                threads_per_row: 0
+            }
+        )
+        .is_none());
+    }
+}
