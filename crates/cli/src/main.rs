@@ -6,6 +6,7 @@
 
 mod check;
 mod compile;
+mod kernel_tuning;
 mod run;
 mod tune;
 
@@ -45,10 +46,20 @@ enum Command {
         /// Give every buffer its own memory (keeps intermediates readable).
         #[arg(long)]
         no_memory_reuse: bool,
-        /// Take the GEMM algorithms `fluxc tune` recorded in this tuning
-        /// cache (tuning.json).
+        /// Take the kernel launches and GEMM algorithms recorded in this
+        /// tuning cache (with --tune: also where measurements go; default
+        /// ./tuning.json).
         #[arg(long, value_name = "FILE")]
         tuning_cache: Option<PathBuf>,
+        /// Tune on this machine's GPU: coordinate descent over every
+        /// generated kernel's launch configuration, and cuBLASLt's candidate
+        /// algorithms for every GEMM (what the cache holds is not measured
+        /// again).
+        #[arg(long)]
+        tune: bool,
+        /// With --tune: print each kernel's and GEMM's default and tuned time.
+        #[arg(long)]
+        report: bool,
     },
     /// Run a compiled artifact on the GPU with real weights: one forward,
     /// outputs written, and optionally timed CUDA graph replays.
@@ -111,12 +122,16 @@ fn main() -> ExitCode {
             dump_after,
             no_memory_reuse,
             tuning_cache,
+            tune,
+            report,
         } => compile::run(&compile::CompileArgs {
             model: &model,
             out: out.as_deref(),
             dump_after: dump_after.as_deref(),
             no_memory_reuse,
             tuning_cache: tuning_cache.as_deref(),
+            tune,
+            report,
         }),
         Command::Run {
             artifact,

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use fluxc_artifact::{content_hash, files, tuning_key, Schedule, Step, TuningCache, TuningRecord};
 use fluxc_codegen::schedule_json;
 use fluxc_runtime::gemm_tuning::{
-    chosen_algos, gemm_key, per_forward_us, tune_gemms, GemmTuneOptions, GemmTuning,
+    chosen_algos, gemm_key, per_forward_us, tune_gemms, GemmTuneOptions, GemmTuneRun, GemmTuning,
 };
 use fluxc_runtime::Artifact;
 
@@ -79,15 +79,7 @@ pub fn run(args: &TuneArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(path) = args.cache {
         let mut cache = fluxc_autotune::cache::load(path)?;
-        for g in &run.gemms {
-            let key = tuning_key(
-                &content_hash(g.key.as_bytes(), b""),
-                &g.key,
-                &run.device,
-                &run.driver.to_string(),
-            );
-            cache.entries.insert(key, record(g));
-        }
+        add_to_cache(&mut cache, &run);
         fluxc_autotune::cache::save(path, &cache)?;
         eprintln!("wrote {} entries to {}", run.gemms.len(), path.display());
     }
@@ -96,6 +88,30 @@ pub fn run(args: &TuneArgs) -> Result<(), Box<dyn std::error::Error>> {
         eprintln!("updated {}", artifact.dir.display());
     }
     Ok(())
+}
+
+/// Adds every GEMM of `run` to `cache`.
+pub fn add_to_cache(cache: &mut TuningCache, run: &GemmTuneRun) {
+    for g in &run.gemms {
+        let key = tuning_key(
+            &content_hash(g.key.as_bytes(), b""),
+            &g.key,
+            &run.device,
+            &run.driver.to_string(),
+        );
+        cache.entries.insert(key, record(g));
+    }
+}
+
+/// Gives the schedule's GEMM steps the algorithms `run` found faster.
+pub fn apply_run(schedule: &mut Schedule, run: &GemmTuneRun) -> usize {
+    let chosen = chosen_algos(&run.gemms, MIN_GAIN);
+    for (i, step) in schedule.steps.iter_mut().enumerate() {
+        if let Step::Gemm(g) = step {
+            g.algo = chosen.get(&i).copied();
+        }
+    }
+    chosen.len()
 }
 
 /// The cache record of one GEMM: the chosen candidate and its algorithm's
@@ -199,7 +215,7 @@ pub fn apply_cache(schedule: &mut Schedule, cache: &TuningCache) -> Result<Appli
 
 /// One line per distinct GEMM: default and tuned µs, speed-up, how many
 /// steps it is, candidates timed / rejected.
-fn report(gemms: &[GemmTuning]) -> String {
+pub fn report(gemms: &[GemmTuning]) -> String {
     let mut out = String::from(
         "| GEMM | steps | default µs | tuned µs | speed-up | candidates (rejected) |\n\
          | --- | ---: | ---: | ---: | ---: | ---: |\n",

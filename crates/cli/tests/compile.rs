@@ -248,3 +248,83 @@ fn a_tuning_cache_gives_gemms_their_recorded_algorithms() {
     };
     assert_eq!(g.algo, Some([100, 101, 102, 103, 104, 105, 106, 107]));
 }
+
+#[test]
+fn tune_without_cuda_is_a_clear_error() {
+    if fluxc_runtime::cuda::driver_library_present() {
+        println!("SKIP tune_without_cuda_is_a_clear_error: a CUDA driver is present");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = fluxc()
+        .current_dir(tmp.path())
+        .args(["compile", "--tune"])
+        .arg(tiny())
+        .assert()
+        .failure()
+        .code(1);
+    let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert!(
+        stderr.contains("--tune measures on the GPU") && stderr.contains("CUDA is not available"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn a_tuning_cache_gives_kernels_their_recorded_launches() {
+    use fluxc_artifact::{content_hash, tuning_key, TuningCache, TuningRecord};
+    use fluxc_codegen::launch::tunable_kernels;
+    let cfg = fluxc_models::ModelConfig::load(&tiny()).unwrap();
+    let graph = fluxc_models::build_graph(&cfg).unwrap();
+    let optimized = fluxc_passes::pipeline::optimize(graph, &cfg.passes.options()).unwrap();
+    let kernels = tunable_kernels(&optimized).unwrap();
+    // A pointwise kernel (one field: block_threads), recorded at 128.
+    let kernel = kernels
+        .iter()
+        .find(|k| k.space.fields.len() == 1)
+        .expect("a pointwise kernel");
+    let mut cache = TuningCache::default();
+    cache.entries.insert(
+        tuning_key(
+            &content_hash(kernel.default.source.as_bytes(), b""),
+            "kernel",
+            "NVIDIA H200",
+            "13000",
+        ),
+        TuningRecord {
+            name: kernel.default.ops.join(" "),
+            config: std::collections::BTreeMap::from([
+                ("block_threads".to_string(), 128),
+                ("threads_per_row".to_string(), 0),
+            ]),
+            time_us: 1.0,
+            default_time_us: 2.0,
+            measurements: 4,
+        },
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let cache_path = tmp.path().join("tuning.json");
+    fluxc_autotune::cache::save(&cache_path, &cache).unwrap();
+    let out = tmp.path().join("art");
+    let assert = fluxc()
+        .args(["compile", "-o"])
+        .arg(&out)
+        .arg("--tuning-cache")
+        .arg(&cache_path)
+        .arg(tiny())
+        .assert()
+        .success();
+    let stderr = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
+    assert!(
+        stderr.contains("1 kernel(s) found in the cache, 1 with a non-default launch"),
+        "{stderr}"
+    );
+    let kernels_cu = std::fs::read_to_string(out.join("kernels.cu")).unwrap();
+    assert!(
+        kernels_cu.contains("__launch_bounds__(128)"),
+        "no 128-thread kernel"
+    );
+    // The artifact still validates.
+    fluxc_runtime::Artifact::load(&out).unwrap();
+}

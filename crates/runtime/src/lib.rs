@@ -31,7 +31,8 @@
 //! buffer dtypes), [`compile`] (NVRTC and the CUBIN cache), [`cuda`]
 //! (library checks and RAII driver handles), `blas` (cuBLASLt, fp8 GEMMs
 //! included), [`gemm_tuning`] (timing cuBLASLt's candidate algorithms of
-//! every GEMM of a schedule, for `fluxc tune`), `plan` (device addresses, kernel parameters, extent checks),
+//! every GEMM of a schedule, for `fluxc tune`), [`kernel_bench`] (timing
+//! variants of a generated kernel, for the kernel autotuner), `plan` (device addresses, kernel parameters, extent checks),
 //! `engine` ([`Engine`]), `timing` ([`Timing`]), `options` ([`LoadOptions`]),
 //! `error` ([`RuntimeError`]).
 
@@ -43,6 +44,7 @@ pub mod cuda;
 mod engine;
 mod error;
 pub mod gemm_tuning;
+pub mod kernel_bench;
 mod options;
 mod plan;
 mod quantize;

@@ -1,0 +1,396 @@
+//! Tuning the generated kernels during `fluxc compile --tune`.
+//!
+//! For every distinct kernel of the optimized graph
+//! (`fluxc_codegen::launch::tunable_kernels`), coordinate descent
+//! (`fluxc_autotune`) walks its launch space from the default
+//! configuration. Every valid configuration of the space is rendered and
+//! compiled up front as one NVRTC unit; a configuration the search asks for
+//! is then run on random inputs (`fluxc_runtime::kernel_bench`), its outputs
+//! compared with the default's (a variant that computes something else is
+//! rejected, never chosen), and timed. The result is kept in the tuning
+//! cache under the kernel's default source, the device and the driver, so a
+//! later compile takes it without measuring.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+
+use fluxc_artifact::{content_hash, tuning_key, TuningCache, TuningRecord};
+use fluxc_autotune::{coordinate_descent, Config, ConfigSpace, Measurement, SearchOptions};
+use fluxc_codegen::launch::{
+    config_of, launch_config, translation_unit, tunable_kernels, variant, TunableKernel,
+};
+use fluxc_codegen::{KernelSource, LaunchConfig};
+use fluxc_passes::pipeline::Optimized;
+use fluxc_runtime::kernel_bench::{BenchLaunch, BenchParam, BenchResult, BenchTiming, KernelBench};
+use fluxc_runtime::RuntimeError;
+
+/// The chosen launch configuration of each tuned kernel, by its default
+/// source (what [`fluxc_codegen::generate_with`] is asked about).
+pub type Choices = HashMap<String, LaunchConfig>;
+
+/// What tuning one kernel found.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KernelTuning {
+    /// The kernel's ops, for reports (`layer_norm slice add_scalar mul`).
+    pub ops: String,
+    /// Steps of the forward that launch it.
+    pub launches: usize,
+    /// The default configuration's time, µs.
+    pub default_us: f64,
+    /// The chosen configuration's time, µs.
+    pub best_us: f64,
+    /// The chosen configuration.
+    pub config: LaunchConfig,
+    /// Configurations measured (0 when taken from the cache).
+    pub measured: usize,
+}
+
+/// Every configuration of `space`.
+fn all_configs(space: &ConfigSpace) -> Vec<Config> {
+    let mut configs = vec![Vec::new()];
+    for field in &space.fields {
+        configs = configs
+            .into_iter()
+            .flat_map(|c| {
+                (0..field.values.len()).map(move |i| {
+                    let mut c = c.clone();
+                    c.push(i);
+                    c
+                })
+            })
+            .collect();
+    }
+    configs.into_iter().map(Config).collect()
+}
+
+/// Largest relative L2 difference from the default's outputs a variant may
+/// show: reductions in another order round f32 differently; outputs stored
+/// in 16 or 8 bits then round the difference to a storage step now and then.
+fn tolerance(params: &[BenchParam]) -> f64 {
+    let narrow = params.iter().any(|p| p.written && p.dtype.size_bytes() < 4);
+    if narrow {
+        1e-2
+    } else {
+        1e-5
+    }
+}
+
+fn rel_l2(x: &[f32], reference: &[f32]) -> f64 {
+    let (mut diff, mut norm) = (0f64, 0f64);
+    for (&a, &r) in x.iter().zip(reference) {
+        diff += (f64::from(a) - f64::from(r)).powi(2);
+        norm += f64::from(r).powi(2);
+    }
+    if diff.is_nan() {
+        return f64::NAN;
+    }
+    if norm == 0.0 {
+        return if diff == 0.0 { 0.0 } else { f64::INFINITY };
+    }
+    (diff / norm).sqrt()
+}
+
+/// The cache key of `kernel` on a device and driver.
+fn key(kernel: &TunableKernel, device: &str, driver: &str) -> String {
+    tuning_key(
+        &content_hash(kernel.default.source.as_bytes(), b""),
+        "kernel",
+        device,
+        driver,
+    )
+}
+
+/// The launch configuration a cache record holds.
+fn cached_config(record: &TuningRecord) -> Option<LaunchConfig> {
+    Some(LaunchConfig {
+        block_threads: u32::try_from(*record.config.get("block_threads")?).ok()?,
+        threads_per_row: u32::try_from(*record.config.get("threads_per_row").unwrap_or(&0)).ok()?,
+    })
+}
+
+/// Tunes every distinct generated kernel of `optimized` (taking what
+/// `cache` already holds for this device and driver, adding what it
+/// measures), calling `progress` after each. Returns the chosen
+/// configuration of each kernel by its default source, and a report row
+/// per kernel.
+pub fn tune_kernels(
+    optimized: &Optimized,
+    bench: &KernelBench,
+    driver: &str,
+    cache: &mut TuningCache,
+    search: &SearchOptions,
+    mut progress: impl FnMut(usize, usize, &KernelTuning),
+) -> Result<(Choices, Vec<KernelTuning>), Box<dyn std::error::Error>> {
+    let device = bench.device_name();
+    let kernels = tunable_kernels(optimized)?;
+    let mut chosen = HashMap::new();
+    let mut rows = Vec::new();
+    for (i, kernel) in kernels.iter().enumerate() {
+        let key = key(kernel, &device, driver);
+        let row = match cache
+            .entries
+            .get(&key)
+            .and_then(|r| cached_config(r).map(|c| (c, r)))
+        {
+            Some((config, record)) => KernelTuning {
+                ops: kernel.default.ops.join(" "),
+                launches: kernel.launches,
+                default_us: record.default_time_us,
+                best_us: record.time_us,
+                config,
+                measured: 0,
+            },
+            None => {
+                let row = measure_kernel(optimized, kernel, bench, search)?;
+                cache.entries.insert(key, record(kernel, &row));
+                row
+            }
+        };
+        if row.config != kernel.default.config {
+            chosen.insert(kernel.default.source.clone(), row.config);
+        }
+        progress(i + 1, kernels.len(), &row);
+        rows.push(row);
+    }
+    Ok((chosen, rows))
+}
+
+fn record(kernel: &TunableKernel, row: &KernelTuning) -> TuningRecord {
+    TuningRecord {
+        name: kernel.default.ops.join(" "),
+        config: BTreeMap::from([
+            (
+                "block_threads".to_string(),
+                i64::from(row.config.block_threads),
+            ),
+            (
+                "threads_per_row".to_string(),
+                i64::from(row.config.threads_per_row),
+            ),
+        ]),
+        time_us: row.best_us,
+        default_time_us: row.default_us,
+        measurements: row.measured,
+    }
+}
+
+/// Coordinate descent over one kernel's space on the GPU.
+fn measure_kernel(
+    optimized: &Optimized,
+    kernel: &TunableKernel,
+    bench: &KernelBench,
+    search: &SearchOptions,
+) -> Result<KernelTuning, Box<dyn std::error::Error>> {
+    // Every valid configuration, rendered and compiled together.
+    let mut rendered: Vec<(Config, String, KernelSource)> = Vec::new();
+    for (n, config) in all_configs(&kernel.space).into_iter().enumerate() {
+        if let Ok(v) = variant(optimized, kernel, &config) {
+            rendered.push((config, format!("fx_variant_{n}"), v));
+        }
+    }
+    let named: Vec<(String, &KernelSource)> =
+        rendered.iter().map(|(_, n, v)| (n.clone(), v)).collect();
+    let variants = bench.load(&translation_unit(&named))?;
+    let params: Vec<BenchParam> = kernel
+        .params
+        .iter()
+        .map(|p| BenchParam {
+            dtype: p.dtype,
+            elements: p.elements,
+            written: p.written,
+        })
+        .collect();
+    let prepared = bench.prepare(&params, kernel.default.scratch_words)?;
+    let tolerance = tolerance(&params);
+    let failure: RefCell<Option<RuntimeError>> = RefCell::new(None);
+    let reference: RefCell<Option<Vec<Vec<f32>>>> = RefCell::new(None);
+    let run = |config: &Config| -> Measurement {
+        let Some((_, name, v)) = rendered.iter().find(|(c, _, _)| c == config) else {
+            return Measurement::Rejected("not a valid configuration of this kernel".into());
+        };
+        let launch = BenchLaunch {
+            name: name.clone(),
+            grid: v.grid,
+            block: v.block,
+            scratch_words: v.scratch_words,
+        };
+        let result: BenchResult =
+            match bench.run(&variants, &prepared, &launch, BenchTiming::default()) {
+                Ok(Ok(r)) => r,
+                Ok(Err(why)) => return Measurement::Rejected(why),
+                Err(e) => {
+                    failure.borrow_mut().get_or_insert(e);
+                    return Measurement::Rejected("the GPU failed".into());
+                }
+            };
+        let mut reference = reference.borrow_mut();
+        match reference.as_ref() {
+            None => *reference = Some(result.outputs),
+            Some(want) => {
+                for (got, want) in result.outputs.iter().zip(want) {
+                    let d = rel_l2(got, want);
+                    if d.is_nan() || d > tolerance {
+                        return Measurement::Rejected(format!(
+                            "its output differs from the default's by {d:.2e}"
+                        ));
+                    }
+                }
+            }
+        }
+        Measurement::Time(result.us)
+    };
+    // The search measures its start first: the default is the reference.
+    let result = coordinate_descent(&kernel.space, kernel.default_config.clone(), search, run);
+    if let Some(e) = failure.into_inner() {
+        return Err(Box::new(e));
+    }
+    let result =
+        result.map_err(|e| format!("tuning a kernel ({}): {e}", kernel.default.ops.join(" ")))?;
+    Ok(KernelTuning {
+        ops: kernel.default.ops.join(" "),
+        launches: kernel.launches,
+        default_us: result.start_time,
+        best_us: result.best_time,
+        config: launch_config(&kernel.space, &result.best),
+        measured: result.measurements.len(),
+    })
+}
+
+/// A markdown table of the kernels' default and tuned times.
+pub fn report(rows: &[KernelTuning]) -> String {
+    let mut out = String::from(
+        "| kernel | launches | default µs | tuned µs | block | threads/row | measured |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    let (mut default, mut best) = (0.0, 0.0);
+    for r in rows {
+        out.push_str(&format!(
+            "| {} | {} | {:.1} | {:.1} | {} | {} | {} |\n",
+            r.ops,
+            r.launches,
+            r.default_us,
+            r.best_us,
+            r.config.block_threads,
+            r.config.threads_per_row,
+            r.measured
+        ));
+        default += r.launches as f64 * r.default_us;
+        best += r.launches as f64 * r.best_us;
+    }
+    out.push_str(&format!(
+        "\nper forward: {:.2} ms in generated kernels by default, {:.2} ms tuned\n",
+        default / 1e3,
+        best / 1e3
+    ));
+    out
+}
+
+/// The configurations a tuning cache holds for `optimized`'s kernels
+/// (without a GPU: the records of the one device the cache measured these
+/// kernels on; several devices is an error naming them). Returns the
+/// chosen configurations by default source, and how many kernels had one.
+pub fn cached_kernels(
+    optimized: &Optimized,
+    cache: &TuningCache,
+) -> Result<(Choices, usize), Box<dyn std::error::Error>> {
+    let kernels = tunable_kernels(optimized)?;
+    let mut devices: Vec<&str> = Vec::new();
+    let mut chosen = HashMap::new();
+    let mut found = 0;
+    for kernel in &kernels {
+        let hash = content_hash(kernel.default.source.as_bytes(), b"");
+        let prefix = format!("{hash}|kernel|");
+        for (key, record) in cache.entries.range(prefix.clone()..) {
+            let Some(rest) = key.strip_prefix(&prefix) else {
+                break;
+            };
+            let device = rest.rsplit_once('|').map_or(rest, |(d, _)| d);
+            if !devices.contains(&device) {
+                devices.push(device);
+            }
+            if let Some(config) = cached_config(record) {
+                found += 1;
+                if config != kernel.default.config && config_of(&kernel.space, config).is_some() {
+                    chosen.insert(kernel.default.source.clone(), config);
+                }
+            }
+        }
+    }
+    if devices.len() > 1 {
+        return Err(format!(
+            "the tuning cache holds kernel measurements from several devices ({}); keep one",
+            devices.join(", ")
+        )
+        .into());
+    }
+    Ok((chosen, found))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fluxc_artifact::ElemType;
+    use fluxc_autotune::Field;
+
+    #[test]
+    fn every_configuration_of_a_space() {
+        let space = ConfigSpace::new(vec![Field::new("a", [1, 2, 3]), Field::new("b", [10, 20])]);
+        let all = all_configs(&space);
+        assert_eq!(all.len(), 6);
+        assert_eq!(all[0], Config(vec![0, 0]));
+        assert_eq!(all[5], Config(vec![2, 1]));
+    }
+
+    #[test]
+    fn narrow_outputs_get_a_looser_tolerance() {
+        let p = |dtype, written| BenchParam {
+            dtype,
+            elements: 4,
+            written,
+        };
+        assert_eq!(
+            tolerance(&[p(ElemType::Bf16, false), p(ElemType::F32, true)]),
+            1e-5
+        );
+        assert_eq!(
+            tolerance(&[p(ElemType::F32, false), p(ElemType::Bf16, true)]),
+            1e-2
+        );
+        assert!(rel_l2(&[f32::NAN], &[1.0]).is_nan());
+    }
+
+    #[test]
+    fn cached_records_give_their_configuration() {
+        let row = KernelTuning {
+            ops: "layer_norm".into(),
+            launches: 19,
+            default_us: 10.0,
+            best_us: 8.0,
+            config: LaunchConfig {
+                block_threads: 512,
+                threads_per_row: 128,
+            },
+            measured: 7,
+        };
+        let r = TuningRecord {
+            name: row.ops.clone(),
+            config: BTreeMap::from([
+                ("block_threads".to_string(), 512),
+                ("threads_per_row".to_string(), 128),
+            ]),
+            time_us: 8.0,
+            default_time_us: 10.0,
+            measurements: 7,
+        };
+        assert_eq!(cached_config(&r), Some(row.config));
+        let text = report(&[row]);
+        assert!(
+            text.contains("| layer_norm | 19 | 10.0 | 8.0 | 512 | 128 | 7 |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("0.19 ms in generated kernels by default, 0.15 ms tuned"),
+            "{text}"
+        );
+    }
+}
