@@ -238,6 +238,31 @@ pub struct Gemm {
     pub algo: Option<[u64; 8]>,
 }
 
+impl Gemm {
+    /// Rows and columns of A as stored (column-major): `op(A)` is `m × k`.
+    pub fn a_dims(&self) -> (u64, u64) {
+        if self.trans_a {
+            (self.k, self.m)
+        } else {
+            (self.m, self.k)
+        }
+    }
+
+    /// Rows and columns of B as stored (column-major): `op(B)` is `k × n`.
+    pub fn b_dims(&self) -> (u64, u64) {
+        if self.trans_b {
+            (self.n, self.k)
+        } else {
+            (self.k, self.n)
+        }
+    }
+
+    /// The element type of D.
+    pub fn d_type(&self) -> ElemType {
+        self.d_dtype.unwrap_or(self.dtype)
+    }
+}
+
 /// A launch of the generated flash-attention kernel. q, k, v and out are
 /// contiguous `[batch, seq, heads, head_dim]`; the kernel's parameters are
 /// `(q, k, v, out, seq_q, seq_kv, heads, scale)` and it runs on a grid of

@@ -21,6 +21,7 @@ use fluxc_codegen::launch::{
 };
 use fluxc_codegen::{KernelSource, LaunchConfig};
 use fluxc_passes::pipeline::Optimized;
+use fluxc_runtime::bench::rel_l2;
 use fluxc_runtime::kernel_bench::{BenchLaunch, BenchParam, BenchResult, BenchTiming, KernelBench};
 use fluxc_runtime::RuntimeError;
 
@@ -73,21 +74,6 @@ fn tolerance(params: &[BenchParam]) -> f64 {
     } else {
         1e-5
     }
-}
-
-fn rel_l2(x: &[f32], reference: &[f32]) -> f64 {
-    let (mut diff, mut norm) = (0f64, 0f64);
-    for (&a, &r) in x.iter().zip(reference) {
-        diff += (f64::from(a) - f64::from(r)).powi(2);
-        norm += f64::from(r).powi(2);
-    }
-    if diff.is_nan() {
-        return f64::NAN;
-    }
-    if norm == 0.0 {
-        return if diff == 0.0 { 0.0 } else { f64::INFINITY };
-    }
-    (diff / norm).sqrt()
 }
 
 /// The cache key of `kernel` on a device and driver.

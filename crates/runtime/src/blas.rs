@@ -239,7 +239,7 @@ impl Descriptors {
     fn new(g: &Gemm, addrs: GemmAddrs) -> Result<Self, String> {
         let ab_type =
             cuda_type(g.dtype).ok_or_else(|| format!("{:?} GEMMs are not supported", g.dtype))?;
-        let d_elem = g.d_dtype.unwrap_or(g.dtype);
+        let d_elem = g.d_type();
         let d_type = cuda_type(d_elem).ok_or_else(|| format!("a {d_elem:?} D is not supported"))?;
         let st = |what: &'static str| move |e: lt::CublasError| format!("{what}: {e}");
         let desc = MatmulDesc::new().map_err(st("creating the matmul descriptor"))?;
@@ -270,8 +270,8 @@ impl Descriptors {
             desc.set(A::CUBLASLT_MATMUL_DESC_FAST_ACCUM, &1i8)
                 .map_err(st("setting fast accumulation"))?;
         }
-        let (a_rows, a_cols) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
-        let (b_rows, b_cols) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
+        let (a_rows, a_cols) = g.a_dims();
+        let (b_rows, b_cols) = g.b_dims();
         let a_layout =
             MatrixLayout::new(ab_type, a_rows, a_cols, g.lda).map_err(st("creating A's layout"))?;
         let b_layout =

@@ -18,17 +18,14 @@
 //! one's operands in L2 (an advantage the real forward does not give).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use cudarc::driver::result as drv;
-use cudarc::driver::sys;
-use cudarc::driver::{CudaContext, CudaStream};
 use fluxc_artifact::{ElemType, Gemm, GemmEpilogue, ScaleMode, Schedule, Step};
 
+use crate::bench::{copies, pseudo_random, rel_l2, BenchContext, BenchTiming};
 use crate::blas::{heuristic_algos, BlasHandle, GemmAddrs, GemmPlan};
-use crate::convert::{decode, encode};
-use crate::cuda::{check_device, check_libraries, DeviceBuffer};
-use crate::timing::Stats;
+use crate::convert::decode;
+use crate::cuda::DeviceBuffer;
 use crate::RuntimeError;
 
 /// How [`tune_gemms`] measures.
@@ -38,12 +35,8 @@ pub struct GemmTuneOptions {
     pub device: usize,
     /// Heuristic candidates per GEMM (at most 64).
     pub candidates: usize,
-    /// Untimed launches per candidate.
-    pub warmup: usize,
-    /// Timed batches per candidate.
-    pub batches: usize,
-    /// Launches per timed batch.
-    pub per_batch: usize,
+    /// How each candidate is timed.
+    pub timing: BenchTiming,
     /// Largest relative L2 difference from the first candidate's output.
     pub tolerance: f64,
 }
@@ -53,9 +46,11 @@ impl Default for GemmTuneOptions {
         GemmTuneOptions {
             device: 0,
             candidates: 8,
-            warmup: 3,
-            batches: 5,
-            per_batch: 10,
+            timing: BenchTiming {
+                warmup: 3,
+                batches: 5,
+                per_batch: 10,
+            },
             tolerance: 1e-2,
         }
     }
@@ -128,7 +123,7 @@ pub fn gemm_key(schedule: &Schedule, g: &Gemm) -> String {
         "{}>{} {}{} m={} n={} k={} lda={} ldb={} ldd={} epilogue={epilogue} bias={bias} \
          scales={scales} fast_accumulation={}",
         ty(g.dtype),
-        ty(g.d_dtype.unwrap_or(g.dtype)),
+        ty(g.d_type()),
         if g.trans_a { "T" } else { "N" },
         if g.trans_b { "T" } else { "N" },
         g.m,
@@ -181,93 +176,49 @@ impl Operands {
     }
 }
 
-/// Deterministic values in [-1, 1) (a linear congruential generator).
-fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-/// The GPU context, stream, cuBLASLt handle and workspace a tuning run uses.
+/// The GPU context, cuBLASLt handle and workspace a tuning run uses.
 struct Bench {
-    ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
+    gpu: BenchContext,
     blas: BlasHandle,
     workspace: DeviceBuffer,
     workspace_bytes: usize,
-    l2_bytes: u64,
 }
 
 impl Bench {
     fn new(device: usize, workspace_bytes: u64) -> Result<Bench, RuntimeError> {
-        check_libraries(true)?;
-        check_device(device)?;
-        let ctx =
-            CudaContext::new(device).map_err(RuntimeError::driver("creating the CUDA context"))?;
-        // SAFETY: everything is ordered on the one stream below.
-        unsafe { ctx.disable_event_tracking() };
-        let stream = ctx
-            .new_stream()
-            .map_err(RuntimeError::driver("creating a stream"))?;
-        ctx.bind_to_thread()
-            .map_err(RuntimeError::driver("binding the context"))?;
+        let gpu = BenchContext::new(device, true)?;
         let blas = BlasHandle::new()?;
         let workspace = DeviceBuffer::zeroed(
-            &ctx,
-            stream.cu_stream(),
+            &gpu.ctx,
+            gpu.stream.cu_stream(),
             workspace_bytes,
             "the GEMM workspace",
         )?;
         let workspace_bytes = usize::try_from(workspace_bytes).map_err(|_| {
             RuntimeError::Device("the GEMM workspace does not fit this host".into())
         })?;
-        let l2_bytes = ctx
-            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)
-            .map_err(RuntimeError::driver("querying the L2 size"))? as u64;
         Ok(Bench {
-            ctx,
-            stream,
+            gpu,
             blas,
             workspace,
             workspace_bytes,
-            l2_bytes,
         })
     }
 
-    fn sync(&self, what: &str) -> Result<(), RuntimeError> {
-        self.stream
-            .synchronize()
-            .map_err(RuntimeError::driver(what.to_string()))
-    }
-
-    /// A device buffer holding `values` encoded as `dtype`.
     fn upload(
         &self,
         dtype: ElemType,
         values: &[f32],
         what: &str,
     ) -> Result<DeviceBuffer, RuntimeError> {
-        let bytes = encode(dtype, values);
-        let buffer =
-            DeviceBuffer::zeroed(&self.ctx, self.stream.cu_stream(), bytes.len() as u64, what)?;
-        // SAFETY: `buffer` holds `bytes.len()` bytes; `bytes` lives until the sync.
-        unsafe { drv::memcpy_htod_async(buffer.ptr(), &bytes, self.stream.cu_stream()) }
-            .map_err(RuntimeError::driver(format!("uploading {what}")))?;
-        self.sync(&format!("uploading {what}"))?;
-        Ok(buffer)
+        self.gpu.upload(dtype, values, what)
     }
 
     /// One copy of `g`'s operands with values of seed `seed`.
     fn operands(&self, schedule: &Schedule, g: &Gemm, seed: u64) -> Result<Operands, RuntimeError> {
-        let (a_rows, a_cols) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
-        let (b_rows, b_cols) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
-        let d_type = g.d_dtype.unwrap_or(g.dtype);
+        let (a_rows, a_cols) = g.a_dims();
+        let (b_rows, b_cols) = g.b_dims();
+        let d_type = g.d_type();
         let count = |bytes: u64, t: ElemType| (bytes / t.size_bytes()) as usize;
         // Values of unit size; fp8 operands take them as they are (e4m3 holds
         // [-1, 1) finely enough), bf16 ones too.
@@ -276,7 +227,12 @@ impl Bench {
         let a = self.upload(g.dtype, &pseudo_random(a_n, seed), "operand A")?;
         let b = self.upload(g.dtype, &pseudo_random(b_n, seed + 1), "operand B")?;
         let d_bytes = matrix_bytes(g.m, g.n, g.ldd, d_type);
-        let d = DeviceBuffer::zeroed(&self.ctx, self.stream.cu_stream(), d_bytes, "operand D")?;
+        let d = DeviceBuffer::zeroed(
+            &self.gpu.ctx,
+            self.gpu.stream.cu_stream(),
+            d_bytes,
+            "operand D",
+        )?;
         let bias = match g.bias {
             Some(t) => {
                 let dtype = schedule.buffers[t.buffer as usize].dtype;
@@ -325,10 +281,10 @@ impl Bench {
         self.enqueue(plan)?;
         let mut host = vec![0u8; operands.d.bytes()];
         // SAFETY: `host` holds the buffer's bytes and lives until the sync.
-        unsafe { drv::memcpy_dtoh_async(&mut host, operands.d.ptr(), self.stream.cu_stream()) }
+        unsafe { drv::memcpy_dtoh_async(&mut host, operands.d.ptr(), self.gpu.stream.cu_stream()) }
             .map_err(RuntimeError::driver("reading a GEMM's output"))?;
-        self.sync("running a GEMM candidate")?;
-        Ok(decode(g.d_dtype.unwrap_or(g.dtype), &host))
+        self.gpu.sync("running a GEMM candidate")?;
+        Ok(decode(g.d_type(), &host))
     }
 
     fn enqueue(&self, plan: &GemmPlan) -> Result<(), RuntimeError> {
@@ -339,7 +295,7 @@ impl Bench {
                 &self.blas,
                 self.workspace.ptr(),
                 self.workspace_bytes,
-                self.stream.cu_stream(),
+                self.gpu.stream.cu_stream(),
             )
         }
         .map_err(RuntimeError::cublas("running a GEMM candidate"))
@@ -347,50 +303,9 @@ impl Bench {
 
     /// Median µs per launch of `plans` (rotated) over timed batches.
     fn time(&self, plans: &[GemmPlan], options: &GemmTuneOptions) -> Result<f64, RuntimeError> {
-        for i in 0..options.warmup {
-            self.enqueue(&plans[i % plans.len()])?;
-        }
-        let event = || {
-            self.ctx
-                .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
-                .map_err(RuntimeError::driver("creating a timing event"))
-        };
-        let mut batches = Vec::with_capacity(options.batches);
-        for _ in 0..options.batches.max(1) {
-            let (start, end) = (event()?, event()?);
-            start
-                .record(&self.stream)
-                .map_err(RuntimeError::driver("recording a timing event"))?;
-            for i in 0..options.per_batch.max(1) {
-                self.enqueue(&plans[i % plans.len()])?;
-            }
-            end.record(&self.stream)
-                .map_err(RuntimeError::driver("recording a timing event"))?;
-            batches.push((start, end));
-        }
-        self.sync("timing a GEMM candidate")?;
-        let mut us = Vec::with_capacity(batches.len());
-        for (start, end) in &batches {
-            let ms = start
-                .elapsed_ms(end)
-                .map_err(RuntimeError::driver("reading a timing event"))?;
-            us.push(f64::from(ms) * 1e3 / options.per_batch.max(1) as f64);
-        }
-        Ok(Stats::of(&us).map_or(f64::NAN, |s| s.median))
+        self.gpu
+            .time(options.timing, |i| self.enqueue(&plans[i % plans.len()]))
     }
-}
-
-/// Relative L2 distance of `x` from `reference`.
-fn rel_l2(x: &[f32], reference: &[f32]) -> f64 {
-    let (mut diff, mut norm) = (0f64, 0f64);
-    for (&a, &r) in x.iter().zip(reference) {
-        diff += (f64::from(a) - f64::from(r)).powi(2);
-        norm += f64::from(r).powi(2);
-    }
-    if norm == 0.0 {
-        return if diff == 0.0 { 0.0 } else { f64::INFINITY };
-    }
-    (diff / norm).sqrt()
 }
 
 /// A tuning run: where it ran and what it measured.
@@ -415,7 +330,7 @@ pub fn tune_gemms(
 ) -> Result<GemmTuneRun, RuntimeError> {
     let groups = distinct_gemms(schedule);
     let bench = Bench::new(options.device, schedule.gemm_workspace_bytes)?;
-    let device = bench.ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+    let device = bench.gpu.device_name();
     let driver = crate::cuda::driver_version()?;
     let mut results = Vec::with_capacity(groups.len());
     for (done, (key, steps)) in groups.iter().enumerate() {
@@ -432,11 +347,11 @@ pub fn tune_gemms(
             reason,
         };
         // Enough copies that one launch's operands evict the previous ones'.
-        let (a_rows, a_cols) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
-        let (b_rows, b_cols) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
+        let (a_rows, a_cols) = g.a_dims();
+        let (b_rows, b_cols) = g.b_dims();
         let per_copy = matrix_bytes(a_rows, a_cols, g.lda, g.dtype)
             + matrix_bytes(b_rows, b_cols, g.ldb, g.dtype);
-        let copies = (2 * bench.l2_bytes).div_ceil(per_copy.max(1)).clamp(1, 4) as usize;
+        let copies = copies(bench.gpu.l2_bytes, per_copy);
         let operands = (0..copies)
             .map(|c| bench.operands(schedule, &g, 1 + 10 * c as u64))
             .collect::<Result<Vec<_>, _>>()?;
@@ -608,21 +523,5 @@ mod tests {
         assert_eq!(chosen[&3], [1; 8]);
         let (default, best) = per_forward_us(&results);
         assert_eq!((default, best), (40.0, 35.9));
-    }
-
-    #[test]
-    fn relative_l2() {
-        assert_eq!(rel_l2(&[1.0, 2.0], &[1.0, 2.0]), 0.0);
-        assert!((rel_l2(&[1.0, 0.0], &[0.0, 1.0]) - 2f64.sqrt()).abs() < 1e-12);
-        assert_eq!(rel_l2(&[0.0], &[0.0]), 0.0);
-        assert!(rel_l2(&[1.0], &[0.0]).is_infinite());
-    }
-
-    #[test]
-    fn values_are_deterministic_and_in_range() {
-        let v = pseudo_random(1000, 7);
-        assert_eq!(v, pseudo_random(1000, 7));
-        assert_ne!(v, pseudo_random(1000, 8));
-        assert!(v.iter().all(|x| (-1.0..1.0).contains(x)));
     }
 }

@@ -30,13 +30,14 @@
 //! GPU with the runtime's own `kernels/quantize.cu`), [`convert`] (f32 ↔
 //! buffer dtypes), [`compile`] (NVRTC and the CUBIN cache), [`cuda`]
 //! (library checks and RAII driver handles), `blas` (cuBLASLt, fp8 GEMMs
-//! included), [`gemm_tuning`] (timing cuBLASLt's candidate algorithms of
+//! included), [`bench`] (what the GPU tuners share), [`gemm_tuning`] (timing cuBLASLt's candidate algorithms of
 //! every GEMM of a schedule, for `fluxc tune`), [`kernel_bench`] (timing
 //! variants of a generated kernel, for the kernel autotuner), `plan` (device addresses, kernel parameters, extent checks),
 //! `engine` ([`Engine`]), `timing` ([`Timing`]), `options` ([`LoadOptions`]),
 //! `error` ([`RuntimeError`]).
 
 mod artifact;
+pub mod bench;
 mod blas;
 pub mod compile;
 pub mod convert;

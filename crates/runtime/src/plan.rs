@@ -115,7 +115,7 @@ pub(crate) fn describe_step(step: &Step) -> String {
                 text.push_str(&format!(
                     ", {:?} → {:?}, {} scales",
                     g.dtype,
-                    g.d_dtype.unwrap_or(g.dtype),
+                    g.d_type(),
                     scale_mode_text(s.mode)
                 ));
             }
@@ -243,8 +243,8 @@ fn check_gemm(schedule: &Schedule, g: &Gemm) -> Result<(), String> {
     } else if g.fast_accumulation {
         return Err("fast accumulation is for fp8 GEMMs only".into());
     }
-    let (a_rows, a_cols) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
-    let (b_rows, b_cols) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
+    let (a_rows, a_cols) = g.a_dims();
+    let (b_rows, b_cols) = g.b_dims();
     for (what, t, dtype, rows, cols, ld) in [
         ("A", g.a, g.dtype, a_rows, a_cols, g.lda),
         ("B", g.b, g.dtype, b_rows, b_cols, g.ldb),
