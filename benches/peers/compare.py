@@ -33,15 +33,16 @@ PEERS = {
     "torchao_fp8_row": ("torchao_fp8_row.safetensors", "torchao_fp8_row", "torchao 0.18 fp8 per row (eager)", 1.2),
 }
 
-# fluxc label -> the peer its error is judged against
-QUALITY_PEER = {"bf16": "diffusers_bf16", "fp8-tensor": "torchao_fp8_tensor", "fp8-row": "torchao_fp8_row",
-                "fp8-tensor-fast": "torchao_fp8_tensor", "fp8-row-fast": "torchao_fp8_row",
-                "fp8-row-image": "torchao_fp8_row"}
+# precision -> the peer a fluxc variant's error is judged against, and the
+# torch.compile peer of that precision
+QUALITY_PEER = {"bf16": "diffusers_bf16", "fp8-tensor": "torchao_fp8_tensor", "fp8-row": "torchao_fp8_row"}
+COMPILED = {"bf16": "torch_compile_bf16", "fp8-tensor": "torch_compile_fp8_tensor", "fp8-row": "torch_compile_fp8_row"}
 
-# fluxc label -> torch.compile peer of the same precision
-COMPILED = {"bf16": "torch_compile_bf16", "fp8-tensor": "torch_compile_fp8_tensor", "fp8-row": "torch_compile_fp8_row",
-            "fp8-tensor-fast": "torch_compile_fp8_tensor", "fp8-row-fast": "torch_compile_fp8_row",
-            "fp8-row-image": "torch_compile_fp8_row"}
+
+def precision(label):
+    """The precision a variant label names: its leading `bf16`, `fp8-tensor`
+    or `fp8-row` (prepare.sh's variants add `-fast`, `-image`, `-tuned`)."""
+    return next((p for p in QUALITY_PEER if label == p or label.startswith(p + "-")), label)
 
 
 def rel_l2(x, ref):
@@ -68,7 +69,7 @@ def main():
             peer_errors[peer_key] = rel_l2(load_file(a.dir / file)["sample"], ref)
             rows.append({"system": name, "median_ms": t["median_ms"], "min_ms": t["min_ms"], "max_ms": t["max_ms"],
                          "rel_l2_vs_fp32": peer_errors[peer_key], "host_us_per_launch": None})
-    for key in dict.fromkeys(COMPILED.values()):
+    for key in COMPILED.values():
         if (a.dir / f"{key}.safetensors").exists() and key in timings:
             t = timings[key]
             peer_errors[key] = rel_l2(load_file(a.dir / f"{key}.safetensors")["sample"], ref)
@@ -95,7 +96,7 @@ def main():
                      "host_us_per_launch": run["launch_us"]["median"]})
         check = {"fluxc": label, "median_ms": median, "speedup_vs_diffusers_eager": eager / median,
                  "rel_l2_vs_fp32": error}
-        base = label.removesuffix("-tuned")
+        base = precision(label)
         compiled = COMPILED.get(base)
         if compiled in timings and (a.dir / f"{compiled}.safetensors").exists():
             check.update(speedup_vs_torch_compile=timings[compiled]["median_ms"] / median)
