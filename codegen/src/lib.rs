@@ -190,17 +190,16 @@ pub fn generate_with(
                     k.params.iter().map(|p| Arg::Ptr(tensor(p.node))).collect();
                 if k.scratch_words > 0 {
                     args.push(Arg::Ptr(Tensor::of(buffers.len() as u32)));
-                    let bytes = u64::from(k.scratch_words) * 4;
-                    buffers.push(Buffer {
-                        id: buffers.len() as u32,
-                        name: format!("scratch of step {s} ({})", kernel_names[&s]),
-                        dtype: ElemType::I32,
-                        shape: vec![u64::from(k.scratch_words)],
-                        region: Region::Scratch,
-                        offset: scratch_bytes,
-                        bytes,
-                    });
-                    scratch_bytes += memory::align(bytes);
+                    let scratch = Buffer::new(
+                        buffers.len() as u32,
+                        format!("scratch of step {s} ({})", kernel_names[&s]),
+                        ElemType::I32,
+                        vec![u64::from(k.scratch_words)],
+                        Region::Scratch,
+                        scratch_bytes,
+                    );
+                    scratch_bytes += memory::align(scratch.bytes);
+                    buffers.push(scratch);
                 }
                 Step::Launch(Launch {
                     kernel: kernel_names[&s].clone(),

@@ -78,6 +78,28 @@ pub struct Buffer {
 }
 
 impl Buffer {
+    /// A buffer of `shape` elements of `dtype` at `offset` in `region`, its
+    /// size in bytes derived from them.
+    pub fn new(
+        id: BufferId,
+        name: impl Into<String>,
+        dtype: ElemType,
+        shape: Vec<u64>,
+        region: Region,
+        offset: u64,
+    ) -> Buffer {
+        let bytes = shape.iter().product::<u64>() * dtype.size_bytes();
+        Buffer {
+            id,
+            name: name.into(),
+            dtype,
+            shape,
+            region,
+            offset,
+            bytes,
+        }
+    }
+
     /// Number of elements.
     pub fn elements(&self) -> u64 {
         self.shape.iter().product()

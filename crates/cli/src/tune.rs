@@ -299,14 +299,15 @@ mod tests {
 
     fn schedule() -> Schedule {
         use fluxc_artifact::{Buffer, ElemType, Gemm, GemmEpilogue, Region, Tensor};
-        let buffer = |id: u32, shape: Vec<u64>| Buffer {
-            id,
-            name: format!("b{id}"),
-            dtype: ElemType::Bf16,
-            bytes: shape.iter().product::<u64>() * 2,
-            shape,
-            region: Region::Arena,
-            offset: 0,
+        let buffer = |id: u32, shape: Vec<u64>| {
+            Buffer::new(
+                id,
+                format!("b{id}"),
+                ElemType::Bf16,
+                shape,
+                Region::Arena,
+                0,
+            )
         };
         let gemm = |m: u64, bias: bool| {
             Step::Gemm(Gemm {

@@ -21,15 +21,7 @@ const KERNELS: &str = r#"extern "C" __global__ void add(const float* x, const fl
 "#;
 
 fn buffer(id: u32, name: &str, region: Region, offset: u64) -> Buffer {
-    Buffer {
-        id,
-        name: name.into(),
-        dtype: ElemType::F32,
-        shape: vec![2, 4],
-        region,
-        offset,
-        bytes: 32,
-    }
+    Buffer::new(id, name, ElemType::F32, vec![2, 4], region, offset)
 }
 
 /// `y = x + b`, f32 [2, 4], with `b` a weight.

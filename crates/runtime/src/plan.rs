@@ -411,16 +411,7 @@ mod tests {
     use super::*;
 
     fn buffer(id: u32, dtype: ElemType, shape: Vec<u64>, region: Region, offset: u64) -> Buffer {
-        let bytes = shape.iter().product::<u64>() * dtype.size_bytes();
-        Buffer {
-            id,
-            name: format!("b{id}"),
-            dtype,
-            shape,
-            region,
-            offset,
-            bytes,
-        }
+        Buffer::new(id, format!("b{id}"), dtype, shape, region, offset)
     }
 
     /// x [4, 8] bf16 (arena), W [16, 8] bf16 (weights), bias [16], y [4, 16];

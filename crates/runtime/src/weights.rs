@@ -602,16 +602,7 @@ mod tests {
     }
 
     fn buffer(id: u32, dtype: ElemType, shape: Vec<u64>, offset: u64) -> Buffer {
-        let bytes = shape.iter().product::<u64>() * dtype.size_bytes();
-        Buffer {
-            id,
-            name: format!("w{id}"),
-            dtype,
-            shape,
-            region: Region::Weights,
-            offset,
-            bytes,
-        }
+        Buffer::new(id, format!("w{id}"), dtype, shape, Region::Weights, offset)
     }
 
     fn entry(name: &str, buffer: u32, sources: &[(&str, WeightSource)]) -> WeightEntry {

@@ -31,43 +31,23 @@ const N: u64 = 16;
 /// `kernels.cu` of an artifact without generated kernels.
 const KERNELS: &str = "extern \"C\" __global__ void fluxc_unused() {}\n";
 
-fn buffer(
-    id: u32,
-    name: &str,
-    dtype: ElemType,
-    shape: Vec<u64>,
-    region: Region,
-    offset: u64,
-) -> Buffer {
-    let bytes = shape.iter().product::<u64>() * dtype.size_bytes();
-    Buffer {
-        id,
-        name: name.into(),
-        dtype,
-        shape,
-        region,
-        offset,
-        bytes,
-    }
-}
-
 /// `y = (x8 · w8ᵀ) · sx · sw + bias` with outer-vector scales, and
 /// `yt = (x8 · w8tᵀ) · sx[0] · swt` with per-tensor scales.
 fn schedule() -> Schedule {
     use ElemType::{Bf16, F8e4m3, F32, I32};
     use Region::{Arena, Scratch, Weights};
     let buffers = vec![
-        buffer(0, "w8", F8e4m3, vec![M, K], Weights, 0),
-        buffer(1, "sw", F32, vec![M, 1], Weights, 2048),
-        buffer(2, "w8t", F8e4m3, vec![M, K], Weights, 2304),
-        buffer(3, "swt", F32, vec![1], Weights, 4352),
-        buffer(4, "wf", F8e4m3, vec![M, K], Weights, 4608),
-        buffer(5, "bias", Bf16, vec![M], Weights, 6656),
-        buffer(6, "x8", F8e4m3, vec![N, K], Arena, 0),
-        buffer(7, "sx", F32, vec![N], Arena, 1024),
-        buffer(8, "y", Bf16, vec![N, M], Arena, 1280),
-        buffer(9, "yt", Bf16, vec![N, M], Arena, 2304),
-        buffer(10, "counters", I32, vec![4], Scratch, 0),
+        Buffer::new(0, "w8", F8e4m3, vec![M, K], Weights, 0),
+        Buffer::new(1, "sw", F32, vec![M, 1], Weights, 2048),
+        Buffer::new(2, "w8t", F8e4m3, vec![M, K], Weights, 2304),
+        Buffer::new(3, "swt", F32, vec![1], Weights, 4352),
+        Buffer::new(4, "wf", F8e4m3, vec![M, K], Weights, 4608),
+        Buffer::new(5, "bias", Bf16, vec![M], Weights, 6656),
+        Buffer::new(6, "x8", F8e4m3, vec![N, K], Arena, 0),
+        Buffer::new(7, "sx", F32, vec![N], Arena, 1024),
+        Buffer::new(8, "y", Bf16, vec![N, M], Arena, 1280),
+        Buffer::new(9, "yt", Bf16, vec![N, M], Arena, 2304),
+        Buffer::new(10, "counters", I32, vec![4], Scratch, 0),
     ];
     let gemm = |name: &str, a, d, scales, bias| {
         Step::Gemm(Gemm {

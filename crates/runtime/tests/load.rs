@@ -24,26 +24,6 @@ extern "C" __global__ void scale_bf16(const __nv_bfloat16* x, __nv_bfloat16* y, 
 }
 "#;
 
-fn buffer(
-    id: u32,
-    name: &str,
-    dtype: ElemType,
-    shape: Vec<u64>,
-    region: Region,
-    offset: u64,
-) -> Buffer {
-    let bytes = shape.iter().product::<u64>() * dtype.size_bytes();
-    Buffer {
-        id,
-        name: name.into(),
-        dtype,
-        shape,
-        region,
-        offset,
-        bytes,
-    }
-}
-
 /// `y = scale(x Wᵀ + b)`: x [4, 8] → y [4, 16], bf16.
 fn schedule() -> Schedule {
     Schedule {
@@ -52,8 +32,8 @@ fn schedule() -> Schedule {
         scratch_bytes: 0,
         gemm_workspace_bytes: 1 << 20,
         buffers: vec![
-            buffer(0, "x", ElemType::Bf16, vec![4, 8], Region::Arena, 0),
-            buffer(
+            Buffer::new(0, "x", ElemType::Bf16, vec![4, 8], Region::Arena, 0),
+            Buffer::new(
                 1,
                 "proj.weight",
                 ElemType::Bf16,
@@ -61,7 +41,7 @@ fn schedule() -> Schedule {
                 Region::Weights,
                 0,
             ),
-            buffer(
+            Buffer::new(
                 2,
                 "proj.bias",
                 ElemType::Bf16,
@@ -69,8 +49,8 @@ fn schedule() -> Schedule {
                 Region::Weights,
                 256,
             ),
-            buffer(3, "h", ElemType::Bf16, vec![4, 16], Region::Arena, 256),
-            buffer(4, "y", ElemType::Bf16, vec![4, 16], Region::Arena, 512),
+            Buffer::new(3, "h", ElemType::Bf16, vec![4, 16], Region::Arena, 256),
+            Buffer::new(4, "y", ElemType::Bf16, vec![4, 16], Region::Arena, 512),
         ],
         inputs: vec![Binding {
             name: "x".into(),
