@@ -45,6 +45,21 @@ impl Default for TuningCache {
     }
 }
 
+impl TuningCache {
+    /// The records measured for `content_hash` and `shape`, each with the
+    /// `device|driver` it was measured on (the rest of its key).
+    pub fn records_for<'c>(
+        &'c self,
+        content_hash: &str,
+        shape: &str,
+    ) -> impl Iterator<Item = (&'c str, &'c TuningRecord)> + 'c {
+        let prefix = format!("{content_hash}|{shape}|");
+        self.entries
+            .range(prefix.clone()..)
+            .map_while(move |(key, record)| Some((key.strip_prefix(&prefix)?, record)))
+    }
+}
+
 /// The key of a measurement: `content_hash|shape|device|driver`.
 pub fn tuning_key(content_hash: &str, shape: &str, device: &str, driver: &str) -> String {
     format!("{content_hash}|{shape}|{device}|{driver}")
@@ -67,6 +82,12 @@ mod tests {
                 measurements: 7,
             },
         );
+        let found: Vec<&str> = cache
+            .records_for("ab12", "4352x3072")
+            .map(|(d, _)| d)
+            .collect();
+        assert_eq!(found, ["NVIDIA H200|580.159"]);
+        assert_eq!(cache.records_for("ab12", "4352").count(), 0);
         let json = serde_json::to_string(&cache).unwrap();
         assert_eq!(serde_json::from_str::<TuningCache>(&json).unwrap(), cache);
         assert!(json.contains("ab12|4352x3072|NVIDIA H200|580.159"));

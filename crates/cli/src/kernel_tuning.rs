@@ -280,20 +280,19 @@ pub fn cached_kernels(
     cache: &TuningCache,
 ) -> Result<(Choices, usize), Box<dyn std::error::Error>> {
     let kernels = tunable_kernels(optimized)?;
-    let mut devices: Vec<&str> = Vec::new();
+    let records = |k: &TunableKernel| {
+        cache.records_for(&content_hash(k.default.source.as_bytes(), b""), "kernel")
+    };
+    crate::tune::single_device(
+        kernels
+            .iter()
+            .flat_map(|k| records(k).map(|(d, _)| d).collect::<Vec<_>>()),
+        "this model's kernels",
+    )?;
     let mut chosen = HashMap::new();
     let mut found = 0;
     for kernel in &kernels {
-        let hash = content_hash(kernel.default.source.as_bytes(), b"");
-        let prefix = format!("{hash}|kernel|");
-        for (key, record) in cache.entries.range(prefix.clone()..) {
-            let Some(rest) = key.strip_prefix(&prefix) else {
-                break;
-            };
-            let device = rest.rsplit_once('|').map_or(rest, |(d, _)| d);
-            if !devices.contains(&device) {
-                devices.push(device);
-            }
+        for (_, record) in records(kernel) {
             if let Some(config) = cached_config(record) {
                 found += 1;
                 if config != kernel.default.config && config_of(&kernel.space, config).is_some() {
@@ -301,13 +300,6 @@ pub fn cached_kernels(
                 }
             }
         }
-    }
-    if devices.len() > 1 {
-        return Err(format!(
-            "the tuning cache holds kernel measurements from several devices ({}); keep one",
-            devices.join(", ")
-        )
-        .into());
     }
     Ok((chosen, found))
 }

@@ -62,7 +62,8 @@ pub fn run(args: &TuneArgs) -> Result<(), Box<dyn std::error::Error>> {
         );
     })?;
     let (default_us, best_us) = per_forward_us(&run.gemms);
-    let chosen = chosen_algos(&run.gemms, MIN_GAIN);
+    let mut schedule = artifact.schedule.clone();
+    let tuned = apply_run(&mut schedule, &run);
     eprintln!(
         "tuned {} distinct GEMMs on {} in {:.1} s: GEMM time per forward {:.2} ms → {:.2} ms; \
          {} of {} GEMM steps get a tuned algorithm",
@@ -71,7 +72,7 @@ pub fn run(args: &TuneArgs) -> Result<(), Box<dyn std::error::Error>> {
         started.elapsed().as_secs_f64(),
         default_us / 1e3,
         best_us / 1e3,
-        chosen.len(),
+        tuned,
         run.gemms.iter().map(|g| g.steps.len()).sum::<usize>()
     );
     if args.report {
@@ -84,7 +85,7 @@ pub fn run(args: &TuneArgs) -> Result<(), Box<dyn std::error::Error>> {
         eprintln!("wrote {} entries to {}", run.gemms.len(), path.display());
     }
     if !args.dry_run {
-        rewrite(&artifact, &chosen)?;
+        rewrite(&artifact, &schedule)?;
         eprintln!("updated {}", artifact.dir.display());
     }
     Ok(())
@@ -160,17 +161,6 @@ pub struct Applied {
 /// device and driver too; compiling needs no GPU, so the records of one
 /// device are used, and a cache holding several is an error naming them.
 pub fn apply_cache(schedule: &mut Schedule, cache: &TuningCache) -> Result<Applied, String> {
-    // GEMM key -> (device and driver, record)
-    let mut by_gemm: BTreeMap<&str, Vec<(String, &TuningRecord)>> = BTreeMap::new();
-    for (key, record) in &cache.entries {
-        let parts: Vec<&str> = key.splitn(4, '|').collect();
-        if let [_, gemm, device, driver] = parts[..] {
-            by_gemm
-                .entry(gemm)
-                .or_default()
-                .push((format!("{device} (driver {driver})"), record));
-        }
-    }
     let keys: Vec<Option<String>> = schedule
         .steps
         .iter()
@@ -179,38 +169,53 @@ pub fn apply_cache(schedule: &mut Schedule, cache: &TuningCache) -> Result<Appli
             _ => None,
         })
         .collect();
-    let mut devices: Vec<String> = keys
-        .iter()
-        .flatten()
-        .flat_map(|k| by_gemm.get(k.as_str()).into_iter().flatten())
-        .map(|(d, _)| d.clone())
-        .collect();
-    devices.sort();
-    devices.dedup();
-    if devices.len() > 1 {
-        return Err(format!(
-            "the tuning cache holds measurements of this model's GEMMs from several devices ({}); \
-             keep one device's entries",
-            devices.join(", ")
-        ));
-    }
+    let records = |key: &str| cache.records_for(&content_hash(key.as_bytes(), b""), key);
+    let device = single_device(
+        keys.iter()
+            .flatten()
+            .flat_map(|k| records(k).map(|(d, _)| d).collect::<Vec<_>>()),
+        "this model's GEMMs",
+    )?;
     let mut applied = Applied {
         tuned: 0,
         gemms: keys.iter().flatten().count(),
-        device: devices.pop(),
+        device,
     };
     for (step, key) in schedule.steps.iter_mut().zip(&keys) {
         let (Step::Gemm(g), Some(key)) = (step, key) else {
             continue;
         };
-        let algo = by_gemm
-            .get(key.as_str())
-            .and_then(|records| records.first())
-            .and_then(|(_, r)| recorded_algo(r));
+        let algo = records(key).next().and_then(|(_, r)| recorded_algo(r));
         applied.tuned += usize::from(algo.is_some());
         g.algo = algo;
     }
     Ok(applied)
+}
+
+/// The one `device|driver` a compile without a GPU takes `what`'s records
+/// from, in words (`NVIDIA H200 (driver 13000)`); `None` when there are no
+/// records, an error naming them when they come from several.
+pub fn single_device<'a>(
+    devices: impl IntoIterator<Item = &'a str>,
+    what: &str,
+) -> Result<Option<String>, String> {
+    let mut found: Vec<String> = devices
+        .into_iter()
+        .map(|d| match d.rsplit_once('|') {
+            Some((device, driver)) => format!("{device} (driver {driver})"),
+            None => d.to_string(),
+        })
+        .collect();
+    found.sort();
+    found.dedup();
+    if found.len() > 1 {
+        return Err(format!(
+            "the tuning cache holds measurements of {what} from several devices ({}); keep one \
+             device's entries",
+            found.join(", ")
+        ));
+    }
+    Ok(found.pop())
 }
 
 /// One line per distinct GEMM: default and tuned µs, speed-up, how many
@@ -241,19 +246,9 @@ pub fn report(gemms: &[GemmTuning]) -> String {
     out
 }
 
-/// Writes the artifact's schedule with `chosen` algorithms (every other
-/// GEMM back to the heuristic's choice) and the manifest's new content hash.
-fn rewrite(
-    artifact: &Artifact,
-    chosen: &BTreeMap<usize, [u64; 8]>,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let mut schedule = artifact.schedule.clone();
-    for (i, step) in schedule.steps.iter_mut().enumerate() {
-        if let Step::Gemm(g) = step {
-            g.algo = chosen.get(&i).copied();
-        }
-    }
-    let schedule_text = schedule_json(&schedule)?;
+/// Writes `schedule` as the artifact's and the manifest's new content hash.
+fn rewrite(artifact: &Artifact, schedule: &Schedule) -> Result<(), Box<dyn std::error::Error>> {
+    let schedule_text = schedule_json(schedule)?;
     let mut manifest = artifact.manifest.clone();
     manifest.content_hash = content_hash(schedule_text.as_bytes(), artifact.kernels.as_bytes());
     let manifest_text = serde_json::to_string_pretty(&manifest)? + "\n";
