@@ -1,6 +1,8 @@
 //! Tests of model.toml loading: the presets, every validation rule, and the
 //! locations and messages of parse, schema and I/O errors.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use fluxc_models::config::{
@@ -46,17 +48,7 @@ fn parse(source: &str) -> Result<ModelConfig, ConfigError> {
 
 /// `BASE` with the line `key = ...` replaced by `key = value`.
 fn with(key: &str, value: &str) -> String {
-    let line = line_of(key);
-    BASE.lines()
-        .enumerate()
-        .map(|(index, text)| {
-            if index + 1 == line {
-                format!("{key} = {value}\n")
-            } else {
-                format!("{text}\n")
-            }
-        })
-        .collect()
+    common::with_line(BASE, key, value)
 }
 
 /// `BASE` with `old` (which must occur exactly once) replaced by `new`.
@@ -71,12 +63,7 @@ fn replace(old: &str, new: &str) -> String {
 
 /// The 1-based line of `key = ...` in `BASE`.
 fn line_of(key: &str) -> usize {
-    let prefix = format!("{key} = ");
-    let index = BASE
-        .lines()
-        .position(|line| line.starts_with(&prefix))
-        .unwrap_or_else(|| panic!("no `{key}` in BASE"));
-    index + 1
+    common::line_starting(BASE, &format!("{key} = "))
 }
 
 /// Asserts that `source` fails validation on `field`, located at the start

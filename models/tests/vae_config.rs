@@ -3,8 +3,11 @@
 //! rule with its location, the VAE presets, and the accessors that never
 //! panic on an unvalidated config.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
+use common::line_starting;
 use fluxc_ir::IrError;
 use fluxc_models::config::{
     preset_path, Architecture, ConfigError, MissingSection, ModelConfig, ModelDType,
@@ -65,27 +68,9 @@ fn parse(source: &str) -> Result<ModelConfig, ConfigError> {
 }
 
 /// The 1-based line of the first line of `source` starting with `start`.
-fn line_starting(source: &str, start: &str) -> usize {
-    source
-        .lines()
-        .position(|line| line.starts_with(start))
-        .unwrap_or_else(|| panic!("no line starting with `{start}`"))
-        + 1
-}
-
 /// `VAE` with the line `key = ...` replaced by `key = value`.
 fn vae_with(key: &str, value: &str) -> String {
-    let line = line_starting(VAE, &format!("{key} = "));
-    VAE.lines()
-        .enumerate()
-        .map(|(index, text)| {
-            if index + 1 == line {
-                format!("{key} = {value}\n")
-            } else {
-                format!("{text}\n")
-            }
-        })
-        .collect()
+    common::with_line(VAE, key, value)
 }
 
 /// `source` with the lines starting with `start` removed.
