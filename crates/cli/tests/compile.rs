@@ -18,6 +18,16 @@ fn tiny() -> PathBuf {
     repo().join("models/tiny-schnell.toml")
 }
 
+/// `fluxc compile -o out [extra...] tiny-schnell.toml`.
+fn compile_tiny(out: &Path, extra: &[&std::ffi::OsStr]) -> assert_cmd::assert::Assert {
+    fluxc()
+        .args(["compile", "-o"])
+        .arg(out)
+        .args(extra)
+        .arg(tiny())
+        .assert()
+}
+
 #[test]
 fn dump_after_works_for_every_pass() {
     for step in STEPS {
@@ -84,12 +94,7 @@ fn unknown_pass_is_a_clear_error() {
 fn writes_an_artifact_and_replaces_only_artifacts() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("art");
-    fluxc()
-        .args(["compile", "-o"])
-        .arg(&out)
-        .arg(tiny())
-        .assert()
-        .success();
+    compile_tiny(&out, &[]).success();
     for file in [
         "manifest.json",
         "schedule.json",
@@ -111,22 +116,12 @@ fn writes_an_artifact_and_replaces_only_artifacts() {
     // In a BFL file the fused bias is stored as one tensor: read as stored.
     assert_eq!(fused["sources"]["bfl"]["kind"], "rows");
     // Compiling again replaces the artifact.
-    fluxc()
-        .args(["compile", "-o"])
-        .arg(&out)
-        .arg(tiny())
-        .assert()
-        .success();
+    compile_tiny(&out, &[]).success();
     // A directory that is not an artifact is never overwritten.
     let precious = dir.path().join("precious");
     std::fs::create_dir(&precious).unwrap();
     std::fs::write(precious.join("notes.txt"), "keep me").unwrap();
-    let failed = fluxc()
-        .args(["compile", "-o"])
-        .arg(&precious)
-        .arg(tiny())
-        .assert()
-        .failure();
+    let failed = compile_tiny(&precious, &[]).failure();
     let stderr = String::from_utf8(failed.get_output().stderr.clone()).unwrap();
     assert!(stderr.contains("is not a fluxc artifact"), "{stderr}");
     assert_eq!(
@@ -188,12 +183,7 @@ fn a_tuning_cache_gives_gemms_their_recorded_algorithms() {
     use fluxc_artifact::{content_hash, tuning_key, Step, TuningCache, TuningRecord};
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("art");
-    fluxc()
-        .args(["compile", "-o"])
-        .arg(&out)
-        .arg(tiny())
-        .assert()
-        .success();
+    compile_tiny(&out, &[]).success();
     let artifact = fluxc_runtime::Artifact::load(&out).unwrap();
     let schedule = &artifact.schedule;
     let (index, key) = schedule
@@ -227,14 +217,7 @@ fn a_tuning_cache_gives_gemms_their_recorded_algorithms() {
     );
     let cache_path = tmp.path().join("tuning.json");
     fluxc_autotune::cache::save(&cache_path, &cache).unwrap();
-    let assert = fluxc()
-        .args(["compile", "-o"])
-        .arg(&out)
-        .arg("--tuning-cache")
-        .arg(&cache_path)
-        .arg(tiny())
-        .assert()
-        .success();
+    let assert = compile_tiny(&out, &["--tuning-cache".as_ref(), cache_path.as_os_str()]).success();
     let stderr = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
     assert!(
         stderr.contains("take tuned algorithms") && stderr.contains("H200"),
@@ -307,14 +290,7 @@ fn a_tuning_cache_gives_kernels_their_recorded_launches() {
     let cache_path = tmp.path().join("tuning.json");
     fluxc_autotune::cache::save(&cache_path, &cache).unwrap();
     let out = tmp.path().join("art");
-    let assert = fluxc()
-        .args(["compile", "-o"])
-        .arg(&out)
-        .arg("--tuning-cache")
-        .arg(&cache_path)
-        .arg(tiny())
-        .assert()
-        .success();
+    let assert = compile_tiny(&out, &["--tuning-cache".as_ref(), cache_path.as_os_str()]).success();
     let stderr = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
     assert!(
         stderr.contains("1 kernel(s) found in the cache, 1 with a non-default launch"),
