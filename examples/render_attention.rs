@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use fluxc::artifact::AttentionOperands;
 use fluxc::codegen::attention::render_attention;
 
 fn main() -> ExitCode {
@@ -37,8 +38,14 @@ fn main() -> ExitCode {
         }
         meta.push(kernel);
     }
+    // The fifth field tells check.py to pass q, k and v as tensor maps,
+    // with boxes of `kv_rows` keys for k and v.
+    let abi = match meta[1].operands {
+        AttentionOperands::TensorMaps { kv_rows, .. } => format!(" tma:{kv_rows}"),
+        AttentionOperands::Pointers => String::new(),
+    };
     let line = format!(
-        "{} {} {} {}\n",
+        "{} {} {} {}{abi}\n",
         meta[1].threads, meta[1].block_m, meta[0].shared_bytes, meta[1].shared_bytes
     );
     if let Err(e) = std::fs::write(dir.join("meta.txt"), line) {

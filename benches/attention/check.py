@@ -1,8 +1,10 @@
 # Correctness + timing of fluxc's attention kernels on the GPU machine.
 # usage: check.py KERNEL_DIR MODE   (MODE: full | small | time | diag)
 # KERNEL_DIR holds attention_d64_bf16.cu / attention_d128_bf16.cu (compiled here
-# with nvcc; or .cubin files) and meta.txt: "threads block_m smem64 smem128"
-# (written by `cargo run --example render_attention -- DIR`).
+# with nvcc; or .cubin files) and meta.txt: "threads block_m smem64 smem128
+# [abi]" (written by `cargo run --example render_attention -- DIR`); abi
+# "tma" means the kernels take CUDA tensor maps of q, k, v (built here with
+# cuTensorMapEncodeTiled) instead of the three pointers.
 # Checks against an fp32 torch reference (relative L2 <= 1e-2 and max error
 # <= 2x torch SDPA's own bf16 error), NaN-poisoned outputs, NaN padding after
 # the output (no out-of-bounds writes), odd lengths, seq_kv = 0, scale <= 0;
@@ -11,7 +13,11 @@ import sys, math, os, subprocess, time
 import numpy as np, torch, cupy as cp
 
 vdir, mode = sys.argv[1], sys.argv[2]
-threads, block_m, smem64, smem128 = map(int, open(os.path.join(vdir, "meta.txt")).read().split())
+meta = open(os.path.join(vdir, "meta.txt")).read().split()
+threads, block_m, smem64, smem128 = map(int, meta[:4])
+# "tma" or "tma:ROWS": tensor maps, K/V boxes of ROWS keys (default 128).
+TMA = len(meta) > 4 and meta[4].startswith("tma")
+KV_ROWS = int(meta[4].split(":")[1]) if TMA and ":" in meta[4] else 128
 SMEM = {64: smem64, 128: smem128}
 mods = {}
 for d in (64, 128):
@@ -41,8 +47,36 @@ def padded(shape, gen, pad=4096):
         buf[:n] = gen(n)
     return buf, buf[:n].view(shape)
 
+import ctypes
+libcuda = ctypes.CDLL("libcuda.so.1")
+
+def tensor_map(t, b, seq, h, d, rows=128):
+    # [batch, seq, heads, d] bf16 as a 4-D tensor map, box [64, 1, rows, 1],
+    # 128-byte swizzle, out-of-bounds zero (the ABI in attention_ws.cu).
+    raw = ctypes.create_string_buffer(128 + 64)
+    addr = (ctypes.addressof(raw) + 63) // 64 * 64
+    u64 = ctypes.c_uint64
+    dims = (u64 * 4)(d, h, max(seq, 1), b)
+    strides = (u64 * 3)(2 * d, 2 * d * h, 2 * d * h * max(seq, 1))
+    box = (ctypes.c_uint32 * 4)(64, 1, rows, 1)
+    es = (ctypes.c_uint32 * 4)(1, 1, 1, 1)
+    rc = libcuda.cuTensorMapEncodeTiled(ctypes.c_void_p(addr), 9, 4, ctypes.c_void_p(t.data_ptr()),
+                                        dims, strides, box, es, 0, 3, 3, 0)
+    assert rc == 0, f"cuTensorMapEncodeTiled failed: {rc}"
+    return raw, addr
+
 def launch(d, b, h, sq, skv, scale, qb, kb, vb, ob):
     grid = ((sq + block_m - 1) // block_m, h, b)
+    if TMA:
+        maps = [tensor_map(qb, b, sq, h, d), tensor_map(kb, b, skv, h, d, KV_ROWS),
+                tensor_map(vb, b, skv, h, d, KV_ROWS)]
+        keep = [ctypes.c_uint64(ob.data_ptr()), ctypes.c_int32(sq), ctypes.c_int32(skv),
+                ctypes.c_int32(h), ctypes.c_float(scale)]
+        params = (ctypes.c_void_p * 8)(*[m[1] for m in maps], *[ctypes.addressof(x) for x in keep])
+        rc = libcuda.cuLaunchKernel(ctypes.c_void_p(getattr(mods[d], "kernel", mods[d]).ptr), grid[0], grid[1], grid[2], threads, 1, 1,
+                                    SMEM[d], ctypes.c_void_p(0), params, None)
+        assert rc == 0, f"cuLaunchKernel failed: {rc}"
+        return
     args = (cpv(qb), cpv(kb), cpv(vb), cpv(ob), np.int32(sq), np.int32(skv), np.int32(h), np.float32(scale))
     mods[d](grid, (threads, 1, 1), args, shared_mem=SMEM[d])
 

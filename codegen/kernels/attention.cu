@@ -1,69 +1,61 @@
 // fluxc flash-attention forward kernel template (bf16 in/out, f32 accumulate),
-// Hopper warpgroup MMA (wgmma, sm_90a) version.
+// Hopper (sm_90a) warp-specialized version: TMA loads by a producer warp,
+// mbarrier pipelines, two consumer warpgroups on wgmma in ping-pong.
 //
 // Rendered by codegen/src/attention.rs, which replaces these placeholders (each
 // written in the source as its name in double curly braces):
 //   NAME         kernel symbol, e.g. attention_d128_bf16
 //   HEAD_DIM     head dimension D (64 or 128)
-//   BLOCK_M      query rows per CTA (64 per warpgroup)
-//   BLOCK_N      keys per main-loop iteration
-//   NUM_WARPS    warps per CTA (BLOCK_M / 16)
+//   BLOCK_N      keys per tile (128 or 192)
+//   STAGES       K and V buffers each (2 or 3)
 //   SHARED_BYTES dynamic shared memory the runtime passes at launch
 //
 // out[b, s, h, :] = softmax(q[b, s, h, :] . k[b, :, h, :]^T * scale) . v[b, :, h, :]
 // non-causal, no mask; q/k/v/o are contiguous [batch, seq, heads, D] bf16.
 //
-// Algorithm (FlashAttention-3 style forward on Hopper tensor cores):
-//   * CTA (blockIdx.x, blockIdx.y, blockIdx.z) = (query tile, head, batch);
-//     BLOCK_M = 128 query rows, two warpgroups (2 x 128 threads), warpgroup
-//     w owns query rows [64w, 64w + 64) and runs its own online softmax.
-//   * S = Q.K^T: wgmma.m64n128k16 (BLOCK_N = 128 keys per tile), A = Q and
-//     B = K both read by the tensor cores straight from shared memory
-//     (matrix descriptors, K-major, 128-byte swizzle), f32 accumulators.
-//   * O += P.V: wgmma.m64n{D}k16 with A = P from registers (the f32 S
-//     accumulator fragment of a warpgroup is exactly its bf16 A fragment
-//     once packed in pairs) and B = V from shared memory (N-major, i.e.
-//     imm-trans-b = 1, 128-byte swizzle).
-//   * Pipelining inside a warpgroup: one step issues S_j = Q.K_j^T and
-//     O += P_{j-1}.V_{j-1} back to back, waits for S_j only, runs the
-//     softmax of S_j while the tensor cores still work on P_{j-1}.V_{j-1},
-//     then waits for that and rescales O.
-//   * Ping-pong between the warpgroups: warpgroup 1 runs half a step behind
-//     warpgroup 0 (see the schedule in the kernel), so the tensor cores
-//     alternate between them and each softmax overlaps the other
-//     warpgroup's GEMMs.
-//   * K and V tiles sit in 3 buffers each, filled with cp.async straight
-//     into the swizzled layout, each warpgroup copying half the rows of a
-//     tile. A copying thread waits for its own copies (cp.async.wait_group)
-//     and makes them visible to the tensor cores' async proxy
-//     (fence.proxy.async.shared::cta) before the CTA barrier that publishes
-//     them; a buffer is refilled only after every wgmma reading it has been
-//     waited for (wgmma.wait_group) and a barrier says so.
-//   * Softmax in base 2 (ex2.approx) with one FFMA per score
-//     (S * scale*log2(e) - running max); any sign of `scale` works; keys >=
-//     seq_kv (only in the last tile, whose K/V rows past the end are
-//     zero-filled) are left out of the max and get P = 0.
-//   * Epilogue: O / l rounded to bf16, staged through the Q tile (each
-//     warpgroup writes only its own rows, which only its own wgmmas read),
-//     stored with 16-byte row-predicated writes.
+// ABI:
+//   (const __grid_constant__ FaTensorMap tq, tk, tv, __nv_bfloat16* o,
+//    int seq_q, int seq_kv, int heads, float scale)
+// tq / tk / tv are CUDA tensor maps (cuTensorMapEncodeTiled) of q, k, v as
+// 4-D bf16 tensors, dims innermost first [D, heads, seq, batch], byte
+// strides [2D, 2 heads D, 2 seq heads D], box [64, 1, 128, 1] for q and
+// [64, 1, BLOCK_N, 1] for k and v, element strides 1, no interleave,
+// 128-byte swizzle, out-of-bounds elements zero.
+// grid = (ceil(seq_q / 128), heads, batch), block = 384 threads, dynamic
+// shared memory = SHARED_BYTES (> 48 KiB: raise the attribute).
 //
-// Shared memory (byte offsets from a 1024-byte aligned base; the launch size
-// includes 1024 bytes of slack for that alignment):
-//   sQ             : BLOCK_M x D            [0, QB)
-//   sK[0], sK[1], sK[2] : BLOCK_N x D each  [QB, QB + 3 KVB)
-//   sV[0], sV[1], sV[2] : BLOCK_N x D each  [QB + 3 KVB, QB + 6 KVB)
-// (229 376 + 1024 bytes for D = 128, 114 688 + 1024 for D = 64.)
-// Every tile of R rows x D columns is stored as D/64 column blocks of
-// R rows x 128 bytes (64 bf16); block c starts at c * R * 128. Inside a block
-// row r starts at r * 128 and its 16-byte chunk j (columns 8j..8j+7) sits at
-// chunk position j ^ (r & 7): the 128-byte swizzle of the wgmma shared-memory
-// matrix layout (Swizzle<3,4,3> on byte addresses, pattern repeating every
-// 1024 bytes, so every block starts 1024-byte aligned). For Q and K (rows =
-// M/N index, columns = the K dimension of the MMA) this is the canonical
-// K-major layout: 8-row groups SBO = 1024 bytes apart. For V (rows = keys =
-// the K dimension of P.V, columns = head dim = N) it is the canonical
-// N-major layout: 8-key groups SBO = 1024 bytes apart, 64-column blocks
-// LBO = BLOCK_N * 128 bytes apart.
+// Roles (FlashAttention-3's structure):
+//   * Warpgroup 0 is the producer: it gives its registers away (setmaxnreg)
+//     and one thread issues every TMA copy: the Q tile once, then K_j and
+//     V_j for every key tile j into STAGES-deep rings, each buffer guarded by
+//     a "full" mbarrier (the copy's transaction bytes) and an "empty" one
+//     (the consumers' release).
+//   * Warpgroups 1 and 2 are the consumers: each owns 64 query rows of the
+//     CTA's 128 and runs its own online softmax. Per key tile j:
+//       S_j = Q.K_j^T      wgmma.m64n{BLOCK_N}k16, A and B from shared memory
+//       O  += P_{j-1}.V_{j-1}  wgmma.m64n{D}k16, A = P from registers
+//     issued back to back; the warpgroup waits for S_j only, releases K_j,
+//     runs the softmax of S_j (in place, in f32) while the tensor cores
+//     still work on the P.V, then waits for that, releases V_{j-1},
+//     rescales O and packs P_j to bf16 (one P buffer: the registers go to
+//     the wider S tile).
+//   * Ping-pong: a consumer issues its GEMMs only when the other one has
+//     issued its own (two named barriers), so the tensor cores alternate
+//     between the warpgroups and each softmax overlaps the other's GEMMs.
+//   * Softmax in base 2 (ex2.approx) with one FFMA per score; keys >= seq_kv
+//     (zero-filled by the TMA) are left out of the max and get P = 0.
+//   * Epilogue: O / l rounded to bf16, staged through the consumer's own rows
+//     of the Q tile, stored with 16-byte row-predicated writes.
+//
+// Shared memory (from a 1024-byte aligned base; 1024 bytes of slack):
+//   sQ: 128 x D; sK[STAGES], sV[STAGES]: BLOCK_N x D each; then the
+//   mbarriers.
+// Tiles are D/64 column blocks of R rows x 128 bytes with the 128-byte
+// swizzle (chunk j of row r at chunk position j ^ (r & 7)), which is what a
+// TMA box of [64, 1, R, 1] with CU_TENSOR_MAP_SWIZZLE_128B writes and what
+// the wgmma descriptors read: K-major for Q and K, N-major for V.
+// (Q and K: 8-row groups SBO = 1024 bytes apart; V: 8-key groups SBO = 1024
+// bytes apart, 64-column blocks LBO = BLOCK_N * 128 bytes apart.)
 //
 // wgmma register fragments (PTX ISA "Register Fragments", m64nNk16): warp
 // i of a warpgroup holds rows 16i..16i+15; with g = lane >> 2, t = lane & 3,
@@ -74,75 +66,100 @@
 // so the A fragment of P for keys [16kk, 16kk + 16) is
 //   a0 = s[8kk+0..1], a1 = s[8kk+2..3], a2 = s[8kk+4..5], a3 = s[8kk+6..7].
 //
-// Requirements on the caller: the four pointers are 16-byte aligned;
-// gridDim = (ceil(seq_q / BLOCK_M), heads, batch); blockDim = NUM_WARPS*32;
-// dynamic shared memory = SHARED_BYTES (> 48 KiB: raise the attribute).
+// Measured on the H200 (benches/attention, D = 128): with BLOCK_N = 192 and
+// 2 stages 626 TFLOP/s at [1, 24, 4608] and 587 at [1, 24, 4352]; 581 / 566
+// with BLOCK_N = 128 and 3 stages; 480 / 472 for the previous design (every
+// warp copying with cp.async, one CTA barrier per key tile).
 
 #include <cuda_bf16.h>
 
 
-#ifndef FLUXC_FA3_HELPERS
-#define FLUXC_FA3_HELPERS
+#ifndef FLUXC_FA_WS_HELPERS
+#define FLUXC_FA_WS_HELPERS
 
-// Shared-memory address as the 32-bit offset that cp.async / wgmma take.
-static __device__ __forceinline__ unsigned int fa_smem_addr(const void* p) {
+// The 128-byte opaque CUtensorMap, passed by value as a __grid_constant__
+// parameter (its address is then valid for the TMA unit).
+struct __align__(64) FaTensorMap {
+    unsigned long long opaque[16];
+};
+
+static __device__ __forceinline__ unsigned int ws_smem_addr(const void* p) {
     return static_cast<unsigned int>(__cvta_generic_to_shared(p));
 }
 
-// 16-byte async global->shared copy; src_bytes = 0 zero-fills the 16 bytes
-// without reading global memory (callers still pass an in-range address).
-static __device__ __forceinline__ void fa_cp_async_16(unsigned int dst, const void* src,
-                                                      unsigned int src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
-                 "r"(src_bytes)
+static __device__ __forceinline__ void ws_mbar_init(unsigned int bar, unsigned int count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+
+static __device__ __forceinline__ void ws_mbar_expect_tx(unsigned int bar, unsigned int bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
                  : "memory");
 }
 
-static __device__ __forceinline__ void fa_cp_async_commit() {
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
+static __device__ __forceinline__ void ws_mbar_arrive(unsigned int bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
 
-// Wait until at most N committed groups of this thread are still in flight.
-template <int N>
-static __device__ __forceinline__ void fa_cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+// Blocks until the phase of parity `parity` of the barrier has completed
+// (the retry loop lives inside the asm block).
+static __device__ __forceinline__ void ws_mbar_wait(unsigned int bar, unsigned int parity) {
+    asm volatile(
+        "{\n.reg .pred p;\n"
+        "WS_WAIT:\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+        "@!p bra WS_WAIT;\n}\n" ::"r"(bar),
+        "r"(parity)
+        : "memory");
 }
 
-// Make this thread's completed generic-proxy shared-memory writes (cp.async
-// included) visible to later async-proxy (wgmma) reads.
-static __device__ __forceinline__ void fa_fence_proxy_async() {
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+// TMA: the box at coordinates (c0, c1, c2, c3) of the 4-D tensor map into
+// shared memory at dst, completing `bar`'s transaction bytes.
+static __device__ __forceinline__ void ws_tma_load_4d(unsigned int dst, const FaTensorMap* map,
+                                                      unsigned int bar, int c0, int c1, int c2,
+                                                      int c3) {
+    asm volatile(
+        "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes"
+        " [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(dst),
+        "l"(reinterpret_cast<unsigned long long>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3),
+        "r"(bar)
+        : "memory");
 }
 
-static __device__ __forceinline__ void fa_wgmma_fence() {
+static __device__ __forceinline__ void ws_prefetch_map(const FaTensorMap* map) {
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<unsigned long long>(map))
+                 : "memory");
+}
+
+static __device__ __forceinline__ void ws_wgmma_fence() {
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 }
 
-static __device__ __forceinline__ void fa_wgmma_commit() {
+static __device__ __forceinline__ void ws_wgmma_commit() {
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 }
 
-// Wait until at most N committed wgmma groups of this warpgroup are pending.
 template <int N>
-static __device__ __forceinline__ void fa_wgmma_wait() {
+static __device__ __forceinline__ void ws_wgmma_wait() {
     asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
 
-// Pin a register value in program order relative to the (volatile) wgmma
-// issue / wait statements, so the compiler never moves a read or write of
-// an accumulator across them.
-static __device__ __forceinline__ void fa_reg_fence(float& x) {
+// Keep a register value in program order relative to the (volatile) wgmma
+// issue / wait statements.
+static __device__ __forceinline__ void ws_reg_fence(float& x) {
     asm volatile("" : "+f"(x)::"memory");
 }
-static __device__ __forceinline__ void fa_reg_fence(unsigned int& x) {
+static __device__ __forceinline__ void ws_reg_fence(unsigned int& x) {
     asm volatile("" : "+r"(x)::"memory");
+}
+static __device__ __forceinline__ void ws_reg_fence(unsigned long long& x) {
+    asm volatile("" : "+l"(x)::"memory");
 }
 
 // wgmma shared-memory matrix descriptor, 128-byte swizzle mode:
 // bits 0-13 start address >> 4, 16-29 leading byte offset >> 4,
 // 32-45 stride byte offset >> 4, 49-51 base offset (0: every swizzle atom
 // is 1024-byte aligned), 62-63 swizzle mode (1 = 128B).
-static __device__ __forceinline__ unsigned long long fa_desc_sw128(unsigned int addr,
+static __device__ __forceinline__ unsigned long long ws_desc_sw128(unsigned int addr,
                                                                    unsigned int lbo,
                                                                    unsigned int sbo) {
     return (unsigned long long)((addr & 0x3FFFFu) >> 4) |
@@ -150,68 +167,32 @@ static __device__ __forceinline__ unsigned long long fa_desc_sw128(unsigned int 
            ((unsigned long long)((sbo & 0x3FFFFu) >> 4) << 32) | (1ull << 62);
 }
 
-static __device__ __forceinline__ float fa_ex2(float x) {
+static __device__ __forceinline__ float ws_ex2(float x) {
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
     return y;
 }
 
-// Two f32 -> one .b32 of two bf16 (round to nearest even); `lo` lands in the
-// low 16 bits, which is the lower column index in every fragment.
-static __device__ __forceinline__ unsigned int fa_pack_bf16x2(float lo, float hi) {
+static __device__ __forceinline__ unsigned int ws_pack_bf16x2(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<unsigned int*>(&v);
 }
 
-// Max / sum over the 4 lanes of a quad (the lanes that share rows g, g+8).
-static __device__ __forceinline__ float fa_quad_max(float v) {
+static __device__ __forceinline__ float ws_quad_max(float v) {
     v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
     v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
     return v;
 }
 
-static __device__ __forceinline__ float fa_quad_sum(float v) {
+static __device__ __forceinline__ float ws_quad_sum(float v) {
     v += __shfl_xor_sync(0xffffffffu, v, 1);
     v += __shfl_xor_sync(0xffffffffu, v, 2);
     return v;
 }
 
-// Copy ROWS rows x D of a tile from global memory into the swizzled shared
-// layout with THREADS threads (here: one warpgroup copies its 64-row half of
-// a 128-row tile). Thread i of them copies 16-byte chunk column j = i % CPR
-// of tile rows r0 + k * RS (r0 = first row of the half + i / CPR,
-// RS = THREADS / CPR, k < ROWS / RS). The caller precomputes, per thread,
-//   sdst = tile base + the offset of (tile row r0, chunk j) in the 128-row
-//          swizzled tile (the swizzle term (j ^ r) & 7 is the same for every
-//          k, since RS is a multiple of 8),
-//   gsrc = global address of (token row0 + r0, column 8j),
-//   gstep = RS token rows in elements,
-//   rows_left = tokens from row0 + r0 to the end of the sequence.
-// Rows at or past the end are zero-filled (src-size 0) from the in-range
-// address `gsafe`. `full` (uniform) says the whole tile is in range.
-template <int D, int THREADS, int ROWS>
-static __device__ __forceinline__ void fa_load_rows(unsigned int sdst, const __nv_bfloat16* gsrc,
-                                                    long long gstep, int rows_left, bool full,
-                                                    const __nv_bfloat16* gsafe) {
-    constexpr int CPR = D / 8;
-    constexpr int RS = THREADS / CPR;
-    constexpr int N = ROWS / RS;
-    static_assert(THREADS % CPR == 0 && RS % 8 == 0 && ROWS % RS == 0, "tile copy shape");
-    if (full) {
-#pragma unroll
-        for (int i = 0; i < N; ++i) fa_cp_async_16(sdst + i * RS * 128, gsrc + i * gstep, 16u);
-    } else {
-#pragma unroll
-        for (int i = 0; i < N; ++i) {
-            const bool ok = i * RS < rows_left;
-            fa_cp_async_16(sdst + i * RS * 128, ok ? gsrc + i * gstep : gsafe, ok ? 16u : 0u);
-        }
-    }
-}
-
 // d[0..64) (+)= A(64x16, smem desc) * B(16x128, smem desc); K-major A and B.
-static __device__ __forceinline__ void fa_wgmma_ss_n128(float* d, unsigned long long desc_a,
-                                                     unsigned long long desc_b, int scale_d) {
+static __device__ __forceinline__ void ws_wgmma_ss_n128(float* d, unsigned long long desc_a,
+                                                        unsigned long long desc_b, int scale_d) {
     asm volatile(
         "{\n.reg .pred p;\n"
         "setp.ne.b32 p, %66, 0;\n"
@@ -233,12 +214,41 @@ static __device__ __forceinline__ void fa_wgmma_ss_n128(float* d, unsigned long 
         : "l"(desc_a), "l"(desc_b), "r"(scale_d));
 }
 
-// d[0..64) += A(64x16, registers a0..a3) * B(16x128, smem desc), B N-major
-// (imm-trans-b = 1).
-static __device__ __forceinline__ void fa_wgmma_rs_n128_tb(float* d, unsigned int a0,
-                                                        unsigned int a1, unsigned int a2,
-                                                        unsigned int a3,
-                                                        unsigned long long desc_b) {
+// d[0..96) (+)= A(64x16, smem desc) * B(16x192, smem desc); K-major A and B.
+static __device__ __forceinline__ void ws_wgmma_ss_n192(float* d, unsigned long long desc_a,
+                                                        unsigned long long desc_b, int scale_d) {
+    asm volatile(
+        "{\n.reg .pred p;\n"
+        "setp.ne.b32 p, %98, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n192k16.f32.bf16.bf16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+        "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95"
+        "}, %96, %97, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+          "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+          "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95])
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+}
+
+// d[0..64) += A(64x16, registers a0..a3) * B(16x128, smem desc), B N-major.
+static __device__ __forceinline__ void ws_wgmma_rs_n128_tb(float* d, unsigned int a0,
+                                                           unsigned int a1, unsigned int a2,
+                                                           unsigned int a3,
+                                                           unsigned long long desc_b) {
     asm volatile(
         "{\n.reg .pred p;\n"
         "setp.ne.b32 p, %69, 0;\n"
@@ -260,12 +270,11 @@ static __device__ __forceinline__ void fa_wgmma_rs_n128_tb(float* d, unsigned in
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc_b), "r"(1));
 }
 
-// d[0..32) += A(64x16, registers a0..a3) * B(16x64, smem desc), B N-major
-// (imm-trans-b = 1).
-static __device__ __forceinline__ void fa_wgmma_rs_n64_tb(float* d, unsigned int a0,
-                                                        unsigned int a1, unsigned int a2,
-                                                        unsigned int a3,
-                                                        unsigned long long desc_b) {
+// d[0..32) += A(64x16, registers a0..a3) * B(16x64, smem desc), B N-major.
+static __device__ __forceinline__ void ws_wgmma_rs_n64_tb(float* d, unsigned int a0,
+                                                          unsigned int a1, unsigned int a2,
+                                                          unsigned int a3,
+                                                          unsigned long long desc_b) {
     asm volatile(
         "{\n.reg .pred p;\n"
         "setp.ne.b32 p, %37, 0;\n"
@@ -281,19 +290,17 @@ static __device__ __forceinline__ void fa_wgmma_rs_n64_tb(float* d, unsigned int
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc_b), "r"(1));
 }
 
-#endif  // FLUXC_FA3_HELPERS
+#endif  // FLUXC_FA_WS_HELPERS
 
 
-extern "C" __global__ void __launch_bounds__({{NUM_WARPS}} * 32, 1)
-{{NAME}}(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k,
-         const __nv_bfloat16* __restrict__ v, __nv_bfloat16* __restrict__ o, int seq_q,
+extern "C" __global__ void __launch_bounds__(384, 1)
+{{NAME}}(const __grid_constant__ FaTensorMap tq, const __grid_constant__ FaTensorMap tk,
+         const __grid_constant__ FaTensorMap tv, __nv_bfloat16* __restrict__ o, int seq_q,
          int seq_kv, int heads, float scale) {
     constexpr int D = {{HEAD_DIM}};
-    constexpr int BLOCK_M = {{BLOCK_M}};
-    constexpr int BLOCK_N = {{BLOCK_N}};
-    constexpr int NUM_WARPS = {{NUM_WARPS}};
-    constexpr int THREADS = NUM_WARPS * 32;
-    constexpr int STAGES = 3;             // K and V buffers each (the schedule needs 3)
+    constexpr int STAGES = {{STAGES}};
+    constexpr int BLOCK_M = 128;          // two consumer warpgroups x 64 rows
+    constexpr int BLOCK_N = {{BLOCK_N}};  // keys per tile
     constexpr int QB = BLOCK_M * D * 2;   // bytes of the Q tile
     constexpr int KVB = BLOCK_N * D * 2;  // bytes of one K or V tile
     constexpr int NS = BLOCK_N / 2;       // S accumulator floats per thread
@@ -302,130 +309,178 @@ extern "C" __global__ void __launch_bounds__({{NUM_WARPS}} * 32, 1)
     constexpr int KSTEPS_PV = BLOCK_N / 16;
     constexpr int NP = KSTEPS_PV * 4;     // packed bf16x2 registers of P
     constexpr int CPR = D / 8;            // 16-byte chunks per row
+    constexpr int COL_BLOCKS = D / 64;    // TMA boxes per tile
     static_assert(D == 64 || D == 128, "head dim 64 or 128");
-    static_assert(BLOCK_N == 128, "S = Q.K^T is one m64n128 wgmma per k-step");
-    static_assert(BLOCK_M == 128 && NUM_WARPS == 8, "two warpgroups of 64 query rows");
-    static_assert(QB + 2 * STAGES * KVB + 1024 == {{SHARED_BYTES}},
-                  "shared layout disagrees with the launch size computed by codegen");
-    // V descriptor: LBO = distance between 64-column (head dim) blocks,
-    // SBO = distance between 8-key groups.
+    static_assert(STAGES == 2 || STAGES == 3, "2 or 3 K/V buffers");
+    static_assert(BLOCK_N == 128 || BLOCK_N == 192, "tiles of 128 or 192 keys");
+    // Barriers: q_full, k_full[S], v_full[S], k_empty[S], v_empty[S].
+    constexpr int BAR_BYTES = 8 * (1 + 4 * STAGES);
+    static_assert(QB + 2 * STAGES * KVB + BAR_BYTES + 1024 <= {{SHARED_BYTES}},
+                  "shared layout larger than the launch size computed by codegen");
     constexpr unsigned int V_LBO = BLOCK_N * 128, V_SBO = 1024;
 
     extern __shared__ unsigned char {{NAME}}_smem[];
-    const unsigned int smem_raw = fa_smem_addr({{NAME}}_smem);
+    const unsigned int smem_raw = ws_smem_addr({{NAME}}_smem);
     const unsigned int sQ = (smem_raw + 1023u) & ~1023u;
-    const unsigned int sK = sQ + QB;             // STAGES buffers
-    const unsigned int sV = sK + STAGES * KVB;   // STAGES buffers
+    const unsigned int sK = sQ + QB;
+    const unsigned int sV = sK + STAGES * KVB;
+    const unsigned int bars = sV + STAGES * KVB;
+    const unsigned int q_full = bars;
+    auto k_full = [&](int s) { return bars + 8u * (1 + s); };
+    auto v_full = [&](int s) { return bars + 8u * (1 + STAGES + s); };
+    auto k_empty = [&](int s) { return bars + 8u * (1 + 2 * STAGES + s); };
+    auto v_empty = [&](int s) { return bars + 8u * (1 + 3 * STAGES + s); };
 
     const int tid = threadIdx.x;
-    // Warpgroup (query rows [64wg, +64)), read through a shuffle so that the
-    // compiler knows it is warp-uniform (branches on it must not look
-    // divergent around wgmma).
-    const int wg = __shfl_sync(0xffffffffu, tid >> 7, 0);
-    const int wrow = ((tid >> 5) & 3) * 16;  // warp's first row inside the warpgroup
-    const int lane = tid & 31;
-    const int g = lane >> 2;
-    const int t = lane & 3;
-
+    const int wg = __shfl_sync(0xffffffffu, tid >> 7, 0);  // warp-uniform
     const int m0 = blockIdx.x * BLOCK_M;
     const int h = blockIdx.y;
     const int b = blockIdx.z;
-    const long long row_stride = (long long)heads * D;
-    const __nv_bfloat16* qg = q + ((long long)b * seq_q * heads + h) * D;
-    const __nv_bfloat16* kg = k + ((long long)b * seq_kv * heads + h) * D;
-    const __nv_bfloat16* vg = v + ((long long)b * seq_kv * heads + h) * D;
-    __nv_bfloat16* og = o + ((long long)b * seq_q * heads + h) * D;
-
     const int n_tiles = (seq_kv + BLOCK_N - 1) / BLOCK_N;
 
-    // Every tile copy is split by warpgroup: warpgroup w copies tile rows
-    // [64w, 64w + 64) (in the Q tile: its own query rows). This thread's
-    // part, see fa_load_rows.
-    const int hp_r0 = 64 * wg + (tid & 127) / CPR;
-    const int hp_j = (tid & 127) % CPR;
-    const unsigned int hp_soff =
-        (unsigned int)((hp_j >> 3) * (128 * 128) + hp_r0 * 128 + (((hp_j & 7) ^ (hp_r0 & 7)) << 4));
-    const long long hp_goff = (long long)hp_r0 * row_stride + hp_j * 8;
-    const long long hp_gstep = (long long)(128 / CPR) * row_stride;
-    auto half_q = [&]() {
-        fa_load_rows<D, 128, 64>(sQ + hp_soff, qg + (long long)m0 * row_stride + hp_goff,
-                                    hp_gstep, seq_q - m0 - hp_r0, m0 + BLOCK_M <= seq_q,
-                                    qg + hp_j * 8);
-    };
-    auto half_kv = [&](const __nv_bfloat16* src, unsigned int sbuf, int tile) {
-        const int row0 = tile * BLOCK_N;
-        fa_load_rows<D, 128, 64>(sbuf + hp_soff, src + (long long)row0 * row_stride + hp_goff,
-                                    hp_gstep, seq_kv - row0 - hp_r0, row0 + BLOCK_N <= seq_kv,
-                                    src + hp_j * 8);
-    };
-    // Prologue: P0 = Q + K_0 (both halves); P1 = warpgroup 1's halves of V_0
-    // and K_1 (warpgroup 0 copies its halves at the start of interval 0).
-    half_q();
-    if (n_tiles > 0) half_kv(kg, sK, 0);
-    fa_cp_async_commit();
-    if (wg == 1) {
-        if (n_tiles > 0) half_kv(vg, sV, 0);
-        if (n_tiles > 1) half_kv(kg, sK + KVB, 1);
+    if (tid == 0) {
+        ws_mbar_init(q_full, 1);
+        for (int s = 0; s < STAGES; ++s) {
+            ws_mbar_init(k_full(s), 1);
+            ws_mbar_init(v_full(s), 1);
+            ws_mbar_init(k_empty(s), 256);
+            ws_mbar_init(v_empty(s), 256);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     }
-    fa_cp_async_commit();
-    fa_cp_async_wait<1>();
-    fa_fence_proxy_async();
     __syncthreads();
 
-    // Descriptors. Q (A of S = Q.K^T): this warpgroup's 64 rows; k-step kk
-    // starts (kk / 4) column blocks and (kk % 4) * 32 bytes further.
-    const unsigned long long desc_q = fa_desc_sw128(sQ + wg * 64 * 128, 16, 1024);
-    const unsigned long long desc_k0 = fa_desc_sw128(sK, 16, 1024);
-    const unsigned long long desc_v0 = fa_desc_sw128(sV, V_LBO, V_SBO);
-    // Descriptor address fields count 16-byte units.
+    if (wg == 0) {
+        // ---- Producer. ----
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n" ::: "memory");
+        if (tid == 0) {
+            ws_prefetch_map(&tq);
+            ws_prefetch_map(&tk);
+            ws_prefetch_map(&tv);
+            ws_mbar_expect_tx(q_full, QB);
+#pragma unroll
+            for (int c = 0; c < COL_BLOCKS; ++c) {
+                ws_tma_load_4d(sQ + c * BLOCK_M * 128, &tq, q_full, c * 64, h, m0, b);
+            }
+            for (int j = 0; j < n_tiles; ++j) {
+                const int st = j % STAGES;
+                // Phase parity of the buffer's j / STAGES-th reuse; a fresh
+                // barrier counts its "previous" phase (parity 1) as complete.
+                const unsigned int free_parity = ((j / STAGES) & 1) ^ 1;
+                ws_mbar_wait(k_empty(st), free_parity);
+                ws_mbar_expect_tx(k_full(st), KVB);
+#pragma unroll
+                for (int c = 0; c < COL_BLOCKS; ++c) {
+                    ws_tma_load_4d(sK + st * KVB + c * BLOCK_N * 128, &tk, k_full(st), c * 64, h,
+                                   j * BLOCK_N, b);
+                }
+                ws_mbar_wait(v_empty(st), free_parity);
+                ws_mbar_expect_tx(v_full(st), KVB);
+#pragma unroll
+                for (int c = 0; c < COL_BLOCKS; ++c) {
+                    ws_tma_load_4d(sV + st * KVB + c * BLOCK_N * 128, &tv, v_full(st), c * 64, h,
+                                   j * BLOCK_N, b);
+                }
+            }
+        }
+        return;
+    }
+
+    // ---- Consumers: warpgroup cw = wg - 1 owns query rows [64 cw, +64). ----
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 240;\n" ::: "memory");
+    const int cw = wg - 1;
+    const int ctid = tid - 128 * wg;  // thread index inside the warpgroup
+    const int wrow = (ctid >> 5) * 16;
+    const int lane = tid & 31;
+    const int g = lane >> 2;
+    const int t = lane & 3;
+    // Ping-pong: named barrier 1 + cw is "warpgroup cw may issue"; each
+    // warpgroup syncs on its own (256 = its 128 threads + the other's 128
+    // arrivals) and, once its GEMMs are issued, arrives on the other's.
+    auto turn_wait = [&]() { asm volatile("bar.sync %0, 256;\n" ::"r"(1 + cw) : "memory"); };
+    auto turn_pass = [&]() { asm volatile("bar.arrive %0, 256;\n" ::"r"(2 - cw) : "memory"); };
+    if (cw == 1) turn_pass();  // warpgroup 0 goes first
+
+    const unsigned long long desc_q = ws_desc_sw128(sQ + cw * 64 * 128, 16, 1024);
+    const unsigned long long desc_k0 = ws_desc_sw128(sK, 16, 1024);
+    const unsigned long long desc_v0 = ws_desc_sw128(sV, V_LBO, V_SBO);
     constexpr unsigned long long KV_STEP = KVB >> 4;
 
     float acc_o[NO];
 #pragma unroll
     for (int i = 0; i < NO; ++i) acc_o[i] = 0.0f;
     float s[NS];
-    unsigned int pa[NP], pb[NP];
+    unsigned int pa[NP];
     const float NEG_INF = __int_as_float(0xff800000);
     float row_max[2] = {NEG_INF, NEG_INF};
-    float row_sum[2] = {0.0f, 0.0f};  // this lane's partial sums
+    float row_sum[2] = {0.0f, 0.0f};
     const float scale_log2 = scale * 1.4426950408889634f;
 
-    // S = Q . K_buf^T, issued (not waited for).
-    auto issue_qk = [&](int buf) {
+    // The GEMMs' shared-memory descriptors, computed (and pinned in
+    // registers) before the first wgmma of a group is issued: ptxas
+    // serializes wgmmas whose input registers are defined by other
+    // instructions between them.
+    struct QkDescs {
+        unsigned long long q[KSTEPS_QK], k[KSTEPS_QK];
+    };
+    struct PvDescs {
+        unsigned long long v[KSTEPS_PV];
+    };
+    auto qk_descs = [&](int buf) {
+        QkDescs d;
         const unsigned long long dk = desc_k0 + (unsigned long long)buf * KV_STEP;
 #pragma unroll
         for (int kk = 0; kk < KSTEPS_QK; ++kk) {
-            const unsigned long long off_q = ((kk >> 2) * (BLOCK_M * 128) + (kk & 3) * 32) >> 4;
-            const unsigned long long off_k = ((kk >> 2) * (BLOCK_N * 128) + (kk & 3) * 32) >> 4;
-            fa_wgmma_ss_n128(s, desc_q + off_q, dk + off_k, kk > 0 ? 1 : 0);
+            d.q[kk] = desc_q + (((kk >> 2) * (BLOCK_M * 128) + (kk & 3) * 32) >> 4);
+            d.k[kk] = dk + (((kk >> 2) * (BLOCK_N * 128) + (kk & 3) * 32) >> 4);
+            ws_reg_fence(d.q[kk]);
+            ws_reg_fence(d.k[kk]);
         }
+        return d;
     };
-    // O += P . V_buf, issued (not waited for).
-    auto issue_pv = [&](int buf, const unsigned int* p) {
+    auto pv_descs = [&](int buf) {
+        PvDescs d;
         const unsigned long long dv = desc_v0 + (unsigned long long)buf * KV_STEP;
 #pragma unroll
         for (int kk = 0; kk < KSTEPS_PV; ++kk) {
-            const unsigned long long off_v = (kk * 16 * 128) >> 4;
-            if constexpr (D == 128) {
-                fa_wgmma_rs_n128_tb(acc_o, p[4 * kk], p[4 * kk + 1], p[4 * kk + 2], p[4 * kk + 3],
-                                    dv + off_v);
+            d.v[kk] = dv + ((kk * 16 * 128) >> 4);
+            ws_reg_fence(d.v[kk]);
+        }
+        return d;
+    };
+    auto issue_qk = [&](const QkDescs& d) {
+#pragma unroll
+        for (int kk = 0; kk < KSTEPS_QK; ++kk) {
+            if constexpr (BLOCK_N == 128) {
+                ws_wgmma_ss_n128(s, d.q[kk], d.k[kk], kk > 0 ? 1 : 0);
             } else {
-                fa_wgmma_rs_n64_tb(acc_o, p[4 * kk], p[4 * kk + 1], p[4 * kk + 2], p[4 * kk + 3],
-                                   dv + off_v);
+                ws_wgmma_ss_n192(s, d.q[kk], d.k[kk], kk > 0 ? 1 : 0);
             }
         }
     };
-    // Online softmax of tile j in s: scale, mask, new max, P = exp2(S - max)
-    // packed into pn, running sums updated; returns the rescale factors of
-    // the previous accumulators in alpha.
-    auto softmax = [&](int j, unsigned int* pn, float* alpha) {
+    auto issue_pv = [&](const PvDescs& d, const unsigned int* p) {
+#pragma unroll
+        for (int kk = 0; kk < KSTEPS_PV; ++kk) {
+            if constexpr (D == 128) {
+                ws_wgmma_rs_n128_tb(acc_o, p[4 * kk], p[4 * kk + 1], p[4 * kk + 2], p[4 * kk + 3],
+                                    d.v[kk]);
+            } else {
+                ws_wgmma_rs_n64_tb(acc_o, p[4 * kk], p[4 * kk + 1], p[4 * kk + 2], p[4 * kk + 3],
+                                   d.v[kk]);
+            }
+        }
+    };
+    // Online softmax of tile j in s: P = exp2(S * scale_log2 - max) into pn
+    // with one FFMA per score (the max of the scaled scores is
+    // scale_log2 * max(S) for a non-negative scale, scale_log2 * min(S)
+    // otherwise: a uniform branch); masked keys are left out of the max
+    // through +-inf and get P = 0 after the exp2 (0 * inf would be NaN).
+    // The rescale factors of the previous accumulators go to alpha (0 on
+    // the first tile).
+    auto softmax = [&](int j, float* alpha) {
         const int kv0 = j * BLOCK_N;
         const bool tail = kv0 + BLOCK_N > seq_kv;
-        // P = exp2(S * scale_log2 - max(S * scale_log2)) with one FFMA per
-        // score: the max of the scaled scores is scale_log2 * max(S) for a
-        // non-negative scale and scale_log2 * min(S) otherwise (a uniform
-        // branch). Masked keys are left out of the max / min through +-inf
-        // and their P forced to 0 after the exp2 (0 * inf would be NaN).
         const bool pos = scale_log2 >= 0.0f;
         if (tail) {
             const float fill = pos ? NEG_INF : -NEG_INF;
@@ -438,31 +493,27 @@ extern "C" __global__ void __launch_bounds__({{NUM_WARPS}} * 32, 1)
         }
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-            float mx;
+            float mx = s[2 * r];
             if (pos) {
-                mx = s[2 * r];
 #pragma unroll
                 for (int n = 0; n < NS / 4; ++n) {
                     mx = fmaxf(mx, fmaxf(s[4 * n + 2 * r], s[4 * n + 2 * r + 1]));
                 }
             } else {
-                mx = s[2 * r];
 #pragma unroll
                 for (int n = 0; n < NS / 4; ++n) {
                     mx = fminf(mx, fminf(s[4 * n + 2 * r], s[4 * n + 2 * r + 1]));
                 }
             }
-            // Every tile holds at least one valid key, so mx is finite and
-            // mx * scale_log2 is the row max of the scaled scores.
-            mx = fmaxf(row_max[r], fa_quad_max(mx * scale_log2));
-            alpha[r] = fa_ex2(row_max[r] - mx);  // 0 on the first tile
+            mx = fmaxf(row_max[r], ws_quad_max(mx * scale_log2));
+            alpha[r] = ws_ex2(row_max[r] - mx);
             row_max[r] = mx;
             const float neg_m = -mx;
             float sum = 0.0f;
 #pragma unroll
             for (int n = 0; n < NS / 4; ++n) {
-                s[4 * n + 2 * r] = fa_ex2(fmaf(s[4 * n + 2 * r], scale_log2, neg_m));
-                s[4 * n + 2 * r + 1] = fa_ex2(fmaf(s[4 * n + 2 * r + 1], scale_log2, neg_m));
+                s[4 * n + 2 * r] = ws_ex2(fmaf(s[4 * n + 2 * r], scale_log2, neg_m));
+                s[4 * n + 2 * r + 1] = ws_ex2(fmaf(s[4 * n + 2 * r + 1], scale_log2, neg_m));
             }
             if (tail) {
 #pragma unroll
@@ -476,196 +527,124 @@ extern "C" __global__ void __launch_bounds__({{NUM_WARPS}} * 32, 1)
             for (int n = 0; n < NS / 4; ++n) sum += s[4 * n + 2 * r] + s[4 * n + 2 * r + 1];
             row_sum[r] = row_sum[r] * alpha[r] + sum;
         }
+    };
+    // P (the softmax'ed s) packed to bf16 pairs: the A fragments of P.V.
+    auto pack_p = [&]() {
 #pragma unroll
         for (int kk = 0; kk < KSTEPS_PV; ++kk) {
-            pn[4 * kk + 0] = fa_pack_bf16x2(s[8 * kk + 0], s[8 * kk + 1]);
-            pn[4 * kk + 1] = fa_pack_bf16x2(s[8 * kk + 2], s[8 * kk + 3]);
-            pn[4 * kk + 2] = fa_pack_bf16x2(s[8 * kk + 4], s[8 * kk + 5]);
-            pn[4 * kk + 3] = fa_pack_bf16x2(s[8 * kk + 6], s[8 * kk + 7]);
-        }
-    };
-
-    // ---- Ping-pong schedule. Interval j lies between CTA barriers B_j and
-    // B_{j+1} (B_0 is the prologue's barrier); tile t lives in K / V buffer
-    // t % 3.
-    //   Warpgroup 0, interval j: issue S_j = Q.K_j^T and O += P_{j-1}.V_{j-1};
-    //     copy its halves of K_{j+1} and V_j (buffers of K_{j-2} and V_{j-3});
-    //     softmax of S_j while its P.V and warpgroup 1's GEMMs run; rescale.
-    //   Warpgroup 1, interval j: finish tile j-1 (softmax of S_{j-1}, issued
-    //     in interval j-1; wait for P_{j-2}.V_{j-2}; rescale) while
-    //     warpgroup 0's GEMMs run; then issue S_j and P_{j-1}.V_{j-1}, which
-    //     stay in flight across B_{j+1}, and copy its halves of K_{j+2} and
-    //     V_{j+1} (buffers of K_{j-1} and V_{j-2}, which it retired just
-    //     before; a warpgroup barrier makes sure all its warps did).
-    // So K_j and V_{j-1} are read in intervals j (both warpgroups) and j+1
-    // (warpgroup 1's wgmmas retire there) and are not overwritten before
-    // that: by warpgroup 1 after its waits of interval j+1, by warpgroup 0 at
-    // the start of interval j+2. Every copy is complete and published
-    // (wait_group, fence.proxy.async, CTA barrier) at the barrier before the
-    // first interval that reads it: warpgroup 0 waits for the group it
-    // issued in the same interval, warpgroup 1 for the one it issued in the
-    // previous interval (or in the prologue). ----
-    auto publish_pp = [&]() {
-        if (wg == 0) {
-            fa_cp_async_wait<0>();
-        } else {
-            fa_cp_async_wait<1>();
-        }
-        fa_fence_proxy_async();
-        __syncthreads();
-    };
-    auto rescale = [&](const float* alpha) {
-#pragma unroll
-        for (int n = 0; n < NO / 4; ++n) {
-            acc_o[4 * n + 0] *= alpha[0];
-            acc_o[4 * n + 1] *= alpha[0];
-            acc_o[4 * n + 2] *= alpha[1];
-            acc_o[4 * n + 3] *= alpha[1];
+            pa[4 * kk + 0] = ws_pack_bf16x2(s[8 * kk + 0], s[8 * kk + 1]);
+            pa[4 * kk + 1] = ws_pack_bf16x2(s[8 * kk + 2], s[8 * kk + 3]);
+            pa[4 * kk + 2] = ws_pack_bf16x2(s[8 * kk + 4], s[8 * kk + 5]);
+            pa[4 * kk + 3] = ws_pack_bf16x2(s[8 * kk + 6], s[8 * kk + 7]);
         }
     };
     auto fence_acc_p = [&](unsigned int* p) {
 #pragma unroll
-        for (int i = 0; i < NO; ++i) fa_reg_fence(acc_o[i]);
+        for (int i = 0; i < NO; ++i) ws_reg_fence(acc_o[i]);
 #pragma unroll
-        for (int i = 0; i < NP; ++i) fa_reg_fence(p[i]);
+        for (int i = 0; i < NP; ++i) ws_reg_fence(p[i]);
     };
-    // Softmax of the S just completed (tile jj) into pb while the P.V group
-    // issued with it may still run; then wait for that, rescale, P = pb.
-    auto softmax_rescale = [&](int jj) {
-#pragma unroll
-        for (int i = 0; i < NS; ++i) fa_reg_fence(s[i]);
-        float alpha[2];
-        softmax(jj, pb, alpha);
-        fa_wgmma_wait<0>();
-        fence_acc_p(pa);
-#pragma unroll
-        for (int i = 0; i < NP; ++i) fa_reg_fence(pb[i]);
-        rescale(alpha);
-#pragma unroll
-        for (int i = 0; i < NP; ++i) pa[i] = pb[i];
-    };
-    // Both warpgroups run n_tiles intervals (one CTA barrier each); every
-    // branch below is uniform per warpgroup. Each interval commits exactly
-    // two wgmma groups per warpgroup (S, then P.V; the P.V group of the
-    // first interval is empty), so "wait_group 1" always means "S done".
+
+    ws_mbar_wait(q_full, 0);
     if (n_tiles > 0) {
-        if (wg == 0) {
-            // Interval 0.
-            fa_wgmma_fence();
-            issue_qk(0);
-            fa_wgmma_commit();
-            fa_wgmma_commit();  // empty P.V group
-            if (n_tiles > 1) half_kv(kg, sK + KVB, 1);
-            half_kv(vg, sV, 0);
-            fa_cp_async_commit();
-            fa_wgmma_wait<1>();
-            {
+        // Tile 0: S_0 only (no P.V yet).
+        ws_mbar_wait(k_full(0), 0);
+        const QkDescs d0 = qk_descs(0);
+        turn_wait();
+        ws_wgmma_fence();
+        issue_qk(d0);
+        ws_wgmma_commit();
+        turn_pass();
+        ws_wgmma_wait<0>();
 #pragma unroll
-                for (int i = 0; i < NS; ++i) fa_reg_fence(s[i]);
-                float alpha[2];
-                softmax(0, pa, alpha);  // O is still zero: no rescale
-                fa_wgmma_wait<0>();
-            }
-            publish_pp();
-            for (int j = 1, st = 1; j < n_tiles; ++j) {
-                const int st1 = st == 2 ? 0 : st + 1;
-                fence_acc_p(pa);
-                fa_wgmma_fence();
-                issue_qk(st);
-                fa_wgmma_commit();
-                issue_pv(st == 0 ? 2 : st - 1, pa);
-                fa_wgmma_commit();
-                if (j + 1 < n_tiles) half_kv(kg, sK + st1 * KVB, j + 1);
-                half_kv(vg, sV + st * KVB, j);
-                fa_cp_async_commit();
-                fa_wgmma_wait<1>();
-                softmax_rescale(j);
-                publish_pp();
-                st = st1;
-            }
-        } else {
-            // Loop iteration j issues S_j and P_{j-1}.V_{j-1} and the copies
-            // of its halves of K_{j+2} and V_{j+1} (into the buffers of
-            // K_{j-1} and V_{j-2}, retired by the previous iteration) late
-            // in interval j, crosses barrier B_{j+1}, then finishes tile j
-            // (softmax, rescale) early in interval j+1, while warpgroup 0's
-            // GEMMs run. Nothing is in flight across the loop back edge.
-            fa_wgmma_fence();
-            issue_qk(0);
-            fa_wgmma_commit();
-            fa_wgmma_commit();  // empty P.V group
-            if (n_tiles > 2) half_kv(kg, sK + 2 * KVB, 2);
-            if (n_tiles > 1) half_kv(vg, sV + KVB, 1);
-            fa_cp_async_commit();
-            publish_pp();
-            fa_wgmma_wait<1>();
-            {
-#pragma unroll
-                for (int i = 0; i < NS; ++i) fa_reg_fence(s[i]);
-                float alpha[2];
-                softmax(0, pa, alpha);  // O is still zero: no rescale
-                fa_wgmma_wait<0>();
-            }
-            for (int j = 1, st = 1; j < n_tiles; ++j) {
-                const int st1 = st == 2 ? 0 : st + 1;
-                const int st2 = st1 == 2 ? 0 : st1 + 1;
-                // Every warp of this warpgroup is past its waits: K_{j-1}
-                // and V_{j-2} are no longer read by anyone (warpgroup 0
-                // finished with them before barrier B_j).
-                asm volatile("bar.sync 1, 128;\n" ::: "memory");
-                fence_acc_p(pa);
-                fa_wgmma_fence();
-                issue_qk(st);
-                fa_wgmma_commit();
-                issue_pv(st == 0 ? 2 : st - 1, pa);
-                fa_wgmma_commit();
-                if (j + 2 < n_tiles) half_kv(kg, sK + st2 * KVB, j + 2);
-                if (j + 1 < n_tiles) half_kv(vg, sV + st1 * KVB, j + 1);
-                fa_cp_async_commit();
-                publish_pp();
-                fa_wgmma_wait<1>();
-                softmax_rescale(j);
-                st = st1;
-            }
+        for (int i = 0; i < NS; ++i) ws_reg_fence(s[i]);
+        ws_mbar_arrive(k_empty(0));
+        {
+            float alpha[2];
+            softmax(0, alpha);  // O is still zero: no rescale
+            pack_p();
         }
-        // Last P.V (both warpgroups): V_{n-1} was published by the last
-        // barrier.
-        fence_acc_p(pa);
-        fa_wgmma_fence();
-        issue_pv((n_tiles - 1) % 3, pa);
-        fa_wgmma_commit();
-        fa_wgmma_wait<0>();
+        for (int j = 1; j < n_tiles; ++j) {
+            const int st = j % STAGES;
+            const int sp = (j - 1) % STAGES;
+            ws_mbar_wait(k_full(st), (j / STAGES) & 1);
+            ws_mbar_wait(v_full(sp), ((j - 1) / STAGES) & 1);
+            const QkDescs dqk = qk_descs(st);
+            const PvDescs dpv = pv_descs(sp);
+            turn_wait();
+            fence_acc_p(pa);
+            ws_wgmma_fence();
+            issue_qk(dqk);
+            ws_wgmma_commit();
+            issue_pv(dpv, pa);
+            ws_wgmma_commit();
+            turn_pass();
+            ws_wgmma_wait<1>();
 #pragma unroll
-        for (int i = 0; i < NO; ++i) fa_reg_fence(acc_o[i]);
+            for (int i = 0; i < NS; ++i) ws_reg_fence(s[i]);
+            ws_mbar_arrive(k_empty(st));
+            float alpha[2];
+            softmax(j, alpha);
+            ws_wgmma_wait<0>();
+            fence_acc_p(pa);
+#pragma unroll
+            for (int i = 0; i < NS; ++i) ws_reg_fence(s[i]);
+            ws_mbar_arrive(v_empty(sp));
+#pragma unroll
+            for (int n = 0; n < NO / 4; ++n) {
+                acc_o[4 * n + 0] *= alpha[0];
+                acc_o[4 * n + 1] *= alpha[0];
+                acc_o[4 * n + 2] *= alpha[1];
+                acc_o[4 * n + 3] *= alpha[1];
+            }
+            pack_p();
+        }
+        // Last P.V.
+        const int sl = (n_tiles - 1) % STAGES;
+        ws_mbar_wait(v_full(sl), ((n_tiles - 1) / STAGES) & 1);
+        const PvDescs dl = pv_descs(sl);
+        fence_acc_p(pa);
+        ws_wgmma_fence();
+        issue_pv(dl, pa);
+        ws_wgmma_commit();
+        ws_wgmma_wait<0>();
+#pragma unroll
+        for (int i = 0; i < NO; ++i) ws_reg_fence(acc_o[i]);
+    } else {
+        turn_wait();
+        turn_pass();
     }
-    fa_cp_async_wait<0>();  // (only empty groups can be left)
+    // Consume the last pass of warpgroup 1 so no named barrier is left half
+    // arrived.
+    if (cw == 0) turn_wait();
 
     // ---- Epilogue: O / l -> bf16 into this warpgroup's own rows of the Q
-    // tile (same swizzled layout; only this warpgroup's wgmmas ever read
-    // them and those have completed), then 16-byte row-predicated stores. ----
+    // tile (only its own, completed, wgmmas read them), then stores. ----
     float inv[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-        const float l = fa_quad_sum(row_sum[r]);
+        const float l = ws_quad_sum(row_sum[r]);
         inv[r] = (l > 0.0f) ? 1.0f / l : 0.0f;  // seq_kv == 0 -> zeros
     }
     unsigned char* sQ_ptr = {{NAME}}_smem + (sQ - smem_raw);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-        const int row = wg * 64 + wrow + g + 8 * r;
+        const int row = cw * 64 + wrow + g + 8 * r;
 #pragma unroll
         for (int n = 0; n < NO / 4; ++n) {
             const int off = (n >> 3) * (BLOCK_M * 128) + row * 128 + (((n & 7) ^ (row & 7)) << 4) +
                             t * 4;
-            *reinterpret_cast<unsigned int*>(sQ_ptr + off) = fa_pack_bf16x2(
+            *reinterpret_cast<unsigned int*>(sQ_ptr + off) = ws_pack_bf16x2(
                 acc_o[4 * n + 2 * r] * inv[r], acc_o[4 * n + 2 * r + 1] * inv[r]);
         }
     }
-    __syncthreads();
+    asm volatile("bar.sync %0, 128;\n" ::"r"(3 + cw) : "memory");
+    const long long row_stride = (long long)heads * D;
+    __nv_bfloat16* og = o + ((long long)b * seq_q * heads + h) * D;
 #pragma unroll
-    for (int i = 0; i < BLOCK_M * CPR / THREADS; ++i) {
-        const int c = i * THREADS + tid;
-        const int r = c / CPR;
+    for (int i = 0; i < 64 * CPR / 128; ++i) {
+        const int c = i * 128 + ctid;
+        const int r = cw * 64 + c / CPR;
         const int jj = c % CPR;
         const int row = m0 + r;
         if (row < seq_q) {

@@ -269,6 +269,7 @@ pub fn generate_with(
                 attention_sources.insert(kernel.name.clone(), kernel.source.clone());
                 Step::Attention(Attention {
                     kernel: kernel.name.clone(),
+                    operands: kernel.operands,
                     grid: *grid,
                     block: [kernel.threads, 1, 1],
                     shared_bytes: kernel.shared_bytes,

@@ -21,7 +21,8 @@ fn rendered_source_is_complete() {
         assert!(!k.source.contains("{{"), "leftover placeholder for d={d}");
         assert!(!k.source.contains("}}"), "leftover placeholder for d={d}");
         assert!(k.shared_bytes > 48 * 1024 && k.shared_bytes <= 227 * 1024);
-        assert_eq!(k.threads, k.block_m / 16 * 32);
+        // One producer warpgroup and one consumer warpgroup per 64 rows.
+        assert_eq!(k.threads, 128 + k.block_m / 64 * 128);
         assert_eq!(grid(&k, 1, 24, 4352)[0], 4352u32.div_ceil(k.block_m));
     }
     for d in [0usize, 16, 32, 80, 96, 100, 256] {

@@ -23,8 +23,8 @@ mod weights;
 
 pub use manifest::{content_hash, CheckpointLayout, Manifest, WeightEntry, FORMAT_VERSION};
 pub use schedule::{
-    Arg, Attention, Binding, Buffer, BufferId, Copy, ElemType, Gemm, GemmEpilogue, GemmScales,
-    Launch, Region, ScaleMode, Schedule, ScheduleError, Step, Tensor,
+    Arg, Attention, AttentionOperands, Binding, Buffer, BufferId, Copy, ElemType, Gemm,
+    GemmEpilogue, GemmScales, Launch, Region, ScaleMode, Schedule, ScheduleError, Step, Tensor,
 };
 pub use tuning::{tuning_key, TuningCache, TuningRecord, TUNING_FORMAT_VERSION};
 pub use weights::{Fp8Format, WeightSource};

@@ -9,7 +9,7 @@ use crate::{BufferId, WeightSource};
 
 /// The artifact format this crate reads and writes. Bumped on every
 /// incompatible change; the runtime refuses other versions.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// A checkpoint naming layout the artifact can load weights from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -285,14 +285,34 @@ impl Gemm {
     }
 }
 
+/// How an attention kernel takes q, k and v.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttentionOperands {
+    /// Three device pointers.
+    Pointers,
+    /// Three CUDA tensor maps (`CUtensorMap`, 128 bytes each, by value),
+    /// which the runtime encodes: each operand `[batch, seq, heads, D]` as
+    /// the bf16 4-D view `[D, heads, seq, batch]` (innermost first), box
+    /// `[64, 1, rows, 1]`, 128-byte swizzle, out-of-bounds elements zero.
+    TensorMaps {
+        /// Box rows of q (the kernel's query tile).
+        q_rows: u32,
+        /// Box rows of k and v (the kernel's key tile).
+        kv_rows: u32,
+    },
+}
+
 /// A launch of the generated flash-attention kernel. q, k, v and out are
 /// contiguous `[batch, seq, heads, head_dim]`; the kernel's parameters are
-/// `(q, k, v, out, seq_q, seq_kv, heads, scale)` and it runs on a grid of
-/// `(ceil(seq_q / block_m), heads, batch)`.
+/// `(q, k, v, out, seq_q, seq_kv, heads, scale)`, q/k/v as `operands` says,
+/// and it runs on a grid of `(ceil(seq_q / block_m), heads, batch)`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Attention {
     /// The `extern "C"` kernel name.
     pub kernel: String,
+    /// How the kernel takes q, k and v.
+    pub operands: AttentionOperands,
     /// Grid size.
     pub grid: [u32; 3],
     /// Block size.

@@ -43,6 +43,7 @@ use crate::cuda::{
 };
 use crate::plan::{address, describe_step, kernel_params, kernels, Bases, Param};
 use crate::quantize::{self, Quantizer};
+use crate::tensor_map;
 use crate::timing::Timing;
 use crate::weights::{select_layout, Progress, WeightPlan};
 use crate::{LoadOptions, RuntimeError};
@@ -912,7 +913,9 @@ fn build_ops(
                     grid,
                     block,
                     shared_bytes,
-                    params: kernel_params(schedule, bases, step).unwrap_or_default(),
+                    params: kernel_params(schedule, bases, step, &tensor_map::encode)
+                        .map_err(fail)?
+                        .unwrap_or_default(),
                 })
             };
             match step {

@@ -32,7 +32,8 @@
 //! (library checks and RAII driver handles), `blas` (cuBLASLt, fp8 GEMMs
 //! included), [`bench`] (what the GPU tuners share), [`gemm_tuning`] (timing cuBLASLt's candidate algorithms of
 //! every GEMM of a schedule, for `fluxc tune`), [`kernel_bench`] (timing
-//! variants of a generated kernel, for the kernel autotuner), `plan` (device addresses, kernel parameters, extent checks),
+//! variants of a generated kernel, for the kernel autotuner), `plan` (device addresses, kernel parameters, extent checks), `tensor_map`
+//! (the attention kernel's TMA descriptors),
 //! `engine` ([`Engine`]), `timing` ([`Timing`]), `options` ([`LoadOptions`]),
 //! `error` ([`RuntimeError`]).
 
@@ -49,6 +50,7 @@ pub mod kernel_bench;
 mod options;
 mod plan;
 mod quantize;
+mod tensor_map;
 mod timing;
 pub mod weights;
 

@@ -13,9 +13,11 @@ use std::collections::BTreeMap;
 use std::ffi::c_void;
 
 use fluxc_artifact::{
-    Arg, Buffer, ElemType, Gemm, GemmEpilogue, Region, ScaleMode, Schedule, Step, Tensor,
+    Arg, AttentionOperands, Buffer, ElemType, Gemm, GemmEpilogue, Region, ScaleMode, Schedule,
+    Step, Tensor,
 };
 
+use crate::tensor_map::{TensorMap, TensorMapSpec};
 use crate::RuntimeError;
 
 /// Device addresses of the three regions.
@@ -58,6 +60,8 @@ pub(crate) enum Param {
     I64(i64),
     /// A `float`.
     F32(f32),
+    /// A `CUtensorMap` by value (`const __grid_constant__`).
+    TensorMap(TensorMap),
 }
 
 impl Param {
@@ -68,15 +72,23 @@ impl Param {
             Param::I32(v) => v as *mut i32 as *mut c_void,
             Param::I64(v) => v as *mut i64 as *mut c_void,
             Param::F32(v) => v as *mut f32 as *mut c_void,
+            Param::TensorMap(m) => m as *mut TensorMap as *mut c_void,
         }
     }
 }
 
 /// The parameters of a kernel launch or attention step, in order; `None`
-/// for GEMMs and copies.
-pub(crate) fn kernel_params(schedule: &Schedule, bases: Bases, step: &Step) -> Option<Vec<Param>> {
+/// for GEMMs and copies. Tensor maps are described here and encoded by
+/// `encode` (the driver's `cuTensorMapEncodeTiled` in the engine, a stand-in
+/// in tests); its error is the reason the step cannot run.
+pub(crate) fn kernel_params(
+    schedule: &Schedule,
+    bases: Bases,
+    step: &Step,
+    encode: &dyn Fn(&TensorMapSpec) -> Result<TensorMap, String>,
+) -> Result<Option<Vec<Param>>, String> {
     match step {
-        Step::Launch(l) => Some(
+        Step::Launch(l) => Ok(Some(
             l.args
                 .iter()
                 .map(|a| match a {
@@ -85,22 +97,36 @@ pub(crate) fn kernel_params(schedule: &Schedule, bases: Bases, step: &Step) -> O
                     Arg::F32(v) => Param::F32(*v),
                 })
                 .collect(),
-        ),
+        )),
         Step::Attention(a) => {
-            let ptr = |t| Param::Ptr(address(schedule, bases, t));
+            // q, k or v: a pointer, or a tensor map with boxes of `rows`
+            // rows picked from the operands' (q rows, kv rows).
+            let operand = |t: Tensor, seq: u32, rows: fn((u32, u32)) -> u32| {
+                let at = address(schedule, bases, t);
+                match a.operands {
+                    AttentionOperands::Pointers => Ok(Param::Ptr(at)),
+                    AttentionOperands::TensorMaps { q_rows, kv_rows } => {
+                        let rows = rows((q_rows, kv_rows));
+                        let spec = TensorMapSpec::attention_operand(
+                            at, a.batch, seq, a.heads, a.head_dim, rows,
+                        );
+                        encode(&spec).map(Param::TensorMap)
+                    }
+                }
+            };
             // `as i32`: the extents were checked to fit in `check_step`.
-            Some(vec![
-                ptr(a.q),
-                ptr(a.k),
-                ptr(a.v),
-                ptr(a.out),
+            Ok(Some(vec![
+                operand(a.q, a.seq_q, |(q, _)| q)?,
+                operand(a.k, a.seq_kv, |(_, kv)| kv)?,
+                operand(a.v, a.seq_kv, |(_, kv)| kv)?,
+                Param::Ptr(address(schedule, bases, a.out)),
                 Param::I32(a.seq_q as i32),
                 Param::I32(a.seq_kv as i32),
                 Param::I32(a.heads as i32),
                 Param::F32(a.scale),
-            ])
+            ]))
         }
-        Step::Gemm(_) | Step::Copy(_) => None,
+        Step::Gemm(_) | Step::Copy(_) => Ok(None),
     }
 }
 
@@ -189,6 +215,29 @@ pub(crate) fn check_step(
                 let b = buf(t);
                 if let Err(e) = fits(b, t.offset, elements.saturating_mul(b.dtype.size_bytes())) {
                     return fail(format!("{what}: {e}"));
+                }
+            }
+            if let AttentionOperands::TensorMaps { q_rows, kv_rows } = a.operands {
+                for (what, t, seq, rows) in [
+                    ("q", a.q, a.seq_q, q_rows),
+                    ("k", a.k, a.seq_kv, kv_rows),
+                    ("v", a.v, a.seq_kv, kv_rows),
+                ] {
+                    if buf(t).dtype != ElemType::Bf16 {
+                        return fail(format!("{what}: tensor maps are bf16 here"));
+                    }
+                    // Offsets only: the region bases are 256-byte aligned.
+                    let spec = TensorMapSpec::attention_operand(
+                        buf(t).offset + t.offset,
+                        a.batch,
+                        seq,
+                        a.heads,
+                        a.head_dim,
+                        rows,
+                    );
+                    if let Err(e) = spec.check() {
+                        return fail(format!("{what}: {e}"));
+                    }
                 }
             }
         }
@@ -534,12 +583,14 @@ mod tests {
             scratch: 0,
         };
         let s = schedule(vec![]);
+        let no_maps = |_: &TensorMapSpec| -> Result<TensorMap, String> { Err("no maps".into()) };
         assert_eq!(
-            kernel_params(&s, bases, &launch).unwrap(),
-            vec![Param::Ptr(4096 + 16), Param::I32(-3), Param::F32(0.5)]
+            kernel_params(&s, bases, &launch, &no_maps).unwrap(),
+            Some(vec![Param::Ptr(4096 + 16), Param::I32(-3), Param::F32(0.5)])
         );
         let att = Step::Attention(Attention {
             kernel: "attention_d128_bf16".into(),
+            operands: AttentionOperands::Pointers,
             grid: [1, 1, 1],
             block: [128, 1, 1],
             shared_bytes: 0,
@@ -555,8 +606,8 @@ mod tests {
             scale: 0.5,
         });
         assert_eq!(
-            kernel_params(&s, bases, &att).unwrap(),
-            vec![
+            kernel_params(&s, bases, &att, &no_maps).unwrap(),
+            Some(vec![
                 Param::Ptr(4096),
                 Param::Ptr(4096),
                 Param::Ptr(4096),
@@ -565,9 +616,46 @@ mod tests {
                 Param::I32(4),
                 Param::I32(2),
                 Param::F32(0.5)
-            ]
+            ])
         );
         assert!(check_step(&s, 0, &att).is_ok());
+
+        // Tensor-map operands: each of q, k, v is described by its address
+        // and view and handed to the encoder; its error is the step's.
+        let Step::Attention(mut a) = att else {
+            unreachable!()
+        };
+        a.operands = AttentionOperands::TensorMaps {
+            q_rows: 128,
+            kv_rows: 192,
+        };
+        a.seq_kv = 3;
+        let tma = Step::Attention(a);
+        let fake = |m: &TensorMapSpec| -> Result<TensorMap, String> {
+            let mut words = [0u64; 16];
+            words[0] = m.address;
+            words[1..5].copy_from_slice(&m.dims);
+            words[5] = u64::from(m.box_dims[2]);
+            Ok(TensorMap(words))
+        };
+        let params = kernel_params(&s, bases, &tma, &fake).unwrap().unwrap();
+        let Param::TensorMap(k) = params[1] else {
+            panic!("k is not a tensor map: {:?}", params[1])
+        };
+        assert_eq!(k.0[..6], [4096, 4, 2, 3, 1, 192]);
+        let Param::TensorMap(q) = params[0] else {
+            panic!("q is not a tensor map: {:?}", params[0])
+        };
+        assert_eq!(q.0[5], 128);
+        assert_eq!(params[3], Param::Ptr(4096 + 512));
+        assert_eq!(
+            kernel_params(&s, bases, &tma, &no_maps).unwrap_err(),
+            "no maps"
+        );
+        // Rows of 4 bf16 (8 bytes) are below the TMA's 16-byte stride
+        // granularity: refused before any GPU work.
+        let m = check_step(&s, 0, &tma).unwrap_err().to_string();
+        assert!(m.contains("q: tensor map stride 8 bytes"), "{m}");
         let mut mut_param = Param::I32(7);
         let p = mut_param.as_kernel_param() as *const i32;
         // SAFETY: points at the i32 inside `mut_param`.
@@ -834,6 +922,7 @@ mod tests {
         assert!(m.contains("source: needs 65 bytes"), "{m}");
         let att = Step::Attention(Attention {
             kernel: "a".into(),
+            operands: AttentionOperands::Pointers,
             grid: [1, 1, 1],
             block: [128, 1, 1],
             shared_bytes: 0,
