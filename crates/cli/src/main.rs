@@ -105,6 +105,12 @@ enum Command {
         /// Time every step of one forward and print where the time goes.
         #[arg(long)]
         profile: bool,
+        /// Write the quantized fp8 weights and their scales next to the
+        /// artifact (weights.fp8.safetensors), stamped with the artifact
+        /// and checkpoint they come from; later runs read them from there
+        /// instead of quantizing.
+        #[arg(long)]
+        save_quantized: bool,
     },
     /// Time cuBLASLt's candidate algorithms for every GEMM of an artifact on
     /// this machine's GPU and record the fastest in the artifact.
@@ -165,6 +171,7 @@ fn main() -> ExitCode {
             eager,
             json,
             profile,
+            save_quantized,
         } => run::run(&run::RunArgs {
             artifact: &artifact,
             weights: &weights,
@@ -175,6 +182,7 @@ fn main() -> ExitCode {
             eager,
             json: json.as_deref(),
             profile,
+            save_quantized,
         }),
         Command::Tune {
             artifact,
