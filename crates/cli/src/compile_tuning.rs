@@ -114,9 +114,19 @@ impl GpuTuning {
                     Outcome::Cached => "cached".to_string(),
                     Outcome::OutOfBudget => "budget spent: default".to_string(),
                 };
+                let us = |t: f64| {
+                    if t.is_finite() {
+                        format!("{t:>8.1} µs")
+                    } else {
+                        format!("{:>8} µs", "—")
+                    }
+                };
                 eprintln!(
-                    "    [{d}/{t}] {:>8.1} µs → {:>8.1} µs  {} (x{}, {how})",
-                    r.default_us, r.best_us, r.ops, r.launches
+                    "    [{d}/{t}] {} → {}  {} (x{}, {how})",
+                    us(r.default_us),
+                    us(r.best_us),
+                    r.ops,
+                    r.launches
                 )
             },
         )?;
