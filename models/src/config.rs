@@ -13,6 +13,9 @@
 //! [`ModelConfig::text_tokens`]) return it (or a [`MissingSection`] error on
 //! an unvalidated config, never a panic).
 //!
+//! `[passes]` switches the pass pipeline and `[autotune]` (module
+//! [`autotune`]) configures tuning.
+//!
 //! [`ModelConfig::load`] and [`ModelConfig::from_toml_str`] parse a file and
 //! check the rules serde cannot express ([`ModelConfig::validate`]). Every
 //! failure is a [`ConfigError`] that displays like a compiler diagnostic,
@@ -25,6 +28,10 @@ use std::path::{Path, PathBuf};
 
 use fluxc_passes::{Fp8Mode, Fp8Policy, PassOptions};
 use serde::Deserialize;
+
+pub mod autotune;
+
+pub use autotune::AutotuneConfig;
 
 /// A whole model.toml.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -45,6 +52,10 @@ pub struct ModelConfig {
     /// `[passes]`: which optimizations run (all on by default).
     #[serde(default)]
     pub passes: PassesConfig,
+    /// `[autotune]`: how `fluxc compile --tune` searches and where it keeps
+    /// its measurements.
+    #[serde(default)]
+    pub autotune: AutotuneConfig,
 }
 
 /// `[passes]`: switches of the pass pipeline. Every key is optional; the
@@ -517,7 +528,8 @@ impl ModelConfig {
             validate_vae(v)?;
         }
         validate_shapes(&self.shapes)?;
-        validate_passes(&self.passes)
+        validate_passes(&self.passes)?;
+        autotune::validate(&self.autotune)
     }
 }
 

@@ -802,3 +802,86 @@ fn bad_fp8_glob_names_the_field_and_line() {
         other => panic!("{other}"),
     }
 }
+
+// --- [autotune] --------------------------------------------------------------
+
+#[test]
+fn autotune_defaults_search_for_two_minutes_without_a_cache() {
+    let a = parse(BASE).unwrap().autotune;
+    assert!(a.coordinate_descent && a.check_all_directions);
+    assert_eq!(a.budget_s, 120.0);
+    assert_eq!(a.cache, None);
+}
+
+#[test]
+fn autotune_keys_parse() {
+    let text = format!(
+        "{BASE}\n[autotune]\ncoordinate_descent = false\ncheck_all_directions = false\n\
+         budget_s = 30\ncache = \"tuning/h200.json\"\n"
+    );
+    let a = parse(&text).unwrap().autotune;
+    assert!(!a.coordinate_descent && !a.check_all_directions);
+    assert_eq!(a.budget_s, 30.0, "an integer budget is taken as seconds");
+    assert_eq!(
+        a.cache_path(Path::new("/m/dev.toml")),
+        Some(PathBuf::from("/m/tuning/h200.json"))
+    );
+    let fraction = format!("{BASE}\n[autotune]\nbudget_s = 0.5\n");
+    assert_eq!(parse(&fraction).unwrap().autotune.budget_s, 0.5);
+}
+
+#[test]
+fn bad_autotune_budgets_and_caches_name_the_key_and_line() {
+    for (value, needle) in [("-5", "got -5"), ("0", "got 0"), ("nan", "got NaN")] {
+        let text = format!("{BASE}\n[autotune]\nbudget_s = {value}\n");
+        match parse(&text).unwrap_err() {
+            ConfigError::Invalid {
+                field,
+                line,
+                column,
+                message,
+                ..
+            } => {
+                assert_eq!(field, "autotune.budget_s");
+                assert_eq!((line, column), (Some(text.lines().count()), Some(1)));
+                assert!(
+                    message.contains("positive") && message.contains(needle),
+                    "{message}"
+                );
+            }
+            other => panic!("budget_s = {value}: {other}"),
+        }
+    }
+    let text = format!("{BASE}\n[autotune]\ncache = \"\"\n");
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(
+        err.starts_with(&format!(
+            "{ORIGIN}:{}:1: autotune.cache: must not be empty",
+            text.lines().count()
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn autotune_rejects_unknown_keys_and_wrong_types_where_they_are() {
+    let typo = format!("{BASE}\n[autotune]\nbudget = 10\n");
+    let line = typo.lines().count();
+    assert_parse_error(&typo, line, 1, "unknown field `budget`");
+    let err = parse(&typo).unwrap_err().to_string();
+    assert!(
+        err.contains("`budget_s`") && err.contains("`cache`"),
+        "{err}"
+    );
+    let wrong = format!("{BASE}\n[autotune]\ncoordinate_descent = \"no\"\n");
+    assert_parse_error(
+        &wrong,
+        line,
+        22,
+        "invalid type: string \"no\", expected a boolean",
+    );
+    let wrong = format!("{BASE}\n[autotune]\nbudget_s = \"2m\"\n");
+    assert_parse_error(&wrong, line, 12, "invalid type: string \"2m\"");
+    let wrong = format!("{BASE}\n[autotune]\ncache = 3\n");
+    assert_parse_error(&wrong, line, 9, "invalid type: integer `3`");
+}

@@ -10,8 +10,15 @@
 //! cached, so no configuration is timed twice; configurations the measure
 //! rejects (invalid tiles, shared memory over the limit, results that differ
 //! from the default's) are never chosen.
+//!
+//! Two limits stop a search early: `max_measurements`, and a `deadline`
+//! (the tuning budget), checked before every measurement but the first: the
+//! starting configuration is always measured. A search the deadline cut
+//! short says so (`SearchResult::out_of_time`); its best is still valid
+//! (measured and accepted), only perhaps not a local optimum.
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 use crate::space::{Config, ConfigSpace};
 
@@ -25,6 +32,9 @@ pub struct SearchOptions {
     pub check_all_directions: bool,
     /// At most this many measurements (the default counts).
     pub max_measurements: usize,
+    /// No measurement starts after this instant (the starting
+    /// configuration's excepted); `None`: no time limit.
+    pub deadline: Option<Instant>,
 }
 
 impl Default for SearchOptions {
@@ -33,6 +43,7 @@ impl Default for SearchOptions {
             noise: 0.01,
             check_all_directions: false,
             max_measurements: 200,
+            deadline: None,
         }
     }
 }
@@ -57,6 +68,8 @@ pub struct SearchResult {
     pub start_time: f64,
     /// Every measurement in the order taken.
     pub measurements: Vec<(Config, Measurement)>,
+    /// The deadline passed before the search converged.
+    pub out_of_time: bool,
 }
 
 /// Why a search could not run.
@@ -88,11 +101,17 @@ pub fn coordinate_descent(
     }
     let mut seen: HashMap<Config, Measurement> = HashMap::new();
     let mut order: Vec<(Config, Measurement)> = Vec::new();
+    let mut out_of_time = false;
     let mut time_of = |c: &Config, order: &mut Vec<(Config, Measurement)>| -> Option<f64> {
         if let Some(m) = seen.get(c) {
             return time(m);
         }
         if order.len() >= options.max_measurements {
+            return None;
+        }
+        let late = options.deadline.is_some_and(|d| Instant::now() >= d);
+        if late && !order.is_empty() {
+            out_of_time = true;
             return None;
         }
         let m = measure(c);
@@ -142,6 +161,7 @@ pub fn coordinate_descent(
         best_time,
         start_time,
         measurements: order,
+        out_of_time,
     })
 }
 

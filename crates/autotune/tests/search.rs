@@ -1,7 +1,8 @@
 //! The coordinate-descent search on synthetic cost functions: it finds the
 //! optimum of a convex bowl, never picks a rejected configuration, ignores
 //! improvements within the noise, needs `check_all_directions` for diagonal
-//! valleys, and stops within its budget without measuring anything twice.
+//! valleys, stops within its budget without measuring anything twice, and
+//! stops at a deadline (the tuning budget) keeping what it measured.
 
 use std::collections::HashSet;
 
@@ -165,4 +166,47 @@ fn neighbourhoods() {
     assert_eq!(n, vec![vec![128, 1], vec![512, 1], vec![256, 2]]);
     assert_eq!(s.all_directions(&c).len(), 3 * 2 - 1);
     assert_eq!(s.describe(&c), "threads=256 stages=1");
+}
+
+#[test]
+fn a_passed_deadline_stops_after_the_start() {
+    let s = space();
+    let options = SearchOptions {
+        deadline: Some(std::time::Instant::now()),
+        ..SearchOptions::default()
+    };
+    let r = coordinate_descent(&s, at(&s, &[32, 8]), &options, |c| {
+        Measurement::Time(bowl(&s.values(c)))
+    })
+    .unwrap();
+    assert!(r.out_of_time);
+    assert_eq!(r.measurements.len(), 1, "only the start is measured");
+    assert_eq!(s.values(&r.best), vec![32, 8], "the start is kept");
+    assert_eq!(r.best_time, r.start_time);
+}
+
+#[test]
+fn the_deadline_cuts_a_slow_search_short() {
+    let s = space();
+    let slow = |c: &Config| {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        Measurement::Time(bowl(&s.values(c)))
+    };
+    let full = coordinate_descent(&s, at(&s, &[32, 8]), &SearchOptions::default(), slow).unwrap();
+    assert!(!full.out_of_time);
+    // 5 ms a measurement, 12 ms of budget: three measurements at most
+    // (slower sleeps only make it fewer), where the full search takes more.
+    let options = SearchOptions {
+        deadline: Some(std::time::Instant::now() + std::time::Duration::from_millis(12)),
+        ..SearchOptions::default()
+    };
+    let cut = coordinate_descent(&s, at(&s, &[32, 8]), &options, slow).unwrap();
+    assert!(cut.out_of_time);
+    assert!(
+        (1..=3).contains(&cut.measurements.len()) && full.measurements.len() > 3,
+        "{} of {} measurements",
+        cut.measurements.len(),
+        full.measurements.len()
+    );
+    assert!(cut.best_time >= full.best_time);
 }

@@ -87,6 +87,12 @@ impl SafetensorsFile {
         names
     }
 
+    /// The free-form `__metadata__` of the header (string keys and values),
+    /// if it has one.
+    pub fn user_metadata(&self) -> Option<&std::collections::HashMap<String, String>> {
+        self.metadata.metadata().as_ref()
+    }
+
     /// Whether the file holds `name`.
     pub fn contains(&self, name: &str) -> bool {
         self.metadata.info(name).is_some()

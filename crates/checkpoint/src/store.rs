@@ -153,6 +153,12 @@ impl Checkpoint {
         &self.location
     }
 
+    /// The safetensors files read, in the order opened (the index file of
+    /// a sharded checkpoint is [`location`](Self::location)).
+    pub fn files(&self) -> Vec<&Path> {
+        self.files.iter().map(SafetensorsFile::path).collect()
+    }
+
     /// Whether the checkpoint is sharded (described by an index file).
     pub fn is_sharded(&self) -> bool {
         self.sharded

@@ -5,23 +5,23 @@
 //! `fluxc_passes::pipeline::STEPS`). `-o DIR` writes the artifact
 //! (`manifest.json`, `schedule.json`, `kernels.cu`, `graph.txt`,
 //! `fusion.txt`); without it the compile still runs to the end, so errors
-//! show without writing anything. No GPU is needed. `--tuning-cache FILE`
-//! gives every GEMM the algorithm `fluxc tune` recorded for it in that
-//! cache (the rest keep cuBLASLt's heuristic choice at load time).
+//! show without writing anything. No GPU is needed. A tuning cache
+//! (`--tuning-cache FILE` or `[autotune] cache`) gives every kernel and
+//! GEMM the launch or algorithm recorded for it (the rest keep their
+//! defaults); `--tune` measures what the cache lacks on this machine's GPU
+//! within the `[autotune]` budget (`compile_tuning`, `tune_settings`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use fluxc_artifact::{content_hash, CheckpointLayout, Step as ScheduleStep, WeightSource};
-use fluxc_autotune::SearchOptions;
 use fluxc_codegen::{check_output_dir, generate_with, write_artifact, CodegenOptions, Generated};
 use fluxc_models::checkpoint::{resolve_derived_sources, CheckpointFormat, NameMap};
 use fluxc_models::{build_graph, ModelConfig};
 use fluxc_passes::pipeline::{optimize, optimize_with_dump, Optimized, Step};
-use fluxc_runtime::gemm_tuning::{tune_gemms, GemmTuneOptions};
-use fluxc_runtime::kernel_bench::KernelBench;
 
-use crate::kernel_tuning;
+use crate::compile_tuning::{self, GpuTuning};
+use crate::tune_settings::{TuneFlags, TuneSettings};
 
 /// What `fluxc compile` was asked to do.
 pub struct CompileArgs<'a> {
@@ -33,11 +33,8 @@ pub struct CompileArgs<'a> {
     pub dump_after: Option<&'a str>,
     /// Give every buffer its own bytes (debugging: intermediates stay readable).
     pub no_memory_reuse: bool,
-    /// A tuning cache whose kernel launches and GEMM algorithms the
-    /// artifact takes (and, with `tune`, where measurements go).
-    pub tuning_cache: Option<&'a Path>,
-    /// Measure on this machine's GPU what the cache does not hold.
-    pub tune: bool,
+    /// `--tune`, `--tuning-cache` and the flags overriding `[autotune]`.
+    pub tuning: TuneFlags<'a>,
     /// Print the per-kernel and per-GEMM tuning report.
     pub report: bool,
 }
@@ -50,17 +47,13 @@ pub fn run(args: &CompileArgs) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(out) = args.out {
         check_output_dir(out)?;
     }
-    // With --tune the measurements go to a cache (./tuning.json unless
-    // named); without it, a named cache is only read.
-    let cache_path = args
-        .tuning_cache
-        .map(Path::to_path_buf)
-        .or_else(|| args.tune.then(|| PathBuf::from("tuning.json")));
-    let mut cache = cache_path
+    let cfg = ModelConfig::load(args.model)?;
+    let settings = TuneSettings::resolve(&cfg.autotune, args.model, &args.tuning)?;
+    let mut cache = settings
+        .cache
         .as_deref()
         .map(fluxc_autotune::cache::load)
         .transpose()?;
-    let cfg = ModelConfig::load(args.model)?;
     let graph = build_graph(&cfg).map_err(|e| {
         format!(
             "building the graph of `{}` failed: {e}",
@@ -81,44 +74,21 @@ pub fn run(args: &CompileArgs) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(dump) = dump {
         print!("{dump}");
     }
-    let bench = if args.tune {
-        Some(tuning_bench()?)
+    if settings.tune && !settings.coordinate_descent {
+        eprintln!(
+            "  tuning: coordinate descent is off ([autotune] coordinate_descent or \
+             --coordinate-descent): nothing is measured; what the cache holds applies, the rest \
+             keeps its defaults"
+        );
+    }
+    let mut gpu = if settings.measures() {
+        Some(GpuTuning::start(&settings, args.report)?)
     } else {
         None
     };
-    let choices = match (&bench, cache.as_mut()) {
-        (Some((bench, driver)), Some(cache)) => {
-            eprintln!("  tuning the generated kernels on {}:", bench.device_name());
-            let search = SearchOptions {
-                check_all_directions: true,
-                ..SearchOptions::default()
-            };
-            let (chosen, rows) = kernel_tuning::tune_kernels(
-                &optimized,
-                bench,
-                driver,
-                cache,
-                &search,
-                |d, t, r| {
-                    eprintln!(
-                        "    [{d}/{t}] {:>8.1} µs → {:>8.1} µs  {} (x{}, {} measured)",
-                        r.default_us, r.best_us, r.ops, r.launches, r.measured
-                    )
-                },
-            )?;
-            if args.report {
-                print!("{}", kernel_tuning::report(&rows));
-            }
-            chosen
-        }
-        (None, Some(cache)) => {
-            let (chosen, found) = kernel_tuning::cached_kernels(&optimized, cache)?;
-            eprintln!(
-                "  tuning: {found} kernel(s) found in the cache, {} with a non-default launch",
-                chosen.len()
-            );
-            chosen
-        }
+    let choices = match (gpu.as_mut(), cache.as_mut()) {
+        (Some(gpu), Some(cache)) => gpu.kernels(&optimized, cache)?,
+        (None, Some(cache)) => compile_tuning::cached_kernels(&optimized, cache)?,
         _ => HashMap::new(),
     };
     let mut generated = generate_with(
@@ -131,45 +101,19 @@ pub fn run(args: &CompileArgs) -> Result<(), Box<dyn std::error::Error>> {
         &|k| choices.get(&k.source).copied(),
     )?;
     eprintln!("  codegen: {}", summary(&generated));
-    if let (Some(cache), Some(path)) = (cache.as_mut(), cache_path.as_deref()) {
-        if bench.is_some() {
-            eprintln!("  tuning the GEMMs:");
-            let run = tune_gemms(
-                &generated.schedule,
-                &GemmTuneOptions::default(),
-                |d, t, g| {
-                    eprintln!(
-                        "    [{d}/{t}] {:>8.1} µs → {:>8.1} µs  {} (x{})",
-                        g.default_us(),
-                        g.best_us(),
-                        g.name,
-                        g.steps.len()
-                    )
-                },
-            )?;
-            let tuned = crate::tune::apply_run(&mut generated.schedule, &run);
-            crate::tune::add_to_cache(cache, &run);
-            if args.report {
-                print!("{}", crate::tune::report(&run.gemms));
+    if let (Some(cache), Some(path)) = (cache.as_mut(), settings.cache.as_deref()) {
+        match gpu.as_mut() {
+            Some(gpu) => {
+                gpu.gemms(&mut generated.schedule, cache)?;
+                fluxc_autotune::cache::save(path, cache)?;
+                eprintln!("  tuning: measurements saved to `{}`", path.display());
+                gpu.finish();
             }
-            fluxc_autotune::cache::save(path, cache)?;
-            eprintln!(
-                "  tuning: {tuned} GEMM steps take tuned algorithms; measurements saved to `{}`",
-                path.display()
-            );
-        } else {
-            let applied = crate::tune::apply_cache(&mut generated.schedule, cache)
-                .map_err(|e| format!("tuning cache `{}`: {e}", path.display()))?;
-            eprintln!(
-                "  tuning: {} of {} GEMM steps take tuned algorithms from `{}`{}",
-                applied.tuned,
-                applied.gemms,
-                path.display(),
-                applied
-                    .device
-                    .map(|d| format!(" (measured on {d})"))
-                    .unwrap_or_default()
-            );
+            None => compile_tuning::cached_gemms(
+                &mut generated.schedule,
+                cache,
+                &path.display().to_string(),
+            )?,
         }
         let schedule = fluxc_codegen::schedule_json(&generated.schedule)?;
         generated.manifest.content_hash =
@@ -180,16 +124,6 @@ pub fn run(args: &CompileArgs) -> Result<(), Box<dyn std::error::Error>> {
         eprintln!("wrote {}", out.display());
     }
     Ok(())
-}
-
-/// The GPU context kernel tuning measures on, and the driver version its
-/// cache records carry; an error saying `--tune` needs a GPU without one.
-fn tuning_bench() -> Result<(KernelBench, String), Box<dyn std::error::Error>> {
-    let include_dirs = fluxc_runtime::LoadOptions::default().cuda_include_dirs;
-    let bench = KernelBench::new(0, fluxc_codegen::ARCH, &include_dirs)
-        .map_err(|e| format!("--tune measures on the GPU: {e}"))?;
-    let driver = fluxc_runtime::cuda::driver_version()?.to_string();
-    Ok((bench, driver))
 }
 
 /// Each checkpoint layout's derivation of every weight (a layout the model

@@ -9,13 +9,18 @@
 //! compared with the default's (a variant that computes something else is
 //! rejected, never chosen), and timed. The result is kept in the tuning
 //! cache under the kernel's default source, the device and the driver, so a
-//! later compile takes it without measuring.
+//! later compile takes it without measuring (and a compile whose cache
+//! holds every kernel measures none: [`uncached_kernels`]).
+//!
+//! A [`Budget`] bounds the whole run: once it is spent, the kernels left
+//! keep their default launch, and a search it cut short keeps the default
+//! too; neither is cached, so the next `--tune` measures them.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 
 use fluxc_artifact::{content_hash, tuning_key, TuningCache, TuningRecord};
-use fluxc_autotune::{coordinate_descent, Config, ConfigSpace, Measurement, SearchOptions};
+use fluxc_autotune::{coordinate_descent, Budget, Config, ConfigSpace, Measurement, SearchOptions};
 use fluxc_codegen::launch::{
     config_of, launch_config, translation_unit, tunable_kernels, variant, TunableKernel,
 };
@@ -28,6 +33,18 @@ use fluxc_runtime::RuntimeError;
 /// The chosen launch configuration of each tuned kernel, by its default
 /// source (what [`fluxc_codegen::generate_with`] is asked about).
 pub type Choices = HashMap<String, LaunchConfig>;
+
+/// Where a kernel's configuration came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Searched now.
+    Measured,
+    /// Taken from the tuning cache.
+    Cached,
+    /// Left at the default: the budget was spent before its search started
+    /// or finished.
+    OutOfBudget,
+}
 
 /// What tuning one kernel found.
 #[derive(Clone, Debug, PartialEq)]
@@ -44,6 +61,8 @@ pub struct KernelTuning {
     pub config: LaunchConfig,
     /// Configurations measured (0 when taken from the cache).
     pub measured: usize,
+    /// Where the configuration came from.
+    pub outcome: Outcome,
 }
 
 /// Every configuration of `space`.
@@ -94,42 +113,84 @@ fn cached_config(record: &TuningRecord) -> Option<LaunchConfig> {
     })
 }
 
+/// The cached row of `kernel`, when `cache` holds a record of it under `key`.
+fn cached_row(kernel: &TunableKernel, cache: &TuningCache, key: &str) -> Option<KernelTuning> {
+    let record = cache.entries.get(key)?;
+    Some(KernelTuning {
+        ops: kernel.default.ops.join(" "),
+        launches: kernel.launches,
+        default_us: record.default_time_us,
+        best_us: record.time_us,
+        config: cached_config(record)?,
+        measured: 0,
+        outcome: Outcome::Cached,
+    })
+}
+
+/// A kernel left at its default because the budget ran out (`default_us`:
+/// its default's time, when the search measured it before stopping).
+fn out_of_budget(kernel: &TunableKernel, default_us: f64, measured: usize) -> KernelTuning {
+    KernelTuning {
+        ops: kernel.default.ops.join(" "),
+        launches: kernel.launches,
+        default_us,
+        best_us: default_us,
+        config: kernel.default.config,
+        measured,
+        outcome: Outcome::OutOfBudget,
+    }
+}
+
+/// The kernels of `optimized` that `cache` holds no record of for `device`
+/// and `driver`, by their ops: what [`tune_kernels`] would measure.
+pub fn uncached_kernels(
+    optimized: &Optimized,
+    cache: &TuningCache,
+    device: &str,
+    driver: &str,
+) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    Ok(tunable_kernels(optimized)?
+        .iter()
+        .filter(|k| cached_row(k, cache, &key(k, device, driver)).is_none())
+        .map(|k| k.default.ops.join(" "))
+        .collect())
+}
+
 /// Tunes every distinct generated kernel of `optimized` (taking what
 /// `cache` already holds for this device and driver, adding what it
-/// measures), calling `progress` after each. Returns the chosen
-/// configuration of each kernel by its default source, and a report row
-/// per kernel.
+/// measures) within `budget`, calling `progress` after each. Returns the
+/// chosen configuration of each kernel by its default source, and a report
+/// row per kernel.
 pub fn tune_kernels(
     optimized: &Optimized,
     bench: &KernelBench,
     driver: &str,
     cache: &mut TuningCache,
     search: &SearchOptions,
+    budget: &Budget,
     mut progress: impl FnMut(usize, usize, &KernelTuning),
 ) -> Result<(Choices, Vec<KernelTuning>), Box<dyn std::error::Error>> {
     let device = bench.device_name();
     let kernels = tunable_kernels(optimized)?;
+    let search = SearchOptions {
+        deadline: budget.deadline(),
+        ..search.clone()
+    };
     let mut chosen = HashMap::new();
     let mut rows = Vec::new();
     for (i, kernel) in kernels.iter().enumerate() {
         let key = key(kernel, &device, driver);
-        let row = match cache
-            .entries
-            .get(&key)
-            .and_then(|r| cached_config(r).map(|c| (c, r)))
-        {
-            Some((config, record)) => KernelTuning {
-                ops: kernel.default.ops.join(" "),
-                launches: kernel.launches,
-                default_us: record.default_time_us,
-                best_us: record.time_us,
-                config,
-                measured: 0,
-            },
+        let row = match cached_row(kernel, cache, &key) {
+            Some(row) => row,
+            None if budget.exhausted() => out_of_budget(kernel, f64::NAN, 0),
             None => {
-                let row = measure_kernel(optimized, kernel, bench, search)?;
-                cache.entries.insert(key, record(kernel, &row));
-                row
+                let (row, complete) = measure_kernel(optimized, kernel, bench, &search)?;
+                if complete {
+                    cache.entries.insert(key, record(kernel, &row));
+                    row
+                } else {
+                    out_of_budget(kernel, row.default_us, row.measured)
+                }
             }
         };
         if row.config != kernel.default.config {
@@ -160,13 +221,14 @@ fn record(kernel: &TunableKernel, row: &KernelTuning) -> TuningRecord {
     }
 }
 
-/// Coordinate descent over one kernel's space on the GPU.
+/// Coordinate descent over one kernel's space on the GPU; also whether the
+/// search finished (the deadline did not cut it short).
 fn measure_kernel(
     optimized: &Optimized,
     kernel: &TunableKernel,
     bench: &KernelBench,
     search: &SearchOptions,
-) -> Result<KernelTuning, Box<dyn std::error::Error>> {
+) -> Result<(KernelTuning, bool), Box<dyn std::error::Error>> {
     // Every valid configuration, rendered and compiled together.
     let mut rendered: Vec<(Config, String, KernelSource)> = Vec::new();
     for (n, config) in all_configs(&kernel.space).into_iter().enumerate() {
@@ -232,53 +294,78 @@ fn measure_kernel(
     }
     let result =
         result.map_err(|e| format!("tuning a kernel ({}): {e}", kernel.default.ops.join(" ")))?;
-    Ok(KernelTuning {
+    let row = KernelTuning {
         ops: kernel.default.ops.join(" "),
         launches: kernel.launches,
         default_us: result.start_time,
         best_us: result.best_time,
         config: launch_config(&kernel.space, &result.best),
         measured: result.measurements.len(),
-    })
+        outcome: Outcome::Measured,
+    };
+    Ok((row, !result.out_of_time))
 }
 
-/// A markdown table of the kernels' default and tuned times.
+/// A markdown table of the kernels' default and tuned times, and where
+/// each configuration came from; kernels the budget left unmeasured show
+/// `—` and are left out of the per-forward sums.
 pub fn report(rows: &[KernelTuning]) -> String {
     let mut out = String::from(
-        "| kernel | launches | default µs | tuned µs | block | threads/row | measured |\n\
-         | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        "| kernel | launches | default µs | tuned µs | block | threads/row | measured | from |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n",
     );
-    let (mut default, mut best) = (0.0, 0.0);
+    let us = |t: f64| {
+        if t.is_finite() {
+            format!("{t:.1}")
+        } else {
+            "—".to_string()
+        }
+    };
+    let (mut default, mut best, mut unmeasured) = (0.0, 0.0, 0);
     for r in rows {
+        let from = match r.outcome {
+            Outcome::Measured => "measured",
+            Outcome::Cached => "cache",
+            Outcome::OutOfBudget => "default (budget spent)",
+        };
         out.push_str(&format!(
-            "| {} | {} | {:.1} | {:.1} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {from} |\n",
             r.ops,
             r.launches,
-            r.default_us,
-            r.best_us,
+            us(r.default_us),
+            us(r.best_us),
             r.config.block_threads,
             r.config.threads_per_row,
             r.measured
         ));
-        default += r.launches as f64 * r.default_us;
-        best += r.launches as f64 * r.best_us;
+        if r.default_us.is_finite() && r.best_us.is_finite() {
+            default += r.launches as f64 * r.default_us;
+            best += r.launches as f64 * r.best_us;
+        } else {
+            unmeasured += 1;
+        }
     }
     out.push_str(&format!(
-        "\nper forward: {:.2} ms in generated kernels by default, {:.2} ms tuned\n",
+        "\nper forward: {:.2} ms in generated kernels by default, {:.2} ms tuned",
         default / 1e3,
         best / 1e3
     ));
+    if unmeasured > 0 {
+        out.push_str(&format!(" ({unmeasured} kernel(s) never timed left out)"));
+    }
+    out.push('\n');
     out
 }
 
 /// The configurations a tuning cache holds for `optimized`'s kernels
 /// (without a GPU: the records of the one device the cache measured these
 /// kernels on; several devices is an error naming them). Returns the
-/// chosen configurations by default source, and how many kernels had one.
+/// chosen configurations by default source, how many kernels had a record,
+/// and how many kernels there are.
 pub fn cached_kernels(
     optimized: &Optimized,
     cache: &TuningCache,
-) -> Result<(Choices, usize), Box<dyn std::error::Error>> {
+) -> Result<(Choices, usize, usize), Box<dyn std::error::Error>> {
     let kernels = tunable_kernels(optimized)?;
     let records = |k: &TunableKernel| {
         cache.records_for(&content_hash(k.default.source.as_bytes(), b""), "kernel")
@@ -301,7 +388,7 @@ pub fn cached_kernels(
             }
         }
     }
-    Ok((chosen, found))
+    Ok((chosen, found, kernels.len()))
 }
 
 #[cfg(test)]
@@ -349,6 +436,7 @@ mod tests {
                 threads_per_row: 128,
             },
             measured: 7,
+            outcome: Outcome::Measured,
         };
         let r = TuningRecord {
             name: row.ops.clone(),
@@ -363,11 +451,76 @@ mod tests {
         assert_eq!(cached_config(&r), Some(row.config));
         let text = report(&[row]);
         assert!(
-            text.contains("| layer_norm | 19 | 10.0 | 8.0 | 512 | 128 | 7 |"),
+            text.contains("| layer_norm | 19 | 10.0 | 8.0 | 512 | 128 | 7 | measured |"),
             "{text}"
         );
         assert!(
             text.contains("0.19 ms in generated kernels by default, 0.15 ms tuned"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_full_cache_leaves_no_kernel_to_measure() {
+        let cfg =
+            fluxc_models::ModelConfig::load(&fluxc_models::config::preset_path("tiny-schnell"))
+                .unwrap();
+        let graph = fluxc_models::build_graph(&cfg).unwrap();
+        let optimized = fluxc_passes::pipeline::optimize(graph, &cfg.passes.options()).unwrap();
+        let kernels = tunable_kernels(&optimized).unwrap();
+        let mut cache = TuningCache::default();
+        let uncached = |cache: &TuningCache, device: &str| {
+            uncached_kernels(&optimized, cache, device, "13000")
+                .unwrap()
+                .len()
+        };
+        assert_eq!(uncached(&cache, "NVIDIA H200"), kernels.len());
+        for kernel in &kernels {
+            let row = out_of_budget(kernel, 3.0, 1);
+            let key = key(kernel, "NVIDIA H200", "13000");
+            cache.entries.insert(key, record(kernel, &row));
+        }
+        assert_eq!(
+            uncached(&cache, "NVIDIA H200"),
+            0,
+            "a warm cache measures nothing"
+        );
+        assert_eq!(uncached(&cache, "NVIDIA B200"), kernels.len());
+    }
+
+    #[test]
+    fn the_report_says_what_the_budget_left_at_the_default() {
+        let kernels = |ops: &str, outcome, default_us| KernelTuning {
+            ops: ops.into(),
+            launches: 2,
+            default_us,
+            best_us: default_us,
+            config: LaunchConfig {
+                block_threads: 256,
+                threads_per_row: 0,
+            },
+            measured: 0,
+            outcome,
+        };
+        let text = report(&[
+            kernels("silu", Outcome::Cached, 5.0),
+            kernels("gelu", Outcome::OutOfBudget, 4.0),
+            kernels("add", Outcome::OutOfBudget, f64::NAN),
+        ]);
+        assert!(
+            text.contains("| silu | 2 | 5.0 | 5.0 | 256 | 0 | 0 | cache |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| gelu | 2 | 4.0 | 4.0 | 256 | 0 | 0 | default (budget spent) |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| add | 2 | — | — | 256 | 0 | 0 | default (budget spent) |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("0.02 ms in generated kernels by default, 0.02 ms tuned (1 kernel(s) never timed left out)"),
             "{text}"
         );
     }

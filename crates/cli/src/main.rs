@@ -6,9 +6,11 @@
 
 mod check;
 mod compile;
+mod compile_tuning;
 mod kernel_tuning;
 mod run;
 mod tune;
+mod tune_settings;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,19 +49,31 @@ enum Command {
         #[arg(long)]
         no_memory_reuse: bool,
         /// Take the kernel launches and GEMM algorithms recorded in this
-        /// tuning cache (with --tune: also where measurements go; default
-        /// ./tuning.json).
+        /// tuning cache (with --tune: also where measurements go). Overrides
+        /// [autotune] cache; with --tune and neither, ./tuning.json.
         #[arg(long, value_name = "FILE")]
         tuning_cache: Option<PathBuf>,
         /// Tune on this machine's GPU: coordinate descent over every
         /// generated kernel's launch configuration, and cuBLASLt's candidate
         /// algorithms for every GEMM (what the cache holds is not measured
-        /// again).
+        /// again), as [autotune] in the model.toml says.
         #[arg(long)]
         tune: bool,
         /// With --tune: print each kernel's and GEMM's default and tuned time.
         #[arg(long)]
         report: bool,
+        /// With --tune: stop tuning after this many seconds; what is left
+        /// keeps its defaults (overrides [autotune] budget_s, default 120).
+        #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+        tune_budget: Option<f64>,
+        /// With --tune: search (true) or take the cache and the defaults
+        /// without measuring (false); overrides [autotune] coordinate_descent.
+        #[arg(long, value_name = "BOOL")]
+        coordinate_descent: Option<bool>,
+        /// With --tune: after single-field descent, also try several fields
+        /// changed at once; overrides [autotune] check_all_directions.
+        #[arg(long, value_name = "BOOL")]
+        check_all_directions: Option<bool>,
     },
     /// Run a compiled artifact on the GPU with real weights: one forward,
     /// outputs written, and optionally timed CUDA graph replays.
@@ -91,6 +105,12 @@ enum Command {
         /// Time every step of one forward and print where the time goes.
         #[arg(long)]
         profile: bool,
+        /// Write the quantized fp8 weights and their scales next to the
+        /// artifact (weights.fp8.safetensors), stamped with the artifact
+        /// and checkpoint they come from; later runs read them from there
+        /// instead of quantizing.
+        #[arg(long)]
+        save_quantized: bool,
     },
     /// Time cuBLASLt's candidate algorithms for every GEMM of an artifact on
     /// this machine's GPU and record the fastest in the artifact.
@@ -124,13 +144,21 @@ fn main() -> ExitCode {
             tuning_cache,
             tune,
             report,
+            tune_budget,
+            coordinate_descent,
+            check_all_directions,
         } => compile::run(&compile::CompileArgs {
             model: &model,
             out: out.as_deref(),
             dump_after: dump_after.as_deref(),
             no_memory_reuse,
-            tuning_cache: tuning_cache.as_deref(),
-            tune,
+            tuning: tune_settings::TuneFlags {
+                tune,
+                cache: tuning_cache.as_deref(),
+                budget_s: tune_budget,
+                coordinate_descent,
+                check_all_directions,
+            },
             report,
         }),
         Command::Run {
@@ -143,6 +171,7 @@ fn main() -> ExitCode {
             eager,
             json,
             profile,
+            save_quantized,
         } => run::run(&run::RunArgs {
             artifact: &artifact,
             weights: &weights,
@@ -153,6 +182,7 @@ fn main() -> ExitCode {
             eager,
             json: json.as_deref(),
             profile,
+            save_quantized,
         }),
         Command::Tune {
             artifact,

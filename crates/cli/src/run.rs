@@ -12,6 +12,10 @@
 //! tensor named like an output (a reference, as the diffusers fixtures
 //! do), the output's relative L2 error against it is printed. `--eager` records no CUDA graph: steps
 //! run one by one, each waited for, so a failing step is named.
+//! `--save-quantized` writes the quantized fp8 weights next to the artifact
+//! (`weights.fp8.safetensors`); every later run takes them from there while
+//! the artifact and the checkpoint are unchanged
+//! (`fluxc_runtime::fp8_cache`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -39,6 +43,8 @@ pub struct RunArgs<'a> {
     pub json: Option<&'a Path>,
     /// Time every step and print the breakdown.
     pub profile: bool,
+    /// Write the quantized fp8 weights next to the artifact.
+    pub save_quantized: bool,
 }
 
 /// Runs the artifact.
@@ -56,6 +62,7 @@ pub fn run(args: &RunArgs) -> Result<(), Box<dyn std::error::Error>> {
 
     let options = LoadOptions {
         capture_graph: !args.eager,
+        save_quantized: args.save_quantized,
         ..LoadOptions::default()
     };
     let mut engine = Engine::load(args.artifact, args.weights, &options)?;

@@ -11,7 +11,7 @@
 //! `manifest.json` with its new content hash are written to temporary files
 //! first and renamed into place.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -104,11 +104,13 @@ pub fn add_to_cache(cache: &mut TuningCache, run: &GemmTuneRun) {
     }
 }
 
-/// Gives the schedule's GEMM steps the algorithms `run` found faster.
+/// Gives the GEMM steps `run` measured the algorithm it found faster (or
+/// cuBLASLt's heuristic choice where none was); steps it did not measure
+/// keep what they have. Returns how many steps got a tuned algorithm.
 pub fn apply_run(schedule: &mut Schedule, run: &GemmTuneRun) -> usize {
     let chosen = chosen_algos(&run.gemms, MIN_GAIN);
-    for (i, step) in schedule.steps.iter_mut().enumerate() {
-        if let Step::Gemm(g) = step {
+    for &i in run.gemms.iter().flat_map(|g| &g.steps) {
+        if let Some(Step::Gemm(g)) = schedule.steps.get_mut(i) {
             g.algo = chosen.get(&i).copied();
         }
     }
@@ -156,40 +158,80 @@ pub struct Applied {
     pub device: Option<String>,
 }
 
-/// Gives every GEMM step of `schedule` the algorithm `cache` recorded for
-/// its GEMM, where the record beat cuBLASLt's default. Records are keyed by
-/// device and driver too; compiling needs no GPU, so the records of one
-/// device are used, and a cache holding several is an error naming them.
-pub fn apply_cache(schedule: &mut Schedule, cache: &TuningCache) -> Result<Applied, String> {
-    let keys: Vec<Option<String>> = schedule
+/// The [`gemm_key`] of every step of `schedule` (`None` for steps that are
+/// not GEMMs).
+fn step_keys(schedule: &Schedule) -> Vec<Option<String>> {
+    schedule
         .steps
         .iter()
         .map(|s| match s {
             Step::Gemm(g) => Some(gemm_key(schedule, g)),
             _ => None,
         })
-        .collect();
-    let records = |key: &str| cache.records_for(&content_hash(key.as_bytes(), b""), key);
-    let device = single_device(
-        keys.iter()
-            .flatten()
-            .flat_map(|k| records(k).map(|(d, _)| d).collect::<Vec<_>>()),
+        .collect()
+}
+
+/// The records `cache` holds for the GEMM of `key`, each with its
+/// `device|driver`.
+fn gemm_records<'c>(
+    cache: &'c TuningCache,
+    key: &str,
+) -> impl Iterator<Item = (&'c str, &'c TuningRecord)> + 'c {
+    cache.records_for(&content_hash(key.as_bytes(), b""), key)
+}
+
+/// Gives every GEMM step of `schedule` the algorithm `cache` recorded for
+/// its GEMM, where the record beat cuBLASLt's default. Records are keyed by
+/// device and driver too: `device` (`NAME|DRIVER`, known when tuning on a
+/// GPU) takes that device's records only; without it (compiling needs no
+/// GPU) the records of the one device the cache holds are used, and a cache
+/// holding several is an error naming them.
+pub fn apply_cache(
+    schedule: &mut Schedule,
+    cache: &TuningCache,
+    device: Option<&str>,
+) -> Result<Applied, String> {
+    let keys = step_keys(schedule);
+    let of_device = |d: &str| device.is_none_or(|want| d == want);
+    let found = single_device(
+        keys.iter().flatten().flat_map(|k| {
+            gemm_records(cache, k)
+                .map(|(d, _)| d)
+                .filter(|d| of_device(d))
+                .collect::<Vec<_>>()
+        }),
         "this model's GEMMs",
     )?;
     let mut applied = Applied {
         tuned: 0,
         gemms: keys.iter().flatten().count(),
-        device,
+        device: found,
     };
     for (step, key) in schedule.steps.iter_mut().zip(&keys) {
         let (Step::Gemm(g), Some(key)) = (step, key) else {
             continue;
         };
-        let algo = records(key).next().and_then(|(_, r)| recorded_algo(r));
+        let algo = gemm_records(cache, key)
+            .find(|(d, _)| of_device(d))
+            .and_then(|(_, r)| recorded_algo(r));
         applied.tuned += usize::from(algo.is_some());
         g.algo = algo;
     }
     Ok(applied)
+}
+
+/// The distinct GEMMs of `schedule` (by [`gemm_key`]) that `cache` holds no
+/// record of for `device` (`NAME|DRIVER`): what `compile --tune` measures.
+pub fn gemms_to_measure(
+    schedule: &Schedule,
+    cache: &TuningCache,
+    device: &str,
+) -> BTreeSet<String> {
+    step_keys(schedule)
+        .into_iter()
+        .flatten()
+        .filter(|k| !gemm_records(cache, k).any(|(d, _)| d == device))
+        .collect()
 }
 
 /// The one `device|driver` a compile without a GPU takes `what`'s records
@@ -378,7 +420,7 @@ mod tests {
         let mut cache = TuningCache::default();
         entry(&mut cache, &fast, "NVIDIA H200");
         entry(&mut cache, &slight, "NVIDIA H200");
-        let applied = apply_cache(&mut s, &cache).unwrap();
+        let applied = apply_cache(&mut s, &cache, None).unwrap();
         assert_eq!(
             applied,
             Applied {
@@ -399,8 +441,79 @@ mod tests {
         assert_eq!(algos, vec![Some([2; 8]), Some([2; 8]), None]);
 
         entry(&mut cache, &fast, "NVIDIA H100");
-        let err = apply_cache(&mut s, &cache).unwrap_err();
+        let err = apply_cache(&mut s, &cache, None).unwrap_err();
         assert!(err.contains("H100") && err.contains("H200"), "{err}");
+        // On a GPU the device is known: its records apply, the others' not.
+        let h100 = apply_cache(&mut s, &cache, Some("NVIDIA H100|13000")).unwrap();
+        assert_eq!(
+            (h100.tuned, h100.device.as_deref()),
+            (2, Some("NVIDIA H100 (driver 13000)"))
+        );
+        assert_eq!(gemm_algo(&s, 2), None, "the H100 has no record of step 2");
+    }
+
+    fn gemm_algo(s: &Schedule, i: usize) -> Option<[u64; 8]> {
+        match &s.steps[i] {
+            Step::Gemm(g) => g.algo,
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_warm_cache_leaves_no_gemm_to_measure_and_runs_touch_only_their_steps() {
+        let mut s = schedule();
+        let key = |s: &Schedule, i: usize| match &s.steps[i] {
+            Step::Gemm(g) => gemm_key(s, g),
+            _ => unreachable!(),
+        };
+        let (k0, k2) = (key(&s, 0), key(&s, 2));
+        let mut cache = TuningCache::default();
+        let h200 = "NVIDIA H200|13000";
+        let all: BTreeSet<String> = [k0.clone(), k2.clone()].into();
+        assert_eq!(gemms_to_measure(&s, &cache, h200), all);
+        entry(
+            &mut cache,
+            &GemmTuning {
+                key: k0.clone(),
+                ..gemm(&[Some(10.0), Some(5.0)], 1)
+            },
+            "NVIDIA H200",
+        );
+        assert_eq!(gemms_to_measure(&s, &cache, h200), [k2.clone()].into());
+        entry(
+            &mut cache,
+            &GemmTuning {
+                key: k2.clone(),
+                ..gemm(&[Some(10.0), Some(5.0)], 1)
+            },
+            "NVIDIA H200",
+        );
+        assert!(
+            gemms_to_measure(&s, &cache, h200).is_empty(),
+            "a warm cache measures nothing"
+        );
+        assert_eq!(
+            gemms_to_measure(&s, &cache, "NVIDIA B200|13000"),
+            all,
+            "records of another device do not count"
+        );
+
+        // A run of step 2 alone leaves steps 0 and 1 as the cache set them.
+        apply_cache(&mut s, &cache, Some(h200)).unwrap();
+        let run = GemmTuneRun {
+            device: "NVIDIA H200".into(),
+            driver: 13000,
+            gemms: vec![GemmTuning {
+                key: k2,
+                steps: vec![2],
+                ..gemm(&[Some(10.0), Some(9.0), Some(4.0)], 2)
+            }],
+            out_of_time: 0,
+        };
+        assert_eq!(apply_run(&mut s, &run), 1);
+        assert_eq!(gemm_algo(&s, 0), Some([2; 8]));
+        assert_eq!(gemm_algo(&s, 1), Some([2; 8]));
+        assert_eq!(gemm_algo(&s, 2), Some([3; 8]));
     }
 
     #[test]

@@ -293,7 +293,8 @@ fn a_tuning_cache_gives_kernels_their_recorded_launches() {
     let assert = compile_tiny(&out, &["--tuning-cache".as_ref(), cache_path.as_os_str()]).success();
     let stderr = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
     assert!(
-        stderr.contains("1 kernel(s) found in the cache, 1 with a non-default launch"),
+        stderr.contains("tuning: 1 of ")
+            && stderr.contains(" kernel(s) found in the cache, 1 with a non-default launch"),
         "{stderr}"
     );
     let kernels_cu = std::fs::read_to_string(out.join("kernels.cu")).unwrap();
@@ -303,4 +304,204 @@ fn a_tuning_cache_gives_kernels_their_recorded_launches() {
     );
     // The artifact still validates.
     fluxc_runtime::Artifact::load(&out).unwrap();
+}
+
+/// A tuning cache with a record, measured on one H200, of every generated
+/// kernel and every GEMM of tiny-schnell as compiled by default: each
+/// kernel at 128 threads, each GEMM with a faster algorithm.
+fn full_cache() -> (fluxc_artifact::TuningCache, usize, usize) {
+    use fluxc_artifact::{content_hash, tuning_key, Step, TuningCache, TuningRecord};
+    use fluxc_codegen::launch::tunable_kernels;
+    use std::collections::BTreeMap;
+    let cfg = fluxc_models::ModelConfig::load(&tiny()).unwrap();
+    let graph = fluxc_models::build_graph(&cfg).unwrap();
+    let optimized = fluxc_passes::pipeline::optimize(graph, &cfg.passes.options()).unwrap();
+    let kernels = tunable_kernels(&optimized).unwrap();
+    let mut cache = TuningCache::default();
+    let record = |config: BTreeMap<String, i64>| TuningRecord {
+        name: "r".into(),
+        config,
+        time_us: 1.0,
+        default_time_us: 2.0,
+        measurements: 4,
+    };
+    for kernel in &kernels {
+        let key = tuning_key(
+            &content_hash(kernel.default.source.as_bytes(), b""),
+            "kernel",
+            "NVIDIA H200",
+            "13000",
+        );
+        let config = BTreeMap::from([
+            ("block_threads".to_string(), 128),
+            ("threads_per_row".to_string(), 0),
+        ]);
+        cache.entries.insert(key, record(config));
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    compile_tiny(&tmp.path().join("art"), &[]).success();
+    let artifact = fluxc_runtime::Artifact::load(&tmp.path().join("art")).unwrap();
+    let schedule = &artifact.schedule;
+    let mut gemm_steps = 0;
+    for step in &schedule.steps {
+        let Step::Gemm(g) = step else { continue };
+        gemm_steps += 1;
+        let key = fluxc_runtime::gemm_tuning::gemm_key(schedule, g);
+        let mut config = BTreeMap::from([("candidate".to_string(), 1i64)]);
+        for w in 0..8 {
+            config.insert(format!("algo_word_{w}"), 7);
+        }
+        let entry = tuning_key(
+            &content_hash(key.as_bytes(), b""),
+            &key,
+            "NVIDIA H200",
+            "13000",
+        );
+        cache.entries.insert(entry, record(config));
+    }
+    (cache, kernels.len(), gemm_steps)
+}
+
+/// tiny-schnell's model.toml with `[autotune]` lines appended, written
+/// into `dir`.
+fn tiny_with_autotune(dir: &Path, lines: &str) -> PathBuf {
+    let text = std::fs::read_to_string(tiny()).unwrap() + "\n[autotune]\n" + lines;
+    let path = dir.join("model.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn stderr_of(assert: &assert_cmd::assert::Assert) -> String {
+    String::from_utf8(assert.get_output().stderr.clone()).unwrap()
+}
+
+#[test]
+fn a_cache_holding_everything_gives_every_kernel_and_gemm_its_record() {
+    let (cache, kernels, gemms) = full_cache();
+    let tmp = tempfile::tempdir().unwrap();
+    let models = tmp.path().join("models");
+    std::fs::create_dir(&models).unwrap();
+    // `[autotune] cache` is relative to the model.toml, not the working
+    // directory.
+    fluxc_autotune::cache::save(&models.join("h200.json"), &cache).unwrap();
+    let model = tiny_with_autotune(&models, "cache = \"h200.json\"\n");
+    let out = tmp.path().join("art");
+    let started = std::time::Instant::now();
+    let assert = fluxc()
+        .current_dir(tmp.path())
+        .args(["compile", "-o"])
+        .arg(&out)
+        .arg(&model)
+        .assert()
+        .success();
+    let stderr = stderr_of(&assert);
+    assert!(
+        stderr.contains(&format!(
+            "tuning: {kernels} of {kernels} kernel(s) found in the cache"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "tuning: {gemms} of {gemms} GEMM steps take tuned algorithms from `{}`",
+            models.join("h200.json").display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("tuning the"),
+        "nothing tuned on a GPU: {stderr}"
+    );
+    assert!(
+        started.elapsed().as_secs() < 60,
+        "a compile from the cache takes seconds"
+    );
+    // The cache is only read.
+    assert_eq!(
+        fluxc_autotune::cache::load(&models.join("h200.json")).unwrap(),
+        cache
+    );
+    fluxc_runtime::Artifact::load(&out).unwrap();
+
+    // --tuning-cache overrides the file's cache.
+    let assert = fluxc()
+        .current_dir(tmp.path())
+        .args(["compile", "--tuning-cache", "elsewhere.json"])
+        .arg(&model)
+        .assert()
+        .success();
+    let stderr = stderr_of(&assert);
+    assert!(
+        stderr.contains(&format!(
+            "tuning: 0 of {kernels} kernel(s) found in the cache"
+        )) && stderr.contains("0 of ")
+            && stderr.contains("from `elsewhere.json`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn tune_with_the_search_off_measures_nothing_and_needs_no_gpu() {
+    let (cache, kernels, _) = full_cache();
+    let tmp = tempfile::tempdir().unwrap();
+    fluxc_autotune::cache::save(&tmp.path().join("t.json"), &cache).unwrap();
+    let model = tiny_with_autotune(
+        tmp.path(),
+        "coordinate_descent = false\ncache = \"t.json\"\n",
+    );
+    let assert = fluxc()
+        .current_dir(tmp.path())
+        .args(["compile", "--tune"])
+        .arg(&model)
+        .assert()
+        .success();
+    let stderr = stderr_of(&assert);
+    assert!(stderr.contains("coordinate descent is off"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{kernels} of {kernels} kernel(s) found in the cache"
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("measures on the GPU"), "{stderr}");
+    // The flag turns it back on: then the GPU is needed.
+    if !fluxc_runtime::cuda::driver_library_present() {
+        let assert = fluxc()
+            .current_dir(tmp.path())
+            .args(["compile", "--tune", "--coordinate-descent", "true"])
+            .arg(&model)
+            .assert()
+            .failure()
+            .code(1);
+        assert!(stderr_of(&assert).contains("--tune measures on the GPU"));
+    }
+}
+
+#[test]
+fn bad_budgets_are_clear_errors() {
+    let out = fluxc()
+        .args(["compile", "--tune", "--tune-budget", "-3"])
+        .arg(tiny())
+        .assert()
+        .failure()
+        .code(1);
+    let stderr = stderr_of(&out);
+    assert!(
+        stderr.contains("a tuning budget must be a positive, finite number of seconds, got -3"),
+        "{stderr}"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_with_autotune(tmp.path(), "budget_s = -1\n");
+    let out = fluxc()
+        .arg("compile")
+        .arg(&model)
+        .assert()
+        .failure()
+        .code(1);
+    let stderr = stderr_of(&out);
+    assert!(
+        stderr.contains("model.toml:")
+            && stderr.contains(": autotune.budget_s: must be a positive"),
+        "{stderr}"
+    );
 }

@@ -195,6 +195,25 @@ fn without_cuda_the_error_says_so() {
 }
 
 #[test]
+fn save_quantized_without_cuda_says_so_and_writes_nothing() {
+    if fluxc_runtime::cuda::driver_library_present() {
+        println!(
+            "SKIP save_quantized_without_cuda_says_so_and_writes_nothing: a CUDA driver is present"
+        );
+        return;
+    }
+    let (_tmp, artifact, weights) = setup();
+    let stderr = run_fails(&[
+        artifact.as_os_str(),
+        "--weights".as_ref(),
+        weights.as_os_str(),
+        "--save-quantized".as_ref(),
+    ]);
+    assert!(stderr.contains("CUDA is not available"), "{stderr}");
+    assert!(!artifact.join(fluxc_runtime::fp8_cache::FILE).exists());
+}
+
+#[test]
 fn tune_without_cuda_says_so_and_leaves_the_artifact() {
     if fluxc_runtime::cuda::driver_library_present() {
         println!(

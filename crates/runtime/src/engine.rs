@@ -10,13 +10,14 @@
 //!    architecture, create the context and a non-default stream (event
 //!    tracking off: the engine orders everything on that one stream);
 //! 3. compile `kernels.cu` with NVRTC (or take the cached CUBIN), load it,
-//!    resolve every kernel and raise its dynamic shared memory limit; when
-//!    the checkpoint's weights are quantized to fp8 at load time, compile the
-//!    runtime's `quantize.cu` the same way;
+//!    resolve every kernel and raise its dynamic shared memory limit;
 //! 4. allocate the arena, the weight region, the scratch region (all
-//!    zeroed) and the GEMM workspace once, and stream the weights in, fp8
-//!    weights quantized on the GPU (`quantize.rs`) through a staging buffer
-//!    that is freed afterwards;
+//!    zeroed) and the GEMM workspace once, and stream the weights in
+//!    (`weight_fill.rs`): fp8 weights from the artifact's quantized-weights
+//!    cache when it matches (`fp8_cache`), else quantized on the GPU
+//!    (`quantize.rs`, compiled like `kernels.cu`) through a staging buffer
+//!    that is freed afterwards; with `LoadOptions::save_quantized`, the
+//!    cache is written;
 //! 5. prepare every GEMM with cuBLASLt, run the schedule once eagerly
 //!    (step by step, so a failing step is named; this also lets cuBLASLt
 //!    and the driver load what they load lazily outside the capture), and
@@ -42,16 +43,15 @@ use crate::cuda::{
     check_device, check_libraries, driver_version, Arch, DeviceBuffer, GraphExec, Module,
 };
 use crate::plan::{address, describe_step, kernel_params, kernels, Bases, Param};
-use crate::quantize::{self, Quantizer};
+use crate::quantize;
 use crate::tensor_map;
 use crate::timing::Timing;
-use crate::weights::{select_layout, Progress, WeightPlan};
+use crate::weight_fill::{self, Fp8Origin};
+use crate::weights::{select_layout, WeightPlan};
 use crate::{LoadOptions, RuntimeError};
 
 /// Dynamic shared memory a kernel may use without opting in.
 const DEFAULT_MAX_DYNAMIC_SHARED: u32 = 48 * 1024;
-/// Seconds between weight-loading progress lines.
-const PROGRESS_EVERY_S: f64 = 2.0;
 
 /// One step, ready to enqueue.
 enum Op {
@@ -89,6 +89,7 @@ pub struct Engine {
     artifact: Artifact,
     layout: String,
     device_name: String,
+    fp8_origin: Fp8Origin,
     /// Inputs as set, encoded in their buffers' dtypes; uploaded again
     /// before every run (the arena may reuse their bytes).
     staged: BTreeMap<String, Vec<u8>>,
@@ -182,18 +183,6 @@ impl Engine {
         let arch = &artifact.manifest.arch;
         let module = load_module(&ctx, KERNELS_FILE, &artifact.kernels, arch, options, &say)?;
         let functions = resolve_kernels(&ctx, &module, &artifact)?;
-        let quantize_module = if quantize_jobs.is_empty() {
-            None
-        } else {
-            Some(load_module(
-                &ctx,
-                quantize::FILE,
-                quantize::SOURCE,
-                arch,
-                options,
-                &say,
-            )?)
-        };
 
         // 4. Memory and weights.
         let arena = DeviceBuffer::zeroed(
@@ -221,27 +210,17 @@ impl Engine {
         let workspace_bytes = usize::try_from(schedule.gemm_workspace_bytes).map_err(|_| {
             RuntimeError::Device("the GEMM workspace does not fit this host".into())
         })?;
-        let quantizer = match quantize_module {
-            Some(module) => {
-                say(&format!(
-                    "quantizing {} fp8 weight(s) on the GPU ({:.3} GB staging)",
-                    quantize_jobs.len(),
-                    staging_bytes as f64 / 1e9
-                ));
-                Some(Quantizer::new(&ctx, module, cu_stream, staging_bytes)?)
-            }
-            None => None,
-        };
-        upload_weights(
-            &plan,
-            &ckpt,
-            &weights,
-            &stream,
-            quantizer.as_ref(),
-            options.progress,
-        )?;
-        // The staging buffer and the quantization kernels are not needed again.
-        drop(quantizer);
+        let fp8_origin = weight_fill::fill(&weight_fill::Fill {
+            ctx: &ctx,
+            stream: &stream,
+            weights: &weights,
+            artifact: &artifact,
+            layout_index,
+            plan: &plan,
+            checkpoint: &ckpt,
+            options,
+            staging_bytes,
+        })?;
         drop(ckpt);
 
         // 5. GEMMs, steps, graph.
@@ -273,6 +252,7 @@ impl Engine {
             artifact,
             layout,
             device_name,
+            fp8_origin,
             staged: BTreeMap::new(),
         };
         engine.run_steps_checked()?;
@@ -321,6 +301,12 @@ impl Engine {
     /// The GPU's name.
     pub fn device_name(&self) -> &str {
         &self.device_name
+    }
+
+    /// Where the fp8 weights came from: quantized while loading, or read
+    /// from the quantized-weights cache.
+    pub fn fp8_origin(&self) -> &Fp8Origin {
+        &self.fp8_origin
     }
 
     /// Whether the schedule was recorded into a CUDA graph.
@@ -721,7 +707,7 @@ fn check_memory(
 /// The CUBIN of CUDA source `name` (the artifact's `kernels.cu`, or the
 /// runtime's `quantize.cu`) for `arch`, cached or compiled, and loaded. A
 /// cached CUBIN the driver rejects is deleted and compiled again.
-fn load_module(
+pub(crate) fn load_module(
     ctx: &Arc<CudaContext>,
     name: &str,
     source: &str,
@@ -837,52 +823,6 @@ fn resolve_kernels(
         functions.insert(name, func);
     }
     Ok(functions)
-}
-
-/// Streams the weights into the weight region, printing progress. With a
-/// `quantizer`, fp8 weights are computed on the GPU; without, on the host.
-fn upload_weights(
-    plan: &WeightPlan,
-    ckpt: &Checkpoint,
-    weights: &DeviceBuffer,
-    stream: &Arc<CudaStream>,
-    quantizer: Option<&Quantizer>,
-    progress: bool,
-) -> Result<(), RuntimeError> {
-    let mut last_print = Instant::now();
-    let mut report = |p: &Progress| {
-        let last = p.done == p.total;
-        if progress && (last || last_print.elapsed().as_secs_f64() >= PROGRESS_EVERY_S) {
-            eprintln!("fluxc-runtime: {p}");
-            last_print = Instant::now();
-        }
-    };
-    let region = weights.bytes() as u64;
-    let upload = |offset: u64, bytes: &[u8]| {
-        if offset + bytes.len() as u64 > region {
-            return Err(RuntimeError::Device(format!(
-                "a weight reaches past the weight region ({} + {} > {region} bytes)",
-                offset,
-                bytes.len()
-            )));
-        }
-        // SAFETY: the destination lies inside the weight region (checked
-        // above); `bytes` lives until the synchronize below.
-        unsafe { drv::memcpy_htod_async(weights.ptr() + offset, bytes, stream.cu_stream()) }
-            .map_err(RuntimeError::driver("copying weights to the GPU"))?;
-        stream
-            .synchronize()
-            .map_err(RuntimeError::driver("copying weights to the GPU"))
-    };
-    match quantizer {
-        Some(q) => plan.load_quantizing(
-            ckpt,
-            upload,
-            |job| q.run(job, weights, stream.cu_stream()),
-            &mut report,
-        ),
-        None => plan.load(ckpt, upload, &mut report),
-    }
 }
 
 /// Every step of `schedule`, ready to enqueue.

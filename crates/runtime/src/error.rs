@@ -193,6 +193,14 @@ pub enum RuntimeError {
     /// No buffer with that id.
     #[error("the schedule has no buffer {0}")]
     NoSuchBuffer(u32),
+    /// The cache of quantized fp8 weights cannot be written, or is corrupt.
+    #[error("quantized weights cache `{}`: {reason}", path.display())]
+    QuantizedCache {
+        /// The cache file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// Something the runtime does not support yet.
     #[error("unsupported: {0}")]
     Unsupported(String),

@@ -9,7 +9,9 @@
 //! its output checked against the first candidate's (relative L2 within
 //! `tolerance`: algorithms differ only in summation order), and timed.
 //! The caller records the winner in the schedule (`Gemm::algo`), which the
-//! engine then checks and uses.
+//! engine then checks and uses. `only` restricts the run to some GEMMs (the
+//! ones a tuning cache lacks) and `deadline` stops it before the next GEMM
+//! once a tuning budget is spent.
 //!
 //! Timing: every candidate runs `warmup` times, then `batches` batches of
 //! `per_batch` back-to-back launches between two CUDA events; its time is
@@ -17,7 +19,8 @@
 //! that successive launches rotate through, so no launch finds the previous
 //! one's operands in L2 (an advantage the real forward does not give).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
 
 use cudarc::driver::result as drv;
 use fluxc_artifact::{ElemType, Gemm, GemmEpilogue, ScaleMode, Schedule, Step};
@@ -39,6 +42,10 @@ pub struct GemmTuneOptions {
     pub timing: BenchTiming,
     /// Largest relative L2 difference from the first candidate's output.
     pub tolerance: f64,
+    /// Measure only the GEMMs with these [`gemm_key`]s (`None`: all).
+    pub only: Option<BTreeSet<String>>,
+    /// Start no GEMM after this instant (`None`: no time limit).
+    pub deadline: Option<Instant>,
 }
 
 impl Default for GemmTuneOptions {
@@ -52,6 +59,8 @@ impl Default for GemmTuneOptions {
                 per_batch: 10,
             },
             tolerance: 1e-2,
+            only: None,
+            deadline: None,
         }
     }
 }
@@ -315,25 +324,39 @@ pub struct GemmTuneRun {
     pub device: String,
     /// The CUDA driver version (`cuDriverGetVersion`).
     pub driver: i32,
-    /// One entry per distinct GEMM, in order of first use.
+    /// One entry per distinct GEMM measured, in order of first use.
     pub gemms: Vec<GemmTuning>,
+    /// Distinct GEMMs left unmeasured because the deadline passed.
+    pub out_of_time: usize,
 }
 
 /// Times cuBLASLt's candidate algorithms for every distinct GEMM of
-/// `schedule` on the GPU (see the module docs), calling `progress(done,
-/// total, result)` after each. Fails like the engine does without CUDA or a
-/// device ([`RuntimeError::NoCuda`], [`RuntimeError::Device`]).
+/// `schedule` on the GPU (see the module docs; `options.only` and
+/// `options.deadline` limit which), calling `progress(done, total, result)`
+/// after each. Fails like the engine does without CUDA or a device
+/// ([`RuntimeError::NoCuda`], [`RuntimeError::Device`]).
 pub fn tune_gemms(
     schedule: &Schedule,
     options: &GemmTuneOptions,
     mut progress: impl FnMut(usize, usize, &GemmTuning),
 ) -> Result<GemmTuneRun, RuntimeError> {
-    let groups = distinct_gemms(schedule);
+    let mut groups = distinct_gemms(schedule);
+    if let Some(only) = &options.only {
+        groups.retain(|(key, _)| only.contains(key));
+    }
     let bench = Bench::new(options.device, schedule.gemm_workspace_bytes)?;
     let device = bench.gpu.device_name();
     let driver = crate::cuda::driver_version()?;
     let mut results = Vec::with_capacity(groups.len());
     for (done, (key, steps)) in groups.iter().enumerate() {
+        if options.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(GemmTuneRun {
+                device,
+                driver,
+                gemms: results,
+                out_of_time: groups.len() - done,
+            });
+        }
         let Step::Gemm(template) = &schedule.steps[steps[0]] else {
             unreachable!("distinct_gemms groups GEMM steps")
         };
@@ -433,6 +456,7 @@ pub fn tune_gemms(
         device,
         driver,
         gemms: results,
+        out_of_time: 0,
     })
 }
 

@@ -27,7 +27,10 @@
 //! Modules: `artifact` ([`Artifact`]: reading and validating the artifact
 //! directory), [`weights`] (checkpoint layout selection and weight
 //! streaming, fp8 quantization jobs), `quantize` (running those jobs on the
-//! GPU with the runtime's own `kernels/quantize.cu`), [`convert`] (f32 ↔
+//! GPU with the runtime's own `kernels/quantize.cu`), [`fp8_cache`] (the
+//! quantized-weights cache next to an artifact: stamp, file format),
+//! `weight_fill` (filling the weight region at load: checkpoint, GPU
+//! quantization or the cache; [`Fp8Origin`]), [`convert`] (f32 ↔
 //! buffer dtypes), [`compile`] (NVRTC and the CUBIN cache), [`cuda`]
 //! (library checks and RAII driver handles), `blas` (cuBLASLt, fp8 GEMMs
 //! included), [`bench`] (what the GPU tuners share), [`gemm_tuning`] (timing cuBLASLt's candidate algorithms of
@@ -45,6 +48,7 @@ pub mod convert;
 pub mod cuda;
 mod engine;
 mod error;
+pub mod fp8_cache;
 pub mod gemm_tuning;
 pub mod kernel_bench;
 mod options;
@@ -52,6 +56,7 @@ mod plan;
 mod quantize;
 mod tensor_map;
 mod timing;
+mod weight_fill;
 pub mod weights;
 
 pub use artifact::Artifact;
@@ -59,3 +64,4 @@ pub use engine::Engine;
 pub use error::RuntimeError;
 pub use options::{LoadOptions, DEFAULT_INCLUDE_DIRS, INCLUDE_ENV};
 pub use timing::{Stats, Timing};
+pub use weight_fill::Fp8Origin;

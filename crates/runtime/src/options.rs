@@ -1,6 +1,7 @@
 //! [`LoadOptions`]: how [`Engine::load`](crate::Engine::load) finds the CUDA
 //! headers, where it caches compiled kernels, where it quantizes fp8
-//! weights, and what it prints.
+//! weights (and whether it keeps them quantized next to the artifact), and
+//! what it prints.
 
 use std::path::PathBuf;
 
@@ -32,6 +33,14 @@ pub struct LoadOptions {
     /// they are derived on the host in f32, the reference the GPU kernels
     /// match bit for bit, which takes far longer for a large model.
     pub quantize_on_gpu: bool,
+    /// Take the fp8 weights from the artifact's quantized-weights cache
+    /// (`<artifact>/weights.fp8.safetensors`, [`crate::fp8_cache`]) when its
+    /// stamp matches the artifact and the checkpoint (default). A stale or
+    /// corrupt cache is ignored with a message, and the weights quantized.
+    pub use_quantized_cache: bool,
+    /// After loading, write the fp8 weights and their scales to that cache
+    /// (atomically; an error names the file), unless they came from it.
+    pub save_quantized: bool,
 }
 
 impl Default for LoadOptions {
@@ -46,6 +55,8 @@ impl Default for LoadOptions {
             capture_graph: true,
             progress: true,
             quantize_on_gpu: true,
+            use_quantized_cache: true,
+            save_quantized: false,
         }
     }
 }

@@ -199,6 +199,32 @@ pub struct JobSize {
 /// Where [`WeightPlan::load_quantizing`] sends device jobs.
 type QuantizeSink<'f> = dyn FnMut(&QuantizeJob<'_>) -> Result<(), RuntimeError> + 'f;
 
+/// Where [`WeightPlan::load_cached`] takes the bytes of a device-quantized
+/// weight from, by weight name.
+type CachedSink<'f, 'm> = dyn FnMut(&str) -> Result<&'m [u8], RuntimeError> + 'f;
+
+/// How `load_with` fills the weights the device quantizes.
+enum Fp8Fill<'a, 'f, 'm> {
+    /// Derive them on the host (the reference).
+    Host,
+    /// Hand them to the device as [`QuantizeJob`]s.
+    Device(&'a mut QuantizeSink<'f>),
+    /// Upload bytes quantized earlier.
+    Cached(&'a mut CachedSink<'f, 'm>),
+}
+
+/// A weight the device quantizes (see [`QuantizeJob`]): what a cache of
+/// the quantized weights holds and is stamped with.
+#[derive(Debug, Clone, Copy)]
+pub struct Fp8Weight<'p> {
+    /// The weight.
+    pub name: &'p str,
+    /// Its derivation in the plan's layout.
+    pub source: &'p WeightSource,
+    /// Its buffer in the weight region (fp8 values or f32 scales).
+    pub buffer: &'p Buffer,
+}
+
 /// A job's input as stored in the checkpoint: the parts of a stack, in
 /// order, all of one type the kernels read.
 struct StoredInput<'c> {
@@ -326,7 +352,7 @@ impl WeightPlan {
         upload: impl FnMut(u64, &[u8]) -> Result<(), RuntimeError>,
         progress: impl FnMut(&Progress),
     ) -> Result<(), RuntimeError> {
-        self.load_with(checkpoint, upload, None, progress)
+        self.load_with(checkpoint, upload, Fp8Fill::Host, progress)
     }
 
     /// [`load`](Self::load), except that every fp8 weight the device can
@@ -339,7 +365,44 @@ impl WeightPlan {
         mut quantize: impl FnMut(&QuantizeJob<'_>) -> Result<(), RuntimeError>,
         progress: impl FnMut(&Progress),
     ) -> Result<(), RuntimeError> {
-        self.load_with(checkpoint, upload, Some(&mut quantize), progress)
+        self.load_with(checkpoint, upload, Fp8Fill::Device(&mut quantize), progress)
+    }
+
+    /// [`load`](Self::load), except that every weight
+    /// [`load_quantizing`](Self::load_quantizing) would hand to the device
+    /// is uploaded as the bytes `cached(weight name)` returns (quantized
+    /// earlier; they must fill its buffer exactly), so neither its source
+    /// is read nor anything quantized.
+    pub fn load_cached<'m>(
+        &self,
+        checkpoint: &Checkpoint,
+        mut upload: impl FnMut(u64, &[u8]) -> Result<(), RuntimeError>,
+        mut cached: impl FnMut(&str) -> Result<&'m [u8], RuntimeError>,
+        progress: impl FnMut(&Progress),
+    ) -> Result<(), RuntimeError> {
+        self.load_with(
+            checkpoint,
+            &mut upload,
+            Fp8Fill::Cached(&mut cached),
+            progress,
+        )
+    }
+
+    /// The weights the device quantizes (those [`load_quantizing`]
+    /// (Self::load_quantizing) hands out as jobs), in load order. Reads
+    /// headers only.
+    pub fn fp8_weights(&self, checkpoint: &Checkpoint) -> Result<Vec<Fp8Weight<'_>>, RuntimeError> {
+        let mut out = Vec::new();
+        for w in &self.weights {
+            if job_spec(checkpoint, w)?.is_some() {
+                out.push(Fp8Weight {
+                    name: &w.name,
+                    source: &w.source,
+                    buffer: &w.buffer,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// The sizes of the jobs [`load_quantizing`](Self::load_quantizing)
@@ -365,7 +428,7 @@ impl WeightPlan {
         &self,
         checkpoint: &Checkpoint,
         mut upload: impl FnMut(u64, &[u8]) -> Result<(), RuntimeError>,
-        mut quantize: Option<&mut QuantizeSink<'_>>,
+        mut fp8: Fp8Fill<'_, '_, '_>,
         mut progress: impl FnMut(&Progress),
     ) -> Result<(), RuntimeError> {
         let start = Instant::now();
@@ -377,12 +440,17 @@ impl WeightPlan {
             seconds: 0.0,
         };
         for w in &self.weights {
-            let spec = match quantize {
-                Some(_) => job_spec(checkpoint, w)?,
-                None => None,
+            let spec = match fp8 {
+                Fp8Fill::Host => None,
+                _ => job_spec(checkpoint, w)?,
             };
-            match (spec, quantize.as_mut()) {
-                (Some(spec), Some(quantize)) => run_job(checkpoint, w, spec, quantize)?,
+            match (spec, &mut fp8) {
+                (Some(spec), Fp8Fill::Device(quantize)) => run_job(checkpoint, w, spec, *quantize)?,
+                (Some(_), Fp8Fill::Cached(cached)) => {
+                    let bytes = cached(&w.name)?;
+                    check_filled(w, bytes.len() as u64)?;
+                    upload(w.buffer.offset, bytes)?;
+                }
                 _ => load_on_host(checkpoint, w, &mut upload)?,
             }
             p.done += 1;
@@ -1134,5 +1202,77 @@ mod tests {
         )
         .unwrap();
         assert_eq!(uploads, plan.len());
+    }
+
+    #[test]
+    fn cached_loads_upload_the_cached_bytes_of_exactly_the_device_jobs() {
+        let tmp = tempfile::TempDir::new().unwrap();
+        let (manifest, schedule, ckpt) = fp8_toy(tmp.path());
+        let plan = WeightPlan::new(&manifest, &schedule, "diffusers", &ckpt).unwrap();
+        let (jobs, _, _) = collect_jobs(&plan, &ckpt);
+        let fp8 = plan.fp8_weights(&ckpt).unwrap();
+        let names: Vec<&str> = fp8.iter().map(|w| w.name).collect();
+        let job_names: Vec<&str> = jobs.iter().map(|j| j.weight.as_str()).collect();
+        assert_eq!(
+            names, job_names,
+            "the cache holds what the device quantizes"
+        );
+        assert!(fp8
+            .iter()
+            .zip(&jobs)
+            .all(|(w, j)| w.buffer.offset == j.offset));
+
+        // Each cached weight is its buffer's bytes of a pattern; the rest
+        // comes from the checkpoint as always.
+        let pattern: Vec<Vec<u8>> = fp8
+            .iter()
+            .map(|w| vec![w.buffer.id as u8 + 1; w.buffer.bytes as usize])
+            .collect();
+        let reference = load_region(&plan, &ckpt, schedule.weight_bytes as usize);
+        let mut region = vec![0u8; schedule.weight_bytes as usize];
+        let mut asked = Vec::new();
+        plan.load_cached(
+            &ckpt,
+            |offset, data| {
+                let o = offset as usize;
+                region[o..o + data.len()].copy_from_slice(data);
+                Ok(())
+            },
+            |name| {
+                asked.push(name.to_string());
+                let i = names.iter().position(|n| *n == name).unwrap();
+                Ok(&pattern[i][..])
+            },
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(asked, job_names);
+        for b in &schedule.buffers {
+            let range = b.offset as usize..(b.offset + b.bytes) as usize;
+            match names
+                .iter()
+                .position(|n| manifest.weights[b.id as usize].name == *n)
+            {
+                Some(i) => assert_eq!(region[range], pattern[i][..]),
+                None => assert_eq!(region[range.clone()], reference[range]),
+            }
+        }
+
+        // Bytes that do not fill the buffer are refused, naming the weight;
+        // the sink's own errors come through as they are.
+        let short = plan.load_cached(&ckpt, |_, _| Ok(()), |_| Ok(&[1u8][..]), |_| {});
+        assert!(short.unwrap_err().to_string().contains("q_rows"));
+        let failed = plan.load_cached(
+            &ckpt,
+            |_, _| Ok(()),
+            |_| {
+                Err(RuntimeError::QuantizedCache {
+                    path: "c".into(),
+                    reason: "corrupt".into(),
+                })
+            },
+            |_| {},
+        );
+        assert!(matches!(failed, Err(RuntimeError::QuantizedCache { .. })));
     }
 }

@@ -3,7 +3,9 @@
 //! (`LoadOptions::quantize_on_gpu = false`), and cuBLASLt fp8 GEMMs with
 //! outer-vector and per-tensor scales must compute
 //! `D[i, j] = (op(A)·op(B))[i, j] · a[i] · b[j] + bias[i]`. Also checks that
-//! the scratch region starts zeroed.
+//! the scratch region starts zeroed, and that the quantized-weights cache
+//! (`LoadOptions::save_quantized`) reloads bit-identical weights without
+//! quantizing, and is ignored when corrupt or stale.
 //!
 //! Needs an sm_90 GPU with the CUDA 13 libraries and headers (set
 //! `LD_LIBRARY_PATH` and `FLUXC_CUDA_INCLUDE`); anywhere else it says why it
@@ -18,7 +20,7 @@ use fluxc_artifact::{
     WeightSource, FORMAT_VERSION,
 };
 use fluxc_runtime::convert::{decode, encode};
-use fluxc_runtime::{Engine, LoadOptions, RuntimeError};
+use fluxc_runtime::{fp8_cache, Engine, Fp8Origin, LoadOptions, RuntimeError};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use tempfile::TempDir;
@@ -288,4 +290,118 @@ fn fp8_weights_and_gemms_on_the_gpu() {
     check("yt", &gpu.output("yt").unwrap(), &|o, t| {
         dot(&w8t, o, t) * f64::from(swt[0]) * f64::from(sx[0])
     });
+}
+
+/// Whether this machine can run the GPU tests; says why not.
+fn gpu_ready(test: &str) -> bool {
+    if !fluxc_runtime::cuda::driver_library_present() {
+        println!("SKIP {test}: no CUDA driver library here");
+        return false;
+    }
+    let include = LoadOptions::default().cuda_include_dirs;
+    if !include.iter().any(|d| d.join("cuda_fp8.h").is_file()) {
+        println!("SKIP {test}: no cuda_fp8.h in {include:?}");
+        return false;
+    }
+    true
+}
+
+const WEIGHTS: [&str; 6] = ["w8", "sw", "w8t", "swt", "wf", "bias"];
+
+/// Every weight's bits.
+fn weight_bits(engine: &Engine) -> Vec<Vec<u32>> {
+    WEIGHTS
+        .iter()
+        .map(|name| bits(&engine.read_buffer(id(engine, name)).unwrap()))
+        .collect()
+}
+
+#[test]
+fn quantized_weights_cache_skips_quantization_and_reloads_the_same_bits() {
+    const TEST: &str = "quantized_weights_cache_skips_quantization_and_reloads_the_same_bits";
+    if !gpu_ready(TEST) {
+        return;
+    }
+    let tmp = TempDir::new().unwrap();
+    let (art, ckpt) = write_artifact(tmp.path());
+    let cache = art.join(fp8_cache::FILE);
+    let save = LoadOptions {
+        save_quantized: true,
+        ..options(true)
+    };
+    let first = match Engine::load(&art, &ckpt, &save) {
+        Err(RuntimeError::NoCuda(why)) => {
+            println!("SKIP {TEST}: {why}");
+            return;
+        }
+        other => other.unwrap(),
+    };
+    assert_eq!(first.fp8_origin(), &Fp8Origin::QuantizedOnGpu);
+    assert!(
+        cache.is_file(),
+        "--save-quantized wrote {}",
+        cache.display()
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&art)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // Loaded again: every fp8 weight from the cache, nothing quantized,
+    // the same bits as quantizing on the GPU and deriving on the host.
+    let second = Engine::load(&art, &ckpt, &options(true)).unwrap();
+    assert_eq!(second.fp8_origin(), &Fp8Origin::Cache(cache.clone()));
+    let host = Engine::load(
+        &art,
+        &ckpt,
+        &LoadOptions {
+            use_quantized_cache: false,
+            ..options(false)
+        },
+    )
+    .unwrap();
+    assert_eq!(host.fp8_origin(), &Fp8Origin::DerivedOnHost);
+    let want = weight_bits(&first);
+    assert_eq!(weight_bits(&second), want);
+    assert_eq!(weight_bits(&host), want);
+    drop((first, second, host));
+
+    // Saving when the cache is current leaves it as it is.
+    let before = std::fs::read(&cache).unwrap();
+    let again = Engine::load(&art, &ckpt, &save).unwrap();
+    assert_eq!(again.fp8_origin(), &Fp8Origin::Cache(cache.clone()));
+    assert_eq!(std::fs::read(&cache).unwrap(), before);
+    drop(again);
+
+    // A flipped bit in the last tensor: found while loading, abandoned,
+    // the weights quantized instead.
+    let mut flipped = before.clone();
+    *flipped.last_mut().unwrap() ^= 0x01;
+    std::fs::write(&cache, &flipped).unwrap();
+    let corrupt = Engine::load(&art, &ckpt, &options(true)).unwrap();
+    assert_eq!(corrupt.fp8_origin(), &Fp8Origin::QuantizedOnGpu);
+    assert_eq!(weight_bits(&corrupt), want);
+    drop(corrupt);
+
+    // A truncated cache is refused before anything is read from it.
+    std::fs::write(&cache, &before[..before.len() / 2]).unwrap();
+    let truncated = Engine::load(&art, &ckpt, &options(true)).unwrap();
+    assert_eq!(truncated.fp8_origin(), &Fp8Origin::QuantizedOnGpu);
+    assert_eq!(weight_bits(&truncated), want);
+    drop(truncated);
+
+    // A checkpoint modified after the cache was written: stale, ignored.
+    std::fs::write(&cache, &before).unwrap();
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+    std::fs::File::options()
+        .write(true)
+        .open(&ckpt)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    let stale = Engine::load(&art, &ckpt, &options(true)).unwrap();
+    assert_eq!(stale.fp8_origin(), &Fp8Origin::QuantizedOnGpu);
+    assert_eq!(weight_bits(&stale), want);
 }

@@ -1,0 +1,251 @@
+//! The tuning steps of `fluxc compile`: generated kernels before codegen,
+//! GEMMs after it, either from the tuning cache alone or measured on the
+//! GPU within the budget ([`GpuTuning`], `--tune`).
+//!
+//! On the GPU, whatever the cache holds for this device and driver is
+//! taken without measuring; the rest is measured until the budget is spent,
+//! and what is left then keeps its default (not cached). The summary on
+//! stderr, and the report with `--report`, say how much that was.
+
+use fluxc_artifact::{Schedule, TuningCache};
+use fluxc_autotune::{Budget, SearchOptions};
+use fluxc_passes::pipeline::Optimized;
+use fluxc_runtime::gemm_tuning::{tune_gemms, GemmTuneOptions};
+use fluxc_runtime::kernel_bench::KernelBench;
+
+use crate::kernel_tuning::{self, Choices, Outcome};
+use crate::tune;
+use crate::tune_settings::TuneSettings;
+
+type Error = Box<dyn std::error::Error>;
+
+/// Kernel launches from the cache, without a GPU (the records of the one
+/// device the cache measured this model's kernels on).
+pub fn cached_kernels(optimized: &Optimized, cache: &TuningCache) -> Result<Choices, Error> {
+    let (chosen, found, total) = kernel_tuning::cached_kernels(optimized, cache)?;
+    eprintln!(
+        "  tuning: {found} of {total} kernel(s) found in the cache, {} with a non-default launch",
+        chosen.len()
+    );
+    Ok(chosen)
+}
+
+/// GEMM algorithms from the cache, without a GPU.
+pub fn cached_gemms(
+    schedule: &mut Schedule,
+    cache: &TuningCache,
+    cache_name: &str,
+) -> Result<(), Error> {
+    let applied = tune::apply_cache(schedule, cache, None)
+        .map_err(|e| format!("tuning cache `{cache_name}`: {e}"))?;
+    eprintln!(
+        "  tuning: {} of {} GEMM steps take tuned algorithms from `{cache_name}`{}",
+        applied.tuned,
+        applied.gemms,
+        applied
+            .device
+            .map(|d| format!(" (measured on {d})"))
+            .unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// Tuning on this machine's GPU (`--tune`), within a budget.
+pub struct GpuTuning {
+    bench: KernelBench,
+    driver: String,
+    budget: Budget,
+    budget_from: &'static str,
+    search: SearchOptions,
+    report: bool,
+    /// Kernels left at their default by the budget.
+    kernels_left: usize,
+    /// Distinct GEMMs left unmeasured by the budget.
+    gemms_left: usize,
+}
+
+impl GpuTuning {
+    /// Opens the GPU and starts the budget; an error saying `--tune` needs a
+    /// GPU without one.
+    pub fn start(settings: &TuneSettings, report: bool) -> Result<GpuTuning, Error> {
+        let include_dirs = fluxc_runtime::LoadOptions::default().cuda_include_dirs;
+        let bench = KernelBench::new(0, fluxc_codegen::ARCH, &include_dirs)
+            .map_err(|e| format!("--tune measures on the GPU: {e}"))?;
+        let driver = fluxc_runtime::cuda::driver_version()?.to_string();
+        Ok(GpuTuning {
+            bench,
+            driver,
+            budget: settings.start_budget()?,
+            budget_from: settings.budget_from,
+            search: settings.search(),
+            report,
+            kernels_left: 0,
+            gemms_left: 0,
+        })
+    }
+
+    /// `NAME|DRIVER`, the device part of this GPU's cache keys.
+    fn device(&self) -> String {
+        format!("{}|{}", self.bench.device_name(), self.driver)
+    }
+
+    /// Tunes every generated kernel the cache lacks.
+    pub fn kernels(
+        &mut self,
+        optimized: &Optimized,
+        cache: &mut TuningCache,
+    ) -> Result<Choices, Error> {
+        let device = self.bench.device_name();
+        let uncached = kernel_tuning::uncached_kernels(optimized, cache, &device, &self.driver)?;
+        eprintln!(
+            "  tuning the generated kernels on {device}: {} not in the cache",
+            uncached.len()
+        );
+        let (chosen, rows) = kernel_tuning::tune_kernels(
+            optimized,
+            &self.bench,
+            &self.driver,
+            cache,
+            &self.search,
+            &self.budget,
+            |d, t, r| {
+                let how = match r.outcome {
+                    Outcome::Measured => format!("{} measured", r.measured),
+                    Outcome::Cached => "cached".to_string(),
+                    Outcome::OutOfBudget => "budget spent: default".to_string(),
+                };
+                let us = |t: f64| {
+                    if t.is_finite() {
+                        format!("{t:>8.1} µs")
+                    } else {
+                        format!("{:>8} µs", "—")
+                    }
+                };
+                eprintln!(
+                    "    [{d}/{t}] {} → {}  {} (x{}, {how})",
+                    us(r.default_us),
+                    us(r.best_us),
+                    r.ops,
+                    r.launches
+                )
+            },
+        )?;
+        self.kernels_left = rows
+            .iter()
+            .filter(|r| r.outcome == Outcome::OutOfBudget)
+            .count();
+        let cached = rows.iter().filter(|r| r.outcome == Outcome::Cached).count();
+        eprintln!(
+            "  tuning: {cached} of {} kernel(s) from the cache, {} measured",
+            rows.len(),
+            rows.iter()
+                .filter(|r| r.outcome == Outcome::Measured)
+                .count()
+        );
+        if self.report {
+            print!("{}", kernel_tuning::report(&rows));
+        }
+        Ok(chosen)
+    }
+
+    /// Gives every GEMM step the algorithm the cache holds for this GPU, and
+    /// measures the GEMMs it lacks while the budget lasts.
+    pub fn gemms(&mut self, schedule: &mut Schedule, cache: &mut TuningCache) -> Result<(), Error> {
+        let device = self.device();
+        let applied = tune::apply_cache(schedule, cache, Some(&device))?;
+        let missing = tune::gemms_to_measure(schedule, cache, &device);
+        let distinct = fluxc_runtime::gemm_tuning::distinct_gemms(schedule).len();
+        eprintln!(
+            "  tuning the GEMMs: {} of {distinct} distinct GEMM(s) from the cache ({} steps take \
+             a tuned algorithm), {} to measure",
+            distinct - missing.len(),
+            applied.tuned,
+            missing.len()
+        );
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if self.budget.exhausted() {
+            self.gemms_left = missing.len();
+            return Ok(());
+        }
+        let options = GemmTuneOptions {
+            only: Some(missing),
+            deadline: self.budget.deadline(),
+            ..GemmTuneOptions::default()
+        };
+        let run = tune_gemms(schedule, &options, |d, t, g| {
+            eprintln!(
+                "    [{d}/{t}] {:>8.1} µs → {:>8.1} µs  {} (x{})",
+                g.default_us(),
+                g.best_us(),
+                g.name,
+                g.steps.len()
+            )
+        })?;
+        self.gemms_left = run.out_of_time;
+        let tuned = tune::apply_run(schedule, &run);
+        tune::add_to_cache(cache, &run);
+        eprintln!(
+            "  tuning: {} GEMM(s) measured, {tuned} of their steps take tuned algorithms",
+            run.gemms.len()
+        );
+        if self.report {
+            print!("{}", tune::report(&run.gemms));
+        }
+        Ok(())
+    }
+
+    /// Says how long tuning took and what the budget left at the defaults,
+    /// on stderr and (with `--report`) in the report.
+    pub fn finish(&self) {
+        let line = budget_line(
+            self.budget.elapsed().as_secs_f64(),
+            self.budget.limit().as_secs_f64(),
+            self.budget_from,
+            self.kernels_left,
+            self.gemms_left,
+        );
+        eprintln!("  tuning: {line}");
+        if self.report {
+            println!("\n{line}");
+        }
+    }
+}
+
+/// `tuned in 76.2 s of the 120 s budget`, or what the budget left out.
+fn budget_line(
+    elapsed_s: f64,
+    limit_s: f64,
+    from: &str,
+    kernels_left: usize,
+    gemms_left: usize,
+) -> String {
+    if kernels_left == 0 && gemms_left == 0 {
+        return format!("tuned in {elapsed_s:.1} s of the {limit_s} s budget ({from})");
+    }
+    format!(
+        "the tuning budget of {limit_s} s ({from}) ran out after {elapsed_s:.1} s: \
+         {kernels_left} kernel(s) and {gemms_left} distinct GEMM(s) keep their defaults and \
+         are not cached (the next --tune measures them)"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_line_says_what_was_left_out() {
+        assert_eq!(
+            budget_line(76.24, 120.0, "[autotune] budget_s", 0, 0),
+            "tuned in 76.2 s of the 120 s budget ([autotune] budget_s)"
+        );
+        let out = budget_line(30.5, 30.0, "--tune-budget", 3, 12);
+        assert!(
+            out.contains("budget of 30 s (--tune-budget) ran out after 30.5 s")
+                && out.contains("3 kernel(s) and 12 distinct GEMM(s) keep their defaults"),
+            "{out}"
+        );
+    }
+}
