@@ -2,21 +2,27 @@
 # The GPU checks of fluxc on the H200 machine, in one command, from the
 # repository root. Nothing is built there: bring what benches/peers/prepare.sh
 # builds on the dev machine in .dev/ (binaries, and one artifact per variant),
-# and diffusers' and torchao's wheels in .whl/. Steps (each can be skipped
-# with STEPS="tests forward"):
+# and diffusers' and torchao's wheels in .whl/. Steps (STEPS lists those
+# to run, default "tests forward"):
 #   tests    the GPU tests (every kernel kind vs the interpreter, tiny models
 #            vs diffusers, fp8 vs the interpreter's fp8)
+#   attention  the attention kernels alone (benches/attention/check.py on
+#            .dev/attention: odd lengths, then FLUX's shapes next to PyTorch's
+#            SDPA backends), report attention.json
 #   forward  full FLUX.1-$MODEL at HEIGHT×WIDTH (default schnell, 1024×1024)
 #            with TEXT_TOKENS text tokens (the same settings as prepare.sh): random
 #            weights saved by diffusers, fp32 reference, diffusers eager bf16
 #            and (TORCHAO=1) torchao fp8 per tensor and per row; (FLOORS=1)
-#            the library floors; the torch.compile peers listed in
+#            the library floors; then `fluxc run` of every variant in
+#            VARIANTS (timing, per-step profile; a variant named
+#            `<variant>-tuned` is <variant>'s model compiled there with
+#            `fluxc compile --tune`: kernel launches and GEMM algorithms
+#            measured on that GPU); the torch.compile peers listed in
 #            TORCH_COMPILE (any of bf16, tensor, row; each compiles for
-#            minutes); then `fluxc run` of every variant in VARIANTS (timing,
-#            per-step profile; a variant named `<variant>-tuned` is
-#            <variant>'s model compiled there with `fluxc compile --tune`:
-#            kernel launches and GEMM algorithms measured on that GPU) and
-#            the comparison report
+#            minutes); and the comparison report
+# TIME_LIMIT (seconds, default none): the torch.compile peers get only what
+# is left of it (minus a minute for the report) and are skipped when that
+# is under two minutes, so a run that must end in time still reports.
 # Reports go to $OUT (default ./out), every log packed in $OUT/logs.tar.gz.
 set -euo pipefail
 OUT=${OUT:-out}
@@ -30,6 +36,7 @@ VARIANTS=${VARIANTS:-bf16 fp8-tensor fp8-row}
 TORCHAO=${TORCHAO:-1}
 FLOORS=${FLOORS:-1}
 TORCH_COMPILE=${TORCH_COMPILE:-}
+TIME_LIMIT=${TIME_LIMIT:-0}
 mkdir -p "$OUT"
 
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
@@ -42,6 +49,11 @@ if [[ " $STEPS " == *" tests "* ]]; then
     # A failing test is reported at the end; the forward still runs.
     .dev/bin/gpu-fp8-tests --nocapture --test-threads=1 2>&1 | tee "$OUT/gpu_fp8_tests.log" || status=1
     .dev/bin/gpu-tests --nocapture --test-threads=1 2>&1 | tee "$OUT/gpu_tests.log" || status=1
+fi
+
+if [[ " $STEPS " == *" attention "* ]]; then
+    RESULTS_JSON="$OUT/attention.json" python3 benches/attention/check.py .dev/attention full 2>&1 \
+        | tee "$OUT/attention.log" || status=1
 fi
 
 if [[ " $STEPS " == *" forward "* ]]; then
@@ -59,11 +71,6 @@ if [[ " $STEPS " == *" forward "* ]]; then
             --text-tokens "$TEXT_TOKENS" "${guidance[@]}" 2>&1 \
             | tee "$OUT/floors.log" || status=1
     fi
-    for fp8 in $TORCH_COMPILE; do
-        [[ "$fp8" == bf16 ]] && fp8=off
-        python3 benches/peers/torch_compile.py --dir "$WORK" --fp8 "$fp8" 2>&1 \
-            | tee "$OUT/torch_compile_$fp8.log" || status=1
-    done
     compared=()
     for variant in $VARIANTS; do
         artifact=".dev/art/$MODEL-${HEIGHT}x$WIDTH-t$TEXT_TOKENS-$variant"
@@ -89,6 +96,20 @@ if [[ " $STEPS " == *" forward "* ]]; then
             status=1
         fi
     done
+    for fp8 in $TORCH_COMPILE; do
+        [[ "$fp8" == bf16 ]] && fp8=off
+        limit=()
+        if (( TIME_LIMIT > 0 )); then
+            left=$((TIME_LIMIT - SECONDS - 60))
+            if (( left < 120 )); then
+                echo "torch.compile $fp8 skipped: ${left} s left of TIME_LIMIT=$TIME_LIMIT" | tee "$OUT/torch_compile_$fp8.log"
+                continue
+            fi
+            limit=(timeout "$left")
+        fi
+        "${limit[@]}" python3 benches/peers/torch_compile.py --dir "$WORK" --fp8 "$fp8" 2>&1 \
+            | tee "$OUT/torch_compile_$fp8.log" || status=1
+    done
     if (( ${#compared[@]} )); then
         python3 benches/peers/compare.py --dir "$WORK" "${compared[@]}" --commit "${COMMIT:-unknown}" \
             --command "MODEL=$MODEL HEIGHT=$HEIGHT WIDTH=$WIDTH TEXT_TOKENS=$TEXT_TOKENS VARIANTS='$VARIANTS' TORCHAO=$TORCHAO FLOORS=$FLOORS TORCH_COMPILE='$TORCH_COMPILE' benches/peers/run_h200.sh" \
@@ -96,5 +117,6 @@ if [[ " $STEPS " == *" forward "* ]]; then
     fi
 fi
 # The device returns only a few files: keep the reports, pack the logs.
-(cd "$OUT" && tar czf logs.tar.gz --remove-files $(ls | grep -v -e '^forward_.*\.\(md\|json\)$' -e '^logs.tar.gz$'))
+(cd "$OUT" && tar czf logs.tar.gz --remove-files \
+    $(ls | grep -v -e '^forward_.*\.\(md\|json\)$' -e '^attention\.json$' -e '^logs.tar.gz$'))
 exit $status
