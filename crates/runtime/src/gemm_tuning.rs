@@ -30,7 +30,6 @@
 //! that successive launches rotate through, so no launch finds the previous
 //! one's operands in L2 (an advantage the real forward does not give).
 
-use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
@@ -513,12 +512,11 @@ fn search_candidates(
     candidates: &mut Vec<Candidate>,
     start: usize,
 ) -> Result<Result<SearchSummary, String>, RuntimeError> {
-    let (start_algo, start_us) = match (
-        candidates.get(start),
-        candidates.get(start).and_then(|c| c.us),
-    ) {
-        (Some(c), Some(us)) => (c.algo, us),
-        _ => return Ok(Err("no heuristic candidate was timed".into())),
+    let Some((start_algo, start_us)) = candidates
+        .get(start)
+        .and_then(|c| c.us.map(|us| (c.algo, us)))
+    else {
+        return Ok(Err("no heuristic candidate was timed".into()));
     };
     let blas = &trial.bench.blas;
     let prepared = (|| -> Result<_, String> {
@@ -531,8 +529,8 @@ fn search_candidates(
         Ok(p) => p,
         Err(why) => return Ok(Err(why)),
     };
-    let found = RefCell::new(Vec::new());
-    let failure: RefCell<Option<RuntimeError>> = RefCell::new(None);
+    let mut found: Vec<Candidate> = Vec::new();
+    let mut failure: Option<RuntimeError> = None;
     let summary = search_space(
         &space,
         search,
@@ -542,7 +540,7 @@ fn search_candidates(
             trial.plans(algo).map(|plans| (algo, plans))
         },
         |_, (algo, plans)| {
-            if failure.borrow().is_some() {
+            if failure.is_some() {
                 return Measurement::Rejected("an earlier launch failed".into());
             }
             match trial.run(&plans, Some(reference)) {
@@ -552,14 +550,14 @@ fn search_candidates(
                         (Some(us), _) => Measurement::Time(*us),
                         (None, why) => Measurement::Rejected(why.clone().unwrap_or_default()),
                     };
-                    found.borrow_mut().push(c);
+                    found.push(c);
                     m
                 }
                 // cuBLASLt turning a configuration down at launch (its
                 // check passed) rejects it; a failing GPU ends the run.
                 Err(e @ RuntimeError::Cublas { .. }) => {
                     let why = format!("cuBLASLt would not run it: {e}");
-                    found.borrow_mut().push(Candidate {
+                    found.push(Candidate {
                         algo,
                         us: None,
                         difference: f64::NAN,
@@ -569,16 +567,16 @@ fn search_candidates(
                     Measurement::Rejected(why)
                 }
                 Err(e) => {
-                    *failure.borrow_mut() = Some(e);
+                    failure = Some(e);
                     Measurement::Rejected("the launch failed".into())
                 }
             }
         },
     );
-    if let Some(e) = failure.into_inner() {
+    if let Some(e) = failure {
         return Err(e);
     }
-    candidates.extend(found.into_inner());
+    candidates.extend(found);
     Ok(summary.map_err(|e| e.to_string()))
 }
 
