@@ -5,6 +5,8 @@
 #   .dev/bin/fluxc        the CLI
 #   .dev/bin/gpu-tests    the GPU test binary (tests/gpu.rs)
 #   .dev/bin/gpu-fp8-tests  the runtime's fp8 GPU tests (crates/runtime/tests/gpu_fp8.rs)
+#   .dev/bin/gpu-gemm-search-tests  the cuBLASLt configuration search's GPU test
+#                         (crates/runtime/tests/gpu_gemm_search.rs)
 #   .dev/attention/       the attention kernels as codegen renders them, for
 #                         benches/attention/check.py (run_h200.sh's attention step)
 #   .dev/art/$MODEL-${HEIGHT}x$WIDTH-t$TEXT_TOKENS-$variant
@@ -29,7 +31,9 @@ test_bin=$(cargo test --release --test gpu --no-run 2>&1 | grep -o 'target/relea
 cp "$test_bin" .dev/bin/gpu-tests
 test_bin=$(cargo test --release -p fluxc-runtime --test gpu_fp8 --no-run 2>&1 | grep -o 'target/release/deps/gpu_fp8-[a-z0-9]*' | head -1)
 cp "$test_bin" .dev/bin/gpu-fp8-tests
-strip .dev/bin/fluxc .dev/bin/gpu-tests .dev/bin/gpu-fp8-tests
+test_bin=$(cargo test --release -p fluxc-runtime --test gpu_gemm_search --no-run 2>&1 | grep -o 'target/release/deps/gpu_gemm_search-[a-z0-9]*' | head -1)
+cp "$test_bin" .dev/bin/gpu-gemm-search-tests
+strip .dev/bin/fluxc .dev/bin/gpu-tests .dev/bin/gpu-fp8-tests .dev/bin/gpu-gemm-search-tests
 cargo run --release --example render_attention -- .dev/attention
 for variant in $VARIANTS; do
     extra=

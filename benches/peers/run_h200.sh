@@ -48,6 +48,7 @@ status=0
 if [[ " $STEPS " == *" tests "* ]]; then
     # A failing test is reported at the end; the forward still runs.
     .dev/bin/gpu-fp8-tests --nocapture --test-threads=1 2>&1 | tee "$OUT/gpu_fp8_tests.log" || status=1
+    .dev/bin/gpu-gemm-search-tests --nocapture 2>&1 | tee "$OUT/gpu_gemm_search_tests.log" || status=1
     .dev/bin/gpu-tests --nocapture --test-threads=1 2>&1 | tee "$OUT/gpu_tests.log" || status=1
 fi
 

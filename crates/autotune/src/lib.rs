@@ -15,5 +15,8 @@ pub mod search;
 pub mod space;
 
 pub use budget::{BadBudget, Budget};
-pub use search::{coordinate_descent, Measurement, SearchError, SearchOptions, SearchResult};
+pub use search::{
+    coordinate_descent, coordinate_descent_screened, Measurement, SearchError, SearchOptions,
+    SearchResult,
+};
 pub use space::{Config, ConfigSpace, Field};

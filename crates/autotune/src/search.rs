@@ -16,6 +16,12 @@
 //! starting configuration is always measured. A search the deadline cut
 //! short says so (`SearchResult::out_of_time`); its best is still valid
 //! (measured and accepted), only perhaps not a local optimum.
+//!
+//! [`coordinate_descent_screened`] adds a screen run before each
+//! measurement: configurations it turns down (an unsupported combination a
+//! library can tell without running anything) are recorded as rejected
+//! without being measured, and do not count towards `max_measurements`;
+//! what it accepts is handed to the measure (e.g. the built algorithm).
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -30,7 +36,8 @@ pub struct SearchOptions {
     pub noise: f64,
     /// After converging, also try every combination of single steps.
     pub check_all_directions: bool,
-    /// At most this many measurements (the default counts).
+    /// At most this many measurements (the starting configuration's
+    /// counts; configurations a screen turns down do not).
     pub max_measurements: usize,
     /// No measurement starts after this instant (the starting
     /// configuration's excepted); `None`: no time limit.
@@ -66,8 +73,12 @@ pub struct SearchResult {
     pub best_time: f64,
     /// The starting configuration's time.
     pub start_time: f64,
-    /// Every measurement in the order taken.
+    /// Every measurement in the order taken, screened-out configurations
+    /// included (as [`Measurement::Rejected`]).
     pub measurements: Vec<(Config, Measurement)>,
+    /// How many configurations were measured (screened-out ones not
+    /// counted): what `max_measurements` limits.
+    pub measured: usize,
     /// The deadline passed before the search converged.
     pub out_of_time: bool,
 }
@@ -90,6 +101,20 @@ pub fn coordinate_descent(
     options: &SearchOptions,
     mut measure: impl FnMut(&Config) -> Measurement,
 ) -> Result<SearchResult, SearchError> {
+    coordinate_descent_screened(space, start, options, |_| Ok(()), |c, ()| measure(c))
+}
+
+/// Runs coordinate descent from `start`: every configuration goes through
+/// `screen` first; one it turns down (`Err(reason)`) is rejected without a
+/// measurement and without counting towards `max_measurements`, one it
+/// accepts is measured by `measure` with what the screen returned.
+pub fn coordinate_descent_screened<P>(
+    space: &ConfigSpace,
+    start: Config,
+    options: &SearchOptions,
+    mut screen: impl FnMut(&Config) -> Result<P, String>,
+    mut measure: impl FnMut(&Config, P) -> Measurement,
+) -> Result<SearchResult, SearchError> {
     let fits = start.0.len() == space.fields.len()
         && start
             .0
@@ -101,12 +126,13 @@ pub fn coordinate_descent(
     }
     let mut seen: HashMap<Config, Measurement> = HashMap::new();
     let mut order: Vec<(Config, Measurement)> = Vec::new();
+    let mut measured = 0usize;
     let mut out_of_time = false;
     let mut time_of = |c: &Config, order: &mut Vec<(Config, Measurement)>| -> Option<f64> {
         if let Some(m) = seen.get(c) {
             return time(m);
         }
-        if order.len() >= options.max_measurements {
+        if measured >= options.max_measurements {
             return None;
         }
         let late = options.deadline.is_some_and(|d| Instant::now() >= d);
@@ -114,7 +140,13 @@ pub fn coordinate_descent(
             out_of_time = true;
             return None;
         }
-        let m = measure(c);
+        let m = match screen(c) {
+            Ok(prepared) => {
+                measured += 1;
+                measure(c, prepared)
+            }
+            Err(why) => Measurement::Rejected(why),
+        };
         seen.insert(c.clone(), m.clone());
         order.push((c.clone(), m.clone()));
         time(&m)
@@ -161,6 +193,7 @@ pub fn coordinate_descent(
         best_time,
         start_time,
         measurements: order,
+        measured,
         out_of_time,
     })
 }

@@ -2,12 +2,15 @@
 //! optimum of a convex bowl, never picks a rejected configuration, ignores
 //! improvements within the noise, needs `check_all_directions` for diagonal
 //! valleys, stops within its budget without measuring anything twice, and
-//! stops at a deadline (the tuning budget) keeping what it measured.
+//! stops at a deadline (the tuning budget) keeping what it measured; a
+//! screen rejects configurations without measuring them or spending the
+//! measurement cap on them.
 
 use std::collections::HashSet;
 
 use fluxc_autotune::{
-    coordinate_descent, Config, ConfigSpace, Field, Measurement, SearchError, SearchOptions,
+    coordinate_descent, coordinate_descent_screened, Config, ConfigSpace, Field, Measurement,
+    SearchError, SearchOptions,
 };
 
 /// threads ∈ {32, ..., 1024} (×2 steps), stages ∈ {1, ..., 8} (±1 steps).
@@ -209,4 +212,57 @@ fn the_deadline_cuts_a_slow_search_short() {
         full.measurements.len()
     );
     assert!(cut.best_time >= full.best_time);
+}
+
+#[test]
+fn screened_out_configurations_are_never_measured_nor_counted() {
+    // The same region as above, now known before measuring: the screen
+    // turns it down, the measure never sees it, and the cap counts only
+    // what was measured.
+    let s = space();
+    let fits = |v: &[i64]| v[0] * v[1] <= 500;
+    let mut measured: Vec<Vec<i64>> = Vec::new();
+    let options = SearchOptions {
+        max_measurements: 6,
+        ..SearchOptions::default()
+    };
+    let r = coordinate_descent_screened(
+        &s,
+        at(&s, &[32, 8]),
+        &options,
+        |c| {
+            let v = s.values(c);
+            if fits(&v) {
+                Ok(v)
+            } else {
+                Err(format!("{} threads x {} stages do not fit", v[0], v[1]))
+            }
+        },
+        |_, v| {
+            measured.push(v.clone());
+            Measurement::Time(bowl(&v))
+        },
+    )
+    .unwrap();
+    assert!(measured.iter().all(|v| fits(v)), "{measured:?}");
+    assert_eq!(r.measured, measured.len());
+    assert_eq!(r.measured, 6, "the cap counts measurements only");
+    let screened = r
+        .measurements
+        .iter()
+        .filter(|(_, m)| matches!(m, Measurement::Rejected(_)))
+        .count();
+    assert!(screened > 0, "some neighbours were screened out");
+    assert_eq!(r.measurements.len(), r.measured + screened);
+    assert!(fits(&s.values(&r.best)));
+
+    let err = coordinate_descent_screened(
+        &s,
+        at(&s, &[1024, 8]),
+        &options,
+        |_| Err::<(), _>("unsupported".to_string()),
+        |_, ()| Measurement::Time(1.0),
+    )
+    .unwrap_err();
+    assert_eq!(err, SearchError::StartRejected("unsupported".into()));
 }

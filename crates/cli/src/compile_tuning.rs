@@ -10,7 +10,7 @@
 use fluxc_artifact::{Schedule, TuningCache};
 use fluxc_autotune::{Budget, SearchOptions};
 use fluxc_passes::pipeline::Optimized;
-use fluxc_runtime::gemm_tuning::{tune_gemms, GemmTuneOptions};
+use fluxc_runtime::gemm_tuning::{tune_gemms, GemmTuneOptions, GEMM_SEARCH_MEASUREMENTS};
 use fluxc_runtime::kernel_bench::KernelBench;
 
 use crate::kernel_tuning::{self, Choices, Outcome};
@@ -169,19 +169,21 @@ impl GpuTuning {
             self.gemms_left = missing.len();
             return Ok(());
         }
+        // The heuristic's candidates, then a search of at most
+        // GEMM_SEARCH_MEASUREMENTS configurations per GEMM (~20 distinct
+        // GEMMs in a FLUX model), with the kernels' noise and directions.
         let options = GemmTuneOptions {
             only: Some(missing),
             deadline: self.budget.deadline(),
+            search: Some(SearchOptions {
+                max_measurements: GEMM_SEARCH_MEASUREMENTS,
+                deadline: None,
+                ..self.search.clone()
+            }),
             ..GemmTuneOptions::default()
         };
         let run = tune_gemms(schedule, &options, |d, t, g| {
-            eprintln!(
-                "    [{d}/{t}] {:>8.1} µs → {:>8.1} µs  {} (x{})",
-                g.default_us(),
-                g.best_us(),
-                g.name,
-                g.steps.len()
-            )
+            eprintln!("    [{d}/{t}] {}", tune::progress_line(g))
         })?;
         self.gemms_left = run.out_of_time;
         let tuned = tune::apply_run(schedule, &run);

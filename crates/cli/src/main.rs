@@ -120,6 +120,14 @@ enum Command {
         /// Heuristic candidates timed per GEMM.
         #[arg(long, default_value_t = 8)]
         candidates: usize,
+        /// Then search cuBLASLt's algorithm configurations (id, tile,
+        /// stages, split-K, swizzle, cluster shape) from the fastest,
+        /// measuring at most this many per GEMM (0: no search).
+        #[arg(long, default_value_t = fluxc_runtime::gemm_tuning::GEMM_SEARCH_MEASUREMENTS)]
+        search_measurements: usize,
+        /// Let that search also try several fields changed at once.
+        #[arg(long)]
+        check_all_directions: bool,
         /// Add the measurements to this tuning cache (tuning.json).
         #[arg(long, value_name = "FILE")]
         cache: Option<PathBuf>,
@@ -187,12 +195,16 @@ fn main() -> ExitCode {
         Command::Tune {
             artifact,
             candidates,
+            search_measurements,
+            check_all_directions,
             cache,
             report,
             dry_run,
         } => tune::run(&tune::TuneArgs {
             artifact: &artifact,
             candidates,
+            search_measurements,
+            check_all_directions,
             cache: cache.as_deref(),
             report,
             dry_run,

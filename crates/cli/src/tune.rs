@@ -1,9 +1,11 @@
 //! `fluxc tune <artifact>`: times cuBLASLt's candidate algorithms for every
-//! distinct GEMM of a compiled artifact on this machine's GPU
-//! (`fluxc_runtime::gemm_tuning`), records the fastest in the artifact's
-//! schedule where it beats cuBLASLt's default by more than the measurement
-//! noise (`Gemm::algo`, which the runtime then checks and uses), and keeps
-//! the measurements in a tuning cache. `--report` prints each GEMM's default
+//! distinct GEMM of a compiled artifact on this machine's GPU and searches
+//! their configurations from the fastest (`fluxc_runtime::gemm_tuning`;
+//! `--search-measurements 0` times the heuristic's candidates only),
+//! records the fastest in the artifact's schedule where it beats cuBLASLt's
+//! default by more than the measurement noise (`Gemm::algo`, which the
+//! runtime then checks and uses), and keeps the measurements in a tuning
+//! cache. `--report` prints each GEMM's default, best heuristic, searched
 //! and tuned time and what that makes per forward; `--dry-run` measures
 //! without changing the artifact.
 //!
@@ -16,6 +18,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use fluxc_artifact::{content_hash, files, tuning_key, Schedule, Step, TuningCache, TuningRecord};
+use fluxc_autotune::SearchOptions;
 use fluxc_codegen::schedule_json;
 use fluxc_runtime::gemm_tuning::{
     chosen_algos, gemm_key, per_forward_us, tune_gemms, GemmTuneOptions, GemmTuneRun, GemmTuning,
@@ -32,6 +35,10 @@ pub struct TuneArgs<'a> {
     pub artifact: &'a Path,
     /// Heuristic candidates per GEMM.
     pub candidates: usize,
+    /// Configurations the search measures per GEMM at most (0: no search).
+    pub search_measurements: usize,
+    /// Let the search try several fields changed at once.
+    pub check_all_directions: bool,
     /// The tuning cache to add the measurements to.
     pub cache: Option<&'a Path>,
     /// Print the per-GEMM report.
@@ -49,17 +56,12 @@ pub fn run(args: &TuneArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     let options = GemmTuneOptions {
         candidates: args.candidates,
+        search: search_options(args.search_measurements, args.check_all_directions),
         ..GemmTuneOptions::default()
     };
     let started = std::time::Instant::now();
     let run = tune_gemms(&artifact.schedule, &options, |done, total, g| {
-        eprintln!(
-            "  [{done}/{total}] {:>9.1} µs → {:>9.1} µs  {} (x{})",
-            g.default_us(),
-            g.best_us(),
-            g.name,
-            g.steps.len()
-        );
+        eprintln!("  [{done}/{total}] {}", progress_line(g));
     })?;
     let (default_us, best_us) = per_forward_us(&run.gemms);
     let mut schedule = artifact.schedule.clone();
@@ -89,6 +91,38 @@ pub fn run(args: &TuneArgs) -> Result<(), Box<dyn std::error::Error>> {
         eprintln!("updated {}", artifact.dir.display());
     }
     Ok(())
+}
+
+/// The GEMM search's options: at most `measurements` per GEMM (0: no
+/// search), the combined neighbourhood with `check_all_directions`.
+pub fn search_options(measurements: usize, check_all_directions: bool) -> Option<SearchOptions> {
+    (measurements > 0).then(|| SearchOptions {
+        max_measurements: measurements,
+        check_all_directions,
+        ..SearchOptions::default()
+    })
+}
+
+/// `  13.9 µs → 13.2 µs (heuristic) → 12.8 µs (search)  NAME (xSTEPS)`.
+pub fn progress_line(g: &GemmTuning) -> String {
+    let searched = match (&g.search, &g.search_skipped) {
+        (Some(s), _) => format!(
+            " → {:>8.1} µs (search: {} measured, {} rejected{})",
+            g.best_searched_us().unwrap_or(f64::NAN),
+            s.measured,
+            s.rejected_unlaunched + s.rejected_launched,
+            if s.out_of_time { ", out of time" } else { "" }
+        ),
+        (None, Some(why)) => format!(" (no search: {why})"),
+        (None, None) => String::new(),
+    };
+    format!(
+        "{:>8.1} µs → {:>8.1} µs (heuristic){searched}  {} (x{})",
+        g.default_us(),
+        g.best_heuristic_us(),
+        g.name,
+        g.steps.len()
+    )
 }
 
 /// Adds every GEMM of `run` to `cache`.
@@ -260,23 +294,40 @@ pub fn single_device<'a>(
     Ok(found.pop())
 }
 
-/// One line per distinct GEMM: default and tuned µs, speed-up, how many
-/// steps it is, candidates timed / rejected.
+/// One line per distinct GEMM: default, best heuristic, best searched and
+/// tuned µs, speed-up, how many steps it is, heuristic candidates timed
+/// (rejected), configurations the search measured (rejected before launch,
+/// rejected after it).
 pub fn report(gemms: &[GemmTuning]) -> String {
     let mut out = String::from(
-        "| GEMM | steps | default µs | tuned µs | speed-up | candidates (rejected) |\n\
-         | --- | ---: | ---: | ---: | ---: | ---: |\n",
+        "| GEMM | steps | default µs | heuristic µs | searched µs | tuned µs | speed-up | \
+         candidates (rejected) | searched (rejected before / after launch) |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for g in gemms {
-        let rejected = g.candidates.iter().filter(|c| c.us.is_none()).count();
+        let (heuristic, rejected) = g.heuristic_counts();
+        let (searched_us, searched) = match &g.search {
+            Some(s) => (
+                format!("{:.1}", g.best_searched_us().unwrap_or(f64::NAN)),
+                format!(
+                    "{} ({} / {}){}",
+                    s.measured,
+                    s.rejected_unlaunched,
+                    s.rejected_launched,
+                    if s.out_of_time { ", out of time" } else { "" }
+                ),
+            ),
+            None => ("—".to_string(), "—".to_string()),
+        };
         out.push_str(&format!(
-            "| {} | {} | {:.1} | {:.1} | {:.3}× | {} ({rejected}) |\n",
+            "| {} | {} | {:.1} | {:.1} | {searched_us} | {:.1} | {:.3}× | {heuristic} ({rejected}) | \
+             {searched} |\n",
             g.key,
             g.steps.len(),
             g.default_us(),
+            g.best_heuristic_us(),
             g.best_us(),
             g.default_us() / g.best_us(),
-            g.candidates.len()
         ));
     }
     let (default_us, best_us) = per_forward_us(gemms);
@@ -313,7 +364,8 @@ fn rewrite(artifact: &Artifact, schedule: &Schedule) -> Result<(), Box<dyn std::
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fluxc_runtime::gemm_tuning::Candidate;
+    use fluxc_runtime::gemm_search::SearchSummary;
+    use fluxc_runtime::gemm_tuning::{Candidate, Origin};
 
     fn gemm(times: &[Option<f64>], best: usize) -> GemmTuning {
         GemmTuning {
@@ -328,9 +380,12 @@ mod tests {
                     us,
                     difference: 0.0,
                     rejected: us.is_none().then(|| "no".to_string()),
+                    origin: Origin::Heuristic,
                 })
                 .collect(),
             best,
+            search: None,
+            search_skipped: None,
         }
     }
 
@@ -531,12 +586,48 @@ mod tests {
     fn the_report_weighs_gemms_by_their_steps() {
         let text = report(&[gemm(&[Some(10.0), None, Some(5.0)], 2)]);
         assert!(
-            text.contains("| 2 | 10.0 | 5.0 | 2.000× | 3 (1) |"),
+            text.contains("| 2 | 10.0 | 5.0 | — | 5.0 | 2.000× | 3 (1) | — |"),
             "{text}"
         );
         assert!(
             text.contains("per forward: 0.02 ms with cuBLASLt's default algorithms, 0.01 ms tuned"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_report_has_a_column_for_the_search() {
+        let mut g = gemm(&[Some(10.0), Some(8.0), Some(6.0), None], 2);
+        g.candidates[2].origin = Origin::Search;
+        g.candidates[3].origin = Origin::Search;
+        g.search = Some(SearchSummary {
+            space: "algo_id in [1]".into(),
+            start: Default::default(),
+            best: Default::default(),
+            start_us: 8.0,
+            best_us: 6.0,
+            measured: 3,
+            rejected_unlaunched: 7,
+            rejected_launched: 1,
+            out_of_time: false,
+        });
+        let text = report(std::slice::from_ref(&g));
+        assert!(
+            text.contains("| 2 | 10.0 | 8.0 | 6.0 | 6.0 | 1.667× | 2 (0) | 3 (7 / 1) |"),
+            "{text}"
+        );
+        let line = progress_line(&g);
+        assert!(
+            line.contains(
+                "10.0 µs →      8.0 µs (heuristic) →      6.0 µs (search: 3 measured, 8 rejected)"
+            ),
+            "{line}"
+        );
+        g.search = None;
+        g.search_skipped = Some("no algorithm ids".into());
+        assert!(progress_line(&g).contains("(no search: no algorithm ids)"));
+        assert_eq!(search_options(0, true), None);
+        let o = search_options(24, true).unwrap();
+        assert_eq!((o.max_measurements, o.check_all_directions), (24, true));
     }
 }

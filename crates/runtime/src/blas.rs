@@ -37,6 +37,11 @@ impl BlasHandle {
             lt::create_handle().map_err(RuntimeError::cublas("creating the cuBLASLt handle"))?;
         Ok(BlasHandle { raw })
     }
+
+    /// The raw handle, for the cuBLASLt calls of `gemm_algo`.
+    pub(crate) fn raw(&self) -> sys::cublasLtHandle_t {
+        self.raw
+    }
 }
 
 impl Drop for BlasHandle {
@@ -155,6 +160,34 @@ fn cuda_type(dtype: ElemType) -> Option<sys::cudaDataType> {
         ElemType::F8e5m2 => Some(sys::cudaDataType_t::CUDA_R_8F_E5M2),
         ElemType::I32 | ElemType::I64 => None,
     }
+}
+
+/// The types that select a GEMM's algorithms (`cublasLtMatmulAlgoGetIds`,
+/// `cublasLtMatmulAlgoInit`): f32 compute and scale, A and B in the GEMM's
+/// element type, C and D in D's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MatmulTypes {
+    /// The compute type.
+    pub compute: sys::cublasComputeType_t,
+    /// The type of alpha and beta.
+    pub scale: sys::cudaDataType,
+    /// A's and B's type.
+    pub ab: sys::cudaDataType,
+    /// C's and D's type.
+    pub cd: sys::cudaDataType,
+}
+
+/// The [`MatmulTypes`] of `g`, as [`GemmPlan::new`] builds its descriptors.
+pub(crate) fn matmul_types(g: &Gemm) -> Result<MatmulTypes, String> {
+    let ab = cuda_type(g.dtype).ok_or_else(|| format!("{:?} GEMMs are not supported", g.dtype))?;
+    let d_elem = g.d_type();
+    let cd = cuda_type(d_elem).ok_or_else(|| format!("a {d_elem:?} D is not supported"))?;
+    Ok(MatmulTypes {
+        compute: sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+        scale: sys::cudaDataType_t::CUDA_R_32F,
+        ab,
+        cd,
+    })
 }
 
 /// The value of the `CUBLASLT_MATMUL_DESC_{A,B}_SCALE_MODE` attributes

@@ -8,10 +8,21 @@
 //! proposes up to `candidates` algorithms; each is run on random operands,
 //! its output checked against the first candidate's (relative L2 within
 //! `tolerance`: algorithms differ only in summation order), and timed.
+//! Then, with `search` set, a coordinate descent over cuBLASLt's algorithm
+//! configurations ([`crate::gemm_space`]: algorithm id, tile, stages,
+//! split-K, CTA swizzling, cluster shape) starts from the fastest of those
+//! candidates ([`crate::gemm_search`]): configurations that cuBLASLt's
+//! capabilities, `cublasLtMatmulAlgoCheck` or the workspace rule out are
+//! rejected before launch; the others are checked against the first
+//! candidate's output like the heuristic's and timed, at most
+//! `search.max_measurements` per GEMM (24 by default: ~20 distinct GEMMs in
+//! a FLUX model, within the tuning budget).
 //! The caller records the winner in the schedule (`Gemm::algo`), which the
 //! engine then checks and uses. `only` restricts the run to some GEMMs (the
 //! ones a tuning cache lacks) and `deadline` stops it before the next GEMM
-//! once a tuning budget is spent.
+//! once a tuning budget is spent; each GEMM's search gets an equal share of
+//! the time left before the deadline, so one slow GEMM does not leave the
+//! others unmeasured.
 //!
 //! Timing: every candidate runs `warmup` times, then `batches` batches of
 //! `per_batch` back-to-back launches between two CUDA events; its time is
@@ -24,12 +35,19 @@ use std::time::Instant;
 
 use cudarc::driver::result as drv;
 use fluxc_artifact::{ElemType, Gemm, GemmEpilogue, ScaleMode, Schedule, Step};
+use fluxc_autotune::{Measurement, SearchOptions};
 
 use crate::bench::{copies, pseudo_random, rel_l2, BenchContext, BenchTiming};
-use crate::blas::{heuristic_algos, BlasHandle, GemmAddrs, GemmPlan};
+use crate::blas::{heuristic_algos, matmul_types, BlasHandle, GemmAddrs, GemmPlan};
 use crate::convert::decode;
 use crate::cuda::DeviceBuffer;
+use crate::gemm_algo::{self, LtCapabilities};
+use crate::gemm_search::{search_space, SearchSummary};
+use crate::gemm_space::GemmSpace;
 use crate::RuntimeError;
+
+/// Configurations a GEMM's search measures at most, by default.
+pub const GEMM_SEARCH_MEASUREMENTS: usize = 24;
 
 /// How [`tune_gemms`] measures.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,6 +64,11 @@ pub struct GemmTuneOptions {
     pub only: Option<BTreeSet<String>>,
     /// Start no GEMM after this instant (`None`: no time limit).
     pub deadline: Option<Instant>,
+    /// Search cuBLASLt's algorithm configurations from the best heuristic
+    /// candidate with these options (`None`: the heuristic's candidates
+    /// only). Its deadline is further limited to each GEMM's share of the
+    /// time left before `deadline`.
+    pub search: Option<SearchOptions>,
 }
 
 impl Default for GemmTuneOptions {
@@ -61,8 +84,21 @@ impl Default for GemmTuneOptions {
             tolerance: 1e-2,
             only: None,
             deadline: None,
+            search: Some(SearchOptions {
+                max_measurements: GEMM_SEARCH_MEASUREMENTS,
+                ..SearchOptions::default()
+            }),
         }
     }
+}
+
+/// Where a candidate algorithm came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// cuBLASLt's heuristic.
+    Heuristic,
+    /// The search over algorithm configurations.
+    Search,
 }
 
 /// One candidate algorithm of a GEMM.
@@ -76,6 +112,8 @@ pub struct Candidate {
     pub difference: f64,
     /// Why it was rejected.
     pub rejected: Option<String>,
+    /// Where it came from.
+    pub origin: Origin,
 }
 
 /// The measurements of one distinct GEMM.
@@ -91,6 +129,10 @@ pub struct GemmTuning {
     pub candidates: Vec<Candidate>,
     /// Index of the fastest valid candidate.
     pub best: usize,
+    /// What the configuration search did (`None`: it did not run).
+    pub search: Option<SearchSummary>,
+    /// Why the configuration search did not run, when it was asked to.
+    pub search_skipped: Option<String>,
 }
 
 impl GemmTuning {
@@ -107,6 +149,41 @@ impl GemmTuning {
     /// The best algorithm.
     pub fn best_algo(&self) -> [u64; 8] {
         self.candidates[self.best].algo
+    }
+
+    /// The fastest of `origin`'s timed candidates, µs (`None`: none).
+    fn fastest(&self, origin: Origin) -> Option<f64> {
+        self.candidates
+            .iter()
+            .filter(|c| c.origin == origin)
+            .filter_map(|c| c.us)
+            .reduce(f64::min)
+    }
+
+    /// The fastest heuristic candidate's time, µs.
+    pub fn best_heuristic_us(&self) -> f64 {
+        self.fastest(Origin::Heuristic).unwrap_or(f64::NAN)
+    }
+
+    /// The fastest configuration the search found, µs: its starting point
+    /// (the best heuristic candidate) where it found nothing faster; `None`
+    /// when no search ran.
+    pub fn best_searched_us(&self) -> Option<f64> {
+        let start = self.search.as_ref()?.start_us;
+        Some(self.fastest(Origin::Search).map_or(start, |s| s.min(start)))
+    }
+
+    /// Heuristic candidates (timed or rejected) and how many were rejected.
+    pub fn heuristic_counts(&self) -> (usize, usize) {
+        let of = |c: &&Candidate| c.origin == Origin::Heuristic;
+        let all = self.candidates.iter().filter(of).count();
+        let rejected = self
+            .candidates
+            .iter()
+            .filter(of)
+            .filter(|c| c.us.is_none())
+            .count();
+        (all, rejected)
     }
 }
 
@@ -317,6 +394,209 @@ impl Bench {
     }
 }
 
+/// One GEMM on the bench: its operands in several copies and the output
+/// every candidate is checked against.
+struct Trial<'a> {
+    bench: &'a Bench,
+    g: &'a Gemm,
+    operands: Vec<Operands>,
+    options: &'a GemmTuneOptions,
+}
+
+/// What running one candidate gave.
+enum Outcome {
+    /// Its output and time per launch, µs.
+    Timed(Vec<f32>, f64),
+    /// Its output differs from the reference by this much.
+    Differs(f64),
+}
+
+impl Trial<'_> {
+    /// The plans of algorithm `algo`, one per operand copy; each validates
+    /// it with `cublasLtMatmulAlgoCheck` and the workspace limit, so an
+    /// error here means it was never launched.
+    fn plans(&self, algo: [u64; 8]) -> Result<Vec<GemmPlan>, String> {
+        let with_algo = Gemm {
+            algo: Some(algo),
+            ..self.g.clone()
+        };
+        self.operands
+            .iter()
+            .map(|o| {
+                GemmPlan::new(
+                    &self.bench.blas,
+                    &with_algo,
+                    o.addrs(),
+                    self.bench.workspace_bytes,
+                )
+            })
+            .collect()
+    }
+
+    /// Runs `plans` once, compares the output with `reference` (none: this
+    /// is the reference) and times them when within the tolerance.
+    fn run(
+        &self,
+        plans: &[GemmPlan],
+        reference: Option<&[f32]>,
+    ) -> Result<(Outcome, f64), RuntimeError> {
+        let out = self.bench.output(&plans[0], &self.operands[0], self.g)?;
+        let difference = reference.map_or(0.0, |r| rel_l2(&out, r));
+        if difference.is_nan() || difference > self.options.tolerance {
+            return Ok((Outcome::Differs(difference), difference));
+        }
+        let us = self.bench.time(plans, self.options)?;
+        Ok((Outcome::Timed(out, us), difference))
+    }
+}
+
+/// The candidate of `algo` from what running it gave.
+fn candidate(algo: [u64; 8], origin: Origin, outcome: &Outcome, difference: f64) -> Candidate {
+    match outcome {
+        Outcome::Timed(_, us) => Candidate {
+            algo,
+            us: Some(*us),
+            difference,
+            rejected: None,
+            origin,
+        },
+        Outcome::Differs(d) => Candidate {
+            algo,
+            us: None,
+            difference,
+            rejected: Some(format!(
+                "its output differs from the default algorithm's by {d:.2e}"
+            )),
+            origin,
+        },
+    }
+}
+
+/// Times the heuristic's candidates; returns them and the default's output.
+fn heuristic_candidates(
+    trial: &Trial,
+    algos: Vec<[u64; 8]>,
+) -> Result<(Vec<Candidate>, Option<Vec<f32>>), RuntimeError> {
+    let mut candidates: Vec<Candidate> = Vec::with_capacity(algos.len());
+    let mut reference: Option<Vec<f32>> = None;
+    for algo in algos {
+        let plans = match trial.plans(algo) {
+            Ok(plans) => plans,
+            Err(why) => {
+                candidates.push(Candidate {
+                    algo,
+                    us: None,
+                    difference: f64::NAN,
+                    rejected: Some(why),
+                    origin: Origin::Heuristic,
+                });
+                continue;
+            }
+        };
+        let (outcome, difference) = trial.run(&plans, reference.as_deref())?;
+        candidates.push(candidate(algo, Origin::Heuristic, &outcome, difference));
+        if let (None, Outcome::Timed(out, _)) = (&reference, outcome) {
+            reference = Some(out);
+        }
+    }
+    Ok((candidates, reference))
+}
+
+/// Searches the configurations around candidate `start` (see the module
+/// docs), appending every configuration that ran to `candidates`. `Ok(Err)`
+/// says why the search could not start.
+fn search_candidates(
+    trial: &Trial,
+    search: &SearchOptions,
+    reference: &[f32],
+    candidates: &mut Vec<Candidate>,
+    start: usize,
+) -> Result<Result<SearchSummary, String>, RuntimeError> {
+    let Some((start_algo, start_us)) = candidates
+        .get(start)
+        .and_then(|c| c.us.map(|us| (c.algo, us)))
+    else {
+        return Ok(Err("no heuristic candidate was timed".into()));
+    };
+    let blas = &trial.bench.blas;
+    let prepared = (|| -> Result<_, String> {
+        let types = matmul_types(trial.g)?;
+        let start = gemm_algo::read_config(start_algo)?;
+        let space = GemmSpace::new(&LtCapabilities::new(blas, types), &start)?;
+        Ok((types, space))
+    })();
+    let (types, space) = match prepared {
+        Ok(p) => p,
+        Err(why) => return Ok(Err(why)),
+    };
+    let mut found: Vec<Candidate> = Vec::new();
+    let mut failure: Option<RuntimeError> = None;
+    let summary = search_space(
+        &space,
+        search,
+        start_us,
+        |a| {
+            let algo = gemm_algo::build(blas, types, a)?;
+            trial.plans(algo).map(|plans| (algo, plans))
+        },
+        |_, (algo, plans)| {
+            if failure.is_some() {
+                return Measurement::Rejected("an earlier launch failed".into());
+            }
+            match trial.run(&plans, Some(reference)) {
+                Ok((outcome, difference)) => {
+                    let c = candidate(algo, Origin::Search, &outcome, difference);
+                    let m = match (&c.us, &c.rejected) {
+                        (Some(us), _) => Measurement::Time(*us),
+                        (None, why) => Measurement::Rejected(why.clone().unwrap_or_default()),
+                    };
+                    found.push(c);
+                    m
+                }
+                // cuBLASLt turning a configuration down at launch (its
+                // check passed) rejects it; a failing GPU ends the run.
+                Err(e @ RuntimeError::Cublas { .. }) => {
+                    let why = format!("cuBLASLt would not run it: {e}");
+                    found.push(Candidate {
+                        algo,
+                        us: None,
+                        difference: f64::NAN,
+                        rejected: Some(why.clone()),
+                        origin: Origin::Search,
+                    });
+                    Measurement::Rejected(why)
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    Measurement::Rejected("the launch failed".into())
+                }
+            }
+        },
+    );
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    candidates.extend(found);
+    Ok(summary.map_err(|e| e.to_string()))
+}
+
+/// The deadline of one GEMM's search: an equal share, among the `left`
+/// GEMMs still to measure (this one included), of the time from `now` to
+/// `deadline`, and never after `own` (the search options' deadline).
+pub fn search_deadline(
+    now: Instant,
+    deadline: Option<Instant>,
+    left: usize,
+    own: Option<Instant>,
+) -> Option<Instant> {
+    let parts = u32::try_from(left.max(1)).unwrap_or(u32::MAX);
+    let share = deadline.map(|d| now + d.saturating_duration_since(now) / parts);
+    match (share, own) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// A tuning run: where it ran and what it measured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GemmTuneRun {
@@ -331,10 +611,11 @@ pub struct GemmTuneRun {
 }
 
 /// Times cuBLASLt's candidate algorithms for every distinct GEMM of
-/// `schedule` on the GPU (see the module docs; `options.only` and
-/// `options.deadline` limit which), calling `progress(done, total, result)`
-/// after each. Fails like the engine does without CUDA or a device
-/// ([`RuntimeError::NoCuda`], [`RuntimeError::Device`]).
+/// `schedule` on the GPU and searches their configurations (see the module
+/// docs; `options.only` and `options.deadline` limit which), calling
+/// `progress(done, total, result)` after each. Fails like the engine does
+/// without CUDA or a device ([`RuntimeError::NoCuda`],
+/// [`RuntimeError::Device`]).
 pub fn tune_gemms(
     schedule: &Schedule,
     options: &GemmTuneOptions,
@@ -349,7 +630,8 @@ pub fn tune_gemms(
     let driver = crate::cuda::driver_version()?;
     let mut results = Vec::with_capacity(groups.len());
     for (done, (key, steps)) in groups.iter().enumerate() {
-        if options.deadline.is_some_and(|d| Instant::now() >= d) {
+        let now = Instant::now();
+        if options.deadline.is_some_and(|d| now >= d) {
             return Ok(GemmTuneRun {
                 device,
                 driver,
@@ -357,6 +639,10 @@ pub fn tune_gemms(
                 out_of_time: groups.len() - done,
             });
         }
+        let search = options.search.as_ref().map(|s| SearchOptions {
+            deadline: search_deadline(now, options.deadline, groups.len() - done, s.deadline),
+            ..s.clone()
+        });
         let Step::Gemm(template) = &schedule.steps[steps[0]] else {
             unreachable!("distinct_gemms groups GEMM steps")
         };
@@ -364,91 +650,7 @@ pub fn tune_gemms(
             algo: None,
             ..template.clone()
         };
-        let fail = |reason: String| RuntimeError::Step {
-            index: steps[0],
-            step: format!("gemm `{}` m={} n={} k={}", g.name, g.m, g.n, g.k),
-            reason,
-        };
-        // Enough copies that one launch's operands evict the previous ones'.
-        let (a_rows, a_cols) = g.a_dims();
-        let (b_rows, b_cols) = g.b_dims();
-        let per_copy = matrix_bytes(a_rows, a_cols, g.lda, g.dtype)
-            + matrix_bytes(b_rows, b_cols, g.ldb, g.dtype);
-        let copies = copies(bench.gpu.l2_bytes, per_copy);
-        let operands = (0..copies)
-            .map(|c| bench.operands(schedule, &g, 1 + 10 * c as u64))
-            .collect::<Result<Vec<_>, _>>()?;
-        let algos = heuristic_algos(
-            &bench.blas,
-            &g,
-            operands[0].addrs(),
-            bench.workspace_bytes,
-            options.candidates,
-        )
-        .map_err(fail)?;
-        let mut candidates: Vec<Candidate> = Vec::with_capacity(algos.len());
-        let mut reference: Option<Vec<f32>> = None;
-        for algo in algos {
-            let with_algo = Gemm {
-                algo: Some(algo),
-                ..g.clone()
-            };
-            let plans: Result<Vec<GemmPlan>, String> = operands
-                .iter()
-                .map(|o| GemmPlan::new(&bench.blas, &with_algo, o.addrs(), bench.workspace_bytes))
-                .collect();
-            let plans = match plans {
-                Ok(plans) => plans,
-                Err(why) => {
-                    candidates.push(Candidate {
-                        algo,
-                        us: None,
-                        difference: f64::NAN,
-                        rejected: Some(why),
-                    });
-                    continue;
-                }
-            };
-            let out = bench.output(&plans[0], &operands[0], &g)?;
-            let difference = match &reference {
-                Some(r) => rel_l2(&out, r),
-                None => 0.0,
-            };
-            if reference.is_none() {
-                reference = Some(out);
-            }
-            if difference.is_nan() || difference > options.tolerance {
-                candidates.push(Candidate {
-                    algo,
-                    us: None,
-                    difference,
-                    rejected: Some(format!(
-                        "its output differs from the default algorithm's by {difference:.2e}"
-                    )),
-                });
-                continue;
-            }
-            let us = bench.time(&plans, options)?;
-            candidates.push(Candidate {
-                algo,
-                us: Some(us),
-                difference,
-                rejected: None,
-            });
-        }
-        if candidates.first().is_none_or(|c| c.us.is_none()) {
-            return Err(fail(
-                "cuBLASLt's first algorithm could not be run for tuning".into(),
-            ));
-        }
-        let best = best_candidate(&candidates);
-        let result = GemmTuning {
-            key: key.clone(),
-            name: g.name.clone(),
-            steps: steps.clone(),
-            candidates,
-            best,
-        };
+        let result = tune_one(&bench, schedule, &g, key, steps, options, search.as_ref())?;
         progress(done + 1, groups.len(), &result);
         results.push(result);
     }
@@ -457,6 +659,72 @@ pub fn tune_gemms(
         driver,
         gemms: results,
         out_of_time: 0,
+    })
+}
+
+/// Measures one distinct GEMM `g` (the steps `steps`): the heuristic's
+/// candidates, then the search with `search`.
+fn tune_one(
+    bench: &Bench,
+    schedule: &Schedule,
+    g: &Gemm,
+    key: &str,
+    steps: &[usize],
+    options: &GemmTuneOptions,
+    search: Option<&SearchOptions>,
+) -> Result<GemmTuning, RuntimeError> {
+    let fail = |reason: String| RuntimeError::Step {
+        index: steps[0],
+        step: format!("gemm `{}` m={} n={} k={}", g.name, g.m, g.n, g.k),
+        reason,
+    };
+    // Enough copies that one launch's operands evict the previous ones'.
+    let (a_rows, a_cols) = g.a_dims();
+    let (b_rows, b_cols) = g.b_dims();
+    let per_copy =
+        matrix_bytes(a_rows, a_cols, g.lda, g.dtype) + matrix_bytes(b_rows, b_cols, g.ldb, g.dtype);
+    let copies = copies(bench.gpu.l2_bytes, per_copy);
+    let operands = (0..copies)
+        .map(|c| bench.operands(schedule, g, 1 + 10 * c as u64))
+        .collect::<Result<Vec<_>, _>>()?;
+    let algos = heuristic_algos(
+        &bench.blas,
+        g,
+        operands[0].addrs(),
+        bench.workspace_bytes,
+        options.candidates,
+    )
+    .map_err(fail)?;
+    let trial = Trial {
+        bench,
+        g,
+        operands,
+        options,
+    };
+    let (mut candidates, reference) = heuristic_candidates(&trial, algos)?;
+    let Some(reference) = reference.filter(|_| candidates.first().is_some_and(|c| c.us.is_some()))
+    else {
+        return Err(fail(
+            "cuBLASLt's first algorithm could not be run for tuning".into(),
+        ));
+    };
+    let (mut summary, mut skipped) = (None, None);
+    if let Some(search) = search {
+        let start = best_candidate(&candidates);
+        match search_candidates(&trial, search, &reference, &mut candidates, start)? {
+            Ok(s) => summary = Some(s),
+            Err(why) => skipped = Some(why),
+        }
+    }
+    let best = best_candidate(&candidates);
+    Ok(GemmTuning {
+        key: key.to_string(),
+        name: g.name.clone(),
+        steps: steps.to_vec(),
+        candidates,
+        best,
+        search: summary,
+        search_skipped: skipped,
     })
 }
 
@@ -508,6 +776,7 @@ mod tests {
             us,
             difference: 0.0,
             rejected: None,
+            origin: Origin::Heuristic,
         }
     }
 
@@ -524,6 +793,8 @@ mod tests {
             steps,
             candidates,
             best,
+            search: None,
+            search_skipped: None,
         }
     }
 
@@ -547,5 +818,56 @@ mod tests {
         assert_eq!(chosen[&3], [1; 8]);
         let (default, best) = per_forward_us(&results);
         assert_eq!((default, best), (40.0, 35.9));
+    }
+
+    #[test]
+    fn searched_candidates_are_reported_apart() {
+        let mut t = tuning(vec![1], &[Some(10.0), Some(9.0), Some(12.0)]);
+        assert_eq!(t.best_searched_us(), None, "no search ran");
+        t.candidates[2].origin = Origin::Search;
+        t.candidates.push(Candidate {
+            origin: Origin::Search,
+            rejected: Some("differs".into()),
+            ..candidate(None)
+        });
+        t.search = Some(SearchSummary {
+            space: String::new(),
+            start: Default::default(),
+            best: Default::default(),
+            start_us: 9.0,
+            best_us: 9.0,
+            measured: 3,
+            rejected_unlaunched: 5,
+            rejected_launched: 1,
+            out_of_time: false,
+        });
+        assert_eq!(t.best_heuristic_us(), 9.0);
+        assert_eq!(t.best_searched_us(), Some(9.0), "nothing beat the start");
+        assert_eq!(t.heuristic_counts(), (2, 0));
+        t.candidates[2].us = Some(7.0);
+        t.best = best_candidate(&t.candidates);
+        assert_eq!((t.best, t.best_us()), (2, 7.0));
+        assert_eq!(t.best_searched_us(), Some(7.0));
+    }
+
+    #[test]
+    fn each_search_gets_an_equal_share_of_the_time_left() {
+        use std::time::Duration;
+        let now = Instant::now();
+        let end = now + Duration::from_secs(60);
+        assert_eq!(
+            search_deadline(now, Some(end), 4, None),
+            Some(now + Duration::from_secs(15))
+        );
+        let own = now + Duration::from_secs(5);
+        assert_eq!(search_deadline(now, Some(end), 4, Some(own)), Some(own));
+        assert_eq!(search_deadline(now, None, 4, Some(own)), Some(own));
+        assert_eq!(search_deadline(now, None, 4, None), None);
+        assert_eq!(search_deadline(now, Some(end), 0, None), Some(end));
+        assert_eq!(
+            search_deadline(now, Some(now), 3, None),
+            Some(now),
+            "a spent budget leaves nothing"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! The runtime apps link: loads a compiled artifact and real checkpoint
 //! weights, and runs the schedule as one CUDA graph. It depends only on
-//! `fluxc-artifact` and `fluxc-checkpoint`, never on the compiler.
+//! `fluxc-artifact`, `fluxc-checkpoint` and `fluxc-autotune` (the search
+//! GEMM tuning runs), never on the compiler.
 //!
 //! ```no_run
 //! use std::path::Path;
@@ -34,7 +35,10 @@
 //! buffer dtypes), [`compile`] (NVRTC and the CUBIN cache), [`cuda`]
 //! (library checks and RAII driver handles), `blas` (cuBLASLt, fp8 GEMMs
 //! included), [`bench`] (what the GPU tuners share), [`gemm_tuning`] (timing cuBLASLt's candidate algorithms of
-//! every GEMM of a schedule, for `fluxc tune`), [`kernel_bench`] (timing
+//! every GEMM of a schedule, for `fluxc tune`), [`gemm_space`] (a GEMM's
+//! cuBLASLt algorithm configurations as a search space), `gemm_algo`
+//! (cuBLASLt's algorithm ids, capabilities and configuration attributes),
+//! [`gemm_search`] (coordinate descent over that space), [`kernel_bench`] (timing
 //! variants of a generated kernel, for the kernel autotuner), `plan` (device addresses, kernel parameters, extent checks), `tensor_map`
 //! (the attention kernel's TMA descriptors),
 //! `engine` ([`Engine`]), `timing` ([`Timing`]), `options` ([`LoadOptions`]),
@@ -49,6 +53,9 @@ pub mod cuda;
 mod engine;
 mod error;
 pub mod fp8_cache;
+mod gemm_algo;
+pub mod gemm_search;
+pub mod gemm_space;
 pub mod gemm_tuning;
 pub mod kernel_bench;
 mod options;
