@@ -254,6 +254,7 @@ fn describe(source: &WeightSource) -> String {
             format!("concat({})", parts.join(", "))
         }
         WeightSource::Reshape { of, shape } => format!("reshape({}, {shape:?})", describe(of)),
+        WeightSource::Permute { of, perm } => format!("permute({}, {perm:?})", describe(of)),
         WeightSource::Fp8Quantize {
             of,
             format,
