@@ -239,11 +239,7 @@ fn permute(from: &[usize], all: &[f32], perm: &[usize]) -> Vec<f32> {
     let mut out = Vec::with_capacity(all.len());
     let mut index = vec![0usize; to.len()];
     for _ in 0..all.len() {
-        let at: usize = index
-            .iter()
-            .zip(perm)
-            .map(|(&i, &a)| i * strides[a])
-            .sum();
+        let at: usize = index.iter().zip(perm).map(|(&i, &a)| i * strides[a]).sum();
         out.push(all[at]);
         // The next index of the result, row-major.
         for a in (0..to.len()).rev() {

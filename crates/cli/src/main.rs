@@ -40,7 +40,7 @@ enum Command {
         #[arg(short, long)]
         out: Option<PathBuf>,
         /// Print the IR after this pass (dce, cse, simplify, conv1x1_as_mm,
-        /// fuse_qkv, fp8, hoist_weights, fusion).
+        /// conv_im2col, fuse_qkv, fp8, hoist_weights, fusion).
         #[arg(long, value_name = "PASS")]
         dump_after: Option<String>,
         /// Give every buffer its own memory (keeps intermediates readable).
