@@ -19,6 +19,7 @@ use std::collections::HashSet;
 
 use fluxc_ir::{DType, Graph, NodeId, Op, MIN_AMAX};
 
+use crate::buffers::Buf;
 use crate::emit::{float_literal, Emitter, Index, Param};
 use crate::CodegenError;
 
@@ -743,11 +744,11 @@ pub fn tensor_scale_with(
         source,
         params: vec![
             Param {
-                node: x,
+                buf: Buf::Node(x),
                 written: false,
             },
             Param {
-                node,
+                buf: Buf::Node(node),
                 written: true,
             },
         ],
@@ -842,7 +843,7 @@ fn finish(
     let params = e.params().to_vec();
     let mut signature = Vec::new();
     for (i, p) in params.iter().enumerate() {
-        let ty = c_type(graph.ty(p.node).dtype)?;
+        let ty = c_type(p.buf.dtype(graph))?;
         let constness = if p.written { "" } else { "const " };
         signature.push(format!("{constness}{ty}* __restrict__ p{i}"));
     }

@@ -109,10 +109,9 @@ pub fn tunable_kernels(optimized: &Optimized) -> Result<Vec<TunableKernel>, Code
             .params
             .iter()
             .map(|p| {
-                let ty = graph.ty(p.node);
                 Ok(ParamSpec {
-                    dtype: elem_type(ty.dtype)?,
-                    elements: ty.shape.numel() as u64,
+                    dtype: elem_type(p.buf.dtype(graph))?,
+                    elements: p.buf.elements(graph),
                     written: p.written,
                 })
             })

@@ -22,6 +22,7 @@ use fluxc_passes::fusion::{FusionPlan, GroupKind};
 use crate::attention::{
     grid as attention_grid, render_attention, render_simt_attention, AttentionKernel,
 };
+use crate::buffers::Buf;
 use crate::kernels::{self, KernelSource};
 use crate::CodegenError;
 
@@ -90,14 +91,14 @@ pub enum PendingStep {
 }
 
 impl PendingStep {
-    /// Materialized values the step reads.
-    pub fn reads(&self) -> Vec<NodeId> {
+    /// Buffers the step reads.
+    pub fn reads(&self) -> Vec<Buf> {
         match self {
             PendingStep::Kernel(k) => k
                 .params
                 .iter()
                 .filter(|p| !p.written)
-                .map(|p| p.node)
+                .map(|p| p.buf)
                 .collect(),
             PendingStep::Gemm {
                 x, w, bias, scales, ..
@@ -110,22 +111,23 @@ impl PendingStep {
             ]
             .into_iter()
             .flatten()
+            .map(Buf::Node)
             .collect(),
-            PendingStep::Attention { q, k, v, .. } => vec![*q, *k, *v],
+            PendingStep::Attention { q, k, v, .. } => [*q, *k, *v].map(Buf::Node).to_vec(),
         }
     }
 
-    /// Materialized values the step writes.
-    pub fn writes(&self) -> Vec<NodeId> {
+    /// Buffers the step writes.
+    pub fn writes(&self) -> Vec<Buf> {
         match self {
             PendingStep::Kernel(k) => k
                 .params
                 .iter()
                 .filter(|p| p.written)
-                .map(|p| p.node)
+                .map(|p| p.buf)
                 .collect(),
-            PendingStep::Gemm { out, .. } => vec![*out],
-            PendingStep::Attention { node, .. } => vec![*node],
+            PendingStep::Gemm { out, .. } => vec![Buf::Node(*out)],
+            PendingStep::Attention { node, .. } => vec![Buf::Node(*node)],
         }
     }
 }
@@ -411,34 +413,34 @@ fn kernel_name(graph: &Graph, n: usize, k: &KernelSource) -> String {
         .params
         .iter()
         .filter(|p| p.written)
-        .max_by_key(|p| graph.ty(p.node).shape.numel())
-        .map(|p| graph.ty(p.node).dtype.name())
+        .max_by_key(|p| p.buf.elements(graph))
+        .map(|p| p.buf.dtype(graph).name())
         .unwrap_or("f32");
     format!("k{n}_{}_{dtype}", ops.join("_"))
 }
 
-/// Every value some step reads or writes, plus graph inputs and outputs.
-pub fn materialized(graph: &Graph, steps: &[PendingStep]) -> Vec<NodeId> {
+/// Every buffer some step reads or writes, plus graph inputs and outputs.
+pub fn materialized(graph: &Graph, steps: &[PendingStep]) -> Vec<Buf> {
     let mut seen = HashSet::new();
     let mut values = Vec::new();
-    let mut add = |id: NodeId| {
-        if seen.insert(id) {
-            values.push(id);
+    let mut add = |b: Buf| {
+        if seen.insert(b) {
+            values.push(b);
         }
     };
     let live = graph.live_nodes();
     for id in graph.inputs() {
         if live.contains(&id) {
-            add(id);
+            add(Buf::Node(id));
         }
     }
     for step in steps {
-        for id in step.reads().into_iter().chain(step.writes()) {
-            add(id);
+        for b in step.reads().into_iter().chain(step.writes()) {
+            add(b);
         }
     }
     for (_, out) in graph.outputs() {
-        add(storage_of(graph, *out));
+        add(Buf::Node(storage_of(graph, *out)));
     }
     values
 }

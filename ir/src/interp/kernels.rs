@@ -598,7 +598,7 @@ fn im2col(
                         let iy = (oy * stride[0] + ky) as isize - padding[0] as isize;
                         let ix = (ox * stride[1] + kx) as isize - padding[1] as isize;
                         if iy < 0 || iy >= h as isize || ix < 0 || ix >= w as isize {
-                            data.extend(std::iter::repeat(0.0).take(c));
+                            data.extend(std::iter::repeat_n(0.0, c));
                         } else {
                             let base = ((b * h + iy as usize) * w + ix as usize) * c;
                             data.extend_from_slice(&x.data[base..base + c]);
