@@ -16,7 +16,7 @@ use std::fmt::Write;
 
 use fluxc_ir::{BinaryOp, DType, Graph, NodeId, Op, UnaryOp};
 
-use crate::buffers::Buf;
+use crate::buffers::{Buf, Temp};
 use crate::lanes::{Lane, Lanes};
 use crate::CodegenError;
 
@@ -98,6 +98,12 @@ pub struct Emitter<'g> {
     branches: Vec<Branch>,
     /// Wide loads requested since [`Emitter::take_vector_loads`].
     vector_loads: Vec<WideLoad>,
+    /// GroupNorms computed from the `(mean, rstd)` pairs a statistics
+    /// kernel left in a temporary.
+    group_stats: HashMap<NodeId, Temp>,
+    /// The C type of index variables: `int`, or `long long` in kernels
+    /// over tensors of more than 2³¹ − 1 elements.
+    index_type: &'static str,
 }
 
 impl<'g> Emitter<'g> {
@@ -123,7 +129,27 @@ impl<'g> Emitter<'g> {
             lanes: Lanes::new(1),
             branches: Vec::new(),
             vector_loads: Vec::new(),
+            group_stats: HashMap::new(),
+            index_type: "int",
         }
+    }
+
+    /// Binds index variables as 64-bit integers from now on (for kernels
+    /// over tensors of more than 2³¹ − 1 elements, such as a conv's patch
+    /// matrix at 1024²).
+    pub fn use_wide_indices(&mut self) {
+        self.index_type = "long long";
+    }
+
+    /// The C type of index variables.
+    pub fn index_type(&self) -> &'static str {
+        self.index_type
+    }
+
+    /// Computes GroupNorm `node` from the `(mean, rstd)` pairs per (batch,
+    /// group) in `stats` (see `group_norm.rs`).
+    pub fn use_group_stats(&mut self, node: NodeId, stats: Temp) {
+        self.group_stats.insert(node, stats);
     }
 
     /// Serves loads at linear index `var` (within an element loop over `v`)
@@ -250,7 +276,7 @@ impl<'g> Emitter<'g> {
             return v.clone();
         }
         let name = self.fresh("t");
-        self.line(format!("const int {name} = {expr};"));
+        self.line(format!("const {} {name} = {expr};", self.index_type));
         self.lanes.bind(&name, &expr);
         self.scope().bound.insert(expr, name.clone());
         name
@@ -460,6 +486,9 @@ impl<'g> Emitter<'g> {
                 return self.value(operands[0], &inner);
             }
             Op::Concat { axis } => return self.concat(&operands, *axis, index),
+            Op::GroupNorm { groups, .. } => {
+                return self.group_norm(id, &operands, *groups, index);
+            }
             Op::Im2col {
                 kernel,
                 stride,
@@ -548,6 +577,43 @@ impl<'g> Emitter<'g> {
             self.close();
             offset += len;
         }
+        Ok(v)
+    }
+
+    /// GroupNorm `id` at `[n, h, w, c]`: `(x − mean)·rstd·weight[c] +
+    /// bias[c]` with the statistics of `c`'s group in batch `n`.
+    fn group_norm(
+        &mut self,
+        id: NodeId,
+        operands: &[NodeId],
+        groups: usize,
+        index: &Index,
+    ) -> Result<String, CodegenError> {
+        let Some(&stats) = self.group_stats.get(&id) else {
+            return Err(CodegenError::Invalid(
+                "a group_norm in a kernel without its statistics".into(),
+            ));
+        };
+        let c = self.graph.ty(id).shape.dims()[3];
+        let per_group = c / groups;
+        let channel = &index[3];
+        let group = if per_group == 1 {
+            channel.clone()
+        } else {
+            self.bind_index(format!("{channel} / {per_group}"))
+        };
+        let at = self.bind_index(linearize(
+            &vec![index[0].clone(), group, "0".into()],
+            &[usize::MAX, groups, 2],
+        ));
+        let p = self.param_buf(Buf::Temp(stats), false);
+        let x = self.value(operands[0], index)?;
+        let w = self.value(operands[1], &vec![channel.clone()])?;
+        let b = self.value(operands[2], &vec![channel.clone()])?;
+        let v = self.fresh("v");
+        self.line(format!(
+            "const float {v} = (({x} - fx_load(p{p}, {at})) * fx_load(p{p}, {at} + 1)) * {w} + {b};"
+        ));
         Ok(v)
     }
 

@@ -11,11 +11,13 @@
 pub mod attention;
 mod buffers;
 mod emit;
+mod group_norm;
 mod kernels;
 mod lanes;
 pub mod launch;
 mod lower;
 pub mod memory;
+mod softmax;
 mod write;
 
 use std::collections::{BTreeMap, HashMap};
@@ -262,6 +264,35 @@ pub fn generate_with(
                 fast_accumulation: scales.is_some() && optimized.fp8_fast_accumulation,
                 algo: None,
             }),
+            PendingStep::Product(p) => {
+                let at = |o: &lower::Operand| -> Result<Tensor, CodegenError> {
+                    Ok(Tensor {
+                        buffer: buffer_of[&o.buf],
+                        offset: o.offset * elem_type(p.dtype)?.size_bytes(),
+                    })
+                };
+                Step::Gemm(Gemm {
+                    name: format!("{} ({})", describe(graph, p.node, &number), p.what),
+                    dtype: elem_type(p.dtype)?,
+                    trans_a: p.trans_a,
+                    trans_b: p.trans_b,
+                    m: p.m,
+                    n: p.n,
+                    k: p.k,
+                    a: at(&p.a)?,
+                    lda: p.a.ld,
+                    b: at(&p.b)?,
+                    ldb: p.b.ld,
+                    d: at(&p.d)?,
+                    ldd: p.d.ld,
+                    bias: None,
+                    epilogue: GemmEpilogue::Default,
+                    d_dtype: None,
+                    scales: None,
+                    fast_accumulation: false,
+                    algo: None,
+                })
+            }
             PendingStep::Attention {
                 node,
                 q,
