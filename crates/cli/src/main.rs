@@ -7,6 +7,7 @@
 mod check;
 mod compile;
 mod kernel_tuning;
+mod layout;
 mod run;
 mod tune;
 
@@ -91,6 +92,11 @@ enum Command {
         /// Time every step of one forward and print where the time goes.
         #[arg(long)]
         profile: bool,
+        /// 4-D tensors in --inputs and --output are NCHW (PyTorch's layout,
+        /// as diffusers writes latents and images); fluxc's image tensors
+        /// are channels-last and are permuted on the way in and out.
+        #[arg(long)]
+        nchw: bool,
     },
     /// Time cuBLASLt's candidate algorithms for every GEMM of an artifact on
     /// this machine's GPU and record the fastest in the artifact.
@@ -143,6 +149,7 @@ fn main() -> ExitCode {
             eager,
             json,
             profile,
+            nchw,
         } => run::run(&run::RunArgs {
             artifact: &artifact,
             weights: &weights,
@@ -153,6 +160,7 @@ fn main() -> ExitCode {
             eager,
             json: json.as_deref(),
             profile,
+            nchw,
         }),
         Command::Tune {
             artifact,
