@@ -249,6 +249,7 @@ pub fn stats(
         ));
     }
     let split = prologue(graph, &plan.nodes, &plan.outputs, plan.norm);
+    check_outputs(graph, &split.stored, elements(graph, x)?)?;
     let dims = graph.ty(x).shape.dims().to_vec();
     let (w, c, per_group) = (g.width, g.channels, g.channels / groups);
     let (hw, chunks, rows) = (g.pixels, g.chunks, g.rows);
