@@ -1,6 +1,7 @@
 //! Snapshots of what codegen emits: every kernel and the schedule of the
 //! tiny presets (fp8 off, epilogue fusion on and off; bf16 with fp8 per row
-//! and per tensor), and a summary of the full FLUX.1-schnell schedule. A change here changes what runs on the GPU:
+//! and per tensor; the tiny VAE decoder), and a summary of the full
+//! FLUX.1-schnell and FLUX VAE schedules. A change here changes what runs on the GPU:
 //! review it line by line (`cargo insta review`).
 
 use std::collections::BTreeMap;
@@ -9,7 +10,7 @@ use std::path::PathBuf;
 
 use fluxc::artifact::{Region, Step};
 use fluxc::codegen::{generate, schedule_json, CodegenOptions, Generated};
-use fluxc::models::{flux, ModelConfig};
+use fluxc::models::{build_graph, ModelConfig};
 use fluxc::passes::pipeline::optimize;
 use fluxc::passes::{Fp8Mode, PassOptions};
 
@@ -34,7 +35,7 @@ fn generated_with(
     }
     let cfg = ModelConfig::from_toml_str(&text, &path).unwrap();
     let options = adjust(cfg.passes.options());
-    let optimized = optimize(flux::build_transformer(&cfg).unwrap(), &options).unwrap();
+    let optimized = optimize(build_graph(&cfg).unwrap(), &options).unwrap();
     let opts = CodegenOptions {
         model_name: cfg.model.name.clone(),
         layouts: Vec::new(),
@@ -83,8 +84,24 @@ fn tiny_schnell_fp8_kernels_and_schedule() {
 }
 
 #[test]
+fn tiny_vae_kernels_and_schedule() {
+    let g = generated("tiny-vae", true);
+    insta::assert_snapshot!("tiny_vae_kernels", kernels(&g));
+    insta::assert_snapshot!("tiny_vae_schedule", schedule_json(&g.schedule).unwrap());
+}
+
+#[test]
 fn flux_schnell_schedule_summary() {
-    let g = generated("flux-schnell", true);
+    insta::assert_snapshot!(summary(&generated("flux-schnell", true)));
+}
+
+#[test]
+fn flux_vae_schedule_summary() {
+    insta::assert_snapshot!(summary(&generated("flux-vae", true)));
+}
+
+/// Step counts, kernels, memory and inputs of a schedule.
+fn summary(g: &Generated) -> String {
     let s = &g.schedule;
     let mut steps: BTreeMap<&str, usize> = BTreeMap::new();
     for step in &s.steps {
@@ -121,5 +138,5 @@ fn flux_schnell_schedule_summary() {
         s.inputs.iter().map(|b| &b.name).collect::<Vec<_>>()
     )
     .unwrap();
-    insta::assert_snapshot!(text);
+    text
 }

@@ -8,15 +8,18 @@
 //! both NCHW). The graph is channels-last, so each test permutes `z` to NHWC
 //! and the interpreter's `sample` back to NCHW, builds the graph from
 //! `models/tiny-vae.toml`, loads the weights through the real checkpoint
-//! loader and compares by relative L2.
+//! loader and compares by relative L2. The optimized graph (convs as im2col
+//! GEMMs with load-time-permuted weights, q/k/v fused) is checked the same
+//! way, from both layouts.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 
 use fluxc::ir::interp::{self, Tensor};
+use fluxc::ir::Graph;
 use fluxc::models::checkpoint::{
-    detect_format, load_weights, read_safetensors, resolve_sources, Checkpoint, CheckpointFormat,
-    NameMap,
+    detect_format, load_derived_weights, load_weights, read_safetensors, resolve_sources,
+    Checkpoint, CheckpointFormat, NameMap,
 };
 use fluxc::models::vae::build_vae_decoder;
 use fluxc::models::ModelConfig;
@@ -72,14 +75,30 @@ fn parity(checkpoint: &str, dz: f32) -> f64 {
     let cfg = ModelConfig::load(&root().join("models/tiny-vae.toml")).unwrap();
     let graph = build_vae_decoder(&cfg).unwrap();
     let map = NameMap::of(&cfg).unwrap();
-    let mut inputs: HashMap<String, Tensor> =
-        load_weights(&graph, &fixtures().join(checkpoint), map).unwrap();
+    let inputs = load_weights(&graph, &fixtures().join(checkpoint), map).unwrap();
+    decode(&graph, inputs, checkpoint, dz)
+}
+
+/// [`parity`] of the optimized graph, its weights derived at load time.
+fn optimized_parity(checkpoint: &str) -> f64 {
+    let cfg = ModelConfig::load(&root().join("models/tiny-vae.toml")).unwrap();
+    let graph = build_vae_decoder(&cfg).unwrap();
+    let o = fluxc::passes::pipeline::optimize(graph, &cfg.passes.options()).unwrap();
+    let map = NameMap::of(&cfg).unwrap();
+    let inputs =
+        load_derived_weights(&o.graph, &o.weights, &fixtures().join(checkpoint), map).unwrap();
+    decode(&o.graph, inputs, checkpoint, 0.0)
+}
+
+/// Runs `graph` on the fixture's latents (nudged by `dz`) with `inputs` as
+/// its weights; the relative L2 error of `sample` vs diffusers.
+fn decode(graph: &Graph, mut inputs: HashMap<String, Tensor>, checkpoint: &str, dz: f32) -> f64 {
     let mut io = read_safetensors(&fixtures().join("io.safetensors")).unwrap();
     let expected = io.remove("sample").expect("fixture holds the output");
     let mut z = io.remove("z").expect("fixture holds the latents");
     z.data.iter_mut().for_each(|v| *v += dz);
     inputs.insert("z".into(), nchw_to_nhwc(&z));
-    let outputs = interp::run(&graph, &inputs).unwrap();
+    let outputs = interp::run(graph, &inputs).unwrap();
     let sample = nhwc_to_nchw(&outputs["sample"]);
     let error = sample.rel_l2(&expected);
     eprintln!("tiny-vae from {checkpoint}: relative L2 error {error:e}");
@@ -114,6 +133,13 @@ fn tiny_vae_from_diffusers_checkpoint() {
 #[test]
 fn tiny_vae_from_original_ae_checkpoint() {
     assert!(parity("ae.safetensors", 0.0) <= TOLERANCE);
+}
+
+#[test]
+fn optimized_tiny_vae_from_both_checkpoints() {
+    for checkpoint in ["diffusers", "ae.safetensors"] {
+        assert!(optimized_parity(checkpoint) <= TOLERANCE, "{checkpoint}");
+    }
 }
 
 /// The check above is only meaningful if a wrong model misses it: latents

@@ -107,7 +107,7 @@ struct alignas(N * sizeof(T) >= 16 ? 16 : N * sizeof(T)) fx_vec {
     T x[N];
 };
 template <int N, typename T>
-FX_DEVICE fx_vec<N, T> fx_vload(const T* p, int i) {
+FX_DEVICE fx_vec<N, T> fx_vload(const T* p, long long i) {
     return *reinterpret_cast<const fx_vec<N, T>*>(p + i);
 }
 template <int N>
@@ -121,7 +121,7 @@ FX_DEVICE float fx_vget(const fx_vec<N, __nv_fp8_e4m3>& r, int v) { return float
 template <int N>
 FX_DEVICE float fx_vget(const fx_vec<N, __nv_fp8_e5m2>& r, int v) { return float(r.x[v]); }
 template <int N, typename T>
-FX_DEVICE void fx_vstore(T* p, int i, const float* y) {
+FX_DEVICE void fx_vstore(T* p, long long i, const float* y) {
     fx_vec<N, T> r;
     #pragma unroll
     for (int v = 0; v < N; ++v) fx_store(r.x, v, y[v]);

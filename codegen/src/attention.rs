@@ -52,6 +52,10 @@
 
 use fluxc_artifact::AttentionOperands;
 
+/// The widest head the CUDA-core kernel takes (one query row per warp keeps
+/// its accumulators in registers).
+pub const SIMT_MAX_HEAD_DIM: usize = 256;
+
 /// The CUDA-core reference kernel (`kernels/attention_simt.cu`).
 const SIMT_TEMPLATE: &str = include_str!("../kernels/attention_simt.cu");
 
@@ -68,9 +72,9 @@ pub fn render_simt_attention(
     c_type: &str,
     dtype_name: &str,
 ) -> Result<AttentionKernel, String> {
-    if head_dim == 0 || head_dim > 256 {
+    if head_dim == 0 || head_dim > SIMT_MAX_HEAD_DIM {
         return Err(format!(
-            "attention with head width {head_dim} (at most 256)"
+            "attention with head width {head_dim} (at most {SIMT_MAX_HEAD_DIM})"
         ));
     }
     let name = format!("attention_simt_d{head_dim}_{dtype_name}");

@@ -16,17 +16,18 @@ use std::fmt::Write;
 
 use fluxc_ir::{BinaryOp, DType, Graph, NodeId, Op, UnaryOp};
 
+use crate::buffers::{Buf, Temp};
 use crate::lanes::{Lane, Lanes};
 use crate::CodegenError;
 
 /// A multi-dimensional index: one C expression per dimension.
 pub type Index = Vec<String>;
 
-/// A kernel parameter: a materialized tensor the kernel reads or writes.
+/// A kernel parameter: a buffer the kernel reads or writes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Param {
-    /// The node whose buffer it is.
-    pub node: NodeId,
+    /// The buffer.
+    pub buf: Buf,
     /// Whether the kernel writes it.
     pub written: bool,
 }
@@ -71,7 +72,7 @@ pub struct Emitter<'g> {
     computed: std::collections::HashSet<NodeId>,
     /// Parameters in order of first use.
     params: Vec<Param>,
-    param_index: HashMap<NodeId, usize>,
+    param_index: HashMap<Buf, usize>,
     lines: Vec<String>,
     indent: usize,
     next_var: usize,
@@ -97,6 +98,12 @@ pub struct Emitter<'g> {
     branches: Vec<Branch>,
     /// Wide loads requested since [`Emitter::take_vector_loads`].
     vector_loads: Vec<WideLoad>,
+    /// GroupNorms computed from the `(mean, rstd)` pairs a statistics
+    /// kernel left in a temporary.
+    group_stats: HashMap<NodeId, Temp>,
+    /// The C type of index variables: `int`, or `long long` in kernels
+    /// over tensors of more than 2³¹ − 1 elements.
+    index_type: &'static str,
 }
 
 impl<'g> Emitter<'g> {
@@ -122,7 +129,27 @@ impl<'g> Emitter<'g> {
             lanes: Lanes::new(1),
             branches: Vec::new(),
             vector_loads: Vec::new(),
+            group_stats: HashMap::new(),
+            index_type: "int",
         }
+    }
+
+    /// Binds index variables as 64-bit integers from now on (for kernels
+    /// over tensors of more than 2³¹ − 1 elements, such as a conv's patch
+    /// matrix at 1024²).
+    pub fn use_wide_indices(&mut self) {
+        self.index_type = "long long";
+    }
+
+    /// The C type of index variables.
+    pub fn index_type(&self) -> &'static str {
+        self.index_type
+    }
+
+    /// Computes GroupNorm `node` from the `(mean, rstd)` pairs per (batch,
+    /// group) in `stats` (see `group_norm.rs`).
+    pub fn use_group_stats(&mut self, node: NodeId, stats: Temp) {
+        self.group_stats.insert(node, stats);
     }
 
     /// Serves loads at linear index `var` (within an element loop over `v`)
@@ -249,7 +276,7 @@ impl<'g> Emitter<'g> {
             return v.clone();
         }
         let name = self.fresh("t");
-        self.line(format!("const int {name} = {expr};"));
+        self.line(format!("const {} {name} = {expr};", self.index_type));
         self.lanes.bind(&name, &expr);
         self.scope().bound.insert(expr, name.clone());
         name
@@ -276,12 +303,17 @@ impl<'g> Emitter<'g> {
 
     /// The parameter slot of `node`'s buffer, registering it on first use.
     pub fn param(&mut self, node: NodeId, written: bool) -> usize {
-        if let Some(&i) = self.param_index.get(&node) {
+        self.param_buf(Buf::Node(node), written)
+    }
+
+    /// The parameter slot of `buf`, registering it on first use.
+    pub fn param_buf(&mut self, buf: Buf, written: bool) -> usize {
+        if let Some(&i) = self.param_index.get(&buf) {
             self.params[i].written |= written;
             return i;
         }
-        self.params.push(Param { node, written });
-        self.param_index.insert(node, self.params.len() - 1);
+        self.params.push(Param { buf, written });
+        self.param_index.insert(buf, self.params.len() - 1);
         self.params.len() - 1
     }
 
@@ -454,6 +486,14 @@ impl<'g> Emitter<'g> {
                 return self.value(operands[0], &inner);
             }
             Op::Concat { axis } => return self.concat(&operands, *axis, index),
+            Op::GroupNorm { groups, .. } => {
+                return self.group_norm(id, &operands, *groups, index);
+            }
+            Op::Im2col {
+                kernel,
+                stride,
+                padding,
+            } => return self.im2col(operands[0], *kernel, *stride, *padding, index),
             Op::ApplyRope => return self.apply_rope(operands[0], operands[1], index),
             Op::RopeTable { axes_dim, theta } => {
                 return self.rope_table(operands[0], axes_dim, theta.get(), index)
@@ -540,6 +580,91 @@ impl<'g> Emitter<'g> {
         Ok(v)
     }
 
+    /// GroupNorm `id` at `[n, h, w, c]`: `(x − mean)·rstd·weight[c] +
+    /// bias[c]` with the statistics of `c`'s group in batch `n`.
+    fn group_norm(
+        &mut self,
+        id: NodeId,
+        operands: &[NodeId],
+        groups: usize,
+        index: &Index,
+    ) -> Result<String, CodegenError> {
+        let Some(&stats) = self.group_stats.get(&id) else {
+            return Err(CodegenError::Invalid(
+                "a group_norm in a kernel without its statistics".into(),
+            ));
+        };
+        let c = self.graph.ty(id).shape.dims()[3];
+        let per_group = c / groups;
+        let channel = &index[3];
+        let group = if per_group == 1 {
+            channel.clone()
+        } else {
+            self.bind_index(format!("{channel} / {per_group}"))
+        };
+        let at = self.bind_index(linearize(
+            &vec![index[0].clone(), group, "0".into()],
+            &[usize::MAX, groups, 2],
+        ));
+        let p = self.param_buf(Buf::Temp(stats), false);
+        let x = self.value(operands[0], index)?;
+        let w = self.value(operands[1], &vec![channel.clone()])?;
+        let b = self.value(operands[2], &vec![channel.clone()])?;
+        let v = self.fresh("v");
+        self.line(format!(
+            "const float {v} = (({x} - fx_load(p{p}, {at})) * fx_load(p{p}, {at} + 1)) * {w} + {b};"
+        ));
+        Ok(v)
+    }
+
+    /// Element `[n, oy, ox, col]` of the patches of `x` `[N, H, W, C]`:
+    /// `x[n, oy·sh − ph + ky, ox·sw − pw + kx, c]` where column `col` is
+    /// `(ky·KW + kx)·C + c`, or 0 in the padding. With `C` a multiple of the
+    /// vector width the tap, and so the bounds test, is the same for every
+    /// lane, and the channels load as one wide load guarded by it.
+    fn im2col(
+        &mut self,
+        x: NodeId,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+        index: &Index,
+    ) -> Result<String, CodegenError> {
+        let dims = self.graph.ty(x).shape.dims().to_vec();
+        let (h, w, c) = (dims[1], dims[2], dims[3]);
+        let col = &index[3];
+        let (tap, channel) = if c == 1 {
+            (col.clone(), "0".to_string())
+        } else {
+            (
+                self.bind_index(format!("{col} / {c}")),
+                self.bind_index(format!("{col} % {c}")),
+            )
+        };
+        let (ky, kx) = match kernel {
+            [_, 1] => (tap, "0".to_string()),
+            [1, _] => ("0".to_string(), tap),
+            [_, kw] => (
+                self.bind_index(format!("{tap} / {kw}")),
+                self.bind_index(format!("{tap} % {kw}")),
+            ),
+        };
+        let iy = self.bind_index(window_position(&index[1], stride[0], &ky, padding[0]));
+        let ix = self.bind_index(window_position(&index[2], stride[1], &kx, padding[1]));
+        let inside = |y: &str, x: &str| format!("{y} >= 0 && {y} < {h} && {x} >= 0 && {x} < {w}");
+        let uniform = match (self.lanes.uniform(&iy), self.lanes.uniform(&ix)) {
+            (Some(y), Some(x)) => Some(inside(&y, &x)),
+            _ => None,
+        };
+        let v = self.fresh("v");
+        self.line(format!("float {v} = 0.0f;"));
+        self.open_branch(&format!("if ({})", inside(&iy, &ix)), uniform);
+        let value = self.value(x, &vec![index[0].clone(), iy, ix, channel])?;
+        self.line(format!("{v} = {value};"));
+        self.close();
+        Ok(v)
+    }
+
     /// `x` rotated by the table's angle for its pair: even elements
     /// `x·cos − partner·sin`, odd ones `x·cos + partner·sin`.
     fn apply_rope(
@@ -602,6 +727,28 @@ impl<'g> Emitter<'g> {
             "const float {v} = (float)({which} == 0 ? cos({v}_angle) : sin({v}_angle));"
         ));
         Ok(v)
+    }
+}
+
+/// The input position `out·stride + tap − pad` a window tap reads.
+fn window_position(out: &str, stride: usize, tap: &str, pad: usize) -> String {
+    let mut expr = match (out, stride) {
+        ("0", _) => String::new(),
+        (o, 1) => o.to_string(),
+        (o, s) => format!("{o} * {s}"),
+    };
+    if tap != "0" {
+        expr = if expr.is_empty() {
+            tap.to_string()
+        } else {
+            format!("{expr} + {tap}")
+        };
+    }
+    match (expr.is_empty(), pad) {
+        (true, 0) => "0".to_string(),
+        (true, p) => format!("-{p}"),
+        (false, 0) => expr,
+        (false, p) => format!("{expr} - {p}"),
     }
 }
 

@@ -19,8 +19,9 @@ use std::collections::HashSet;
 
 use fluxc_ir::{DType, Graph, NodeId, Op, MIN_AMAX};
 
+use crate::buffers::{Buf, Temp};
 use crate::emit::{float_literal, Emitter, Index, Param};
-use crate::CodegenError;
+use crate::{group_norm, softmax, CodegenError};
 
 /// Threads per block of a generated kernel unless tuned otherwise.
 pub const BLOCK_THREADS: u32 = 256;
@@ -61,6 +62,12 @@ pub enum Recipe {
         /// The whole-tensor `DynamicScale`.
         node: NodeId,
     },
+    /// GroupNorm's statistics kernel ([`group_norm::stats`]).
+    GroupStats(group_norm::GroupNormPlan),
+    /// GroupNorm's normalizing kernel ([`group_norm::apply`]).
+    GroupNormApply(group_norm::GroupNormPlan),
+    /// Decomposed attention's row softmax ([`softmax::scaled_softmax`]).
+    ScaledSoftmax(softmax::SoftmaxPlan),
 }
 
 /// Renders `recipe` under `config` (its default configuration when
@@ -78,11 +85,14 @@ pub fn render(
             reduction,
         } => row_with(graph, nodes, outputs, *reduction, config),
         Recipe::TensorScale { node } => tensor_scale_with(graph, *node, config),
+        Recipe::GroupStats(plan) => group_norm::stats(graph, plan, config),
+        Recipe::GroupNormApply(plan) => group_norm::apply(graph, plan, config),
+        Recipe::ScaledSoftmax(plan) => softmax::scaled_softmax(graph, plan, config),
     }
 }
 
 /// Checks a block size: a whole number of warps, at most 1024 threads.
-fn check_block(block: u32) -> Result<(), CodegenError> {
+pub(crate) fn check_block(block: u32) -> Result<(), CodegenError> {
     if block == 0 || block % 32 != 0 || block > 1024 {
         return Err(CodegenError::Unsupported(format!(
             "a block of {block} threads (a multiple of 32, at most 1024)"
@@ -133,22 +143,56 @@ pub fn pointwise_with(
     outputs: &[NodeId],
     config: Option<LaunchConfig>,
 ) -> Result<KernelSource, CodegenError> {
+    let recipe = Recipe::Pointwise {
+        nodes: nodes.to_vec(),
+        outputs: outputs.to_vec(),
+    };
+    pointwise_kernel(graph, nodes, outputs, config, recipe, &[])
+}
+
+/// [`pointwise_with`] rendering `recipe`, computing each GroupNorm of
+/// `stats` from the `(mean, rstd)` pairs in its temporary.
+pub(crate) fn pointwise_kernel(
+    graph: &Graph,
+    nodes: &[NodeId],
+    outputs: &[NodeId],
+    config: Option<LaunchConfig>,
+    recipe: Recipe,
+    stats: &[(NodeId, Temp)],
+) -> Result<KernelSource, CodegenError> {
     let block = config.map_or(BLOCK_THREADS, |c| c.block_threads);
     check_block(block)?;
     let config = LaunchConfig {
         block_threads: block,
         threads_per_row: 0,
     };
-    let recipe = Recipe::Pointwise {
-        nodes: nodes.to_vec(),
-        outputs: outputs.to_vec(),
-    };
-    let total = elements(graph, outputs[0])?;
+    let total = graph.ty(outputs[0]).shape.numel();
     check_outputs(graph, outputs, total)?;
     let mut e = Emitter::new(graph, nodes.iter().copied(), 1);
+    for &(node, temp) in stats {
+        e.use_group_stats(node, temp);
+    }
+    // 64-bit indices where any tensor the kernel touches needs them.
+    let wide = nodes
+        .iter()
+        .chain(outputs)
+        .flat_map(|&n| std::iter::once(n).chain(graph.operands(n)))
+        .any(|n| graph.ty(n).shape.numel() > i32::MAX as usize);
+    if wide {
+        e.use_wide_indices();
+    }
+    let index = e.index_type();
+    // The thread's first element, its block index widened first.
+    let first = if wide {
+        "(long long)blockIdx.x"
+    } else {
+        "blockIdx.x"
+    };
     let width = vector_width(graph, outputs).filter(|w| total % w == 0);
     let Some(w) = width else {
-        e.line(format!("const int i = blockIdx.x * {block} + threadIdx.x;"));
+        e.line(format!(
+            "const {index} i = {first} * {block} + threadIdx.x;"
+        ));
         e.line(format!("if (i >= {total}) return;"));
         for &out in outputs {
             let dims = graph.ty(out).shape.dims().to_vec();
@@ -163,7 +207,7 @@ pub fn pointwise_with(
     // read at the element's own index come in one 16-byte load, outputs go
     // out in one 16-byte store.
     e.line(format!(
-        "const int i0 = (blockIdx.x * {block} + threadIdx.x) * {w};"
+        "const {index} i0 = ({first} * {block} + threadIdx.x) * {w};"
     ));
     e.line(format!("if (i0 >= {total}) return;"));
     for k in 0..outputs.len() {
@@ -173,7 +217,7 @@ pub fn pointwise_with(
     let mark = e.mark();
     e.line("#pragma unroll");
     e.open(format!("for (int v = 0; v < {w}; ++v)"));
-    e.line("const int i = i0 + v;");
+    e.line(format!("const {index} i = i0 + v;"));
     for (k, &out) in outputs.iter().enumerate() {
         let dims = graph.ty(out).shape.dims().to_vec();
         let index = e.delinearize("i", dims);
@@ -194,7 +238,7 @@ pub fn pointwise_with(
 /// Elements per vector access: 8 for bf16/f16, 4 for f32 when every output
 /// has that element size (16-byte accesses); with fp8 outputs, 8 (an 8-byte
 /// fp8 store) or, next to f32 outputs, 4. `None` for other mixes.
-fn vector_width(graph: &Graph, outputs: &[NodeId]) -> Option<usize> {
+pub(crate) fn vector_width(graph: &Graph, outputs: &[NodeId]) -> Option<usize> {
     let sizes: Vec<usize> = outputs
         .iter()
         .map(|&o| graph.ty(o).dtype.size_bytes())
@@ -209,7 +253,7 @@ fn vector_width(graph: &Graph, outputs: &[NodeId]) -> Option<usize> {
     }
 }
 
-fn grid_for(items: usize, per_block: usize) -> Result<u32, CodegenError> {
+pub(crate) fn grid_for(items: usize, per_block: usize) -> Result<u32, CodegenError> {
     u32::try_from(items.div_ceil(per_block))
         .map_err(|_| CodegenError::TooLarge(format!("{items} work items")))
 }
@@ -743,11 +787,11 @@ pub fn tensor_scale_with(
         source,
         params: vec![
             Param {
-                node: x,
+                buf: Buf::Node(x),
                 written: false,
             },
             Param {
-                node,
+                buf: Buf::Node(node),
                 written: true,
             },
         ],
@@ -788,7 +832,7 @@ fn rope_reads(graph: &Graph, nodes: &[NodeId], reduction: NodeId) -> bool {
 }
 
 /// Nodes of `nodes` that depend on `root` (inclusive).
-fn downstream_of(graph: &Graph, nodes: &[NodeId], root: NodeId) -> HashSet<NodeId> {
+pub(crate) fn downstream_of(graph: &Graph, nodes: &[NodeId], root: NodeId) -> HashSet<NodeId> {
     let members: HashSet<NodeId> = nodes.iter().copied().collect();
     let mut found: HashSet<NodeId> = HashSet::from([root]);
     let mut stack = vec![root];
@@ -804,7 +848,7 @@ fn downstream_of(graph: &Graph, nodes: &[NodeId], root: NodeId) -> HashSet<NodeI
     found
 }
 
-fn elements(graph: &Graph, node: NodeId) -> Result<usize, CodegenError> {
+pub(crate) fn elements(graph: &Graph, node: NodeId) -> Result<usize, CodegenError> {
     let n = graph.ty(node).shape.numel();
     if n > i32::MAX as usize {
         return Err(CodegenError::TooLarge(format!(
@@ -815,7 +859,11 @@ fn elements(graph: &Graph, node: NodeId) -> Result<usize, CodegenError> {
     Ok(n)
 }
 
-fn check_outputs(graph: &Graph, outputs: &[NodeId], total: usize) -> Result<(), CodegenError> {
+pub(crate) fn check_outputs(
+    graph: &Graph,
+    outputs: &[NodeId],
+    total: usize,
+) -> Result<(), CodegenError> {
     for &o in outputs {
         if graph.ty(o).shape.numel() != total {
             return Err(CodegenError::Unsupported(format!(
@@ -830,21 +878,40 @@ fn check_outputs(graph: &Graph, outputs: &[NodeId], total: usize) -> Result<(), 
 /// Wraps the body in a kernel signature.
 fn finish(
     graph: &Graph,
-    mut e: Emitter,
+    e: Emitter,
     nodes: &[NodeId],
     anchor_kind: &str,
     grid: [u32; 3],
     config: LaunchConfig,
     recipe: Recipe,
 ) -> Result<KernelSource, CodegenError> {
+    finish_with_scratch(graph, e, nodes, anchor_kind, grid, config, recipe, 0)
+}
+
+/// [`finish`] for a kernel that also takes `scratch_words` words of
+/// zero-initialized scratch as its last parameter (`s0`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn finish_with_scratch(
+    graph: &Graph,
+    mut e: Emitter,
+    nodes: &[NodeId],
+    anchor_kind: &str,
+    grid: [u32; 3],
+    config: LaunchConfig,
+    recipe: Recipe,
+    scratch_words: u32,
+) -> Result<KernelSource, CodegenError> {
     let block = config.block_threads;
     let body = drop_unused_indices(e.take_lines());
     let params = e.params().to_vec();
     let mut signature = Vec::new();
     for (i, p) in params.iter().enumerate() {
-        let ty = c_type(graph.ty(p.node).dtype)?;
+        let ty = c_type(p.buf.dtype(graph))?;
         let constness = if p.written { "" } else { "const " };
         signature.push(format!("{constness}{ty}* __restrict__ p{i}"));
+    }
+    if scratch_words > 0 {
+        signature.push("unsigned int* __restrict__ s0".to_string());
     }
     let mut source = format!(
         "extern \"C\" __global__ void __launch_bounds__({block}) {NAME}({}) {{\n",
@@ -871,7 +938,7 @@ fn finish(
         grid,
         block: [block, 1, 1],
         ops,
-        scratch_words: 0,
+        scratch_words,
         config,
         recipe,
     })
@@ -879,11 +946,14 @@ fn finish(
 
 /// Removes `const int tN = ...;` lines whose variable nothing reads (index
 /// components computed for a shape but never needed), to a fixpoint.
-fn drop_unused_indices(mut lines: Vec<String>) -> Vec<String> {
+pub(crate) fn drop_unused_indices(mut lines: Vec<String>) -> Vec<String> {
     loop {
         let text = lines.join("\n");
         let unused = |line: &String| {
-            let decl = line.trim_start().strip_prefix("const int t")?;
+            let line = line.trim_start();
+            let decl = line
+                .strip_prefix("const int t")
+                .or_else(|| line.strip_prefix("const long long t"))?;
             let digits: String = decl.chars().take_while(|c| c.is_ascii_digit()).collect();
             let var = format!("t{digits}");
             let uses = text
@@ -911,6 +981,7 @@ fn kind_static(kind: &str) -> &'static str {
         "rms_norm" => "rms_norm",
         "softmax" => "softmax",
         "dynamic_scale" => "dynamic_scale",
+        "group_stats" => "group_stats",
         _ => "row",
     }
 }

@@ -98,6 +98,15 @@ impl Lanes {
         self.eval(&ast)
     }
 
+    /// `expr`'s value in before-the-loop terms when it is the same for every
+    /// `v`; `None` otherwise (or when the analysis is off).
+    pub fn uniform(&self, expr: &str) -> Option<String> {
+        match self.classify(expr)? {
+            Lane::Uniform { base, .. } => Some(base),
+            Lane::Stride { .. } => None,
+        }
+    }
+
     /// The condition `start <= expr < end` evaluated once for the whole
     /// loop, when it is the same for every `v`; `None` otherwise.
     pub fn uniform_range(&self, expr: &str, start: usize, end: usize) -> Option<String> {

@@ -11,8 +11,10 @@
 //! to emit the artifact with the chosen configurations.
 //!
 //! Spaces:
-//! - pointwise and whole-tensor scale kernels: `block_threads` ∈ {64, 128,
-//!   256, 512, 1024};
+//! - pointwise, whole-tensor scale, GroupNorm-normalizing and attention
+//!   softmax kernels: `block_threads` ∈ {64, 128, 256, 512, 1024};
+//! - GroupNorm statistics kernels: their one block size (a whole number of
+//!   pixels and warps, fixed by the channels);
 //! - row kernels: `block_threads` as above and `threads_per_row` ∈ {1, 2,
 //!   4, …, 1024}. Configurations whose row does not fit in registers (more
 //!   than 64 values per thread) or whose threads per row exceed the block
@@ -36,7 +38,15 @@ pub fn space(kernel: &KernelSource) -> ConfigSpace {
             blocks,
             Field::powers_of_two("threads_per_row", 1, 1024),
         ]),
-        Recipe::Pointwise { .. } | Recipe::TensorScale { .. } => ConfigSpace::new(vec![blocks]),
+        Recipe::Pointwise { .. }
+        | Recipe::TensorScale { .. }
+        | Recipe::GroupNormApply(_)
+        | Recipe::ScaledSoftmax(_) => ConfigSpace::new(vec![blocks]),
+        // Its block is fixed by the channels (a whole number of pixels).
+        Recipe::GroupStats(_) => ConfigSpace::new(vec![Field::new(
+            "block_threads",
+            [i64::from(kernel.config.block_threads)],
+        )]),
     }
 }
 
@@ -109,10 +119,9 @@ pub fn tunable_kernels(optimized: &Optimized) -> Result<Vec<TunableKernel>, Code
             .params
             .iter()
             .map(|p| {
-                let ty = graph.ty(p.node);
                 Ok(ParamSpec {
-                    dtype: elem_type(ty.dtype)?,
-                    elements: ty.shape.numel() as u64,
+                    dtype: elem_type(p.buf.dtype(graph))?,
+                    elements: p.buf.elements(graph),
                     written: p.written,
                 })
             })

@@ -9,12 +9,15 @@
 //! schedule and manifest; `write` puts the artifact on disk.
 
 pub mod attention;
+mod buffers;
 mod emit;
+mod group_norm;
 mod kernels;
 mod lanes;
 pub mod launch;
 mod lower;
 pub mod memory;
+mod softmax;
 mod write;
 
 use std::collections::{BTreeMap, HashMap};
@@ -27,6 +30,7 @@ use fluxc_artifact::{
 use fluxc_ir::{print_graph, DType, Graph, NodeId, Op};
 use fluxc_passes::pipeline::Optimized;
 
+use buffers::Buf;
 pub use kernels::{KernelSource, LaunchConfig};
 use lower::{storage_of, PendingStep};
 pub use write::{check_output_dir, write_artifact, WriteError};
@@ -81,9 +85,10 @@ pub struct Generated {
     pub graph_txt: String,
     /// `fusion.txt`.
     pub fusion_txt: String,
-    /// Which node each buffer holds (for tests that compare buffers with the
-    /// interpreter).
-    pub buffer_nodes: Vec<NodeId>,
+    /// Which node each buffer holds, by buffer id (for tests that compare
+    /// buffers with the interpreter); `None` for codegen's temporaries, and
+    /// scratch buffers (ids past the end) hold none.
+    pub buffer_nodes: Vec<Option<NodeId>>,
 }
 
 /// Generates the artifact for `optimized`.
@@ -113,31 +118,30 @@ pub fn generate_with(
 
     // Buffers: weights in their region, the rest in the arena by liveness.
     let number = value_numbers(graph)?;
-    let mut buffer_of: HashMap<NodeId, u32> = HashMap::new();
+    let mut buffer_of: HashMap<Buf, u32> = HashMap::new();
     let mut buffers = Vec::new();
     let mut lifetimes = Vec::new();
     let mut arena_ids = Vec::new();
     let mut weight_bytes = 0u64;
     let last_step = pending.len();
-    let mut first_use: HashMap<NodeId, usize> = HashMap::new();
-    let mut last_use: HashMap<NodeId, usize> = HashMap::new();
+    let mut first_use: HashMap<Buf, usize> = HashMap::new();
+    let mut last_use: HashMap<Buf, usize> = HashMap::new();
     for (s, step) in pending.iter().enumerate() {
         for id in step.reads().into_iter().chain(step.writes()) {
             first_use.entry(id).or_insert(s);
             last_use.insert(id, s);
         }
     }
-    let outputs: Vec<NodeId> = graph
+    let outputs: Vec<Buf> = graph
         .outputs()
         .iter()
-        .map(|(_, o)| storage_of(graph, *o))
+        .map(|(_, o)| Buf::Node(storage_of(graph, *o)))
         .collect();
     for &id in &values {
-        let ty = graph.ty(id);
-        let dtype = elem_type(ty.dtype)?;
-        let bytes = ty.shape.numel() as u64 * dtype.size_bytes();
-        let node = graph.node(id);
-        let region = if node.op.is_weight() {
+        let dtype = elem_type(id.dtype(graph))?;
+        let bytes = id.elements(graph) * dtype.size_bytes();
+        let op = id.node().map(|n| &graph.node(n).op);
+        let region = if op.is_some_and(Op::is_weight) {
             Region::Weights
         } else {
             Region::Arena
@@ -148,7 +152,7 @@ pub fn generate_with(
             weight_bytes += memory::align(bytes);
             offset
         } else {
-            let is_input = matches!(node.op, Op::Input { .. });
+            let is_input = matches!(op, Some(Op::Input { .. }));
             let first = if is_input {
                 0
             } else {
@@ -165,9 +169,9 @@ pub fn generate_with(
         };
         buffers.push(Buffer {
             id: id_u32,
-            name: describe(graph, id, &number),
+            name: describe_buf(graph, id, &number),
             dtype,
-            shape: ty.shape.dims().iter().map(|&d| d as u64).collect(),
+            shape: id.dims(graph).iter().map(|&d| d as u64).collect(),
             region,
             offset,
             bytes,
@@ -179,15 +183,19 @@ pub fn generate_with(
         buffers[b].offset = offsets[k];
     }
 
-    let tensor = |id: NodeId| Tensor::of(buffer_of[&id]);
+    let tensor = |id: NodeId| Tensor::of(buffer_of[&Buf::Node(id)]);
+    let tensor_of = |b: Buf| Tensor::of(buffer_of[&b]);
     let mut scratch_bytes = 0u64;
     let mut steps = Vec::with_capacity(pending.len());
     let mut attention_sources: BTreeMap<String, String> = BTreeMap::new();
     for (s, step) in pending.iter().enumerate() {
         steps.push(match step {
             PendingStep::Kernel(k) => {
-                let mut args: Vec<Arg> =
-                    k.params.iter().map(|p| Arg::Ptr(tensor(p.node))).collect();
+                let mut args: Vec<Arg> = k
+                    .params
+                    .iter()
+                    .map(|p| Arg::Ptr(tensor_of(p.buf)))
+                    .collect();
                 if k.scratch_words > 0 {
                     args.push(Arg::Ptr(Tensor::of(buffers.len() as u32)));
                     let scratch = Buffer::new(
@@ -256,6 +264,35 @@ pub fn generate_with(
                 fast_accumulation: scales.is_some() && optimized.fp8_fast_accumulation,
                 algo: None,
             }),
+            PendingStep::Product(p) => {
+                let at = |o: &lower::Operand| -> Result<Tensor, CodegenError> {
+                    Ok(Tensor {
+                        buffer: buffer_of[&o.buf],
+                        offset: o.offset * elem_type(p.dtype)?.size_bytes(),
+                    })
+                };
+                Step::Gemm(Gemm {
+                    name: format!("{} ({})", describe(graph, p.node, &number), p.what),
+                    dtype: elem_type(p.dtype)?,
+                    trans_a: p.trans_a,
+                    trans_b: p.trans_b,
+                    m: p.m,
+                    n: p.n,
+                    k: p.k,
+                    a: at(&p.a)?,
+                    lda: p.a.ld,
+                    b: at(&p.b)?,
+                    ldb: p.b.ld,
+                    d: at(&p.d)?,
+                    ldd: p.d.ld,
+                    bias: None,
+                    epilogue: GemmEpilogue::Default,
+                    d_dtype: None,
+                    scales: None,
+                    fast_accumulation: false,
+                    algo: None,
+                })
+            }
             PendingStep::Attention {
                 node,
                 q,
@@ -290,12 +327,12 @@ pub fn generate_with(
 
     let binding = |name: &str, id: NodeId| Binding {
         name: name.to_string(),
-        buffer: buffer_of[&id],
+        buffer: buffer_of[&Buf::Node(id)],
     };
     let inputs = graph
         .inputs()
         .into_iter()
-        .filter(|id| buffer_of.contains_key(id) && !graph.node(*id).op.is_weight())
+        .filter(|id| buffer_of.contains_key(&Buf::Node(*id)) && !graph.node(*id).op.is_weight())
         .map(|id| match &graph.node(id).op {
             Op::Input { name, .. } => binding(name, id),
             _ => unreachable!("inputs are Input nodes"),
@@ -338,7 +375,7 @@ pub fn generate_with(
         kernels_cu,
         graph_txt: print_graph(graph)?,
         fusion_txt: optimized.fusion.dump(graph)?,
-        buffer_nodes: values,
+        buffer_nodes: values.iter().map(|b| b.node()).collect(),
     })
 }
 
@@ -355,7 +392,7 @@ fn with_weights(
     mut manifest: Manifest,
     graph: &Graph,
     schedule: &Schedule,
-    buffer_of: &HashMap<NodeId, u32>,
+    buffer_of: &HashMap<Buf, u32>,
     layouts: &[(CheckpointLayout, BTreeMap<String, WeightSource>)],
 ) -> Manifest {
     let weights: Vec<(String, u32)> = graph
@@ -363,7 +400,7 @@ fn with_weights(
         .into_iter()
         .filter_map(|id| match &graph.node(id).op {
             Op::Input { name, .. } if graph.node(id).op.is_weight() => {
-                buffer_of.get(&id).map(|&b| (name.clone(), b))
+                buffer_of.get(&Buf::Node(id)).map(|&b| (name.clone(), b))
             }
             _ => None,
         })
@@ -427,6 +464,15 @@ fn value_numbers(graph: &Graph) -> Result<HashMap<NodeId, usize>, CodegenError> 
         .enumerate()
         .map(|(i, id)| (id, i))
         .collect())
+}
+
+/// [`describe`] for a graph value; `scores of %40 attention @mid_block` for
+/// a temporary.
+fn describe_buf(graph: &Graph, b: Buf, number: &HashMap<NodeId, usize>) -> String {
+    match b {
+        Buf::Node(id) => describe(graph, id, number),
+        Buf::Temp(t) => format!("{} of {}", t.what.name(), describe(graph, t.of, number)),
+    }
 }
 
 /// `%12 layer_norm @transformer_blocks.0.norm1`, or the input's name.

@@ -2,13 +2,25 @@
 //! materialized values.
 //!
 //! - A pointwise, table or reduction group becomes one generated kernel
-//!   (`kernels.rs`).
+//!   (`kernels.rs`), except a GroupNorm group, which becomes a statistics
+//!   kernel and a normalizing kernel (`group_norm.rs`). An `im2col` (a conv
+//!   rewritten by the `conv_im2col` pass) is a pointwise group writing the
+//!   patch matrix that the conv's GEMM then reads.
 //! - A GEMM group becomes a cuBLASLt matmul that absorbs the linear's bias
 //!   and, when the group's first tail op is a GELU of the product, the GELU
 //!   (cuBLASLt's `GELU_BIAS` epilogue is the tanh approximation). Any
 //!   further tail (gate multiply, residual add) is a pointwise kernel reading
 //!   the product: cuBLASLt cannot apply a per-token gate.
-//! - An attention group becomes the flash-attention kernel.
+//! - An attention group becomes the flash-attention kernel where it applies
+//!   (bf16, head width 64 or 128), else the CUDA-core flash kernel (other
+//!   dtypes and head widths up to 256). Wider heads (the VAE's mid block:
+//!   one head of 512 channels over 16384 pixels at 1024²) are decomposed:
+//!   per batch and head, `s = q·kᵀ` as a cuBLASLt GEMM into a score matrix
+//!   in the model's dtype, a generated row softmax with the scale folded in
+//!   (`softmax.rs`, in place), and `o = p·v` as a second GEMM (cuBLASLt reads
+//!   `v` untransposed, so nothing is copied). That materializes the
+//!   `seq × seq` scores (512 MiB in bf16 at 1024²); a flash kernel for
+//!   d = 512 would avoid it and is the better path later.
 //!
 //! A value is *materialized* (gets a buffer) when a step reads or writes it
 //! outside the kernel that computes it. Reshapes are views: they share their
@@ -21,9 +33,12 @@ use fluxc_passes::fusion::{FusionPlan, GroupKind};
 
 use crate::attention::{
     grid as attention_grid, render_attention, render_simt_attention, AttentionKernel,
+    SIMT_MAX_HEAD_DIM,
 };
+use crate::buffers::{Buf, Temp, TempKind};
 use crate::kernels::{self, KernelSource};
-use crate::CodegenError;
+use crate::softmax::SoftmaxPlan;
+use crate::{group_norm, CodegenError};
 
 /// The dequantization scales of an fp8 GEMM (see [`Op::ScaledLinear`]).
 #[derive(Clone, Copy, Debug)]
@@ -34,6 +49,46 @@ pub struct GemmScales {
     pub x: NodeId,
     /// Per output channel and per row (cuBLASLt's outer-vector mode).
     pub per_row: bool,
+}
+
+/// One operand of a [`Product`]: a buffer, an element offset into it and
+/// its leading dimension (column-major, as cuBLAS sees it).
+#[derive(Clone, Copy, Debug)]
+pub struct Operand {
+    /// The buffer.
+    pub buf: Buf,
+    /// Elements into it.
+    pub offset: u64,
+    /// Leading dimension, in elements.
+    pub ld: u64,
+}
+
+/// A cuBLASLt matmul over any buffers in cuBLAS's column-major terms:
+/// `D (m×n) = op(A) · op(B)` (decomposed attention's products).
+#[derive(Clone, Debug)]
+pub struct Product {
+    /// The node it computes part of (for the report name).
+    pub node: NodeId,
+    /// What part, in words.
+    pub what: String,
+    /// `op(A) = Aᵀ`.
+    pub trans_a: bool,
+    /// `op(B) = Bᵀ`.
+    pub trans_b: bool,
+    /// Rows of D.
+    pub m: u64,
+    /// Columns of D.
+    pub n: u64,
+    /// The reduced dimension.
+    pub k: u64,
+    /// A.
+    pub a: Operand,
+    /// B.
+    pub b: Operand,
+    /// D.
+    pub d: Operand,
+    /// Element type of A, B and D.
+    pub dtype: DType,
 }
 
 /// A step over graph values, before buffers have offsets.
@@ -68,6 +123,8 @@ pub enum PendingStep {
         /// The scales of an fp8 GEMM.
         scales: Option<GemmScales>,
     },
+    /// A matmul over any buffers.
+    Product(Product),
     /// The attention kernel.
     Attention {
         /// The attention node.
@@ -90,14 +147,14 @@ pub enum PendingStep {
 }
 
 impl PendingStep {
-    /// Materialized values the step reads.
-    pub fn reads(&self) -> Vec<NodeId> {
+    /// Buffers the step reads.
+    pub fn reads(&self) -> Vec<Buf> {
         match self {
             PendingStep::Kernel(k) => k
                 .params
                 .iter()
                 .filter(|p| !p.written)
-                .map(|p| p.node)
+                .map(|p| p.buf)
                 .collect(),
             PendingStep::Gemm {
                 x, w, bias, scales, ..
@@ -110,22 +167,25 @@ impl PendingStep {
             ]
             .into_iter()
             .flatten()
+            .map(Buf::Node)
             .collect(),
-            PendingStep::Attention { q, k, v, .. } => vec![*q, *k, *v],
+            PendingStep::Product(p) => vec![p.a.buf, p.b.buf],
+            PendingStep::Attention { q, k, v, .. } => [*q, *k, *v].map(Buf::Node).to_vec(),
         }
     }
 
-    /// Materialized values the step writes.
-    pub fn writes(&self) -> Vec<NodeId> {
+    /// Buffers the step writes.
+    pub fn writes(&self) -> Vec<Buf> {
         match self {
             PendingStep::Kernel(k) => k
                 .params
                 .iter()
                 .filter(|p| p.written)
-                .map(|p| p.node)
+                .map(|p| p.buf)
                 .collect(),
-            PendingStep::Gemm { out, .. } => vec![*out],
-            PendingStep::Attention { node, .. } => vec![*node],
+            PendingStep::Gemm { out, .. } => vec![Buf::Node(*out)],
+            PendingStep::Product(p) => vec![p.d.buf],
+            PendingStep::Attention { node, .. } => vec![Buf::Node(*node)],
         }
     }
 }
@@ -182,6 +242,14 @@ fn lower_group(
                 group.anchor,
             )?))
         }
+        GroupKind::Reduction if matches!(graph.node(group.anchor).op, Op::GroupNorm { .. }) => {
+            steps.extend(group_norm::lower(
+                graph,
+                &group.nodes,
+                &outputs,
+                group.anchor,
+            )?)
+        }
         GroupKind::Reduction => {
             let reduction = group
                 .nodes
@@ -199,7 +267,7 @@ fn lower_group(
             )?));
         }
         GroupKind::Gemm => lower_gemm(graph, &group.nodes, group.anchor, &outputs, steps)?,
-        GroupKind::Attention => steps.push(lower_attention(graph, group.anchor)?),
+        GroupKind::Attention => steps.extend(lower_attention(graph, group.anchor)?),
     }
     Ok(())
 }
@@ -218,9 +286,15 @@ fn lower_gemm(
     let (x_at, w_at, bias_at) = match node.op {
         Op::Linear => (0, 1, 2),
         Op::ScaledLinear { .. } => (0, 2, 4),
+        Op::Conv2d { groups, .. } => {
+            return Err(CodegenError::Unsupported(format!(
+                "conv2d with {groups} groups (the conv_im2col pass rewrites ungrouped convs as \
+                 im2col GEMMs)"
+            )))
+        }
         _ => {
             return Err(CodegenError::Unsupported(format!(
-                "{} GEMMs (linear and scaled_linear so far; conv comes with the VAE issue)",
+                "{} GEMMs (linear and scaled_linear)",
                 node.op.kind_name()
             )))
         }
@@ -327,7 +401,7 @@ fn gemm_scales(
     }
 }
 
-fn lower_attention(graph: &Graph, node: NodeId) -> Result<PendingStep, CodegenError> {
+fn lower_attention(graph: &Graph, node: NodeId) -> Result<Vec<PendingStep>, CodegenError> {
     let Op::Attention { scale } = graph.node(node).op else {
         return Err(CodegenError::Invalid(
             "attention group without attention".into(),
@@ -347,12 +421,21 @@ fn lower_attention(graph: &Graph, node: NodeId) -> Result<PendingStep, CodegenEr
             "attention with a value width other than the head width".into(),
         ));
     }
-    // The tensor-core kernel where it applies, the CUDA-core one elsewhere.
+    // The tensor-core kernel where it applies; the CUDA-core flash kernel
+    // for other dtypes and head widths up to 256; decomposed (scores
+    // materialized in the model's dtype) beyond, e.g. the VAE's 512-wide
+    // head.
     let dtype = graph.ty(operands[0]).dtype;
     let kernel = match (dtype, render_attention(qd[3])) {
         (DType::BF16, Ok(kernel)) => kernel,
-        _ => render_simt_attention(qd[3], kernels::c_type(dtype)?, dtype.name())
-            .map_err(CodegenError::Unsupported)?,
+        _ if qd[3] <= SIMT_MAX_HEAD_DIM => {
+            render_simt_attention(qd[3], kernels::c_type(dtype)?, dtype.name())
+                .map_err(CodegenError::Unsupported)?
+        }
+        _ => {
+            let dims = [qd[0], qd[2], qd[1], kd[1], qd[3]];
+            return decomposed_attention(graph, node, [q, k, v], dims, scale.get());
+        }
     };
     let to_u32 = |v: usize| {
         u32::try_from(v).map_err(|_| CodegenError::TooLarge(format!("attention dim {v}")))
@@ -365,7 +448,7 @@ fn lower_attention(graph: &Graph, node: NodeId) -> Result<PendingStep, CodegenEr
         to_u32(qd[3])?,
     ];
     let grid = attention_grid(&kernel, dims[0], dims[1], dims[2]);
-    Ok(PendingStep::Attention {
+    Ok(vec![PendingStep::Attention {
         node,
         q,
         k,
@@ -374,7 +457,100 @@ fn lower_attention(graph: &Graph, node: NodeId) -> Result<PendingStep, CodegenEr
         grid,
         dims,
         scale: scale.get(),
-    })
+    }])
+}
+
+/// Attention `node` over `[q, k, v]` (contiguous `[B, S, H, D]`) with
+/// `dims = [batch, heads, seq_q, seq_kv, head_dim]` as GEMMs and a softmax:
+/// for each batch and head, `s = q·kᵀ` into the scores (row-major `[seq_q,
+/// seq_kv]`, the model's dtype), the scaled row softmax over all of them,
+/// then `o = p·v` into the attention's output. Heads are strided views
+/// (leading dimension `H·D`), so nothing is copied.
+fn decomposed_attention(
+    graph: &Graph,
+    node: NodeId,
+    [q, k, v]: [NodeId; 3],
+    dims: [usize; 5],
+    scale: f32,
+) -> Result<Vec<PendingStep>, CodegenError> {
+    let [batch, heads, sq, sk, d] = dims.map(|x| x as u64);
+    let dtype = graph.ty(node).dtype;
+    // Each head's scores start on a 256-byte boundary (cuBLASLt's default
+    // alignment assumption).
+    let per_256 = 256 / dtype.size_bytes() as u64;
+    let stride = (sq * sk).div_ceil(per_256) * per_256;
+    let scores = Temp {
+        of: node,
+        what: TempKind::Scores,
+        dtype,
+        elements: batch * heads * stride,
+    };
+    let operand = |id: NodeId, seq: u64, b: u64, h: u64| Operand {
+        buf: Buf::Node(id),
+        offset: (b * seq * heads + h) * d,
+        ld: heads * d,
+    };
+    let score_block = |bh: u64| Operand {
+        buf: Buf::Temp(scores),
+        offset: bh * stride,
+        ld: sk,
+    };
+    let head = |b: u64, h: u64| {
+        if batch * heads == 1 {
+            String::new()
+        } else {
+            format!(", batch {b} head {h}")
+        }
+    };
+    let mut products = Vec::new();
+    let mut outputs = Vec::new();
+    for b in 0..batch {
+        for h in 0..heads {
+            let bh = b * heads + h;
+            // Column-major: scores are sk × sq = (k as stored, d × sk)ᵀ · (q, d × sq).
+            products.push(PendingStep::Product(Product {
+                node,
+                what: format!("scores = q·kᵀ{}", head(b, h)),
+                trans_a: true,
+                trans_b: false,
+                m: sk,
+                n: sq,
+                k: d,
+                a: operand(k, sk, b, h),
+                b: operand(q, sq, b, h),
+                d: score_block(bh),
+                dtype,
+            }));
+            // Column-major: o is d × sq = (v, d × sk) · (p, sk × sq).
+            outputs.push(PendingStep::Product(Product {
+                node,
+                what: format!("o = p·v{}", head(b, h)),
+                trans_a: false,
+                trans_b: false,
+                m: d,
+                n: sq,
+                k: sk,
+                a: operand(v, sk, b, h),
+                b: score_block(bh),
+                d: operand(node, sq, b, h),
+                dtype,
+            }));
+        }
+    }
+    let softmax = SoftmaxPlan {
+        node,
+        scores,
+        matrices: (batch * heads) as usize,
+        stride: stride as usize,
+        rows: sq as usize,
+        cols: sk as usize,
+        scale,
+    };
+    products.push(PendingStep::Kernel(crate::softmax::scaled_softmax(
+        graph, &softmax, None,
+    )?));
+    products.extend(outputs);
+    Ok(products)
 }
 
 /// Identical kernels (every transformer block has the same ones) merged and
@@ -411,34 +587,34 @@ fn kernel_name(graph: &Graph, n: usize, k: &KernelSource) -> String {
         .params
         .iter()
         .filter(|p| p.written)
-        .max_by_key(|p| graph.ty(p.node).shape.numel())
-        .map(|p| graph.ty(p.node).dtype.name())
+        .max_by_key(|p| p.buf.elements(graph))
+        .map(|p| p.buf.dtype(graph).name())
         .unwrap_or("f32");
     format!("k{n}_{}_{dtype}", ops.join("_"))
 }
 
-/// Every value some step reads or writes, plus graph inputs and outputs.
-pub fn materialized(graph: &Graph, steps: &[PendingStep]) -> Vec<NodeId> {
+/// Every buffer some step reads or writes, plus graph inputs and outputs.
+pub fn materialized(graph: &Graph, steps: &[PendingStep]) -> Vec<Buf> {
     let mut seen = HashSet::new();
     let mut values = Vec::new();
-    let mut add = |id: NodeId| {
-        if seen.insert(id) {
-            values.push(id);
+    let mut add = |b: Buf| {
+        if seen.insert(b) {
+            values.push(b);
         }
     };
     let live = graph.live_nodes();
     for id in graph.inputs() {
         if live.contains(&id) {
-            add(id);
+            add(Buf::Node(id));
         }
     }
     for step in steps {
-        for id in step.reads().into_iter().chain(step.writes()) {
-            add(id);
+        for b in step.reads().into_iter().chain(step.writes()) {
+            add(b);
         }
     }
     for (_, out) in graph.outputs() {
-        add(storage_of(graph, *out));
+        add(Buf::Node(storage_of(graph, *out)));
     }
     values
 }

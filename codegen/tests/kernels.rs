@@ -463,3 +463,274 @@ fn generate_with_renders_chosen_configurations() {
     assert_eq!(launches(&g).len(), launches(&plain).len());
     assert!(g.kernels_cu.contains("__launch_bounds__(128)"));
 }
+
+/// A miniature VAE decoder stretch, channels-last: a resnet (GroupNorm →
+/// SiLU → 3×3 conv, twice, plus the residual), the one-head mid-block
+/// attention over the pixels (head width `c`), and an upsampler (nearest ×2
+/// → 3×3 conv).
+fn mini_vae(dt: DType, c: usize) -> Graph {
+    let (h, w) = (6, 5);
+    let mut b = GraphBuilder::new();
+    let x = b.input("z", dt, [1, h, w, c]).unwrap();
+    let mut n = 0;
+    let mut norm = |b: &mut GraphBuilder, x: NodeId| {
+        n += 1;
+        let gw = b.weight(&format!("norm{n}.weight"), dt, [c]).unwrap();
+        let gb = b.weight(&format!("norm{n}.bias"), dt, [c]).unwrap();
+        b.group_norm(x, gw, gb, 4, 1e-6).unwrap()
+    };
+    let conv = |b: &mut GraphBuilder, x: NodeId, name: &str| {
+        let cw = b
+            .weight(&format!("{name}.weight"), dt, [c, c, 3, 3])
+            .unwrap();
+        let cb = b.weight(&format!("{name}.bias"), dt, [c]).unwrap();
+        b.conv2d(x, cw, Some(cb), 1, 1).unwrap()
+    };
+    let r = norm(&mut b, x);
+    let r = b.silu(r).unwrap();
+    let r = conv(&mut b, r, "conv1");
+    let r = norm(&mut b, r);
+    let r = b.silu(r).unwrap();
+    let r = conv(&mut b, r, "conv2");
+    let x = b.add(x, r).unwrap();
+    let a = norm(&mut b, x);
+    let a = b.reshape(a, [1, h * w, c]).unwrap();
+    let mut heads = Vec::new();
+    for name in ["q", "k", "v"] {
+        let p = linear(&mut b, a, name, c, dt);
+        heads.push(b.reshape(p, [1, h * w, 1, c]).unwrap());
+    }
+    let o = b.attention(heads[0], heads[1], heads[2]).unwrap();
+    let o = b.reshape(o, [1, h * w, c]).unwrap();
+    let o = linear(&mut b, o, "out", c, dt);
+    let o = b.reshape(o, [1, h, w, c]).unwrap();
+    let x = b.add(o, x).unwrap();
+    let u = b.upsample_nearest(x, 2).unwrap();
+    let y = conv(&mut b, u, "up");
+    b.output("sample", y).unwrap();
+    b.finish().unwrap()
+}
+
+fn gemms(g: &Generated) -> Vec<&fluxc_artifact::Gemm> {
+    g.schedule
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Gemm(gemm) => Some(gemm),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn mini_vae_lowers_to_im2col_gemms_group_norms_and_decomposed_attention() {
+    // One head wider than the flash kernels take (256), like the VAE's 512.
+    let c = 288;
+    let g = generated(mini_vae(DType::BF16, c), true);
+    g.schedule.validate().unwrap();
+    let names: Vec<&str> = launches(&g).iter().map(|l| l.kernel.as_str()).collect();
+    // Three convs, each an im2col kernel (the upsampling computed inside
+    // the last one) and a GEMM over its patches.
+    let im2col: Vec<&&str> = names.iter().filter(|n| n.contains("im2col")).collect();
+    assert_eq!(im2col.len(), 3, "{names:?}");
+    assert!(names.iter().any(|n| n.contains("upsample_nearest_im2col")));
+    assert!(!names.iter().any(|n| n.contains("upsample_nearest_bf16")));
+    // Three GroupNorms, each a statistics kernel and a normalizing kernel.
+    let stats: Vec<&Launch> = launches(&g)
+        .into_iter()
+        .filter(|l| l.kernel.contains("group_stats"))
+        .collect();
+    assert_eq!(stats.len(), 3, "{names:?}");
+    for s in &stats {
+        let Some(Arg::Ptr(scratch)) = s.args.last() else {
+            panic!("no scratch argument")
+        };
+        assert_eq!(
+            g.schedule.buffers[scratch.buffer as usize].region,
+            Region::Scratch
+        );
+    }
+    assert_eq!(
+        names.iter().filter(|n| n.contains("group_norm")).count(),
+        3,
+        "{names:?}"
+    );
+    // The attention (head width 288) is decomposed: q·kᵀ into bf16 scores,
+    // the scaled softmax in place, p·v with v read untransposed.
+    assert_eq!(
+        g.schedule
+            .steps
+            .iter()
+            .filter(|s| matches!(s, Step::Attention(_)))
+            .count(),
+        0
+    );
+    let softmax = launches(&g)
+        .into_iter()
+        .find(|l| l.kernel.contains("attention_softmax"))
+        .expect("a softmax kernel");
+    assert_eq!(softmax.grid, [30, 1, 1]);
+    assert_eq!(softmax.args[0], softmax.args[1], "in place");
+    let products: Vec<_> = gemms(&g)
+        .into_iter()
+        .filter(|gemm| gemm.name.contains("attention"))
+        .collect();
+    assert_eq!(products.len(), 2);
+    let (scores, out) = (products[0], products[1]);
+    assert_eq!(
+        (scores.trans_a, scores.m, scores.n, scores.k),
+        (true, 30, 30, c as u64)
+    );
+    assert_eq!(
+        (out.trans_a, out.m, out.n, out.k),
+        (false, c as u64, 30, 30)
+    );
+    let buffer = |t: fluxc_artifact::Tensor| &g.schedule.buffers[t.buffer as usize];
+    assert_eq!(buffer(scores.d).dtype, ElemType::Bf16);
+    assert_eq!(buffer(scores.d).region, Region::Arena);
+    assert!(buffer(scores.d).name.starts_with("scores of "));
+    assert_eq!(scores.d, out.b);
+    // 3 conv GEMMs with their bias, q/k/v, the output projection, and the
+    // two attention products.
+    assert_eq!(gemms(&g).len(), 7);
+    for conv in gemms(&g).iter().filter(|gemm| gemm.k == 9 * c as u64) {
+        assert_eq!(conv.epilogue, GemmEpilogue::Bias);
+    }
+    assert_eq!(
+        gemms(&g)
+            .iter()
+            .filter(|gemm| gemm.k == 9 * c as u64)
+            .count(),
+        3
+    );
+}
+
+#[test]
+fn mini_vae_kernels_compile_for_sm90a() {
+    if let Some(why) = common::nvrtc_unavailable() {
+        println!("SKIP mini_vae_kernels_compile_for_sm90a: {why}");
+        return;
+    }
+    // bf16 with wide loads, f32, and channels that are no multiple of the
+    // vector width (scalar im2col and GroupNorm paths); the head of 288
+    // takes decomposed attention, the others the CUDA-core flash kernel.
+    for (dt, c) in [
+        (DType::BF16, 96),
+        (DType::F32, 32),
+        (DType::BF16, 36),
+        (DType::BF16, 288),
+    ] {
+        let g = generated(mini_vae(dt, c), true);
+        let (cubin, log) = common::compile_cubin(&g.kernels_cu, "kernels", &common::include_dir())
+            .unwrap_or_else(|e| panic!("{e}\n--- kernels.cu ---\n{}", g.kernels_cu));
+        assert!(!cubin.is_empty(), "{log}");
+    }
+}
+
+/// The GEMM steps of decomposed attention, run on the host exactly as their
+/// column-major fields say (transposes, leading dimensions, byte offsets),
+/// with the softmax applied to each score block they write, give the
+/// interpreter's attention: batch 2, 3 heads of width 264 (strided head
+/// views; wider than the flash kernels take), 5 queries over 7 keys.
+#[test]
+fn decomposed_attention_steps_compute_attention() {
+    use fluxc_ir::interp::{self, Tensor};
+    let (b, sq, sk, h, d) = (2, 5, 7, 3, 264);
+    let mut g = GraphBuilder::new();
+    let q = g.input("q", DType::F32, [b, sq, h, d]).unwrap();
+    let k = g.input("k", DType::F32, [b, sk, h, d]).unwrap();
+    let v = g.input("v", DType::F32, [b, sk, h, d]).unwrap();
+    let o = g.attention(q, k, v).unwrap();
+    g.output("o", o).unwrap();
+    let graph = g.finish().unwrap();
+    let values = |n: usize, seed: u64| -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i as u64 * 2654435761 + seed * 97) % 1000) as f32 / 500.0 - 1.0)
+            .collect()
+    };
+    let mut inputs = std::collections::HashMap::new();
+    for (name, seq, seed) in [("q", sq, 1), ("k", sk, 2), ("v", sk, 3)] {
+        let dims = [b, seq, h, d];
+        let data = values(dims.iter().product(), seed);
+        inputs.insert(name.to_string(), Tensor::new(dims, data).unwrap());
+    }
+    let expected = interp::run(&graph, &inputs).unwrap()["o"].clone();
+
+    let generated = generated(graph, true);
+    let s = &generated.schedule;
+    let mut memory: Vec<Vec<f32>> = s
+        .buffers
+        .iter()
+        .map(|buf| vec![f32::NAN; (buf.bytes / 4) as usize])
+        .collect();
+    for binding in &s.inputs {
+        memory[binding.buffer as usize] = inputs[&binding.name].data.clone();
+    }
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut gemms = 0;
+    for step in &s.steps {
+        match step {
+            Step::Gemm(gemm) => {
+                gemms += 1;
+                let at = |t: fluxc_artifact::Tensor| (t.buffer as usize, (t.offset / 4) as usize);
+                let ((ab, ao), (bb, bo), (db, d_off)) = (at(gemm.a), at(gemm.b), at(gemm.d));
+                let (m, n, kk) = (gemm.m as usize, gemm.n as usize, gemm.k as usize);
+                let (lda, ldb, ldd) = (gemm.lda as usize, gemm.ldb as usize, gemm.ldd as usize);
+                let mut out = vec![0f32; m * n];
+                for j in 0..n {
+                    for i in 0..m {
+                        let mut acc = 0f64;
+                        for p in 0..kk {
+                            let a = if gemm.trans_a {
+                                memory[ab][ao + p + i * lda]
+                            } else {
+                                memory[ab][ao + i + p * lda]
+                            };
+                            let bv = if gemm.trans_b {
+                                memory[bb][bo + j + p * ldb]
+                            } else {
+                                memory[bb][bo + p + j * ldb]
+                            };
+                            acc += f64::from(a) * f64::from(bv);
+                        }
+                        out[i + j * m] = acc as f32;
+                    }
+                }
+                for j in 0..n {
+                    for i in 0..m {
+                        memory[db][d_off + i + j * ldd] = out[i + j * m];
+                    }
+                }
+                // A score block (m keys × n queries, column-major: one row of
+                // keys per query): what the softmax kernel does to it.
+                if gemm.name.contains("scores") {
+                    for j in 0..n {
+                        let row = &mut memory[db][d_off + j * ldd..d_off + j * ldd + m];
+                        let max = row.iter().fold(f32::MIN, |a, &x| a.max(x * scale));
+                        let sum: f32 = row.iter().map(|&x| (x * scale - max).exp()).sum();
+                        row.iter_mut()
+                            .for_each(|x| *x = (*x * scale - max).exp() / sum);
+                    }
+                }
+            }
+            Step::Launch(l) => assert!(l.kernel.contains("attention_softmax"), "{}", l.kernel),
+            other => panic!("unexpected step {other:?}"),
+        }
+    }
+    assert_eq!(gemms, 2 * b * h);
+    let out = &memory[s.outputs[0].buffer as usize];
+    let got = Tensor::new(expected.shape.clone(), out.clone()).unwrap();
+    let error = got.rel_l2(&expected);
+    assert!(error < 1e-6, "{error:e}");
+    // Every head's score block starts on a 256-byte boundary.
+    for gemm in gemms_of(&generated) {
+        assert_eq!(gemm.d.offset % 256, 0, "{}", gemm.name);
+    }
+}
+
+fn gemms_of(g: &Generated) -> Vec<&fluxc_artifact::Gemm> {
+    gemms(g)
+        .into_iter()
+        .filter(|g| g.name.contains("scores"))
+        .collect()
+}

@@ -368,6 +368,25 @@ impl GraphBuilder {
         self.op(Op::UpsampleNearest { scale }, &[x])
     }
 
+    /// The patches of a `kernel`-sized convolution over a channels-last
+    /// image (see [`Op::Im2col`]).
+    pub fn im2col(
+        &mut self,
+        x: NodeId,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> Result<NodeId, IrError> {
+        self.op(
+            Op::Im2col {
+                kernel,
+                stride,
+                padding,
+            },
+            &[x],
+        )
+    }
+
     /// The dynamic fp8 quantization scale of `x` for `dtype`:
     /// `max(amax, 1e-12) / max_finite(dtype)`, f32 `[1]` over the whole
     /// tensor, or one per row of the last axis (x's shape with the last dim 1)

@@ -365,6 +365,30 @@ fn infer_op(op: &Op, operands: &[&TensorType]) -> Result<TensorType, String> {
             let [n, h, w, c] = dims4(&x.shape);
             Ok(TensorType::new(x.dtype, [n, h * scale, w * scale, c]))
         }
+        Op::Im2col {
+            kernel,
+            stride,
+            padding,
+        } => {
+            arity(op, operands, 1, 1)?;
+            let x = x.unwrap();
+            rank_eq("input (NHWC)", x, 4)?;
+            let [n, h, w, c] = dims4(&x.shape);
+            let [kh, kw] = *kernel;
+            if kh == 0 || kw == 0 || stride[0] == 0 || stride[1] == 0 {
+                return Err("kernel and stride must be positive".into());
+            }
+            if h + 2 * padding[0] < kh || w + 2 * padding[1] < kw {
+                return Err(format!(
+                    "kernel {kh}x{kw} is larger than the padded input {}x{}",
+                    h + 2 * padding[0],
+                    w + 2 * padding[1]
+                ));
+            }
+            let ho = (h + 2 * padding[0] - kh) / stride[0] + 1;
+            let wo = (w + 2 * padding[1] - kw) / stride[1] + 1;
+            Ok(TensorType::new(x.dtype, [n, ho, wo, kh * kw * c]))
+        }
     }
 }
 
@@ -486,6 +510,25 @@ mod tests {
         };
         let out = infer(&op, &[&t(&[1, 8, 8, 4]), &t(&[6, 4, 3, 3])]).unwrap();
         assert_eq!(out, t(&[1, 4, 4, 6]));
+    }
+
+    #[test]
+    fn im2col_output_size() {
+        let op = Op::Im2col {
+            kernel: [3, 3],
+            stride: [2, 2],
+            padding: [1, 1],
+        };
+        // As the conv above: 4×4 pixels, 3·3·4 columns each.
+        assert_eq!(infer(&op, &[&t(&[1, 8, 8, 4])]).unwrap(), t(&[1, 4, 4, 36]));
+        let too_big = Op::Im2col {
+            kernel: [5, 5],
+            stride: [1, 1],
+            padding: [0, 0],
+        };
+        assert!(infer(&too_big, &[&t(&[1, 3, 3, 2])])
+            .unwrap_err()
+            .contains("larger than the padded input"));
     }
 
     #[test]

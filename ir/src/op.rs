@@ -12,8 +12,9 @@
 //! - `Linear`: x `[.., K]`, weight `[N, K]` (PyTorch's `nn.Linear` layout), bias `[N]`.
 //! - `Attention`: q `[B, Sq, H, D]`, k/v `[B, Sk, H, D]` (sequence before heads,
 //!   as diffusers' processors hold them), output `[B, Sq, H, D]`.
-//! - Image ops (`Conv2d`, `GroupNorm`, `UpsampleNearest`) are channels-last:
-//!   `[N, H, W, C]`. Conv weights keep PyTorch's `[Cout, Cin/groups, KH, KW]`.
+//! - Image ops (`Conv2d`, `GroupNorm`, `UpsampleNearest`, `Im2col`) are
+//!   channels-last: `[N, H, W, C]`. Conv weights keep PyTorch's
+//!   `[Cout, Cin/groups, KH, KW]`.
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -274,6 +275,20 @@ pub enum Op {
         /// Integer scale factor for both spatial axes.
         scale: usize,
     },
+    /// The patches a convolution multiplies, channels-last (im2col). Operand:
+    /// x `[N, H, W, C]`; output `[N, Ho, Wo, KH·KW·C]` (`Ho`, `Wo` as
+    /// `Conv2d` computes them) where column `(ky·KW + kx)·C + c` of pixel
+    /// `(n, oy, ox)` is `x[n, oy·sh − ph + ky, ox·sw − pw + kx, c]`, or 0
+    /// where that lies in the zero padding. A `Conv2d` is then a `Linear`
+    /// over the patches with its weight permuted to `[Cout, KH, KW, Cin]`.
+    Im2col {
+        /// Kernel size (height, width).
+        kernel: [usize; 2],
+        /// Stride (height, width).
+        stride: [usize; 2],
+        /// Zero padding on each side (height, width).
+        padding: [usize; 2],
+    },
     /// The dynamic quantization scale of x for an 8-bit float `dtype`:
     /// `max(amax, 1e-12) / max_finite(dtype)` where `amax` is the largest
     /// `|x|` over the whole tensor (output f32 `[1]`) or over each row of the
@@ -314,7 +329,8 @@ pub enum OpClass {
     Gemm,
     /// Attention.
     Attention,
-    /// Data movement: views and copies (reshape, permute, slice, concat, upsample).
+    /// Data movement: views and copies (reshape, permute, slice, concat,
+    /// upsample, im2col).
     Movement,
     /// Computed tables (rotary table, timestep embedding).
     Table,
@@ -359,6 +375,7 @@ impl Op {
             Op::Slice { .. } => "slice",
             Op::Concat { .. } => "concat",
             Op::UpsampleNearest { .. } => "upsample_nearest",
+            Op::Im2col { .. } => "im2col",
             Op::DynamicScale { .. } => "dynamic_scale",
             Op::Quantize(_) => "quantize",
             Op::ScaledLinear { .. } => "scaled_linear",
@@ -384,7 +401,8 @@ impl Op {
             | Op::Permute(_)
             | Op::Slice { .. }
             | Op::Concat { .. }
-            | Op::UpsampleNearest { .. } => OpClass::Movement,
+            | Op::UpsampleNearest { .. }
+            | Op::Im2col { .. } => OpClass::Movement,
             Op::RopeTable { .. } | Op::TimestepEmbedding(_) => OpClass::Table,
         }
     }
@@ -444,6 +462,14 @@ impl Op {
             Op::Slice { axis, start, end } => format!("axis={axis} {start}..{end}"),
             Op::Concat { axis } => format!("axis={axis}"),
             Op::UpsampleNearest { scale } => format!("x{scale}"),
+            Op::Im2col {
+                kernel,
+                stride,
+                padding,
+            } => format!(
+                "kernel={}x{} stride={}x{} pad={}x{}",
+                kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1]
+            ),
             Op::DynamicScale { dtype, per_row } => {
                 format!(
                     "{dtype} {}",

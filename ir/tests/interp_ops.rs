@@ -857,6 +857,70 @@ fn conv2d_1x1_is_a_per_pixel_linear() {
     );
 }
 
+#[test]
+fn im2col_hand_values_with_padding() {
+    // 2x2 image of 2 channels, 3x3 kernel, padding 1: pixel (0, 0)'s patch
+    // holds the image in its lower right 2x2 taps, zeros elsewhere.
+    let mut h = Harness::new();
+    let x = h.input("x", &[1, 2, 2, 2], iota(8));
+    let y = h.b.im2col(x, [3, 3], [1, 1], [1, 1]).unwrap();
+    let out = h.run(y);
+    assert_eq!(out.shape, Shape::from(&[1, 2, 2, 18][..]));
+    let first: Vec<f32> = out.data[..18].to_vec();
+    #[rustfmt::skip]
+    let expected = vec![
+        0.0, 0.0, 0.0, 0.0, 0.0, 0.0, // ky = 0: above the image
+        0.0, 0.0, 0.0, 1.0, 2.0, 3.0, // ky = 1: pad, (0,0), (0,1)
+        0.0, 0.0, 4.0, 5.0, 6.0, 7.0, // ky = 2: pad, (1,0), (1,1)
+    ];
+    assert_eq!(first, expected);
+}
+
+/// `conv2d(x, w, b)` against `linear(im2col(x), w')` with `w'` the weight
+/// permuted to `[Cout, KH, KW, Cin]` and flattened: the column order of
+/// `Im2col` is the one that permutation gives.
+#[test]
+fn im2col_then_linear_is_the_conv() {
+    for (x_dims, w_dims, stride, padding) in [
+        ([2, 5, 6, 3], [4, 3, 3, 3], [2, 2], [1, 1]),
+        ([1, 6, 5, 2], [3, 2, 3, 2], [2, 1], [1, 0]),
+        ([1, 4, 4, 8], [5, 8, 3, 3], [1, 1], [1, 1]),
+    ] {
+        let [n, h, wd, cin] = x_dims;
+        let [cout, _, kh, kw] = w_dims;
+        let xv = pseudo_random(n * h * wd * cin, 70);
+        let wv = pseudo_random(w_dims.iter().product(), 71);
+        let bv = pseudo_random(cout, 72);
+        let mut permuted = Vec::with_capacity(wv.len());
+        for o in 0..cout {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    for c in 0..cin {
+                        permuted.push(wv[flat(&w_dims, &[o, c, ky, kx])]);
+                    }
+                }
+            }
+        }
+        let mut hs = Harness::new();
+        let x = hs.input("x", &x_dims, xv);
+        let w = hs.weight("w", &w_dims, wv);
+        let w2 = hs.weight("w2", &[cout, kh * kw * cin], permuted);
+        let b = hs.weight("b", &[cout], bv);
+        let conv = Op::Conv2d {
+            stride,
+            padding,
+            groups: 1,
+        };
+        let conv = hs.b.op(conv, &[x, w, b]).unwrap();
+        let cols = hs.b.im2col(x, [kh, kw], stride, padding).unwrap();
+        let mm = hs.b.linear(cols, w2, Some(b)).unwrap();
+        let out = hs.run_all(&[conv, mm]);
+        assert_eq!(out[0].shape, out[1].shape);
+        let error = out[1].rel_l2(&out[0]);
+        assert!(error < 1e-6, "{x_dims:?} {w_dims:?}: {error:e}");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Norms and softmax
 // ---------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 //! Hoists weight-only computations out of the forward, to load time.
 //!
 //! Passes rewrite weights with ordinary ops: q/k/v fusion stacks weights with
-//! `concat`, conv1x1-as-mm views a conv weight with `reshape`, fp8 insertion
+//! `concat`, conv1x1-as-mm views a conv weight with `reshape`, conv-as-im2col
+//! reorders one with `permute` and `reshape`, fp8 insertion
 //! computes `dynamic_scale` and `quantize` of weights. Such a computation
 //! depends on weights only, so doing it in every forward would be waste.
 //! This pass replaces each one the runtime can do at load time by a new
@@ -112,6 +113,10 @@ fn derive(
             of: Box::new(of(0)?),
             shape: shape.dims().to_vec(),
         }),
+        Op::Permute(perm) => Some(WeightSource::Permute {
+            of: Box::new(of(0)?),
+            perm: perm.clone(),
+        }),
         Op::DynamicScale { dtype, per_row } => Some(WeightSource::Fp8Scale {
             of: Box::new(of(0)?),
             format: fp8_format(*dtype)?,
@@ -162,6 +167,10 @@ pub fn display_name(source: &WeightSource) -> String {
         WeightSource::Reshape { of, shape } => {
             let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
             format!("{}.view({})", display_name(of), dims.join(","))
+        }
+        WeightSource::Permute { of, perm } => {
+            let axes: Vec<String> = perm.iter().map(usize::to_string).collect();
+            format!("{}.permute({})", display_name(of), axes.join(","))
         }
         WeightSource::Fp8Quantize {
             of,

@@ -2,6 +2,7 @@
 //! pipeline (`pipeline.rs`) that lists them in order.
 
 pub mod conv1x1;
+pub mod conv_im2col;
 pub mod cse;
 pub mod dce;
 pub mod fp8;

@@ -6,6 +6,7 @@
 //! | `cse` | [`cse`] | merges duplicate computations |
 //! | `simplify` | [`simplify`] | folds views and split-then-join data movement |
 //! | `conv1x1_as_mm` | [`conv1x1`] | 1×1 convs become linears over the channels-last view |
+//! | `conv_im2col` | [`conv_im2col`] | the other convs become an im2col gather and a linear |
 //! | `fuse_qkv` | [`fuse_qkv`] | linears sharing an input become one wide linear (e-graph) |
 //! | `fp8` | [`fp8`] | dynamic fp8 quantization of selected linears |
 //! | `hoist_weights` | [`hoist_weights`] | weight-only work moves to load time |
@@ -22,7 +23,7 @@ use fluxc_ir::{print_graph, verify, Graph, IrError};
 
 use crate::fusion::{plan_fusion, FusionPlan};
 use crate::hoist_weights::hoist_weights;
-use crate::{conv1x1, cse, dce, fp8, fuse_qkv, simplify, Fp8Mode, PassOptions};
+use crate::{conv1x1, conv_im2col, cse, dce, fp8, fuse_qkv, simplify, Fp8Mode, PassOptions};
 
 /// One step of the pipeline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +36,9 @@ pub enum Step {
     Simplify,
     /// conv_1x1_as_mm.
     Conv1x1AsMm,
+    /// Convolutions as im2col and a GEMM (always on: codegen has no
+    /// direct convolution).
+    ConvIm2col,
     /// q/k/v fusion.
     FuseQkv,
     /// fp8 insertion.
@@ -46,11 +50,12 @@ pub enum Step {
 }
 
 /// The steps in order.
-pub const STEPS: [Step; 8] = [
+pub const STEPS: [Step; 9] = [
     Step::Dce,
     Step::Cse,
     Step::Simplify,
     Step::Conv1x1AsMm,
+    Step::ConvIm2col,
     Step::FuseQkv,
     Step::Fp8,
     Step::HoistWeights,
@@ -65,6 +70,7 @@ impl Step {
             Step::Cse => "cse",
             Step::Simplify => "simplify",
             Step::Conv1x1AsMm => "conv1x1_as_mm",
+            Step::ConvIm2col => "conv_im2col",
             Step::FuseQkv => "fuse_qkv",
             Step::Fp8 => "fp8",
             Step::HoistWeights => "hoist_weights",
@@ -165,6 +171,10 @@ fn run(
                 "rewrote {} convolutions",
                 conv1x1::conv1x1_as_mm(&mut graph).map_err(at)?
             ),
+            Step::ConvIm2col => format!(
+                "rewrote {} convolutions",
+                conv_im2col::conv_im2col(&mut graph).map_err(at)?
+            ),
             Step::FuseQkv if opts.fuse_qkv => {
                 let r = fuse_qkv::fuse_shared_input_linears(&mut graph, opts.fuse_qkv_min_rows)
                     .map_err(at)?;
@@ -254,6 +264,7 @@ fn describe(source: &WeightSource) -> String {
             format!("concat({})", parts.join(", "))
         }
         WeightSource::Reshape { of, shape } => format!("reshape({}, {shape:?})", describe(of)),
+        WeightSource::Permute { of, perm } => format!("permute({}, {perm:?})", describe(of)),
         WeightSource::Fp8Quantize {
             of,
             format,

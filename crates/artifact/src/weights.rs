@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 /// passes fuse weights further; rather than copying weights at compile time,
 /// the compiler records the derivation and the loader applies it.
 ///
-/// All derivations act on the outermost dimension (dim 0, the output-feature
-/// axis of a linear weight or a bias).
+/// All derivations but [`WeightSource::Permute`] act on the outermost
+/// dimension (dim 0, the output-feature axis of a linear weight or a bias);
+/// `Permute` rearranges the axes of a whole tensor.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum WeightSource {
@@ -44,6 +45,16 @@ pub enum WeightSource {
         of: Box<WeightSource>,
         /// The new shape.
         shape: Vec<usize>,
+    },
+    /// Another source with its axes permuted: axis `i` of the result is axis
+    /// `perm[i]` of `of` (a conv weight `[Cout, Cin, KH, KW]` becomes the
+    /// `[Cout, KH, KW, Cin]` an im2col GEMM multiplies with `perm = [0, 2,
+    /// 3, 1]`).
+    Permute {
+        /// The source permuted.
+        of: Box<WeightSource>,
+        /// For each axis of the result, the axis of `of` it takes.
+        perm: Vec<usize>,
     },
     /// The fp8 values of another source: `round(of / scale)`, saturating,
     /// with the scale of [`WeightSource::Fp8Scale`] for the same `of`,
@@ -115,6 +126,7 @@ impl WeightSource {
             WeightSource::Rows { of, .. }
             | WeightSource::SwapHalves { of }
             | WeightSource::Reshape { of, .. }
+            | WeightSource::Permute { of, .. }
             | WeightSource::Fp8Quantize { of, .. }
             | WeightSource::Fp8Scale { of, .. } => of.collect_names(names),
             WeightSource::Concat { parts } => {

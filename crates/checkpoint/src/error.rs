@@ -83,6 +83,14 @@ pub enum DeriveError {
         /// Shape asked for.
         to: ShapeText,
     },
+    /// `Permute` with axes that are not a permutation of the source's.
+    #[error("{perm:?} is not a permutation of the {rank} axes of the source")]
+    BadPermutation {
+        /// The axes asked for.
+        perm: Vec<usize>,
+        /// The source's rank.
+        rank: usize,
+    },
     /// The derived data does not fill the derived shape (a loader bug).
     #[error("derived data does not match the derived shape: {0}")]
     Inconsistent(String),

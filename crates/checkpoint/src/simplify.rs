@@ -39,6 +39,10 @@ pub fn simplify(source: WeightSource) -> WeightSource {
             of: Box::new(simplify(*of)),
             shape,
         },
+        WeightSource::Permute { of, perm } => WeightSource::Permute {
+            of: Box::new(simplify(*of)),
+            perm,
+        },
         WeightSource::Fp8Quantize {
             of,
             format,

@@ -1,7 +1,8 @@
 //! Applying a [`WeightSource`] derivation to stored tensors, on the host in f32.
 //!
-//! Derivations only ever rearrange rows (dim 0), so a derived tensor is a
-//! sequence of row ranges of stored tensors. [`derived_shape`] checks a
+//! Derivations other than `Reshape`, `Permute` and the fp8 ones only
+//! rearrange rows (dim 0), so such a derived tensor is a sequence of row
+//! ranges of stored tensors. [`derived_shape`] checks a
 //! derivation against the stored shapes without reading data; [`materialize`]
 //! then walks it with the window of rows wanted, pushing the window down to
 //! the stored tensors, so slicing q out of a fused qkv converts only q's rows.
@@ -66,6 +67,16 @@ pub(crate) fn derived_shape(
                 }));
             }
             Ok(shape.clone())
+        }
+        WeightSource::Permute { of, perm } => {
+            let from = derived_shape(weight, of, store)?;
+            if !is_permutation(perm, from.len()) {
+                return Err(fail(DeriveError::BadPermutation {
+                    perm: perm.clone(),
+                    rank: from.len(),
+                }));
+            }
+            Ok(perm.iter().map(|&a| from[a]).collect())
         }
         WeightSource::Fp8Quantize { of, .. } => derived_shape(weight, of, store),
         WeightSource::Fp8Scale { of, per_row, .. } => {
@@ -168,6 +179,12 @@ fn append_rows(
             let all = whole(weight, of, store)?;
             out.extend_from_slice(&all[rows.start * row_elems..rows.end * row_elems]);
         }
+        WeightSource::Permute { of, perm } => {
+            let (from, all) = (derived_shape(weight, of, store)?, whole(weight, of, store)?);
+            let permuted = permute(&from, &all, perm);
+            let row_elems = row_layout(&derived_shape(weight, source, store)?).1;
+            out.extend_from_slice(&permuted[rows.start * row_elems..rows.end * row_elems]);
+        }
         WeightSource::Fp8Quantize {
             of,
             format,
@@ -200,6 +217,40 @@ fn append_rows(
         }
     }
     Ok(())
+}
+
+/// Whether `perm` lists each of `rank` axes once.
+fn is_permutation(perm: &[usize], rank: usize) -> bool {
+    let mut seen = vec![false; rank];
+    perm.len() == rank
+        && perm
+            .iter()
+            .all(|&a| a < rank && !std::mem::replace(&mut seen[a], true))
+}
+
+/// The row-major elements `all` of a tensor of shape `from` with its axes
+/// permuted (axis `i` of the result is axis `perm[i]` of the source).
+fn permute(from: &[usize], all: &[f32], perm: &[usize]) -> Vec<f32> {
+    let mut strides = vec![1usize; from.len()];
+    for a in (0..from.len().saturating_sub(1)).rev() {
+        strides[a] = strides[a + 1] * from[a + 1];
+    }
+    let to: Vec<usize> = perm.iter().map(|&a| from[a]).collect();
+    let mut out = Vec::with_capacity(all.len());
+    let mut index = vec![0usize; to.len()];
+    for _ in 0..all.len() {
+        let at: usize = index.iter().zip(perm).map(|(&i, &a)| i * strides[a]).sum();
+        out.push(all[at]);
+        // The next index of the result, row-major.
+        for a in (0..to.len()).rev() {
+            index[a] += 1;
+            if index[a] < to[a] {
+                break;
+            }
+            index[a] = 0;
+        }
+    }
+    out
 }
 
 /// Every element of what `source` derives, row-major.
@@ -277,6 +328,9 @@ pub fn describe(source: &WeightSource) -> String {
         }
         WeightSource::Reshape { of, shape } => {
             format!("{} reshaped to {}", describe(of), ShapeText(shape.clone()))
+        }
+        WeightSource::Permute { of, perm } => {
+            format!("{} with axes permuted to {perm:?}", describe(of))
         }
         WeightSource::Fp8Quantize { of, per_row, .. } => {
             format!("fp8 values{} of {}", per_row_text(*per_row), describe(of))
@@ -459,6 +513,62 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    /// A conv weight `[Cout, Cin, KH, KW]` permuted to `[Cout, KH, KW, Cin]`
+    /// and flattened, as im2col GEMMs take it.
+    #[test]
+    fn permute_moves_axes() {
+        let (cout, cin, kh, kw) = (2, 3, 2, 2);
+        let m = Mem::new(&[("w", vec![cout, cin, kh, kw])]);
+        let permuted = WeightSource::Permute {
+            of: Box::new(t("w")),
+            perm: vec![0, 2, 3, 1],
+        };
+        let src = WeightSource::Reshape {
+            of: Box::new(permuted.clone()),
+            shape: vec![cout, kh * kw * cin],
+        };
+        let out = run(&src, &m).unwrap();
+        assert_eq!(out.shape, vec![cout, kh * kw * cin]);
+        for o in 0..cout {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    for c in 0..cin {
+                        let column = (ky * kw + kx) * cin + c;
+                        let stored = ((o * cin + c) * kh + ky) * kw + kx;
+                        assert_eq!(out.data[o * kh * kw * cin + column], stored as f32);
+                    }
+                }
+            }
+        }
+        // A window of rows of the permuted tensor.
+        let row = run(&permuted.clone().rows(1, 1), &m).unwrap();
+        assert_eq!(row.shape, vec![1, kh, kw, cin]);
+        assert_eq!(row.data[..], out.data[kh * kw * cin..]);
+        // A 2-D transpose.
+        let m2 = Mem::new(&[("a", vec![2, 3])]);
+        let transposed = WeightSource::Permute {
+            of: Box::new(t("a")),
+            perm: vec![1, 0],
+        };
+        assert_eq!(
+            run(&transposed, &m2).unwrap().data,
+            vec![0., 3., 1., 4., 2., 5.]
+        );
+        for bad in [vec![0, 0], vec![0], vec![0, 2]] {
+            let src = WeightSource::Permute {
+                of: Box::new(t("a")),
+                perm: bad,
+            };
+            assert!(matches!(
+                run(&src, &m2),
+                Err(CheckpointError::Derive {
+                    source: DeriveError::BadPermutation { rank: 2, .. },
+                    ..
+                })
+            ));
+        }
     }
 
     #[test]

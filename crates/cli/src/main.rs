@@ -8,6 +8,7 @@ mod check;
 mod compile;
 mod compile_tuning;
 mod kernel_tuning;
+mod layout;
 mod run;
 mod tune;
 mod tune_settings;
@@ -42,7 +43,7 @@ enum Command {
         #[arg(short, long)]
         out: Option<PathBuf>,
         /// Print the IR after this pass (dce, cse, simplify, conv1x1_as_mm,
-        /// fuse_qkv, fp8, hoist_weights, fusion).
+        /// conv_im2col, fuse_qkv, fp8, hoist_weights, fusion).
         #[arg(long, value_name = "PASS")]
         dump_after: Option<String>,
         /// Give every buffer its own memory (keeps intermediates readable).
@@ -111,6 +112,11 @@ enum Command {
         /// instead of quantizing.
         #[arg(long)]
         save_quantized: bool,
+        /// 4-D tensors in --inputs and --output are NCHW (PyTorch's layout,
+        /// as diffusers writes latents and images); fluxc's image tensors
+        /// are channels-last and are permuted on the way in and out.
+        #[arg(long)]
+        nchw: bool,
     },
     /// Time cuBLASLt's candidate algorithms for every GEMM of an artifact on
     /// this machine's GPU and record the fastest in the artifact.
@@ -180,6 +186,7 @@ fn main() -> ExitCode {
             json,
             profile,
             save_quantized,
+            nchw,
         } => run::run(&run::RunArgs {
             artifact: &artifact,
             weights: &weights,
@@ -191,6 +198,7 @@ fn main() -> ExitCode {
             json: json.as_deref(),
             profile,
             save_quantized,
+            nchw,
         }),
         Command::Tune {
             artifact,

@@ -10,18 +10,24 @@
 //! ones and prints GPU milliseconds per forward and host microseconds per
 //! launch; `--json` writes them too. When the inputs file also holds a
 //! tensor named like an output (a reference, as the diffusers fixtures
-//! do), the output's relative L2 error against it is printed. `--eager` records no CUDA graph: steps
-//! run one by one, each waited for, so a failing step is named.
-//! `--save-quantized` writes the quantized fp8 weights next to the artifact
-//! (`weights.fp8.safetensors`); every later run takes them from there while
-//! the artifact and the checkpoint are unchanged
-//! (`fluxc_runtime::fp8_cache`).
+//! do), the output's relative L2 error against it is printed. `--eager`
+//! records no CUDA graph: steps run one by one, each waited for, so a
+//! failing step is named. `--save-quantized` writes the quantized fp8
+//! weights next to the artifact (`weights.fp8.safetensors`); every later run
+//! takes them from there while the artifact and the checkpoint are
+//! unchanged (`fluxc_runtime::fp8_cache`). `--nchw`
+//! reads 4-D inputs and writes (and compares) 4-D outputs in PyTorch's NCHW
+//! layout: a VAE artifact takes channels-last latents `z` `[N, h, w, C]`
+//! and writes a channels-last image, while diffusers' latents and images
+//! (and the fixtures) are NCHW.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use fluxc_checkpoint::HostTensor;
 use fluxc_runtime::{Artifact, Engine, LoadOptions, Stats, Timing};
+
+use crate::layout::{nchw_shape, nchw_to_nhwc, nhwc_to_nchw};
 
 /// What `fluxc run` was asked to do.
 pub struct RunArgs<'a> {
@@ -45,6 +51,8 @@ pub struct RunArgs<'a> {
     pub profile: bool,
     /// Write the quantized fp8 weights next to the artifact.
     pub save_quantized: bool,
+    /// 4-D inputs and outputs are NCHW in the files.
+    pub nchw: bool,
 }
 
 /// Runs the artifact.
@@ -53,7 +61,7 @@ pub fn run(args: &RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let artifact = Artifact::load(args.artifact)?;
     let (inputs, references) = match args.inputs {
         Some(path) => {
-            let (inputs, rest) = read_inputs(path, &artifact)?;
+            let (inputs, rest) = read_inputs(path, &artifact, args.nchw)?;
             (Some(inputs), rest)
         }
         None => (None, BTreeMap::new()),
@@ -91,7 +99,12 @@ pub fn run(args: &RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             .iter()
             .map(|&d| d as usize)
             .collect();
-        let values = engine.output(&binding.name)?;
+        let mut values = engine.output(&binding.name)?;
+        let mut shape = shape;
+        if args.nchw && shape.len() == 4 {
+            values = nhwc_to_nchw(&shape, &values);
+            shape = nchw_shape(&shape);
+        }
         println!("output {} {:?}: {}", binding.name, shape, summary(&values));
         if let Some(reference) = references.get(&binding.name) {
             if reference.shape == shape {
@@ -182,8 +195,13 @@ fn print_profile(rows: &[(String, usize, f64)], total: f64) {
 type Inputs = (BTreeMap<String, Vec<f32>>, BTreeMap<String, HostTensor>);
 
 /// The inputs in `path`, one per schedule input, checked against the
-/// schedule's shapes; and the file's other tensors.
-fn read_inputs(path: &Path, artifact: &Artifact) -> Result<Inputs, Box<dyn std::error::Error>> {
+/// schedule's shapes (4-D ones stored NCHW with `nchw`, and then permuted
+/// to the artifact's channels-last layout); and the file's other tensors.
+fn read_inputs(
+    path: &Path,
+    artifact: &Artifact,
+    nchw: bool,
+) -> Result<Inputs, Box<dyn std::error::Error>> {
     let mut tensors = fluxc_checkpoint::read_safetensors_any(path)?;
     let mut out = BTreeMap::new();
     for binding in &artifact.schedule.inputs {
@@ -205,16 +223,34 @@ fn read_inputs(path: &Path, artifact: &Artifact) -> Result<Inputs, Box<dyn std::
             )
             .into());
         };
-        if tensor.shape != expected {
+        let image = expected.len() == 4;
+        let stored = if nchw && image {
+            nchw_shape(&expected)
+        } else {
+            expected.clone()
+        };
+        if tensor.shape != stored {
+            let hint = if !nchw && image && tensor.shape == nchw_shape(&expected) {
+                " (NHWC); it looks NCHW: pass --nchw to have it permuted"
+            } else if nchw && image {
+                " (NCHW, as --nchw says)"
+            } else {
+                ""
+            };
             return Err(format!(
-                "input `{}` in `{}` has shape {:?}, the artifact expects {expected:?}",
+                "input `{}` in `{}` has shape {:?}, the artifact expects {stored:?}{hint}",
                 binding.name,
                 path.display(),
                 tensor.shape
             )
             .into());
         }
-        out.insert(binding.name.clone(), tensor.data);
+        let data = if nchw && image {
+            nchw_to_nhwc(&tensor.shape, &tensor.data)
+        } else {
+            tensor.data
+        };
+        out.insert(binding.name.clone(), data);
     }
     Ok((out, tensors))
 }

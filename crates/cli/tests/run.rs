@@ -245,3 +245,69 @@ fn tune_names_a_broken_cache_before_measuring() {
         "{stderr}"
     );
 }
+
+/// A tiny VAE artifact whose latents are not square (6×4, so NCHW and NHWC
+/// shapes differ), compiled into `dir`.
+fn vae_artifact(dir: &Path) -> PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let text = std::fs::read_to_string(repo.join("models/tiny-vae.toml"))
+        .unwrap()
+        .replace("height = 32", "height = 48");
+    let model = dir.join("vae.toml");
+    std::fs::write(&model, text).unwrap();
+    let artifact = dir.join("vae");
+    Command::cargo_bin("fluxc")
+        .unwrap()
+        .args(["compile", "-o"])
+        .arg(&artifact)
+        .arg(&model)
+        .assert()
+        .success();
+    artifact
+}
+
+#[test]
+fn vae_latents_are_read_channels_last_or_with_nchw() {
+    let tmp = tempfile::tempdir().unwrap();
+    let artifact = vae_artifact(tmp.path());
+    let weights =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-vae/ae.safetensors");
+    let inputs = tmp.path().join("io.safetensors");
+    let args = |extra: &[&str]| -> Vec<std::ffi::OsString> {
+        let mut v: Vec<std::ffi::OsString> = vec![
+            artifact.clone().into(),
+            "--weights".into(),
+            weights.clone().into(),
+            "--inputs".into(),
+            inputs.clone().into(),
+        ];
+        v.extend(extra.iter().map(|s| s.into()));
+        v
+    };
+    let run = |extra: &[&str]| {
+        let a = args(extra);
+        let refs: Vec<&std::ffi::OsStr> = a.iter().map(|s| s.as_os_str()).collect();
+        run_fails(&refs)
+    };
+    // NCHW latents, as diffusers holds them.
+    write_tensors(&inputs, &[("z", vec![1, 4, 6, 4])]);
+    let stderr = run(&[]);
+    assert!(
+        stderr.contains("input `z`")
+            && stderr.contains("[1, 6, 4, 4] (NHWC)")
+            && stderr.contains("pass --nchw"),
+        "{stderr}"
+    );
+    if !fluxc_runtime::cuda::driver_library_present() {
+        // Past the input checks: only the GPU is missing.
+        let stderr = run(&["--nchw"]);
+        assert!(stderr.contains("CUDA is not available"), "{stderr}");
+    }
+    // Channels-last latents under --nchw are named as such.
+    write_tensors(&inputs, &[("z", vec![1, 6, 4, 4])]);
+    let stderr = run(&["--nchw"]);
+    assert!(
+        stderr.contains("[1, 4, 6, 4] (NCHW, as --nchw says)"),
+        "{stderr}"
+    );
+}

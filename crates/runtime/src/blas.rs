@@ -4,7 +4,9 @@
 //! epilogue and bias pointer; layouts of A, B and C = D) and its algorithm,
 //! chosen once at load time: the artifact's recorded `cublasLtMatmulAlgo_t`
 //! words (validated with `cublasLtMatmulAlgoCheck`), else cuBLASLt's top
-//! heuristic within the workspace limit. Running it is one `cublasLtMatmul`
+//! heuristic within the workspace limit, told how A, B and D are really
+//! aligned (cuBLASLt assumes 256 bytes unless told; operands at an offset,
+//! such as one head of decomposed attention, may be less). Running it is one `cublasLtMatmul`
 //! with `alpha = 1`, `beta = 0`, `C = D` — capturable into a CUDA graph.
 //! Every raw handle is freed on drop; errors there are ignored.
 //!
@@ -125,7 +127,10 @@ struct MatmulPref {
 }
 
 impl MatmulPref {
-    fn with_workspace(bytes: usize) -> Result<Self, lt::CublasError> {
+    /// At most `bytes` of workspace, for operands aligned to `alignment`
+    /// bytes (A, B, C and D).
+    fn new(bytes: usize, alignment: Alignment) -> Result<Self, lt::CublasError> {
+        type P = sys::cublasLtMatmulPreferenceAttributes_t;
         let pref = MatmulPref {
             raw: lt::create_matmul_pref()?,
         };
@@ -134,18 +139,61 @@ impl MatmulPref {
         unsafe {
             lt::set_matmul_pref_attribute(
                 pref.raw,
-                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                 (&bytes as *const u64).cast(),
                 size_of::<u64>(),
             )
         }?;
+        for (attribute, value) in [
+            (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, alignment.a),
+            (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, alignment.b),
+            (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, alignment.d),
+            (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, alignment.d),
+        ] {
+            // SAFETY: the preference is alive; the attribute is a uint32_t.
+            unsafe {
+                lt::set_matmul_pref_attribute(
+                    pref.raw,
+                    attribute,
+                    (&value as *const u32).cast(),
+                    size_of::<u32>(),
+                )
+            }?;
+        }
         Ok(pref)
+    }
+}
+
+/// The alignment, in bytes, of a GEMM's operands as cuBLASLt's heuristic
+/// takes it: the largest power of two dividing the address, at most 256
+/// (cuBLASLt's default assumption).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Alignment {
+    a: u32,
+    b: u32,
+    d: u32,
+}
+
+impl Alignment {
+    fn of(addrs: &GemmAddrs) -> Alignment {
+        let bytes = |address: u64| -> u32 {
+            if address == 0 {
+                256
+            } else {
+                1u32 << address.trailing_zeros().min(8)
+            }
+        };
+        Alignment {
+            a: bytes(addrs.a),
+            b: bytes(addrs.b),
+            d: bytes(addrs.d),
+        }
     }
 }
 
 impl Drop for MatmulPref {
     fn drop(&mut self) {
-        // SAFETY: created by `with_workspace`, destroyed once.
+        // SAFETY: created by `new`, destroyed once.
         let _ = unsafe { lt::destroy_matmul_pref(self.raw) };
     }
 }
@@ -264,6 +312,8 @@ struct Descriptors {
     d_layout: MatrixLayout,
     /// What kind of GEMM this is, for error messages (empty for plain ones).
     kind: String,
+    /// How A, B and D are aligned.
+    alignment: Alignment,
 }
 
 impl Descriptors {
@@ -326,6 +376,7 @@ impl Descriptors {
             b_layout,
             d_layout,
             kind,
+            alignment: Alignment::of(&addrs),
         })
     }
 
@@ -338,8 +389,8 @@ impl Descriptors {
         count: usize,
     ) -> Result<Vec<sys::cublasLtMatmulHeuristicResult_t>, String> {
         let st = |what: &'static str| move |e: lt::CublasError| format!("{what}: {e}");
-        let pref =
-            MatmulPref::with_workspace(workspace_limit).map_err(st("creating the preference"))?;
+        let pref = MatmulPref::new(workspace_limit, self.alignment)
+            .map_err(st("creating the preference"))?;
         let count = count.clamp(1, 64);
         let mut results: Vec<sys::cublasLtMatmulHeuristicResult_t> = (0..count)
             // SAFETY: a plain C struct of integers and arrays; all-zero is valid.
@@ -517,5 +568,24 @@ mod tests {
         // cublasLt.h: SCALAR_32F = 0, OUTER_VEC_32F = 3.
         assert_eq!(scale_mode_value(ScaleMode::Tensor), 0);
         assert_eq!(scale_mode_value(ScaleMode::OuterVector), 3);
+    }
+
+    #[test]
+    fn alignment_is_the_address_power_of_two_up_to_256() {
+        let addrs = GemmAddrs {
+            a: 0x7f00_0000_0000,
+            b: 0x7f00_0000_0000 + 64,
+            d: 0x7f00_0000_0000 + 1444,
+            bias: None,
+            scales: None,
+        };
+        assert_eq!(
+            Alignment::of(&addrs),
+            Alignment {
+                a: 256,
+                b: 64,
+                d: 4
+            }
+        );
     }
 }

@@ -45,6 +45,11 @@ pub(super) fn eval(op: &Op, args: &[&Tensor], out_shape: &Shape) -> Tensor {
         Op::Slice { axis, start, end } => slice(args[0], *axis, *start, *end),
         Op::Concat { axis } => concat(args, *axis),
         Op::UpsampleNearest { scale } => upsample_nearest(args[0], *scale),
+        Op::Im2col {
+            kernel,
+            stride,
+            padding,
+        } => im2col(args[0], *kernel, *stride, *padding, out_shape),
         Op::DynamicScale { dtype, per_row } => dynamic_scale(args[0], *dtype, *per_row),
         Op::Quantize(dtype) => quantize(args[0], args[1], *dtype),
         Op::ScaledLinear { .. } => scaled_linear(args),
@@ -573,6 +578,37 @@ fn upsample_nearest(x: &Tensor, scale: usize) -> Vec<f32> {
         }
     }
     out
+}
+
+fn im2col(
+    x: &Tensor,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+    out: &Shape,
+) -> Vec<f32> {
+    let [n, h, w, c] = dims4(&x.shape);
+    let (ho, wo) = (out.dims()[1], out.dims()[2]);
+    let mut data = Vec::with_capacity(out.numel());
+    for b in 0..n {
+        for oy in 0..ho {
+            for ox in 0..wo {
+                for ky in 0..kernel[0] {
+                    for kx in 0..kernel[1] {
+                        let iy = (oy * stride[0] + ky) as isize - padding[0] as isize;
+                        let ix = (ox * stride[1] + kx) as isize - padding[1] as isize;
+                        if iy < 0 || iy >= h as isize || ix < 0 || ix >= w as isize {
+                            data.extend(std::iter::repeat_n(0.0, c));
+                        } else {
+                            let base = ((b * h + iy as usize) * w + ix as usize) * c;
+                            data.extend_from_slice(&x.data[base..base + c]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    data
 }
 
 fn dims4(s: &Shape) -> [usize; 4] {

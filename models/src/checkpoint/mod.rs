@@ -277,6 +277,10 @@ fn compose(
             of: inner(of)?,
             shape: shape.clone(),
         },
+        WeightSource::Permute { of, perm } => WeightSource::Permute {
+            of: inner(of)?,
+            perm: perm.clone(),
+        },
         WeightSource::Fp8Quantize {
             of,
             format: f,
