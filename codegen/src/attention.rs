@@ -51,6 +51,7 @@
 //! 4608 tokens, where 192-key tiles beat 128-key ones (581).
 
 use fluxc_artifact::AttentionOperands;
+use fluxc_autotune::{Config, ConfigSpace, Field};
 
 /// The widest head the CUDA-core kernel takes (one query row per warp keeps
 /// its accumulators in registers).
@@ -94,16 +95,66 @@ pub fn render_simt_attention(
 
 /// Query rows per CTA (2 consumer warpgroups × 64 rows; fixed by the kernel).
 const BLOCK_M: u32 = 128;
-/// Keys per main-loop iteration (the kernel takes 128 or 192; 192 measured
-/// faster at FLUX's lengths).
-const BLOCK_N: u32 = 192;
-/// K and V buffers each (the kernel takes 2 or 3; only 2 tiles of 192 keys
-/// fit next to Q).
-const STAGES: u32 = 2;
 /// Threads per CTA: one producer and two consumer warpgroups.
 const THREADS: u32 = 384;
-/// The mbarriers: Q full, and K/V full/empty per stage, 8 bytes each.
-const BARRIER_BYTES: u32 = 8 * (1 + 4 * STAGES);
+/// Dynamic shared memory one CTA may use on sm_90 (227 KiB).
+pub const MAX_SHARED_BYTES: u32 = 232_448;
+
+/// The tile configuration of the tensor-core kernel: what the autotuner
+/// may change without changing what the kernel computes (beyond the order
+/// of its f32 sums).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AttentionConfig {
+    /// Keys per main-loop iteration: 128 or 192.
+    pub block_n: u32,
+    /// K and V buffers each: 2 or 3.
+    pub stages: u32,
+}
+
+impl Default for AttentionConfig {
+    /// 192-key tiles, 2 stages: the fastest at FLUX's lengths on the H200
+    /// (626 TFLOP/s at 4608 tokens against 581 for 128 keys and 3 stages).
+    fn default() -> Self {
+        AttentionConfig {
+            block_n: 192,
+            stages: 2,
+        }
+    }
+}
+
+impl AttentionConfig {
+    /// Shared memory of the kernel at head width `d`: the Q tile, the K and
+    /// V rings (swizzled, unpadded), the mbarriers (Q full, K/V full/empty
+    /// per stage, 8 bytes each) and 1 KiB of slack to align the base to the
+    /// 1024-byte swizzle period.
+    pub fn shared_bytes(self, d: u32) -> u32 {
+        (BLOCK_M + 2 * self.stages * self.block_n) * d * 2 + 8 * (1 + 4 * self.stages) + 1024
+    }
+}
+
+/// The autotuner's space of [`AttentionConfig`]s: `block_n` ∈ {128, 192},
+/// `stages` ∈ {2, 3} (192 keys with 3 stages is rejected when rendered: it
+/// needs more shared memory than a CTA has).
+pub fn space() -> ConfigSpace {
+    ConfigSpace::new(vec![
+        Field::new("block_n", [128, 192]),
+        Field::new("stages", [2, 3]),
+    ])
+}
+
+/// `config` of [`space`] as an [`AttentionConfig`].
+pub fn config_from(space: &ConfigSpace, config: &Config) -> AttentionConfig {
+    let values = space.values(config);
+    AttentionConfig {
+        block_n: values[0] as u32,
+        stages: values[1] as u32,
+    }
+}
+
+/// The point of [`space`] that `config` is, if the space has it.
+pub fn config_of(space: &ConfigSpace, config: AttentionConfig) -> Option<Config> {
+    space.config_of(&[i64::from(config.block_n), i64::from(config.stages)])
+}
 
 /// The CUDA template, with `{{…}}` placeholders.
 const TEMPLATE: &str = include_str!("../kernels/attention.cu");
@@ -127,23 +178,51 @@ pub struct AttentionKernel {
 }
 
 /// Renders the attention kernel for `head_dim` (64 or 128; anything else is
-/// an error).
+/// an error) in its default configuration.
 pub fn render_attention(head_dim: usize) -> Result<AttentionKernel, String> {
+    render_attention_with(head_dim, AttentionConfig::default())
+}
+
+/// [`render_attention`] in configuration `config`; a configuration the
+/// kernel does not take, or whose shared memory exceeds a CTA's, is an
+/// error. The default configuration's kernel is `attention_d{D}_bf16`,
+/// another's `attention_d{D}_n{block_n}_s{stages}_bf16`.
+pub fn render_attention_with(
+    head_dim: usize,
+    config: AttentionConfig,
+) -> Result<AttentionKernel, String> {
     if head_dim != 64 && head_dim != 128 {
         return Err(format!(
             "attention: unsupported head_dim {head_dim} (supported: 64, 128)"
         ));
     }
+    if !matches!(config.block_n, 128 | 192) || !matches!(config.stages, 2 | 3) {
+        return Err(format!(
+            "attention: {config:?} is not a configuration of the kernel (block_n 128 or 192, \
+             stages 2 or 3)"
+        ));
+    }
     let d = head_dim as u32;
-    let name = format!("attention_d{head_dim}_bf16");
-    // Q tile + STAGES K and V buffers (swizzled, unpadded) + the mbarriers
-    // + 1 KiB of slack to align the base to the 1024-byte swizzle period.
-    let shared_bytes = (BLOCK_M + 2 * STAGES * BLOCK_N) * d * 2 + BARRIER_BYTES + 1024;
+    let shared_bytes = config.shared_bytes(d);
+    if shared_bytes > MAX_SHARED_BYTES {
+        return Err(format!(
+            "attention: {config:?} needs {shared_bytes} bytes of shared memory at head width \
+             {d} (at most {MAX_SHARED_BYTES})"
+        ));
+    }
+    let name = if config == AttentionConfig::default() {
+        format!("attention_d{head_dim}_bf16")
+    } else {
+        format!(
+            "attention_d{head_dim}_n{}_s{}_bf16",
+            config.block_n, config.stages
+        )
+    };
     let source = TEMPLATE
         .replace("{{NAME}}", &name)
         .replace("{{HEAD_DIM}}", &d.to_string())
-        .replace("{{BLOCK_N}}", &BLOCK_N.to_string())
-        .replace("{{STAGES}}", &STAGES.to_string())
+        .replace("{{BLOCK_N}}", &config.block_n.to_string())
+        .replace("{{STAGES}}", &config.stages.to_string())
         .replace("{{SHARED_BYTES}}", &shared_bytes.to_string());
     debug_assert!(
         !source.contains("{{"),
@@ -152,7 +231,7 @@ pub fn render_attention(head_dim: usize) -> Result<AttentionKernel, String> {
     Ok(AttentionKernel {
         operands: AttentionOperands::TensorMaps {
             q_rows: BLOCK_M,
-            kv_rows: BLOCK_N,
+            kv_rows: config.block_n,
         },
         name,
         source,
@@ -192,6 +271,70 @@ mod tests {
         // Within the H200's 227 KiB per block.
         assert_eq!(render_attention(128).unwrap().shared_bytes, 230_472);
         assert_eq!(render_attention(64).unwrap().shared_bytes, 115_784);
+    }
+
+    #[test]
+    fn configurations_render_under_their_own_names() {
+        let space = space();
+        let mut valid = Vec::new();
+        for block_n in [128, 192] {
+            for stages in [2, 3] {
+                let config = AttentionConfig { block_n, stages };
+                let c = config_of(&space, config).unwrap();
+                assert_eq!(config_from(&space, &c), config);
+                if let Ok(k) = render_attention_with(128, config) {
+                    assert!(k.shared_bytes <= MAX_SHARED_BYTES);
+                    assert_eq!(
+                        k.operands,
+                        AttentionOperands::TensorMaps {
+                            q_rows: 128,
+                            kv_rows: block_n
+                        }
+                    );
+                    assert!(k
+                        .source
+                        .contains(&format!("constexpr int BLOCK_N = {block_n};")));
+                    assert!(k
+                        .source
+                        .contains(&format!("constexpr int STAGES = {stages};")));
+                    valid.push(k.name);
+                }
+            }
+        }
+        // 192 keys × 3 stages does not fit: 297 KiB of shared memory.
+        assert_eq!(
+            valid,
+            [
+                "attention_d128_n128_s2_bf16",
+                "attention_d128_n128_s3_bf16",
+                "attention_d128_bf16"
+            ]
+        );
+        let e = render_attention_with(
+            128,
+            AttentionConfig {
+                block_n: 192,
+                stages: 3,
+            },
+        )
+        .unwrap_err();
+        assert!(e.contains("shared memory"), "{e}");
+        assert!(render_attention_with(
+            64,
+            AttentionConfig {
+                block_n: 192,
+                stages: 3
+            }
+        )
+        .is_ok());
+        assert!(render_attention_with(
+            128,
+            AttentionConfig {
+                block_n: 96,
+                stages: 2
+            }
+        )
+        .is_err());
     }
 
     #[test]

@@ -18,11 +18,17 @@
 //! - row kernels: `block_threads` as above and `threads_per_row` ∈ {1, 2,
 //!   4, …, 1024}. Configurations whose row does not fit in registers (more
 //!   than 64 values per thread) or whose threads per row exceed the block
-//!   are rejected when rendered.
+//!   are rejected when rendered;
+//! - the tensor-core attention kernel, per distinct problem
+//!   ([`tunable_attention`]): keys per tile `block_n` ∈ {128, 192} and
+//!   K/V stages ∈ {2, 3} ([`attention::space`]; configurations over the
+//!   shared-memory limit are rejected when rendered).
 
-use fluxc_artifact::ElemType;
+use fluxc_artifact::{AttentionOperands, ElemType};
 use fluxc_autotune::{Config, ConfigSpace, Field};
 use fluxc_passes::pipeline::Optimized;
+
+use crate::attention::{self, render_attention_with, AttentionConfig, AttentionKernel};
 
 use crate::kernels::{self, KernelSource, LaunchConfig, Recipe, NAME};
 use crate::{elem_type, lower, CodegenError};
@@ -146,6 +152,77 @@ pub fn variant(
 ) -> Result<KernelSource, CodegenError> {
     let launch = launch_config(&kernel.space, config);
     kernels::render(&optimized.graph, &kernel.default.recipe, Some(launch))
+}
+
+/// A distinct problem of the tensor-core attention kernel in a graph, as
+/// the tuner sees it.
+#[derive(Clone, Debug)]
+pub struct TunableAttention {
+    /// `[batch, heads, seq_q, seq_kv, head_dim]`: what a choice is keyed by.
+    pub dims: [u32; 5],
+    /// The score scale.
+    pub scale: f32,
+    /// The kernel in its default configuration.
+    pub default: AttentionKernel,
+    /// The space of tile configurations ([`attention::space`]).
+    pub space: ConfigSpace,
+    /// The default configuration in that space.
+    pub default_config: Config,
+    /// How many steps of the forward run it.
+    pub launches: usize,
+}
+
+/// The distinct problems of the tensor-core attention kernel in
+/// `optimized`, in order of first use (the CUDA-core and decomposed
+/// attentions have no tile configuration to tune).
+pub fn tunable_attention(optimized: &Optimized) -> Result<Vec<TunableAttention>, CodegenError> {
+    let pending = lower::lower(&optimized.graph, &optimized.fusion)?;
+    let mut out: Vec<TunableAttention> = Vec::new();
+    for step in pending {
+        let lower::PendingStep::Attention {
+            kernel,
+            dims,
+            scale,
+            ..
+        } = step
+        else {
+            continue;
+        };
+        if !matches!(kernel.operands, AttentionOperands::TensorMaps { .. }) {
+            continue;
+        }
+        if let Some(seen) = out.iter_mut().find(|t| t.dims == dims) {
+            seen.launches += 1;
+            continue;
+        }
+        let space = attention::space();
+        let default_config =
+            attention::config_of(&space, AttentionConfig::default()).ok_or_else(|| {
+                CodegenError::Invalid(
+                    "the default attention configuration lies outside its space".into(),
+                )
+            })?;
+        out.push(TunableAttention {
+            dims,
+            scale,
+            default: kernel,
+            space,
+            default_config,
+            launches: 1,
+        });
+    }
+    Ok(out)
+}
+
+/// The attention kernel of `problem` under `config` of its space; an
+/// invalid configuration (shared memory over the limit) is
+/// [`CodegenError::Unsupported`] (the tuner rejects it).
+pub fn attention_variant(
+    problem: &TunableAttention,
+    config: &Config,
+) -> Result<AttentionKernel, CodegenError> {
+    let config = attention::config_from(&problem.space, config);
+    render_attention_with(problem.dims[4] as usize, config).map_err(CodegenError::Unsupported)
 }
 
 /// One CUDA translation unit (the kernel prelude, then every kernel under

@@ -23,13 +23,14 @@ mod write;
 use std::collections::{BTreeMap, HashMap};
 
 use fluxc_artifact::{
-    content_hash, Arg, Attention, Binding, Buffer, CheckpointLayout, ElemType, Gemm, GemmEpilogue,
-    GemmScales as ScaleSpec, Launch, Manifest, Region, ScaleMode, Schedule, Step, Tensor,
-    WeightEntry, WeightSource, FORMAT_VERSION,
+    content_hash, Arg, Attention, AttentionOperands, Binding, Buffer, CheckpointLayout, ElemType,
+    Gemm, GemmEpilogue, GemmScales as ScaleSpec, Launch, Manifest, Region, ScaleMode, Schedule,
+    Step, Tensor, WeightEntry, WeightSource, FORMAT_VERSION,
 };
 use fluxc_ir::{print_graph, DType, Graph, NodeId, Op};
 use fluxc_passes::pipeline::Optimized;
 
+pub use attention::AttentionConfig;
 use buffers::Buf;
 pub use kernels::{KernelSource, LaunchConfig};
 use lower::{storage_of, PendingStep};
@@ -93,24 +94,57 @@ pub struct Generated {
 
 /// Generates the artifact for `optimized`.
 pub fn generate(optimized: &Optimized, opts: &CodegenOptions) -> Result<Generated, CodegenError> {
-    generate_with(optimized, opts, &|_| None)
+    generate_with(optimized, opts, &Choices::default())
 }
 
-/// [`generate`], with every generated kernel for which `choose` returns a
-/// launch configuration rendered under it (`choose` sees the kernel as
-/// rendered by default; see [`launch`] for tuning).
+/// What tuning chose, for [`generate_with`]: `kernel` sees each generated
+/// kernel as rendered by default and may return another launch
+/// configuration; `attention` sees each tensor-core attention problem
+/// (`[batch, heads, seq_q, seq_kv, head_dim]`) and may return another tile
+/// configuration. See [`launch`] for tuning.
+pub struct Choices<'a> {
+    /// Launch configurations of generated kernels.
+    pub kernel: &'a dyn Fn(&kernels::KernelSource) -> Option<LaunchConfig>,
+    /// Tile configurations of the attention kernel.
+    pub attention: &'a dyn Fn(&[u32; 5]) -> Option<AttentionConfig>,
+}
+
+impl Default for Choices<'_> {
+    /// Every default.
+    fn default() -> Self {
+        Choices {
+            kernel: &|_| None,
+            attention: &|_| None,
+        }
+    }
+}
+
+/// [`generate`], with every kernel that `choices` picks a configuration for
+/// rendered under it.
 pub fn generate_with(
     optimized: &Optimized,
     opts: &CodegenOptions,
-    choose: &dyn Fn(&kernels::KernelSource) -> Option<LaunchConfig>,
+    choices: &Choices,
 ) -> Result<Generated, CodegenError> {
     let graph = &optimized.graph;
     let mut pending = lower::lower(graph, &optimized.fusion)?;
     for step in &mut pending {
-        if let PendingStep::Kernel(k) = step {
-            if let Some(config) = choose(k) {
-                *k = kernels::render(graph, &k.recipe, Some(config))?;
+        match step {
+            PendingStep::Kernel(k) => {
+                if let Some(config) = (choices.kernel)(k) {
+                    *k = kernels::render(graph, &k.recipe, Some(config))?;
+                }
             }
+            PendingStep::Attention {
+                kernel, dims, grid, ..
+            } if matches!(kernel.operands, AttentionOperands::TensorMaps { .. }) => {
+                if let Some(config) = (choices.attention)(dims) {
+                    *kernel = attention::render_attention_with(dims[4] as usize, config)
+                        .map_err(CodegenError::Unsupported)?;
+                    *grid = attention::grid(kernel, dims[0], dims[1], dims[2]);
+                }
+            }
+            _ => {}
         }
     }
     let (unique_kernels, kernel_names) = lower::name_kernels(graph, &pending);

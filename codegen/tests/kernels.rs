@@ -436,7 +436,7 @@ fn kernel_variants_render_and_compile() {
 
 #[test]
 fn generate_with_renders_chosen_configurations() {
-    use fluxc_codegen::{generate_with, LaunchConfig};
+    use fluxc_codegen::{generate_with, AttentionConfig, Choices, LaunchConfig};
     let options = PassOptions {
         fuse_qkv_min_rows: 1,
         ..PassOptions::default()
@@ -454,7 +454,19 @@ fn generate_with_renders_chosen_configurations() {
             threads_per_row: 0,
         })
     };
-    let g = generate_with(&optimized, &opts, &choose).unwrap();
+    // The attention (2 heads of 64 over 20 tokens) in 128-key tiles, 3 stages.
+    let tiles = |dims: &[u32; 5]| {
+        assert_eq!(*dims, [1, 2, 20, 20, 64]);
+        Some(AttentionConfig {
+            block_n: 128,
+            stages: 3,
+        })
+    };
+    let choices = Choices {
+        kernel: &choose,
+        attention: &tiles,
+    };
+    let g = generate_with(&optimized, &opts, &choices).unwrap();
     g.schedule.validate().unwrap();
     let plain = generate(&optimized, &opts).unwrap();
     let blocks = |g: &Generated| -> Vec<u32> { launches(g).iter().map(|l| l.block[0]).collect() };
@@ -462,6 +474,29 @@ fn generate_with_renders_chosen_configurations() {
     assert!(!blocks(&plain).contains(&128));
     assert_eq!(launches(&g).len(), launches(&plain).len());
     assert!(g.kernels_cu.contains("__launch_bounds__(128)"));
+    let attention = |g: &Generated| {
+        g.schedule
+            .steps
+            .iter()
+            .find_map(|s| match s {
+                Step::Attention(a) => Some(a.clone()),
+                _ => None,
+            })
+            .unwrap()
+    };
+    let (tuned, default) = (attention(&g), attention(&plain));
+    assert_eq!(tuned.kernel, "attention_d64_n128_s3_bf16");
+    assert_eq!(default.kernel, "attention_d64_bf16");
+    assert_eq!(
+        tuned.operands,
+        fluxc_artifact::AttentionOperands::TensorMaps {
+            q_rows: 128,
+            kv_rows: 128
+        }
+    );
+    assert!(g
+        .kernels_cu
+        .contains("void __launch_bounds__(384, 1)\nattention_d64_n128_s3_bf16("));
 }
 
 /// A miniature VAE decoder stretch, channels-last: a resnet (GroupNorm →

@@ -15,7 +15,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use fluxc_artifact::{content_hash, CheckpointLayout, Step as ScheduleStep, WeightSource};
-use fluxc_codegen::{check_output_dir, generate_with, write_artifact, CodegenOptions, Generated};
+use fluxc_codegen::{
+    check_output_dir, generate_with, write_artifact, Choices, CodegenOptions, Generated,
+};
 use fluxc_models::checkpoint::{resolve_derived_sources, CheckpointFormat, NameMap};
 use fluxc_models::{build_graph, ModelConfig};
 use fluxc_passes::pipeline::{optimize, optimize_with_dump, Optimized, Step};
@@ -86,10 +88,16 @@ pub fn run(args: &CompileArgs) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         None
     };
-    let choices = match (gpu.as_mut(), cache.as_mut()) {
-        (Some(gpu), Some(cache)) => gpu.kernels(&optimized, cache)?,
-        (None, Some(cache)) => compile_tuning::cached_kernels(&optimized, cache)?,
-        _ => HashMap::new(),
+    let (kernels, attention) = match (gpu.as_mut(), cache.as_mut()) {
+        (Some(gpu), Some(cache)) => (
+            gpu.kernels(&optimized, cache)?,
+            gpu.attention(&optimized, cache)?,
+        ),
+        (None, Some(cache)) => (
+            compile_tuning::cached_kernels(&optimized, cache)?,
+            compile_tuning::cached_attention(&optimized, cache)?,
+        ),
+        _ => (HashMap::new(), HashMap::new()),
     };
     let mut generated = generate_with(
         &optimized,
@@ -98,7 +106,10 @@ pub fn run(args: &CompileArgs) -> Result<(), Box<dyn std::error::Error>> {
             layouts: layouts(&optimized, NameMap::of(&cfg)?),
             reuse_memory: !args.no_memory_reuse,
         },
-        &|k| choices.get(&k.source).copied(),
+        &Choices {
+            kernel: &|k| kernels.get(&k.source).copied(),
+            attention: &|dims| attention.get(dims).copied(),
+        },
     )?;
     eprintln!("  codegen: {}", summary(&generated));
     if let (Some(cache), Some(path)) = (cache.as_mut(), settings.cache.as_deref()) {

@@ -10,9 +10,11 @@
 use fluxc_artifact::{Schedule, TuningCache};
 use fluxc_autotune::{Budget, SearchOptions};
 use fluxc_passes::pipeline::Optimized;
+use fluxc_runtime::attention_bench::AttentionBench;
 use fluxc_runtime::gemm_tuning::{tune_gemms, GemmTuneOptions, GEMM_SEARCH_MEASUREMENTS};
 use fluxc_runtime::kernel_bench::KernelBench;
 
+use crate::attention_tuning::{self, AttentionChoices};
 use crate::kernel_tuning::{self, Choices, Outcome};
 use crate::tune;
 use crate::tune_settings::TuneSettings;
@@ -27,6 +29,22 @@ pub fn cached_kernels(optimized: &Optimized, cache: &TuningCache) -> Result<Choi
         "  tuning: {found} of {total} kernel(s) found in the cache, {} with a non-default launch",
         chosen.len()
     );
+    Ok(chosen)
+}
+
+/// Attention tiles from the cache, without a GPU.
+pub fn cached_attention(
+    optimized: &Optimized,
+    cache: &TuningCache,
+) -> Result<AttentionChoices, Error> {
+    let (chosen, found, total) = attention_tuning::cached_attention(optimized, cache)?;
+    if total > 0 {
+        eprintln!(
+            "  tuning: {found} of {total} attention problem(s) found in the cache, {} with \
+             non-default tiles",
+            chosen.len()
+        );
+    }
     Ok(chosen)
 }
 
@@ -53,6 +71,7 @@ pub fn cached_gemms(
 /// Tuning on this machine's GPU (`--tune`), within a budget.
 pub struct GpuTuning {
     bench: KernelBench,
+    attention_bench: AttentionBench,
     driver: String,
     budget: Budget,
     budget_from: &'static str,
@@ -71,9 +90,12 @@ impl GpuTuning {
         let include_dirs = fluxc_runtime::LoadOptions::default().cuda_include_dirs;
         let bench = KernelBench::new(0, fluxc_codegen::ARCH, &include_dirs)
             .map_err(|e| format!("--tune measures on the GPU: {e}"))?;
+        let attention_bench = AttentionBench::new(0, fluxc_codegen::ARCH, &include_dirs)
+            .map_err(|e| format!("--tune measures on the GPU: {e}"))?;
         let driver = fluxc_runtime::cuda::driver_version()?.to_string();
         Ok(GpuTuning {
             bench,
+            attention_bench,
             driver,
             budget: settings.start_budget()?,
             budget_from: settings.budget_from,
@@ -144,6 +166,49 @@ impl GpuTuning {
         );
         if self.report {
             print!("{}", kernel_tuning::report(&rows));
+        }
+        Ok(chosen)
+    }
+
+    /// Tunes the attention kernel's tiles for every problem the cache lacks.
+    pub fn attention(
+        &mut self,
+        optimized: &Optimized,
+        cache: &mut TuningCache,
+    ) -> Result<AttentionChoices, Error> {
+        let device = self.bench.device_name();
+        let (chosen, rows) = attention_tuning::tune_attention(
+            optimized,
+            &self.attention_bench,
+            &device,
+            &self.driver,
+            cache,
+            &self.search,
+            &self.budget,
+            |d, t, r| {
+                let how = match r.outcome {
+                    Outcome::Measured => format!("{} measured", r.measured),
+                    Outcome::Cached => "cached".to_string(),
+                    Outcome::OutOfBudget => "budget spent: default".to_string(),
+                };
+                eprintln!(
+                    "    [attention {d}/{t}] {:.1} µs → {:.1} µs  {:?}: {} keys per tile, {} stages \
+                     (x{}, {how})",
+                    r.default_us,
+                    r.best_us,
+                    r.dims,
+                    r.config.block_n,
+                    r.config.stages,
+                    r.launches
+                )
+            },
+        )?;
+        self.kernels_left += rows
+            .iter()
+            .filter(|r| r.outcome == Outcome::OutOfBudget)
+            .count();
+        if self.report && !rows.is_empty() {
+            print!("\n{}", attention_tuning::report(&rows));
         }
         Ok(chosen)
     }

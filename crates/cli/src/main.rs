@@ -4,6 +4,7 @@
 //! dispatches, and renders errors (`error: ...` on stderr, exit code 1; usage
 //! errors exit with 2 through clap).
 
+mod attention_tuning;
 mod check;
 mod compile;
 mod compile_tuning;

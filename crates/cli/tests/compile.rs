@@ -381,6 +381,84 @@ fn a_tuning_cache_gives_kernels_their_recorded_launches() {
     fluxc_runtime::Artifact::load(&out).unwrap();
 }
 
+#[test]
+fn a_tuning_cache_gives_attention_its_recorded_tiles() {
+    use fluxc_artifact::{content_hash, tuning_key, Step, TuningCache, TuningRecord};
+    use fluxc_codegen::launch::tunable_attention;
+    // tiny-schnell in bf16 with heads of 64, so its attention is the
+    // tensor-core kernel (19 tokens: 12 image + 7 text).
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("tiny-bf16-d64.toml");
+    let text = std::fs::read_to_string(tiny())
+        .unwrap()
+        .replace("dtype = \"f32\"", "dtype = \"bf16\"")
+        .replace("attention_head_dim = 16", "attention_head_dim = 64")
+        .replace("hidden_size = 32", "hidden_size = 128")
+        .replace(
+            "axes_dims_rope = [4, 6, 6]",
+            "axes_dims_rope = [16, 24, 24]",
+        );
+    std::fs::write(&model, text).unwrap();
+    let cfg = fluxc_models::ModelConfig::load(&model).unwrap();
+    let graph = fluxc_models::build_graph(&cfg).unwrap();
+    let optimized = fluxc_passes::pipeline::optimize(graph, &cfg.passes.options()).unwrap();
+    let problems = tunable_attention(&optimized).unwrap();
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].dims, [1, 2, 19, 19, 64]);
+    let mut cache = TuningCache::default();
+    cache.entries.insert(
+        tuning_key(
+            &content_hash(problems[0].default.source.as_bytes(), b""),
+            "attention 1x2x19x19x64",
+            "NVIDIA H200",
+            "13000",
+        ),
+        TuningRecord {
+            name: "attention 1x2x19x19x64".into(),
+            config: std::collections::BTreeMap::from([
+                ("block_n".to_string(), 128),
+                ("stages".to_string(), 3),
+            ]),
+            time_us: 10.0,
+            default_time_us: 11.0,
+            measurements: 3,
+        },
+    );
+    let cache_path = tmp.path().join("tuning.json");
+    fluxc_autotune::cache::save(&cache_path, &cache).unwrap();
+    let out = tmp.path().join("art");
+    let assert = fluxc()
+        .args(["compile", "-o"])
+        .arg(&out)
+        .arg("--tuning-cache")
+        .arg(&cache_path)
+        .arg(&model)
+        .assert()
+        .success();
+    let stderr = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
+    assert!(
+        stderr.contains(
+            "tuning: 1 of 1 attention problem(s) found in the cache, 1 with non-default tiles"
+        ),
+        "{stderr}"
+    );
+    let artifact = fluxc_runtime::Artifact::load(&out).unwrap();
+    let kernels: Vec<&str> = artifact
+        .schedule
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Attention(a) => Some(a.kernel.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(!kernels.is_empty());
+    assert!(
+        kernels.iter().all(|k| *k == "attention_d64_n128_s3_bf16"),
+        "{kernels:?}"
+    );
+}
+
 /// A tuning cache with a record, measured on one H200, of every generated
 /// kernel and every GEMM of tiny-schnell as compiled by default: each
 /// kernel at 128 threads, each GEMM with a faster algorithm.

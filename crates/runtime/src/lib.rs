@@ -34,7 +34,8 @@
 //! quantization or the cache; [`Fp8Origin`]), [`convert`] (f32 ↔
 //! buffer dtypes), [`compile`] (NVRTC and the CUBIN cache), [`cuda`]
 //! (library checks and RAII driver handles), `blas` (cuBLASLt, fp8 GEMMs
-//! included), [`bench`] (what the GPU tuners share), [`gemm_tuning`] (timing cuBLASLt's candidate algorithms of
+//! included), [`bench`] (what the GPU tuners share), [`attention_bench`]
+//! (timing tile configurations of the attention kernel, for the autotuner), [`gemm_tuning`] (timing cuBLASLt's candidate algorithms of
 //! every GEMM of a schedule, for `fluxc tune`), [`gemm_space`] (a GEMM's
 //! cuBLASLt algorithm configurations as a search space), `gemm_algo`
 //! (cuBLASLt's algorithm ids, capabilities and configuration attributes),
@@ -45,6 +46,7 @@
 //! `error` ([`RuntimeError`]).
 
 mod artifact;
+pub mod attention_bench;
 pub mod bench;
 mod blas;
 pub mod compile;
