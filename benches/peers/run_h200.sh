@@ -87,6 +87,17 @@ if [[ " $STEPS " == *" forward "* ]]; then
                 --tuning-cache "$OUT/tuning.json" > "$OUT/tune_$variant.md" 2> "$OUT/tune_$variant.log" \
                 || { status=1; tail -20 "$OUT/tune_$variant.log"; continue; }
             echo "tuning $variant took $((SECONDS - start)) s" | tee -a "$OUT/tune_$variant.log"
+            # What a warm cache costs: the same compile again (nothing left to
+            # measure) next to a compile that tunes nothing.
+            for how in warm plain; do
+                flags=(--tune --tuning-cache "$OUT/tuning.json")
+                [[ $how == plain ]] && flags=()
+                t0=$(python3 -c 'import time; print(time.time())')
+                .dev/bin/fluxc compile "$model" -o "/tmp/fluxc-art-$how" "${flags[@]}" \
+                    > /dev/null 2>> "$OUT/tune_$variant.log" || status=1
+                echo "compile ($how cache): $(python3 -c 'import sys, time; print(f"{time.time() - float(sys.argv[1]):.2f}")' "$t0") s" \
+                    | tee -a "$OUT/tune_$variant.log"
+            done
         fi
         if .dev/bin/fluxc run "$artifact" --weights "$WORK/checkpoint" \
             --inputs "$WORK/io.safetensors" --output "$WORK/fluxc_$variant.safetensors" \
