@@ -4,8 +4,12 @@
 //!
 //! On the GPU, whatever the cache holds for this device and driver is
 //! taken without measuring; the rest is measured until the budget is spent,
-//! and what is left then keeps its default (not cached). The summary on
-//! stderr, and the report with `--report`, say how much that was.
+//! and what is left then keeps its default (not cached). Each item prints a
+//! progress line (done/total, seconds so far, an ETA capped by the budget);
+//! the summary on stderr, and the report with `--report`, say how much the
+//! budget left out.
+
+use std::time::Instant;
 
 use fluxc_artifact::{Schedule, TuningCache};
 use fluxc_autotune::{Budget, SearchOptions};
@@ -123,6 +127,7 @@ impl GpuTuning {
             "  tuning the generated kernels on {device}: {} not in the cache",
             uncached.len()
         );
+        let (started, budget) = (Instant::now(), &self.budget);
         let (chosen, rows) = kernel_tuning::tune_kernels(
             optimized,
             &self.bench,
@@ -144,7 +149,8 @@ impl GpuTuning {
                     }
                 };
                 eprintln!(
-                    "    [{d}/{t}] {} → {}  {} (x{}, {how})",
+                    "    [{}] {} → {}  {} (x{}, {how})",
+                    progress_tag(d, t, started, budget),
                     us(r.default_us),
                     us(r.best_us),
                     r.ops,
@@ -177,6 +183,7 @@ impl GpuTuning {
         cache: &mut TuningCache,
     ) -> Result<AttentionChoices, Error> {
         let device = self.bench.device_name();
+        let (started, budget) = (Instant::now(), &self.budget);
         let (chosen, rows) = attention_tuning::tune_attention(
             optimized,
             &self.attention_bench,
@@ -192,8 +199,9 @@ impl GpuTuning {
                     Outcome::OutOfBudget => "budget spent: default".to_string(),
                 };
                 eprintln!(
-                    "    [attention {d}/{t}] {:.1} µs → {:.1} µs  {:?}: {} keys per tile, {} stages \
+                    "    [attention {}] {:.1} µs → {:.1} µs  {:?}: {} keys per tile, {} stages \
                      (x{}, {how})",
+                    progress_tag(d, t, started, budget),
                     r.default_us,
                     r.best_us,
                     r.dims,
@@ -247,8 +255,13 @@ impl GpuTuning {
             }),
             ..GemmTuneOptions::default()
         };
+        let (started, budget) = (Instant::now(), &self.budget);
         let run = tune_gemms(schedule, &options, |d, t, g| {
-            eprintln!("    [{d}/{t}] {}", tune::progress_line(g))
+            eprintln!(
+                "    [{}] {}",
+                progress_tag(d, t, started, budget),
+                tune::progress_line(g)
+            )
         })?;
         self.gemms_left = run.out_of_time;
         let tuned = tune::apply_run(schedule, &run);
@@ -280,6 +293,29 @@ impl GpuTuning {
     }
 }
 
+/// `3/19, 12 s, ETA 40 s`: how far a tuning phase that started at
+/// `started` is after `done` of `total` items; the estimate assumes the
+/// items left take as long as those done, and never exceeds what is left
+/// of the budget.
+fn progress_tag(done: usize, total: usize, started: Instant, budget: &Budget) -> String {
+    let elapsed = started.elapsed().as_secs_f64();
+    let left = budget.limit().as_secs_f64() - budget.elapsed().as_secs_f64();
+    format!(
+        "{done}/{total}, {elapsed:.0} s, ETA {:.0} s",
+        eta(elapsed, done, total, left)
+    )
+}
+
+/// Seconds until `total` items are done after `done` took `elapsed`,
+/// capped at `left` (the budget's rest, never below 0).
+fn eta(elapsed: f64, done: usize, total: usize, left: f64) -> f64 {
+    if done == 0 {
+        return left.max(0.0);
+    }
+    let per_item = elapsed / done as f64;
+    (per_item * total.saturating_sub(done) as f64).min(left.max(0.0))
+}
+
 /// `tuned in 76.2 s of the 120 s budget`, or what the budget left out.
 fn budget_line(
     elapsed_s: f64,
@@ -301,6 +337,15 @@ fn budget_line(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_eta_extrapolates_and_stops_at_the_budget() {
+        assert_eq!(eta(10.0, 5, 20, 100.0), 30.0);
+        assert_eq!(eta(10.0, 5, 20, 12.0), 12.0);
+        assert_eq!(eta(10.0, 20, 20, 100.0), 0.0);
+        assert_eq!(eta(0.0, 0, 20, 50.0), 50.0);
+        assert_eq!(eta(10.0, 5, 20, -3.0), 0.0);
+    }
 
     #[test]
     fn the_budget_line_says_what_was_left_out() {
