@@ -142,6 +142,7 @@ impl PassesConfig {
                 include: self.fp8_include.clone().unwrap_or(default_policy.include),
                 exclude: self.fp8_exclude.clone().unwrap_or(default_policy.exclude),
                 min_rows: self.fp8_min_rows,
+                bf16_shapes: Vec::new(),
             },
             fp8_fast_accumulation: self.fp8_fast_accumulation,
         }

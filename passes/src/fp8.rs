@@ -25,7 +25,9 @@
 //! Which linears: those whose node scope (e.g.
 //! `transformer_blocks.3.attn.to_q`) matches an include glob of the
 //! [`Fp8Policy`] and no exclude glob (`*` matches any characters, dots
-//! included), and whose input has at least the policy's `min_rows` rows.
+//! included), whose input has at least the policy's `min_rows` rows, and
+//! whose shape is not one of the policy's `bf16_shapes` (shapes the tuner
+//! measured faster in bf16).
 //! Linears whose input is not a float wider than fp8 are left alone. A
 //! tensor feeding several selected linears (the shared input of
 //! q/k/v, a shared weight) is quantized once and the result shared; the
@@ -62,6 +64,7 @@ pub fn insert_fp8(graph: &mut Graph, mode: Fp8Mode, policy: &Fp8Policy) -> Resul
             is_quantizable_linear(graph, id)
                 && selector.selects(&graph.node(id).scope)
                 && input_rows(graph, id) >= policy.min_rows
+                && !policy.bf16_shapes.contains(&linear_shape(graph, id))
         })
         .collect();
     let mut quantized = Quantized::new(per_row);
@@ -113,6 +116,17 @@ fn glob_set(which: &str, globs: &[String]) -> Result<GlobSet, IrError> {
     builder
         .build()
         .map_err(|e| IrError::Invalid(format!("fp8 policy: bad {which} globs: {e}")))
+}
+
+/// A linear's `[rows, in_features, out_features]`.
+pub fn linear_shape(graph: &Graph, linear: NodeId) -> [usize; 3] {
+    let w = graph.ty(graph.operands(linear)[1]);
+    let dims = w.shape.dims();
+    let (out, k) = (
+        dims.first().copied().unwrap_or(1),
+        dims.get(1).copied().unwrap_or(1),
+    );
+    [input_rows(graph, linear), k, out]
 }
 
 /// Rows of a linear's input (its elements over the last axis).

@@ -29,6 +29,10 @@ pub struct Fp8Policy {
     /// which scope globs cannot do once q/k/v fusion has merged the image
     /// and text streams' scopes into `transformer_blocks.N.attn`.
     pub min_rows: usize,
+    /// Linears of these `[rows, in_features, out_features]` stay
+    /// unquantized: `fluxc compile --tune` measured their bf16 GEMM faster
+    /// than the fp8 one on the target GPU (empty: none).
+    pub bf16_shapes: Vec<[usize; 3]>,
 }
 
 impl Default for Fp8Policy {
@@ -47,6 +51,7 @@ impl Default for Fp8Policy {
                 "*.norm.linear".into(),
             ],
             min_rows: 0,
+            bf16_shapes: Vec::new(),
         }
     }
 }

@@ -188,6 +188,7 @@ fn policy_globs_match_across_dots() {
         include: vec!["transformer_blocks.*".into()],
         exclude: vec![],
         min_rows: 0,
+        bf16_shapes: vec![],
     };
     let selector = ScopeSelector::new(&only_double).unwrap();
     assert!(selector.selects("transformer_blocks.12.ff.net.0.proj"));
@@ -200,6 +201,7 @@ fn custom_policy_include_and_exclude() {
         include: vec!["*.attn.*".into(), "proj_out".into()],
         exclude: vec!["*.to_k".into()],
         min_rows: 0,
+        bf16_shapes: vec![],
     };
     let mut g = toy_flux(DType::F32);
     let n = insert_fp8(&mut g, Fp8Mode::DynamicRow, &policy).unwrap();
@@ -219,6 +221,7 @@ fn empty_include_selects_nothing_and_changes_nothing() {
         include: vec![],
         exclude: vec![],
         min_rows: 0,
+        bf16_shapes: vec![],
     };
     let mut g = toy_flux(DType::BF16);
     let before = print_graph(&g).unwrap();
@@ -251,11 +254,13 @@ fn bad_glob_is_an_error_and_leaves_the_graph_alone() {
             include: vec!["transformer_blocks.[0".into()],
             exclude: vec![],
             min_rows: 0,
+            bf16_shapes: vec![],
         },
         Fp8Policy {
             include: vec!["*".into()],
             exclude: vec!["*.{norm1".into()],
             min_rows: 0,
+            bf16_shapes: vec![],
         },
     ] {
         let err = insert_fp8(&mut g, Fp8Mode::DynamicRow, &policy).unwrap_err();
@@ -489,6 +494,41 @@ fn one_quantized_linear_stays_within_five_percent() {
 }
 
 #[test]
+fn bf16_shapes_keep_those_linears_unquantized() {
+    // The tuner's measured choice: every linear of one shape stays bf16,
+    // the others are quantized as before.
+    let all = Fp8Policy {
+        include: vec!["*".into()],
+        exclude: vec![],
+        min_rows: 0,
+        bf16_shapes: vec![],
+    };
+    let mut g = toy_flux(DType::BF16);
+    let shapes: Vec<[usize; 3]> = g
+        .node_ids()
+        .into_iter()
+        .filter(|&id| g.node(id).op == fluxc_ir::Op::Linear)
+        .map(|id| fluxc_passes::fp8::linear_shape(&g, id))
+        .collect();
+    let every = insert_fp8(&mut g, Fp8Mode::DynamicRow, &all).unwrap();
+    let kept = shapes[0];
+    let same = shapes.iter().filter(|s| **s == kept).count();
+    let policy = Fp8Policy {
+        bf16_shapes: vec![kept],
+        ..all
+    };
+    let mut g = toy_flux(DType::BF16);
+    let some = insert_fp8(&mut g, Fp8Mode::DynamicRow, &policy).unwrap();
+    assert_eq!(some, every - same);
+    for id in g.node_ids() {
+        if g.node(id).op == fluxc_ir::Op::Linear {
+            assert_eq!(fluxc_passes::fp8::linear_shape(&g, id), kept);
+        }
+    }
+    verify(&g).unwrap();
+}
+
+#[test]
 fn min_rows_keeps_short_inputs_unquantized() {
     // toy_flux's linears read either the 16 image rows or the one-row
     // timestep embedding: a limit of 16 rows keeps the one-row GEMVs as
@@ -497,6 +537,7 @@ fn min_rows_keeps_short_inputs_unquantized() {
         include: vec!["*".into()],
         exclude: vec![],
         min_rows: 0,
+        bf16_shapes: vec![],
     };
     let mut g = toy_flux(DType::BF16);
     let every = insert_fp8(&mut g, Fp8Mode::DynamicRow, &all).unwrap();

@@ -9,7 +9,9 @@
 //! (`--tuning-cache FILE` or `[autotune] cache`) gives every kernel and
 //! GEMM the launch or algorithm recorded for it (the rest keep their
 //! defaults); `--tune` measures what the cache lacks on this machine's GPU
-//! within the `[autotune]` budget (`compile_tuning`, `tune_settings`).
+//! within the `[autotune]` budget (`compile_tuning`, `tune_settings`). In
+//! an fp8 build, the linear shapes whose bf16 GEMM the tuning measured (or
+//! the cache records as) faster stay bf16 (`fp8_choice`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -21,6 +23,7 @@ use fluxc_codegen::{
 use fluxc_models::checkpoint::{resolve_derived_sources, CheckpointFormat, NameMap};
 use fluxc_models::{build_graph, ModelConfig};
 use fluxc_passes::pipeline::{optimize, optimize_with_dump, Optimized, Step};
+use fluxc_passes::Fp8Mode;
 
 use crate::compile_tuning::{self, GpuTuning};
 use crate::tune_settings::{TuneFlags, TuneSettings};
@@ -87,6 +90,25 @@ pub fn run(args: &CompileArgs) -> Result<(), Box<dyn std::error::Error>> {
         Some(GpuTuning::start(&settings, args.report)?)
     } else {
         None
+    };
+    // fp8 builds: the linear shapes measured faster in bf16 stay bf16.
+    let optimized = if options.fp8 == Fp8Mode::Off {
+        optimized
+    } else {
+        match cache.as_mut() {
+            Some(cache) => {
+                let keep =
+                    compile_tuning::fp8_choices(&cfg, &options, &optimized, gpu.as_mut(), cache)?;
+                if keep.is_empty() {
+                    optimized
+                } else {
+                    let mut options = options.clone();
+                    options.fp8_policy.bf16_shapes = keep;
+                    optimize(build_graph(&cfg)?, &options)?
+                }
+            }
+            None => optimized,
+        }
     };
     let (kernels, attention) = match (gpu.as_mut(), cache.as_mut()) {
         (Some(gpu), Some(cache)) => (

@@ -13,12 +13,16 @@ use std::time::Instant;
 
 use fluxc_artifact::{Schedule, TuningCache};
 use fluxc_autotune::{Budget, SearchOptions};
-use fluxc_passes::pipeline::Optimized;
+use fluxc_codegen::CodegenOptions;
+use fluxc_models::{build_graph, ModelConfig};
+use fluxc_passes::pipeline::{optimize, Optimized};
+use fluxc_passes::{Fp8Mode, PassOptions};
 use fluxc_runtime::attention_bench::AttentionBench;
 use fluxc_runtime::gemm_tuning::{tune_gemms, GemmTuneOptions, GEMM_SEARCH_MEASUREMENTS};
 use fluxc_runtime::kernel_bench::KernelBench;
 
 use crate::attention_tuning::{self, AttentionChoices};
+use crate::fp8_choice;
 use crate::kernel_tuning::{self, Choices, Outcome};
 use crate::tune;
 use crate::tune_settings::TuneSettings;
@@ -50,6 +54,49 @@ pub fn cached_attention(
         );
     }
     Ok(chosen)
+}
+
+/// The linear shapes of an fp8 build that stay bf16: measured on the GPU
+/// with `gpu` (what `cache` lacks for it, within the budget), else what
+/// `cache` holds; said on stderr.
+pub fn fp8_choices(
+    cfg: &ModelConfig,
+    options: &PassOptions,
+    optimized: &Optimized,
+    gpu: Option<&mut GpuTuning>,
+    cache: &mut TuningCache,
+) -> Result<Vec<[usize; 3]>, Error> {
+    let shapes = fp8_choice::scaled_shapes(optimized)?;
+    if shapes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (choices, how) = match gpu {
+        Some(gpu) => {
+            let choices = gpu.fp8_choices(cfg, options, optimized, &shapes, cache)?;
+            (choices, "measured or cached on this GPU")
+        }
+        None => (
+            fp8_choice::cached_without_gpu(&shapes, options, cache)?,
+            "from the cache",
+        ),
+    };
+    let keep: Vec<[usize; 3]> = choices
+        .iter()
+        .filter(|c| c.keep_bf16)
+        .map(|c| c.shape)
+        .collect();
+    eprintln!(
+        "  fp8 or bf16: {} of {} fp8 linear shape(s) decided ({how}), {} kept in bf16{}",
+        choices.len(),
+        shapes.len(),
+        keep.len(),
+        if keep.is_empty() {
+            String::new()
+        } else {
+            format!(": {keep:?}")
+        }
+    );
+    Ok(keep)
 }
 
 /// GEMM algorithms from the cache, without a GPU.
@@ -174,6 +221,52 @@ impl GpuTuning {
             print!("{}", kernel_tuning::report(&rows));
         }
         Ok(chosen)
+    }
+
+    /// fp8 or bf16 for every linear shape of an fp8 build: the cache's
+    /// decisions for this GPU, and the missing shapes measured (the fp8 and
+    /// the bf16 GEMM of each, see `fp8_choice`) while the budget lasts.
+    fn fp8_choices(
+        &mut self,
+        cfg: &ModelConfig,
+        options: &PassOptions,
+        optimized: &Optimized,
+        shapes: &[[usize; 3]],
+        cache: &mut TuningCache,
+    ) -> Result<Vec<fp8_choice::ShapeChoice>, Error> {
+        let device = self.bench.device_name();
+        let (mut choices, missing) =
+            fp8_choice::cached_choices(shapes, options, cache, &device, &self.driver);
+        if !missing.is_empty() && !self.budget.exhausted() {
+            let codegen = CodegenOptions {
+                model_name: cfg.model.name.clone(),
+                layouts: Vec::new(),
+                reuse_memory: true,
+            };
+            let fp8 = fluxc_codegen::generate(optimized, &codegen)?;
+            let bf16_options = PassOptions {
+                fp8: Fp8Mode::Off,
+                ..options.clone()
+            };
+            let bf16 =
+                fluxc_codegen::generate(&optimize(build_graph(cfg)?, &bf16_options)?, &codegen)?;
+            eprintln!(
+                "  fp8 or bf16: timing the fp8 and bf16 GEMMs of {} linear shape(s)",
+                missing.len()
+            );
+            choices.extend(fp8_choice::measure(
+                &missing,
+                options,
+                &fp8.schedule,
+                &bf16.schedule,
+                cache,
+                self.budget.deadline(),
+            )?);
+        }
+        if self.report {
+            println!("{}", fp8_choice::report(&choices));
+        }
+        Ok(choices)
     }
 
     /// Tunes the attention kernel's tiles for every problem the cache lacks.

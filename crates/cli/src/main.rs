@@ -8,6 +8,7 @@ mod attention_tuning;
 mod check;
 mod compile;
 mod compile_tuning;
+mod fp8_choice;
 mod kernel_tuning;
 mod layout;
 mod run;

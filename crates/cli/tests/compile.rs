@@ -459,6 +459,106 @@ fn a_tuning_cache_gives_attention_its_recorded_tiles() {
     );
 }
 
+#[test]
+fn a_tuning_cache_keeps_the_shapes_it_measured_faster_in_bf16() {
+    use fluxc_artifact::{content_hash, tuning_key, Step, TuningCache, TuningRecord};
+    // tiny-schnell in bf16 (heads of 64) with fp8 per row on every block
+    // linear of at least 8 rows.
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("tiny-fp8.toml");
+    let text = std::fs::read_to_string(tiny())
+        .unwrap()
+        .replace("dtype = \"f32\"", "dtype = \"bf16\"")
+        .replace("attention_head_dim = 16", "attention_head_dim = 64")
+        .replace("hidden_size = 32", "hidden_size = 128")
+        .replace(
+            "axes_dims_rope = [4, 6, 6]",
+            "axes_dims_rope = [16, 24, 24]",
+        )
+        + "fp8 = \"dynamic-row\"\nfp8_min_rows = 8\n";
+    std::fs::write(&model, text).unwrap();
+    let cfg = fluxc_models::ModelConfig::load(&model).unwrap();
+    let options = cfg.passes.options();
+    let optimized =
+        fluxc_passes::pipeline::optimize(fluxc_models::build_graph(&cfg).unwrap(), &options)
+            .unwrap();
+    let graph = &optimized.graph;
+    let shape = graph
+        .node_ids()
+        .into_iter()
+        .find(|&id| matches!(graph.node(id).op, fluxc_ir::Op::ScaledLinear { .. }))
+        .map(|id| {
+            let ops = graph.operands(id);
+            let w = graph.ty(ops[2]).shape.dims().to_vec();
+            [graph.ty(ops[0]).shape.numel() / w[1], w[1], w[0]]
+        })
+        .expect("an fp8 linear");
+    // The decision as `fluxc compile --tune` records it (crates/cli/src/fp8_choice.rs).
+    let what = format!("{shape:?} DynamicRow fast_accumulation=false");
+    let mut cache = TuningCache::default();
+    cache.entries.insert(
+        tuning_key(
+            &content_hash(what.as_bytes(), b""),
+            "fp8-choice",
+            "NVIDIA H200",
+            "13000",
+        ),
+        TuningRecord {
+            name: "fp8 or bf16".into(),
+            config: std::collections::BTreeMap::from([
+                ("bf16".to_string(), 1),
+                ("bf16_us_x1000".to_string(), 9_000),
+            ]),
+            time_us: 9.0,
+            default_time_us: 10.0,
+            measurements: 2,
+        },
+    );
+    let cache_path = tmp.path().join("tuning.json");
+    fluxc_autotune::cache::save(&cache_path, &cache).unwrap();
+    let scaled_of = |out: &Path| {
+        let artifact = fluxc_runtime::Artifact::load(out).unwrap();
+        let [rows, k, n] = shape.map(|v| v as u64);
+        let gemms: Vec<bool> = artifact
+            .schedule
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Gemm(g) if (g.m, g.n, g.k) == (n, rows, k) => Some(g.scales.is_some()),
+                _ => None,
+            })
+            .collect();
+        gemms
+    };
+    let plain = tmp.path().join("plain");
+    fluxc()
+        .args(["compile", "-o"])
+        .arg(&plain)
+        .arg(&model)
+        .assert()
+        .success();
+    let tuned = tmp.path().join("tuned");
+    let assert = fluxc()
+        .args(["compile", "-o"])
+        .arg(&tuned)
+        .arg("--tuning-cache")
+        .arg(&cache_path)
+        .arg(&model)
+        .assert()
+        .success();
+    let stderr = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
+    assert!(stderr.contains("1 kept in bf16"), "{stderr}");
+    let (before, after) = (scaled_of(&plain), scaled_of(&tuned));
+    assert!(
+        !before.is_empty() && before.iter().all(|fp8| *fp8),
+        "{before:?}"
+    );
+    assert!(
+        after.len() == before.len() && after.iter().all(|fp8| !fp8),
+        "{after:?}"
+    );
+}
+
 /// A tuning cache with a record, measured on one H200, of every generated
 /// kernel and every GEMM of tiny-schnell as compiled by default: each
 /// kernel at 128 threads, each GEMM with a faster algorithm.
