@@ -172,6 +172,7 @@ fn generated_fp8(graph: Graph, fp8: Fp8Mode) -> Generated {
             include: vec!["*".into()],
             exclude: Vec::new(),
             min_rows: 0,
+            bf16_shapes: vec![],
         },
         ..PassOptions::default()
     };
@@ -327,6 +328,7 @@ fn fp8_in_an_f32_model_is_a_clear_error() {
             include: vec!["*".into()],
             exclude: Vec::new(),
             min_rows: 0,
+            bf16_shapes: vec![],
         },
         ..PassOptions::default()
     };
@@ -359,6 +361,7 @@ fn fast_accumulation_is_recorded_on_fp8_gemms_only() {
             include: vec!["*".into()],
             exclude: Vec::new(),
             min_rows: 0,
+            bf16_shapes: vec![],
         },
         fp8_fast_accumulation: true,
         ..PassOptions::default()
