@@ -126,6 +126,9 @@ def main():
         "",
         f"Date {report['date']}, commit `{a.commit}`.",
         "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if k != "gpu" and v is not None)
+        + ".",
+        "",
         f"Command: `{a.command}`",
         "",
         "| system | median ms | min ms | max ms | rel. L2 vs fp32 | host µs / launch | compile s |",

@@ -156,9 +156,25 @@ def main():
     reference = forward(model, x, torch.float32)
     save_file({"sample": reference.cpu().contiguous()}, a.out / "ref_fp32.safetensors")
     versions = {"torch": torch.__version__, "diffusers": __import__("diffusers").__version__,
-                "gpu": torch.cuda.get_device_name()}
+                "gpu": torch.cuda.get_device_name(), "cuda": torch.version.cuda,
+                "cudnn": torch.backends.cudnn.version(), "driver": driver_version()}
+    try:
+        versions["torchao"] = __import__("torchao").__version__
+    except ImportError:
+        pass
     (a.out / "diffusers.json").write_text(json.dumps({**timings, "versions": versions}, indent=2))
     print("reference written", flush=True)
+
+
+def driver_version():
+    """The NVIDIA driver's version, as nvidia-smi reports it (None without it)."""
+    import subprocess
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, check=True).stdout
+        return out.strip().splitlines()[0]
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        return None
 
 
 if __name__ == "__main__":
