@@ -7,6 +7,7 @@
 mod attention_tuning;
 mod check;
 mod compile;
+mod compile_pipeline;
 mod compile_tuning;
 mod kernel_tuning;
 mod layout;
