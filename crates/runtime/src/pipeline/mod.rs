@@ -466,6 +466,41 @@ impl Pipeline {
         self.image()
     }
 
+    /// The starting noise of `seed` as the loop draws it (packed `[B,
+    /// (H/2)(W/2), 4C]`, in the latent dtype, converted to f32): runs only
+    /// the drawing kernel into the latents and copies them out. Handy to
+    /// hand fluxc's noise to another implementation as its latents.
+    pub fn noise(&mut self, seed: u64) -> Result<Vec<f32>, RuntimeError> {
+        self.bind()?;
+        let cu = self.stream.cu_stream();
+        let seed_bytes = seed.to_le_bytes();
+        let flag = 0i32.to_le_bytes();
+        // SAFETY: the seed buffer holds 8 bytes and the flag 4; the host
+        // bytes live until the synchronize in `final_latents`.
+        unsafe {
+            drv::memcpy_htod_async(self.seed.ptr(), &seed_bytes, cu)
+                .and_then(|()| drv::memcpy_htod_async(self.use_given.ptr(), &flag, cu))
+        }
+        .map_err(RuntimeError::driver("copying the seed"))?;
+        let l = &self.spec.latent;
+        let mut params = vec![
+            Param::Ptr(self.latents.ptr()),
+            Param::Ptr(self.given.ptr()),
+            Param::Ptr(self.seed.ptr()),
+            Param::Ptr(self.use_given.ptr()),
+        ];
+        for d in [l.batch, l.channels, l.height, l.width] {
+            params.push(Param::I64(count(d)?));
+        }
+        self.kernel(
+            self.kernels.init,
+            grid(l.elements()),
+            params,
+            "drawing noise",
+        )?;
+        self.final_latents()
+    }
+
     /// The latents after the last step (packed `[B, (H/2)(W/2), 4C]`, before
     /// the VAE's scaling), converted to f32.
     pub fn final_latents(&self) -> Result<Vec<f32>, RuntimeError> {
