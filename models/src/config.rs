@@ -474,7 +474,7 @@ pub struct Violation {
 }
 
 impl Violation {
-    fn new(field: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(field: &str, message: impl Into<String>) -> Self {
         Violation {
             field: field.to_owned(),
             message: message.into(),
@@ -544,7 +544,15 @@ pub fn preset_path(name: &str) -> PathBuf {
     presets_dir().join(format!("{name}.toml"))
 }
 
-/// The names of the presets shipped in [`presets_dir`].
+/// The names of the pipeline presets shipped in [`presets_dir`]
+/// (`crate::pipeline`; architecture `flux-pipeline`).
+pub const PIPELINE_PRESETS: [&str; 3] = [
+    "flux-schnell-pipeline",
+    "flux-dev-pipeline",
+    "tiny-schnell-pipeline",
+];
+
+/// The names of the model presets shipped in [`presets_dir`].
 pub const PRESETS: [&str; 6] = [
     "flux-schnell",
     "flux-dev",
@@ -556,7 +564,7 @@ pub const PRESETS: [&str; 6] = [
 
 // --- errors -----------------------------------------------------------------
 
-fn parse_error(error: &toml::de::Error, source: &str, origin: &Path) -> ConfigError {
+pub(crate) fn parse_error(error: &toml::de::Error, source: &str, origin: &Path) -> ConfigError {
     let offset = error.span().map_or(0, |span| span.start);
     let (line, column) = line_column(source, offset);
     ConfigError::Parse {
@@ -567,7 +575,7 @@ fn parse_error(error: &toml::de::Error, source: &str, origin: &Path) -> ConfigEr
     }
 }
 
-fn invalid_error(violation: Violation, source: &str, origin: &Path) -> ConfigError {
+pub(crate) fn invalid_error(violation: Violation, source: &str, origin: &Path) -> ConfigError {
     let location = locate(source, &violation.field).map(|offset| line_column(source, offset));
     ConfigError::Invalid {
         path: origin.to_path_buf(),

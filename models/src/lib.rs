@@ -10,6 +10,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod flux;
+pub mod pipeline;
 pub mod scheduler;
 pub mod vae;
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use fluxc_models::config::{
     preset_path, presets_dir, Architecture, ConfigError, ModelConfig, ModelDType, Violation,
-    PRESETS,
+    PIPELINE_PRESETS, PRESETS,
 };
 
 /// A valid model.toml with every key spelled out, one per line, so that
@@ -148,7 +148,11 @@ fn presets_dir_holds_exactly_the_listed_presets() {
         })
         .collect();
     found.sort();
-    let mut listed: Vec<String> = PRESETS.iter().map(|name| name.to_string()).collect();
+    let mut listed: Vec<String> = PRESETS
+        .iter()
+        .chain(PIPELINE_PRESETS.iter())
+        .map(|name| name.to_string())
+        .collect();
     listed.sort();
     assert_eq!(found, listed);
 }

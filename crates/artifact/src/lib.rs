@@ -13,15 +13,24 @@
 //! | `graph.txt` | text | the optimized IR, for humans |
 //! | `fusion.txt` | text | the kernel grouping with refused fusions, for humans |
 //!
+//! A pipeline directory ([`PipelineSpec`], `pipeline.json`) holds a
+//! transformer artifact and a VAE decoder artifact and the denoising loop
+//! that drives them.
+//!
 //! Beside artifacts, `tuning.json` ([`TuningCache`]) keeps measured best
 //! configurations across compiles.
 
 mod manifest;
+mod pipeline;
 mod schedule;
 mod tuning;
 mod weights;
 
 pub use manifest::{content_hash, CheckpointLayout, Manifest, WeightEntry, FORMAT_VERSION};
+pub use pipeline::{
+    LatentShape, PipelineError, PipelineSpec, TransformerNames, VaeNames, PIPELINE_FILE,
+    PIPELINE_FORMAT_VERSION, TRANSFORMER_DIR, VAE_DIR,
+};
 pub use schedule::{
     Arg, Attention, AttentionOperands, Binding, Buffer, BufferId, Copy, ElemType, Gemm,
     GemmEpilogue, GemmScales, Launch, Region, ScaleMode, Schedule, ScheduleError, Step, Tensor,

@@ -44,8 +44,13 @@ pub struct CompileArgs<'a> {
     pub report: bool,
 }
 
-/// Runs the compile.
+/// Runs the compile: a pipeline file (`architecture = "flux-pipeline"`)
+/// goes to [`crate::compile_pipeline`], any other model.toml is compiled
+/// into one artifact.
 pub fn run(args: &CompileArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if fluxc_models::pipeline::is_pipeline_file(args.model) {
+        return crate::compile_pipeline::run(args);
+    }
     if let Some(name) = args.dump_after {
         Step::from_name(name)?; // fail before the long work
     }
@@ -53,18 +58,26 @@ pub fn run(args: &CompileArgs) -> Result<(), Box<dyn std::error::Error>> {
         check_output_dir(out)?;
     }
     let cfg = ModelConfig::load(args.model)?;
-    let settings = TuneSettings::resolve(&cfg.autotune, args.model, &args.tuning)?;
+    compile_model(&cfg, args.model, args.out, args)
+}
+
+/// Compiles `cfg` (read from `model`, which relative paths of its
+/// `[autotune]` are taken from) and writes the artifact to `out`, if given;
+/// `args` gives the flags.
+pub fn compile_model(
+    cfg: &ModelConfig,
+    model: &Path,
+    out: Option<&Path>,
+    args: &CompileArgs,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let settings = TuneSettings::resolve(&cfg.autotune, model, &args.tuning)?;
     let mut cache = settings
         .cache
         .as_deref()
         .map(fluxc_autotune::cache::load)
         .transpose()?;
-    let graph = build_graph(&cfg).map_err(|e| {
-        format!(
-            "building the graph of `{}` failed: {e}",
-            args.model.display()
-        )
-    })?;
+    let graph = build_graph(cfg)
+        .map_err(|e| format!("building the graph of `{}` failed: {e}", model.display()))?;
     let options = cfg.passes.options();
     let (optimized, dump) = match args.dump_after {
         Some(name) => {
@@ -98,13 +111,13 @@ pub fn run(args: &CompileArgs) -> Result<(), Box<dyn std::error::Error>> {
         match cache.as_mut() {
             Some(cache) => {
                 let keep =
-                    compile_tuning::fp8_choices(&cfg, &options, &optimized, gpu.as_mut(), cache)?;
+                    compile_tuning::fp8_choices(cfg, &options, &optimized, gpu.as_mut(), cache)?;
                 if keep.is_empty() {
                     optimized
                 } else {
                     let mut options = options.clone();
                     options.fp8_policy.bf16_shapes = keep;
-                    optimize(build_graph(&cfg)?, &options)?
+                    optimize(build_graph(cfg)?, &options)?
                 }
             }
             None => optimized,
@@ -125,7 +138,7 @@ pub fn run(args: &CompileArgs) -> Result<(), Box<dyn std::error::Error>> {
         &optimized,
         &CodegenOptions {
             model_name: cfg.model.name.clone(),
-            layouts: layouts(&optimized, NameMap::of(&cfg)?),
+            layouts: layouts(&optimized, NameMap::of(cfg)?),
             reuse_memory: !args.no_memory_reuse,
         },
         &Choices {
@@ -152,7 +165,7 @@ pub fn run(args: &CompileArgs) -> Result<(), Box<dyn std::error::Error>> {
         generated.manifest.content_hash =
             content_hash(schedule.as_bytes(), generated.kernels_cu.as_bytes());
     }
-    if let Some(out) = args.out {
+    if let Some(out) = out {
         write_artifact(out, &generated)?;
         eprintln!("wrote {}", out.display());
     }

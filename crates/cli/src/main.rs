@@ -7,8 +7,10 @@
 mod attention_tuning;
 mod check;
 mod compile;
+mod compile_pipeline;
 mod compile_tuning;
 mod fp8_choice;
+mod generate;
 mod kernel_tuning;
 mod layout;
 mod run;
@@ -120,6 +122,46 @@ enum Command {
         #[arg(long)]
         nchw: bool,
     },
+    /// Generate an image with a compiled pipeline (`fluxc compile
+    /// <pipeline.toml> -o DIR`): the denoising loop and the VAE decode run
+    /// as one CUDA graph; the image is written as PNG.
+    Generate {
+        /// The pipeline directory (pipeline.json, transformer/, vae/).
+        pipeline: PathBuf,
+        /// A diffusers pipeline directory with transformer/ and vae/.
+        #[arg(long, value_name = "DIR")]
+        weights: Option<PathBuf>,
+        /// The transformer's checkpoint (a file or a diffusers directory),
+        /// with --vae-weights instead of --weights.
+        #[arg(long, value_name = "CHECKPOINT")]
+        transformer_weights: Option<PathBuf>,
+        /// The VAE's checkpoint (e.g. BFL's ae.safetensors).
+        #[arg(long, value_name = "CHECKPOINT")]
+        vae_weights: Option<PathBuf>,
+        /// Safetensors with `prompt_embeds` [B, T, D] and
+        /// `pooled_prompt_embeds` [B, P] (diffusers' encode_prompt).
+        #[arg(long, value_name = "FILE")]
+        embeds: PathBuf,
+        /// Seed of the starting noise (drawn on the GPU).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// The PNG to write.
+        #[arg(short, long, value_name = "FILE.png")]
+        out: PathBuf,
+        /// Start from these latents (packed [B, tokens, 4C] or [B, C, H, W])
+        /// instead of seeded noise.
+        #[arg(long, value_name = "FILE")]
+        latents_in: Option<PathBuf>,
+        /// Write the final latents (packed, f32) here.
+        #[arg(long, value_name = "FILE")]
+        latents_out: Option<PathBuf>,
+        /// Time this many more runs of the whole pipeline.
+        #[arg(long, default_value_t = 0)]
+        replays: usize,
+        /// Launch the loop's steps directly instead of as one CUDA graph.
+        #[arg(long)]
+        eager: bool,
+    },
     /// Time cuBLASLt's candidate algorithms for every GEMM of an artifact on
     /// this machine's GPU and record the fastest in the artifact.
     Tune {
@@ -201,6 +243,31 @@ fn main() -> ExitCode {
             profile,
             save_quantized,
             nchw,
+        }),
+        Command::Generate {
+            pipeline,
+            weights,
+            transformer_weights,
+            vae_weights,
+            embeds,
+            seed,
+            out,
+            latents_in,
+            latents_out,
+            replays,
+            eager,
+        } => generate::run(&generate::GenerateArgs {
+            pipeline: &pipeline,
+            weights: weights.as_deref(),
+            transformer_weights: transformer_weights.as_deref(),
+            vae_weights: vae_weights.as_deref(),
+            embeds: &embeds,
+            seed,
+            out: &out,
+            latents_in: latents_in.as_deref(),
+            latents_out: latents_out.as_deref(),
+            replays,
+            eager,
         }),
         Command::Tune {
             artifact,

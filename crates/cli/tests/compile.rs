@@ -758,3 +758,60 @@ fn bad_budgets_are_clear_errors() {
         "{stderr}"
     );
 }
+
+#[test]
+fn pipeline_compiles_into_two_artifacts_and_a_spec() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pipe");
+    fluxc()
+        .args(["compile", "-o"])
+        .arg(&out)
+        .arg(repo().join("models/tiny-schnell-pipeline.toml"))
+        .assert()
+        .success();
+    for sub in ["transformer", "vae"] {
+        assert!(out.join(sub).join("manifest.json").is_file(), "{sub}");
+    }
+    let json = std::fs::read_to_string(out.join("pipeline.json")).unwrap();
+    let spec: fluxc_artifact::PipelineSpec = serde_json::from_str(&json).unwrap();
+    spec.validate().unwrap();
+    assert_eq!(spec.steps, 4);
+    assert_eq!(spec.latent.packed(), [1, 12, 16]);
+    // The VAE is compiled at the pipeline's 64x48, not tiny-vae's 32x32.
+    let schedule = std::fs::read_to_string(out.join("vae/schedule.json")).unwrap();
+    let schedule: fluxc_artifact::Schedule = serde_json::from_str(&schedule).unwrap();
+    let z = &schedule.buffers[schedule.inputs[0].buffer as usize];
+    assert_eq!(z.shape, vec![1, 8, 6, 4]);
+    // Compiling again replaces the directory; nothing is left beside it.
+    fluxc()
+        .args(["compile", "-o"])
+        .arg(&out)
+        .arg(repo().join("models/tiny-schnell-pipeline.toml"))
+        .assert()
+        .success();
+    let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+}
+
+#[test]
+fn pipeline_refuses_a_foreign_output_dir_and_dump_after() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("keep.txt"), "x").unwrap();
+    let pipe = repo().join("models/tiny-schnell-pipeline.toml");
+    let out = fluxc()
+        .args(["compile", "-o"])
+        .arg(dir.path())
+        .arg(&pipe)
+        .assert()
+        .failure();
+    let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert!(stderr.contains("not a pipeline directory"), "{stderr}");
+    assert!(dir.path().join("keep.txt").is_file());
+    let out = fluxc()
+        .args(["compile", "--dump-after", "cse"])
+        .arg(&pipe)
+        .assert()
+        .failure();
+    let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert!(stderr.contains("--dump-after is for one model"), "{stderr}");
+}

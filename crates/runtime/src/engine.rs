@@ -502,7 +502,8 @@ impl Engine {
             events[i]
                 .record(&self.stream)
                 .map_err(RuntimeError::driver("recording a timing event"))?;
-            self.enqueue(op).map_err(|e| self.step_failed(i, e))?;
+            self.enqueue(op, self.stream.cu_stream())
+                .map_err(|e| self.step_failed(i, e))?;
         }
         events[self.ops.len()]
             .record(&self.stream)
@@ -578,16 +579,44 @@ impl Engine {
 
     /// Enqueues every step.
     fn enqueue_all(&self) -> Result<(), RuntimeError> {
+        self.enqueue_all_on(self.stream.cu_stream())
+    }
+
+    /// Enqueues every step on `stream`, a stream of the same (primary)
+    /// context, which may be capturing: how a [`crate::Pipeline`] records
+    /// the engine's forward into its own graph. The caller orders the
+    /// engine's inputs before and its outputs after on that stream.
+    pub(crate) fn enqueue_all_on(&self, stream: sys::CUstream) -> Result<(), RuntimeError> {
         for (i, op) in self.ops.iter().enumerate() {
-            self.enqueue(op).map_err(|e| self.step_failed(i, e))?;
+            self.enqueue(op, stream)
+                .map_err(|e| self.step_failed(i, e))?;
         }
         Ok(())
+    }
+
+    /// The CUDA context (the device's primary context, shared by every
+    /// engine on the device).
+    pub(crate) fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// The device address and buffer of input `name` (in the arena).
+    pub(crate) fn input_address(&self, name: &str) -> Result<(u64, Buffer), RuntimeError> {
+        let buffer = self.input_buffer(name)?.clone();
+        Ok((self.bases().of(buffer.region) + buffer.offset, buffer))
+    }
+
+    /// The device address and buffer of output `name` (in the arena).
+    pub(crate) fn output_address(&self, name: &str) -> Result<(u64, Buffer), RuntimeError> {
+        let buffer = self.output_buffer(name)?.clone();
+        Ok((self.bases().of(buffer.region) + buffer.offset, buffer))
     }
 
     /// Runs every step, waiting after each, naming the one that fails.
     fn run_steps_checked(&self) -> Result<(), RuntimeError> {
         for (i, op) in self.ops.iter().enumerate() {
-            self.enqueue(op).map_err(|e| self.step_failed(i, e))?;
+            self.enqueue(op, self.stream.cu_stream())
+                .map_err(|e| self.step_failed(i, e))?;
             self.sync("running the step")
                 .map_err(|e| self.step_failed(i, e))?;
         }
@@ -608,9 +637,8 @@ impl Engine {
         }
     }
 
-    /// Enqueues one step on the stream.
-    fn enqueue(&self, op: &Op) -> Result<(), RuntimeError> {
-        let stream = self.stream.cu_stream();
+    /// Enqueues one step on `stream`.
+    fn enqueue(&self, op: &Op, stream: sys::CUstream) -> Result<(), RuntimeError> {
         match op {
             Op::Kernel {
                 func,

@@ -42,7 +42,9 @@
 //! [`gemm_search`] (coordinate descent over that space), [`kernel_bench`] (timing
 //! variants of a generated kernel, for the kernel autotuner), `plan` (device addresses, kernel parameters, extent checks), `tensor_map`
 //! (the attention kernel's TMA descriptors),
-//! `engine` ([`Engine`]), `timing` ([`Timing`]), `options` ([`LoadOptions`]),
+//! `engine` ([`Engine`]), [`pipeline`] ([`Pipeline`]: a compiled
+//! text-to-image pipeline, its denoising loop and VAE decode as one CUDA
+//! graph, with the runtime's own `kernels/pipeline.cu`), `timing` ([`Timing`]), `options` ([`LoadOptions`]),
 //! `error` ([`RuntimeError`]).
 
 mod artifact;
@@ -61,6 +63,7 @@ pub mod gemm_space;
 pub mod gemm_tuning;
 pub mod kernel_bench;
 mod options;
+pub mod pipeline;
 mod plan;
 mod quantize;
 mod tensor_map;
@@ -72,5 +75,6 @@ pub use artifact::Artifact;
 pub use engine::Engine;
 pub use error::RuntimeError;
 pub use options::{LoadOptions, DEFAULT_INCLUDE_DIRS, INCLUDE_ENV};
+pub use pipeline::{Image, Pipeline, Start};
 pub use timing::{Stats, Timing};
 pub use weight_fill::Fp8Origin;
