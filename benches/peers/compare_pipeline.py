@@ -3,11 +3,12 @@
 benches/peers/pipeline_reference.py wrote, and writes the report.
 
     python3 benches/peers/compare_pipeline.py --dir /tmp/fluxc-pipe \\
-        --fluxc LABEL LATENTS.safetensors IMAGE.png TIMING.json [--fluxc ...] \\
+        --fluxc LABEL LATENTS.safetensors IMAGE.png GENERATE.log [--fluxc ...] \\
         --commit SHA --command "..." --out OUT
 
-For each fluxc run: seconds per image (CUDA-graph replays, embeddings to
-decoded image), the final latents' relative L2 error vs diffusers' fp32
+For each fluxc run: seconds per image (the median of `fluxc generate
+--replays`, read from its log: CUDA-graph replays, embeddings to decoded
+image), the final latents' relative L2 error vs diffusers' fp32
 pipeline and its ratio to diffusers' own bf16 error (issue 8's bound:
 1.5), and the decoded image's PSNR vs the fp32 pipeline's (both as 8-bit
 images).
@@ -18,6 +19,7 @@ import datetime
 import json
 import math
 import pathlib
+import re
 
 import numpy as np
 import torch
@@ -40,7 +42,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--dir", type=pathlib.Path, required=True)
     p.add_argument("--fluxc", nargs=4, action="append", default=[],
-                   metavar=("LABEL", "LATENTS", "IMAGE", "TIMING"))
+                   metavar=("LABEL", "LATENTS", "IMAGE", "LOG"))
     p.add_argument("--commit", default="unknown")
     p.add_argument("--command", default="")
     p.add_argument("--name", default="pipeline")
@@ -54,13 +56,13 @@ def main():
     rows = [{"system": "diffusers 0.42.1 FluxPipeline eager bf16", "s_per_image": meta["diffusers_bf16_s"],
              "latents_rel_l2_vs_fp32": meta["diffusers_bf16_latents_rel_l2"], "psnr_db_vs_fp32": None}]
     checks = []
-    for label, latents, image, timing in a.fluxc:
+    for label, latents, image, log in a.fluxc:
         got = load_file(latents)
         got = got.get("latents", next(iter(got.values()))).float().reshape(fp32.shape)
         err = rel_l2(got, fp32)
         img = np.asarray(Image.open(image).convert("RGB"))
-        t = json.loads(pathlib.Path(timing).read_text())
-        seconds = t["gpu_ms"]["median"] / 1e3 if "gpu_ms" in t else t.get("seconds")
+        found = re.search(r"runs of the whole pipeline .*: median ([0-9.]+) ms", pathlib.Path(log).read_text())
+        seconds = float(found.group(1)) / 1e3 if found else None
         rows.append({"system": f"fluxc {label} (one CUDA graph)", "s_per_image": seconds,
                      "latents_rel_l2_vs_fp32": err, "psnr_db_vs_fp32": psnr_u8(img, image_ref)})
         ratio = err / meta["diffusers_bf16_latents_rel_l2"]
@@ -81,7 +83,8 @@ def main():
              "| --- | ---: | ---: | ---: |"]
     for r in rows:
         psnr = "—" if r["psnr_db_vs_fp32"] is None else f"{r['psnr_db_vs_fp32']:.1f}"
-        lines.append(f"| {r['system']} | {r['s_per_image']:.3f} | {r['latents_rel_l2_vs_fp32']:.3e} | {psnr} |")
+        secs = "—" if r["s_per_image"] is None else f"{r['s_per_image']:.3f}"
+        lines.append(f"| {r['system']} | {secs} | {r['latents_rel_l2_vs_fp32']:.3e} | {psnr} |")
     lines.append("")
     for c in checks:
         verdict = "within" if c["within_bound"] else "NOT within"
