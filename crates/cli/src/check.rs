@@ -8,12 +8,48 @@ use fluxc_ir::{Graph, GraphStats};
 use fluxc_models::config::{Architecture, MissingSection};
 use fluxc_models::{build_graph, ModelConfig};
 
-/// Runs the check and prints the summary to stdout.
+/// Runs the check and prints the summary to stdout (for a pipeline file:
+/// its loop, then each model it names).
 pub fn run(path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    if fluxc_models::pipeline::is_pipeline_file(path) {
+        return run_pipeline(path);
+    }
     let cfg = ModelConfig::load(path)?;
     let graph = build_graph(&cfg)
         .map_err(|e| format!("building the graph of `{}` failed: {e}", path.display()))?;
     print!("{}", summary(&cfg, &graph)?);
+    Ok(())
+}
+
+/// `fluxc check` of a pipeline file: the loop's numbers, then the summary
+/// of its transformer and of its VAE at the pipeline's shapes.
+fn run_pipeline(path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let cfg = fluxc_models::pipeline::PipelineConfig::load(path)?;
+    let spec = cfg.spec()?;
+    spec.validate()?;
+    println!(
+        "pipeline `{}`: {} {} steps, latents {}x{}x{}, image {}x{}",
+        spec.name,
+        spec.steps,
+        spec.scheduler,
+        spec.latent.channels,
+        spec.latent.height,
+        spec.latent.width,
+        spec.image[0],
+        spec.image[1]
+    );
+    for (model, model_path) in [
+        (&cfg.transformer, &cfg.transformer_path),
+        (&cfg.vae, &cfg.vae_path),
+    ] {
+        let graph = build_graph(model).map_err(|e| {
+            format!(
+                "building the graph of `{}` failed: {e}",
+                model_path.display()
+            )
+        })?;
+        print!("{}", summary(model, &graph)?);
+    }
     Ok(())
 }
 

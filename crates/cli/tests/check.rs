@@ -56,6 +56,20 @@ fn flux_dev_reports_parameters_and_flops() {
 }
 
 #[test]
+fn a_pipeline_file_reports_its_loop_and_both_models() {
+    fluxc()
+        .arg("check")
+        .arg(repo().join("models/tiny-schnell-pipeline.toml"))
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "pipeline `tiny-schnell-pipeline`: 4 schnell steps",
+        ))
+        .stdout(predicate::str::contains("FLUX.1 transformer"))
+        .stdout(predicate::str::contains("conv FLOPs"));
+}
+
+#[test]
 fn flux_schnell_has_no_guidance_embedder() {
     fluxc()
         .arg("check")
