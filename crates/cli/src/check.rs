@@ -28,15 +28,15 @@ fn run_pipeline(path: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let spec = cfg.spec()?;
     spec.validate()?;
     println!(
-        "pipeline `{}`: {} {} steps, latents {}x{}x{}, image {}x{}",
+        "pipeline `{}`: {} {} steps, latents {}x{}x{} (channels x height x width), image {}x{} (width x height)",
         spec.name,
         spec.steps,
         spec.scheduler,
         spec.latent.channels,
         spec.latent.height,
         spec.latent.width,
-        spec.image[0],
-        spec.image[1]
+        spec.image[1],
+        spec.image[0]
     );
     for (model, model_path) in [
         (&cfg.transformer, &cfg.transformer_path),

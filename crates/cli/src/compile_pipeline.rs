@@ -34,15 +34,15 @@ pub fn run(args: &CompileArgs) -> Result<(), Box<dyn std::error::Error>> {
     spec.validate()?;
     let json = serde_json::to_string_pretty(&spec)? + "\n";
     eprintln!(
-        "pipeline `{}`: {} {} steps, latents {}x{}x{}, image {}x{}",
+        "pipeline `{}`: {} {} steps, latents {}x{}x{} (channels x height x width), image {}x{} (width x height)",
         spec.name,
         spec.steps,
         spec.scheduler,
         spec.latent.channels,
         spec.latent.height,
         spec.latent.width,
-        spec.image[0],
-        spec.image[1]
+        spec.image[1],
+        spec.image[0]
     );
     let Some(out) = args.out else {
         for (what, model, path) in [

@@ -191,6 +191,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    restore_default_sigpipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { model } => check::run(&model),
@@ -298,5 +299,18 @@ fn main() -> ExitCode {
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Lets a closed stdout end the process quietly, as in other command-line
+/// tools (`fluxc check model.toml | head`), instead of a panic in `println!`:
+/// Rust ignores SIGPIPE by default, which turns the closed pipe into an
+/// error that `print!` panics on.
+fn restore_default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to its default, before any other
+    // thread exists, is async-signal-safe and affects nothing else.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
