@@ -48,6 +48,14 @@ def config(variant):
     )
 
 
+def build_model(variant):
+    """FLUX.1-`variant`'s transformer with diffusers' default (random)
+    initialisation, built on the GPU, in bf16."""
+    with torch.device("cuda"):
+        model = FluxTransformer2DModel(**config(variant))
+    return model.to(torch.bfloat16).eval()
+
+
 def inputs(variant, height, width, text_tokens, gen):
     rows, cols = height // 16, width // 16
     img_ids = torch.zeros(rows, cols, 3)
@@ -131,9 +139,7 @@ def main():
     gen = torch.Generator().manual_seed(1)
 
     t0 = time.time()
-    with torch.device("cuda"):
-        model = FluxTransformer2DModel(**config(a.variant))
-    model = model.to(torch.bfloat16).eval()
+    model = build_model(a.variant)
     print(f"model built in {time.time() - t0:.1f}s", flush=True)
     t0 = time.time()
     model.save_pretrained(a.out / "checkpoint", max_shard_size="5GB")

@@ -28,13 +28,13 @@ import sys
 import time
 
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
 from safetensors.torch import save_file
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parents[1] / "tests" / "fixtures"))
-from make_reference import config  # noqa: E402
+from make_reference import build_model  # noqa: E402
 from make_vae_fixtures import diffusers_config, randomize  # noqa: E402
 
 # FLUX.1's scheduler_config.json (schnell: no shift; dev: dynamic shift).
@@ -64,9 +64,7 @@ def main():
     gen = torch.Generator().manual_seed(5)
 
     t0 = time.time()
-    with torch.device("cuda"):
-        transformer = FluxTransformer2DModel(**config(a.variant))
-    transformer = transformer.to(torch.bfloat16).eval()
+    transformer = build_model(a.variant)
     transformer.save_pretrained(a.out / "pipe" / "transformer", max_shard_size="5GB")
     kwargs, _ = diffusers_config("flux-vae")
     vae = AutoencoderKL(**kwargs).to(torch.float32).eval()

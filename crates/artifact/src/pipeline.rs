@@ -140,6 +140,24 @@ pub struct PipelineSpec {
 pub struct PipelineError(pub String);
 
 impl PipelineSpec {
+    /// One line for logs and `fluxc check`: `pipeline `NAME`: 4 schnell
+    /// steps, latents 16x128x128 (channels x height x width), image
+    /// 1024x1024 (width x height)`.
+    pub fn summary(&self) -> String {
+        format!(
+            "pipeline `{}`: {} {} steps, latents {}x{}x{} (channels x height x width), image \
+             {}x{} (width x height)",
+            self.name,
+            self.steps,
+            self.scheduler,
+            self.latent.channels,
+            self.latent.height,
+            self.latent.width,
+            self.image[1],
+            self.image[0]
+        )
+    }
+
     /// `σ_{i+1} − σ_i` in f32 for the N steps (all ≤ 0): step i's Euler
     /// update is `x ← x + dt[i]·v`.
     pub fn dt(&self) -> Vec<f32> {

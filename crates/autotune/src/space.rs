@@ -118,6 +118,25 @@ impl ConfigSpace {
         out
     }
 
+    /// Every configuration of the space, the last field varying fastest
+    /// (what a tuner renders up front when the space is small).
+    pub fn all(&self) -> Vec<Config> {
+        let mut configs = vec![Vec::new()];
+        for field in &self.fields {
+            configs = configs
+                .into_iter()
+                .flat_map(|c| {
+                    (0..field.values.len()).map(move |i| {
+                        let mut c = c.clone();
+                        c.push(i);
+                        c
+                    })
+                })
+                .collect();
+        }
+        configs.into_iter().map(Config).collect()
+    }
+
     /// `threads=256 stages=3` for reports.
     pub fn describe(&self, config: &Config) -> String {
         self.fields

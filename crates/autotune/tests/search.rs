@@ -266,3 +266,13 @@ fn screened_out_configurations_are_never_measured_nor_counted() {
     .unwrap_err();
     assert_eq!(err, SearchError::StartRejected("unsupported".into()));
 }
+
+#[test]
+fn a_space_lists_every_configuration_once() {
+    let space = ConfigSpace::new(vec![Field::new("a", [1, 2, 3]), Field::new("b", [10, 20])]);
+    let all = space.all();
+    assert_eq!(all.len(), 6);
+    assert_eq!(all[0], Config(vec![0, 0]));
+    assert_eq!(all[5], Config(vec![2, 1]));
+    assert_eq!(all.iter().collect::<HashSet<_>>().len(), 6);
+}

@@ -19,7 +19,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 
 use fluxc_artifact::{content_hash, tuning_key, TuningCache, TuningRecord};
-use fluxc_autotune::{coordinate_descent, Budget, Config, ConfigSpace, Measurement, SearchOptions};
+use fluxc_autotune::{coordinate_descent, Budget, Config, Measurement, SearchOptions};
 use fluxc_codegen::attention::{config_from, config_of};
 use fluxc_codegen::launch::{attention_variant, tunable_attention, TunableAttention};
 use fluxc_codegen::AttentionConfig;
@@ -30,7 +30,7 @@ use fluxc_runtime::attention_bench::{
 use fluxc_runtime::bench::{rel_l2, BenchTiming};
 use fluxc_runtime::RuntimeError;
 
-use crate::kernel_tuning::Outcome;
+use crate::kernel_tuning::{us_cell, Outcome};
 
 type Error = Box<dyn std::error::Error>;
 
@@ -166,24 +166,6 @@ pub fn tune_attention(
     Ok((chosen, rows))
 }
 
-/// Every configuration of `space`, in order.
-fn all_configs(space: &ConfigSpace) -> Vec<Config> {
-    let mut configs = vec![Vec::new()];
-    for field in &space.fields {
-        configs = configs
-            .into_iter()
-            .flat_map(|c| {
-                (0..field.values.len()).map(move |i| {
-                    let mut c = c.clone();
-                    c.push(i);
-                    c
-                })
-            })
-            .collect();
-    }
-    configs.into_iter().map(Config).collect()
-}
-
 /// Coordinate descent over one problem's tile space on the GPU; also
 /// whether the search finished (the deadline did not cut it short).
 fn measure(
@@ -192,7 +174,7 @@ fn measure(
     search: &SearchOptions,
 ) -> Result<(AttentionTuning, bool), Error> {
     let mut rendered = Vec::new();
-    for config in all_configs(&problem.space) {
+    for config in problem.space.all() {
         if let Ok(kernel) = attention_variant(problem, &config) {
             rendered.push((config, kernel));
         }
@@ -313,19 +295,9 @@ pub fn report(rows: &[AttentionTuning]) -> String {
         "| attention [b, h, sq, skv, d] | launches | default µs | tuned µs | keys per tile | \
          stages | measured | from |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n",
     );
-    let us = |t: f64| {
-        if t.is_finite() {
-            format!("{t:.1}")
-        } else {
-            "—".to_string()
-        }
-    };
+    let us = us_cell;
     for r in rows {
-        let from = match r.outcome {
-            Outcome::Measured => "measured",
-            Outcome::Cached => "cache",
-            Outcome::OutOfBudget => "default (budget spent)",
-        };
+        let from = r.outcome.source();
         out.push_str(&format!(
             "| {:?} | {} | {} | {} | {} | {} | {} | {from} |\n",
             r.dims,
@@ -373,6 +345,6 @@ mod tests {
     #[test]
     fn the_space_has_every_valid_configuration() {
         let space = fluxc_codegen::attention::space();
-        assert_eq!(all_configs(&space).len(), 4);
+        assert_eq!(space.all().len(), 4);
     }
 }

@@ -27,17 +27,7 @@ fn run_pipeline(path: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let cfg = fluxc_models::pipeline::PipelineConfig::load(path)?;
     let spec = cfg.spec()?;
     spec.validate()?;
-    println!(
-        "pipeline `{}`: {} {} steps, latents {}x{}x{} (channels x height x width), image {}x{} (width x height)",
-        spec.name,
-        spec.steps,
-        spec.scheduler,
-        spec.latent.channels,
-        spec.latent.height,
-        spec.latent.width,
-        spec.image[1],
-        spec.image[0]
-    );
+    println!("{}", spec.summary());
     for (model, model_path) in [
         (&cfg.transformer, &cfg.transformer_path),
         (&cfg.vae, &cfg.vae_path),

@@ -33,17 +33,7 @@ pub fn run(args: &CompileArgs) -> Result<(), Box<dyn std::error::Error>> {
     let spec = cfg.spec()?;
     spec.validate()?;
     let json = serde_json::to_string_pretty(&spec)? + "\n";
-    eprintln!(
-        "pipeline `{}`: {} {} steps, latents {}x{}x{} (channels x height x width), image {}x{} (width x height)",
-        spec.name,
-        spec.steps,
-        spec.scheduler,
-        spec.latent.channels,
-        spec.latent.height,
-        spec.latent.width,
-        spec.image[1],
-        spec.image[0]
-    );
+    eprintln!("{}", spec.summary());
     let Some(out) = args.out else {
         for (what, model, path) in [
             ("transformer", &cfg.transformer, &cfg.transformer_path),

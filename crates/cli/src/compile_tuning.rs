@@ -23,7 +23,7 @@ use fluxc_runtime::kernel_bench::KernelBench;
 
 use crate::attention_tuning::{self, AttentionChoices};
 use crate::fp8_choice;
-use crate::kernel_tuning::{self, Choices, Outcome};
+use crate::kernel_tuning::{self, us_cell, Choices, Outcome};
 use crate::tune;
 use crate::tune_settings::TuneSettings;
 
@@ -183,18 +183,8 @@ impl GpuTuning {
             &self.search,
             &self.budget,
             |d, t, r| {
-                let how = match r.outcome {
-                    Outcome::Measured => format!("{} measured", r.measured),
-                    Outcome::Cached => "cached".to_string(),
-                    Outcome::OutOfBudget => "budget spent: default".to_string(),
-                };
-                let us = |t: f64| {
-                    if t.is_finite() {
-                        format!("{t:>8.1} µs")
-                    } else {
-                        format!("{:>8} µs", "—")
-                    }
-                };
+                let how = r.outcome.progress(r.measured);
+                let us = |t: f64| format!("{:>8} µs", us_cell(t));
                 eprintln!(
                     "    [{}] {} → {}  {} (x{}, {how})",
                     progress_tag(d, t, started, budget),
@@ -286,17 +276,13 @@ impl GpuTuning {
             &self.search,
             &self.budget,
             |d, t, r| {
-                let how = match r.outcome {
-                    Outcome::Measured => format!("{} measured", r.measured),
-                    Outcome::Cached => "cached".to_string(),
-                    Outcome::OutOfBudget => "budget spent: default".to_string(),
-                };
+                let how = r.outcome.progress(r.measured);
                 eprintln!(
-                    "    [attention {}] {:.1} µs → {:.1} µs  {:?}: {} keys per tile, {} stages \
+                    "    [attention {}] {} µs → {} µs  {:?}: {} keys per tile, {} stages \
                      (x{}, {how})",
                     progress_tag(d, t, started, budget),
-                    r.default_us,
-                    r.best_us,
+                    us_cell(r.default_us),
+                    us_cell(r.best_us),
                     r.dims,
                     r.config.block_n,
                     r.config.stages,

@@ -17,12 +17,14 @@
 //! the linear's shape and the build's fp8 mode), so a later compile, with or
 //! without a GPU, takes them without measuring.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use fluxc_artifact::{content_hash, tuning_key, Gemm, Schedule, Step, TuningCache, TuningRecord};
 use fluxc_passes::pipeline::Optimized;
 use fluxc_passes::PassOptions;
 use fluxc_runtime::gemm_tuning::{gemm_key, tune_gemms, GemmTuneOptions};
+
+use crate::kernel_tuning::us_cell;
 
 type Error = Box<dyn std::error::Error>;
 
@@ -51,19 +53,33 @@ pub struct ShapeChoice {
 /// The cache's shape field.
 const CACHE_SHAPE: &str = "fp8-choice";
 
-/// The cache key of one decision: the linear's shape and the fp8 build's
-/// mode (per tensor or per row, fast accumulation or not).
-fn key(shape: [usize; 3], options: &PassOptions, device: &str, driver: &str) -> String {
+/// What one decision is about, hashed: the linear's shape and the fp8
+/// build's mode (per tensor or per row, fast accumulation or not).
+fn decision_hash(shape: [usize; 3], options: &PassOptions) -> String {
     let what = format!(
         "{shape:?} {:?} fast_accumulation={}",
         options.fp8, options.fp8_fast_accumulation
     );
-    tuning_key(
-        &content_hash(what.as_bytes(), b""),
-        CACHE_SHAPE,
-        device,
-        driver,
-    )
+    content_hash(what.as_bytes(), b"")
+}
+
+/// The cache key of one decision on a device and driver.
+fn key(shape: [usize; 3], options: &PassOptions, device: &str, driver: &str) -> String {
+    tuning_key(&decision_hash(shape, options), CACHE_SHAPE, device, driver)
+}
+
+/// The decision a cache record holds for `shape`.
+fn recorded(shape: [usize; 3], r: &TuningRecord) -> ShapeChoice {
+    ShapeChoice {
+        shape,
+        fp8_us: r.default_time_us,
+        bf16_us: r
+            .config
+            .get("bf16_us_x1000")
+            .map_or(f64::NAN, |v| *v as f64 / 1e3),
+        keep_bf16: r.config.get("bf16") == Some(&1),
+        cached: true,
+    }
 }
 
 /// The shapes of the scaled linears of an fp8 build, each once, in order.
@@ -112,16 +128,7 @@ pub fn cached_choices(
     let mut missing = Vec::new();
     for &shape in shapes {
         match cache.entries.get(&key(shape, options, device, driver)) {
-            Some(r) => found.push(ShapeChoice {
-                shape,
-                fp8_us: r.default_time_us,
-                bf16_us: r
-                    .config
-                    .get("bf16_us_x1000")
-                    .map_or(f64::NAN, |v| *v as f64 / 1e3),
-                keep_bf16: r.config.get("bf16") == Some(&1),
-                cached: true,
-            }),
+            Some(r) => found.push(recorded(shape, r)),
             None => missing.push(shape),
         }
     }
@@ -135,20 +142,16 @@ pub fn cached_without_gpu(
     options: &PassOptions,
     cache: &TuningCache,
 ) -> Result<Vec<ShapeChoice>, Error> {
-    let mut devices = BTreeSet::new();
-    for &shape in shapes {
-        let hash = key(shape, options, "", "");
-        let hash = hash.split('|').next().unwrap_or_default();
-        for (device, _) in cache.records_for(hash, CACHE_SHAPE) {
-            devices.insert(device.to_string());
-        }
-    }
-    crate::tune::single_device(devices.iter().map(String::as_str), "the fp8 choices")?;
-    let Some(device) = devices.into_iter().next() else {
-        return Ok(Vec::new());
-    };
-    let (name, driver) = device.split_once('|').unwrap_or((device.as_str(), ""));
-    Ok(cached_choices(shapes, options, cache, name, driver).0)
+    let records: Vec<(&str, ShapeChoice)> = shapes
+        .iter()
+        .flat_map(|&shape| {
+            cache
+                .records_for(&decision_hash(shape, options), CACHE_SHAPE)
+                .map(move |(device, r)| (device, recorded(shape, r)))
+        })
+        .collect();
+    crate::tune::single_device(records.iter().map(|(d, _)| *d), "the fp8 choices")?;
+    Ok(records.into_iter().map(|(_, choice)| choice).collect())
 }
 
 /// Times the fp8 and the bf16 GEMM of every shape in `shapes` (fp8 GEMMs
@@ -235,13 +238,7 @@ pub fn report(choices: &[ShapeChoice]) -> String {
         "| linear [rows, in, out] | fp8 µs | bf16 µs | kept in | from |\n\
          | --- | ---: | ---: | --- | --- |\n",
     );
-    let us = |t: f64| {
-        if t.is_finite() {
-            format!("{t:.1}")
-        } else {
-            "—".into()
-        }
-    };
+    let us = us_cell;
     for c in choices {
         out.push_str(&format!(
             "| {:?} | {} | {} | {} | {} |\n",

@@ -20,7 +20,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 
 use fluxc_artifact::{content_hash, tuning_key, TuningCache, TuningRecord};
-use fluxc_autotune::{coordinate_descent, Budget, Config, ConfigSpace, Measurement, SearchOptions};
+use fluxc_autotune::{coordinate_descent, Budget, Config, Measurement, SearchOptions};
 use fluxc_codegen::launch::{
     config_of, launch_config, translation_unit, tunable_kernels, variant, TunableKernel,
 };
@@ -46,6 +46,35 @@ pub enum Outcome {
     OutOfBudget,
 }
 
+impl Outcome {
+    /// The reports' "from" column.
+    pub fn source(self) -> &'static str {
+        match self {
+            Outcome::Measured => "measured",
+            Outcome::Cached => "cache",
+            Outcome::OutOfBudget => "default (budget spent)",
+        }
+    }
+
+    /// The progress lines' note, with the configurations `measured`.
+    pub fn progress(self, measured: usize) -> String {
+        match self {
+            Outcome::Measured => format!("{measured} measured"),
+            Outcome::Cached => "cached".to_string(),
+            Outcome::OutOfBudget => "budget spent: default".to_string(),
+        }
+    }
+}
+
+/// A time in µs for a report cell: `—` when it was never measured.
+pub fn us_cell(t: f64) -> String {
+    if t.is_finite() {
+        format!("{t:.1}")
+    } else {
+        "—".to_string()
+    }
+}
+
 /// What tuning one kernel found.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KernelTuning {
@@ -63,24 +92,6 @@ pub struct KernelTuning {
     pub measured: usize,
     /// Where the configuration came from.
     pub outcome: Outcome,
-}
-
-/// Every configuration of `space`.
-fn all_configs(space: &ConfigSpace) -> Vec<Config> {
-    let mut configs = vec![Vec::new()];
-    for field in &space.fields {
-        configs = configs
-            .into_iter()
-            .flat_map(|c| {
-                (0..field.values.len()).map(move |i| {
-                    let mut c = c.clone();
-                    c.push(i);
-                    c
-                })
-            })
-            .collect();
-    }
-    configs.into_iter().map(Config).collect()
 }
 
 /// Largest relative L2 difference from the default's outputs a variant may
@@ -231,7 +242,7 @@ fn measure_kernel(
 ) -> Result<(KernelTuning, bool), Box<dyn std::error::Error>> {
     // Every valid configuration, rendered and compiled together.
     let mut rendered: Vec<(Config, String, KernelSource)> = Vec::new();
-    for (n, config) in all_configs(&kernel.space).into_iter().enumerate() {
+    for (n, config) in kernel.space.all().into_iter().enumerate() {
         if let Ok(v) = variant(optimized, kernel, &config) {
             rendered.push((config, format!("fx_variant_{n}"), v));
         }
@@ -314,20 +325,10 @@ pub fn report(rows: &[KernelTuning]) -> String {
         "| kernel | launches | default µs | tuned µs | block | threads/row | measured | from |\n\
          | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n",
     );
-    let us = |t: f64| {
-        if t.is_finite() {
-            format!("{t:.1}")
-        } else {
-            "—".to_string()
-        }
-    };
+    let us = us_cell;
     let (mut default, mut best, mut unmeasured) = (0.0, 0.0, 0);
     for r in rows {
-        let from = match r.outcome {
-            Outcome::Measured => "measured",
-            Outcome::Cached => "cache",
-            Outcome::OutOfBudget => "default (budget spent)",
-        };
+        let from = r.outcome.source();
         out.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} | {} | {from} |\n",
             r.ops,
@@ -395,16 +396,6 @@ pub fn cached_kernels(
 mod tests {
     use super::*;
     use fluxc_artifact::ElemType;
-    use fluxc_autotune::Field;
-
-    #[test]
-    fn every_configuration_of_a_space() {
-        let space = ConfigSpace::new(vec![Field::new("a", [1, 2, 3]), Field::new("b", [10, 20])]);
-        let all = all_configs(&space);
-        assert_eq!(all.len(), 6);
-        assert_eq!(all[0], Config(vec![0, 0]));
-        assert_eq!(all[5], Config(vec![2, 1]));
-    }
 
     #[test]
     fn narrow_outputs_get_a_looser_tolerance() {
