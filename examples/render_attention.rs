@@ -1,5 +1,7 @@
 //! Writes the attention kernels exactly as codegen renders them (head dims 64
-//! and 128) with their launch figures, for `benches/attention/check.py`.
+//! and 128) with their launch figures, for `benches/attention/check.py`, and
+//! the fp8 kernel with its V layout kernel (head dim 128, `fp8_meta.txt`) for
+//! `benches/attention/check_fp8.py`.
 //!
 //! ```sh
 //! cargo run --release --example render_attention -- .dev/attention
@@ -10,6 +12,7 @@ use std::process::ExitCode;
 
 use fluxc::artifact::AttentionOperands;
 use fluxc::codegen::attention::render_attention;
+use fluxc::codegen::attention_fp8::{render_attention_fp8, render_v_layout};
 
 fn main() -> ExitCode {
     let Some(dir) = std::env::args().nth(1).map(PathBuf::from) else {
@@ -50,6 +53,42 @@ fn main() -> ExitCode {
     );
     if let Err(e) = std::fs::write(dir.join("meta.txt"), line) {
         eprintln!("error: cannot write meta.txt: {e}");
+        return ExitCode::FAILURE;
+    }
+    let fp8 = render_attention_fp8(128).and_then(|k| Ok((k, render_v_layout(128)?)));
+    let (fp8, v_layout) = match fp8 {
+        Ok(kernels) => kernels,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // "threads block_m block_n shared_bytes attention-symbol v-layout-symbol v-layout-threads"
+    let written = std::fs::write(
+        dir.join(format!("{}.cu", fp8.name)),
+        format!("#include <cuda_bf16.h>\n{}", fp8.source),
+    )
+    .and_then(|()| std::fs::write(dir.join(format!("{}.cu", v_layout.name)), &v_layout.source))
+    .and_then(|()| {
+        std::fs::write(
+            dir.join("fp8_meta.txt"),
+            format!(
+                "{} {} {} {} {} {} {}\n",
+                fp8.threads,
+                fp8.block_m,
+                fp8.block_n,
+                fp8.shared_bytes,
+                fp8.name,
+                v_layout.name,
+                v_layout.threads
+            ),
+        )
+    });
+    if let Err(e) = written {
+        eprintln!(
+            "error: cannot write the fp8 kernels to {}: {e}",
+            dir.display()
+        );
         return ExitCode::FAILURE;
     }
     println!("wrote attention kernels to {}", dir.display());

@@ -159,6 +159,10 @@ pub fn config_of(space: &ConfigSpace, config: AttentionConfig) -> Option<Config>
 /// The CUDA template, with `{{…}}` placeholders.
 const TEMPLATE: &str = include_str!("../kernels/attention.cu");
 
+/// The device helpers the warp-specialized kernels share, rendered in place
+/// of their `{{COMMON}}` placeholder.
+pub(crate) const COMMON: &str = include_str!("../kernels/attention_common.cuh");
+
 /// A rendered flash-attention kernel and its launch parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttentionKernel {
@@ -219,6 +223,7 @@ pub fn render_attention_with(
         )
     };
     let source = TEMPLATE
+        .replace("{{COMMON}}", COMMON)
         .replace("{{NAME}}", &name)
         .replace("{{HEAD_DIM}}", &d.to_string())
         .replace("{{BLOCK_N}}", &config.block_n.to_string())

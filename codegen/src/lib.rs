@@ -9,6 +9,7 @@
 //! schedule and manifest; `write` puts the artifact on disk.
 
 pub mod attention;
+pub mod attention_fp8;
 mod buffers;
 mod emit;
 mod group_norm;

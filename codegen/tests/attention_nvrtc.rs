@@ -1,4 +1,5 @@
-//! The rendered flash-attention kernels compile for sm_90a with NVRTC.
+//! The rendered flash-attention kernels (bf16, and fp8 with its V layout
+//! kernel) compile for sm_90a with NVRTC.
 //!
 //! Needs `libnvrtc` on the loader path and the CUDA headers (directory from
 //! `FLUXC_CUDA_INCLUDE`, default `/usr/local/cuda/include`); without NVRTC the
@@ -10,6 +11,7 @@ mod common;
 
 use common::compile_cubin;
 use fluxc_codegen::attention::{grid, render_attention};
+use fluxc_codegen::attention_fp8::{render_attention_fp8, render_v_layout};
 
 #[test]
 fn rendered_source_is_complete() {
@@ -50,39 +52,44 @@ fn nvrtc_compiles_sm90a() {
     }
     let dump_dir = std::env::var_os("FLUXC_ATTENTION_DUMP_DIR").map(std::path::PathBuf::from);
 
-    let kernels: Vec<_> = [64usize, 128].map(|d| render_attention(d).unwrap()).into();
-    for k in &kernels {
+    let fp8 = render_attention_fp8(128).unwrap();
+    let v_layout = render_v_layout(128).unwrap();
+    let mut sources: Vec<(String, String)> = [64usize, 128]
+        .map(|d| render_attention(d).unwrap())
+        .into_iter()
+        .map(|k| (k.name, k.source))
+        .collect();
+    sources.push((fp8.name, fp8.source));
+    sources.push((v_layout.name, v_layout.source));
+    for (name, source) in &sources {
         if let Some(dir) = &dump_dir {
             std::fs::create_dir_all(dir).unwrap();
-            std::fs::write(dir.join(format!("{}.cu", k.name)), &k.source).unwrap();
+            std::fs::write(dir.join(format!("{name}.cu")), source).unwrap();
         }
-        let (cubin, log) = compile_cubin(&k.source, &k.name, &include_dir).unwrap();
+        let (cubin, log) = compile_cubin(source, name, &include_dir).unwrap();
         println!(
-            "{}: {} bytes of CUBIN; ptxas says:\n{}",
-            k.name,
+            "{name}: {} bytes of CUBIN; ptxas says:\n{}",
             cubin.len(),
             log.trim()
         );
-        assert!(!cubin.is_empty(), "{}: no CUBIN produced", k.name);
+        assert!(!cubin.is_empty(), "{name}: no CUBIN produced");
         assert!(
             !log.contains("bytes spill stores") || log.contains(" 0 bytes spill stores"),
-            "{}: register spills\n{log}",
-            k.name
+            "{name}: register spills\n{log}"
         );
         // ptxas serializes the asynchronous wgmma pipeline (a large slowdown,
         // still correct) when it cannot prove the registers of in-flight
         // wgmmas untouched; it says so with C7513 / C7515 / C7520.
         assert!(
             !log.contains("wgmma.mma_async instructions are serialized"),
-            "{}: wgmma pipeline serialized by ptxas\n{log}",
-            k.name
+            "{name}: wgmma pipeline serialized by ptxas\n{log}"
         );
     }
 
-    // Both instances in one translation unit (as in a generated kernels.cu):
+    // All of them in one translation unit (as in a generated kernels.cu):
     // the shared helpers must not be redefined.
-    let both = format!("{}\n{}", kernels[0].source, kernels[1].source);
-    let (cubin, _) = compile_cubin(&both, "attention_both", &include_dir).unwrap();
+    let all: Vec<&str> = sources.iter().map(|(_, s)| s.as_str()).collect();
+    let (cubin, _) = compile_cubin(&all.join("\n"), "attention_all", &include_dir).unwrap();
     assert!(!cubin.is_empty());
 }
 
@@ -104,4 +111,13 @@ fn rendered_attention_snapshots() {
         simt.name, simt.block_m, simt.threads, simt.shared_bytes
     );
     insta::assert_snapshot!("attention_simt_d40_f32", header + &simt.source);
+    let fp8 = render_attention_fp8(128).unwrap();
+    let header = format!(
+        "// {}: block_m {}, block_n {}, {} threads, {} bytes of dynamic shared memory\n",
+        fp8.name, fp8.block_m, fp8.block_n, fp8.threads, fp8.shared_bytes
+    );
+    insta::assert_snapshot!("attention_fp8_d128", header + &fp8.source);
+    let v_layout = render_v_layout(128).unwrap();
+    let header = format!("// {}: {} threads\n", v_layout.name, v_layout.threads);
+    insta::assert_snapshot!("attention_fp8_v_d128", header + &v_layout.source);
 }

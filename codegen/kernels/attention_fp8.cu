@@ -1,0 +1,471 @@
+// fluxc flash-attention forward kernel template, fp8 version: Q, K and V in
+// e4m3 with per-tensor scales, P converted to e4m3 for the P.V product, f32
+// accumulation, bf16 output. Hopper (sm_90a) only; the structure is the bf16
+// kernel's (attention.cu: a TMA producer warp, mbarrier rings, two consumer
+// warpgroups on wgmma in ping-pong), with k32 fp8 wgmmas.
+//
+// Rendered by codegen/src/attention_fp8.rs, which replaces these placeholders
+// (each written in the source as its name in double curly braces):
+//   NAME         kernel symbol, e.g. attention_fp8_d128
+//   COMMON       the helpers shared with the bf16 kernel (attention_common.cuh)
+//   STAGES       K and V buffers each (2 or 3)
+//   SHARED_BYTES dynamic shared memory the runtime passes at launch
+//
+// out[b, s, h, :] = softmax(q[b, s, h, :] . k[b, :, h, :]^T * scale) . v[b, :, h, :]
+// with q = q8 * q_scale[0], k = k8 * k_scale[0], v = v8 * v_scale[0];
+// non-causal, no mask; D = 128.
+//
+// ABI:
+//   (const __grid_constant__ FaTensorMap tq, tk, tvt, __nv_bfloat16* o,
+//    const float* q_scale, const float* k_scale, const float* v_scale,
+//    int seq_q, int seq_kv, int heads, float scale)
+// tq / tk: q8 and k8, contiguous e4m3 [batch, seq, heads, 128], as 4-D u8
+// tensor maps with dims innermost first [128, heads, seq, batch], byte
+// strides [128, 128 heads, 128 seq heads], boxes [128, 1, 128, 1] (q) and
+// [128, 1, 128, 1] (k), 128-byte swizzle, out-of-bounds elements zero.
+// tvt: V transposed by attention_fp8_v.cu, e4m3 [batch, heads, 128, Sp] with
+// Sp = seq_kv rounded up to 16 and the keys of every 16-key group stored in
+// the order the P fragments hold them (below); dims [Sp, 128, heads, batch],
+// byte strides [Sp, 128 Sp, 128 Sp heads], box [128, 128, 1, 1], 128-byte
+// swizzle, out-of-bounds zero. o: contiguous bf16 [batch, seq_q, heads, 128].
+// grid = (ceil(seq_q / 128), heads, batch), block = 384 threads, dynamic
+// shared memory = SHARED_BYTES (> 48 KiB: raise the attribute).
+//
+// Why V is transposed: wgmma takes 8-bit operands from shared memory only
+// K-major, and for P.V the reduction runs over keys, so V must be stored
+// keys-innermost.
+//
+// Why the keys are permuted: the k32 A fragment of an 8-bit wgmma gives
+// thread t of a quad the bytes k = 4t..4t+3 (and 16+4t..16+4t+3) of its rows,
+// while the f32 S accumulator gives it the columns 2t, 2t+1, 8+2t, 9+2t (and
+// +16). Packing a thread's own four S values into one A register therefore
+// puts S column c at A position L with
+//   c = 8 ((L & 3) >> 1) + 2 (L >> 2) + (L & 1)      (within each 16 keys)
+// and P.V is right when V's key rows are stored in the same order: position
+// L of every 16-key group holds key c(L). No shuffles in the kernel.
+//
+// Softmax: the scores get one FFMA each, with the scale, log2(e) and
+// q_scale * k_scale folded into one factor; P = exp2(S' - max + 8), i.e.
+// 256 times the probability, so that it uses e4m3's range (at most 256 of
+// 448) instead of underflowing below 2^-9; the row sums l come from the same
+// unrounded values, so the factor cancels in O / l, and v_scale is applied
+// once in the epilogue.
+//
+// Shared memory (from a 1024-byte aligned base; 1024 bytes of slack): sQ
+// 128 x 128 bytes; sK[STAGES] 128 keys x 128 bytes; sVt[STAGES] 128 rows of
+// D x 128 keys; sO 128 x 256 bytes (the bf16 output tile, two 64-column
+// blocks); the mbarriers. Every tile is rows of 128 bytes with the 128-byte
+// swizzle (chunk j of row r at j ^ (r & 7)), 8-row groups 1024 bytes apart:
+// K-major for all three wgmma operands read from shared memory.
+
+#include <cuda_bf16.h>
+
+{{COMMON}}
+
+#ifndef FLUXC_FA_FP8_HELPERS
+#define FLUXC_FA_FP8_HELPERS
+
+// Four floats to four e4m3 bytes (a in the lowest byte), saturating.
+static __device__ __forceinline__ unsigned int fp8_pack4(float a, float b, float c, float d) {
+    unsigned int r;
+    asm("{\n.reg .b16 lo, hi;\n"
+        "cvt.rn.satfinite.e4m3x2.f32 lo, %2, %1;\n"
+        "cvt.rn.satfinite.e4m3x2.f32 hi, %4, %3;\n"
+        "mov.b32 %0, {lo, hi};\n}\n"
+        : "=r"(r)
+        : "f"(a), "f"(b), "f"(c), "f"(d));
+    return r;
+}
+
+// d[0..64) (+)= A(64x32, smem desc) * B(32x128, smem desc); both K-major.
+static __device__ __forceinline__ void fp8_wgmma_ss_n128(float* d, unsigned long long desc_a,
+                                                         unsigned long long desc_b, int scale_d) {
+    asm volatile(
+        "{\n.reg .pred p;\n"
+        "setp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+        "}, %64, %65, p, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+}
+
+// d[0..64) += A(64x32, registers a0..a3) * B(32x128, smem desc), B K-major.
+static __device__ __forceinline__ void fp8_wgmma_rs_n128(float* d, unsigned int a0,
+                                                         unsigned int a1, unsigned int a2,
+                                                         unsigned int a3,
+                                                         unsigned long long desc_b) {
+    asm volatile(
+        "{\n.reg .pred p;\n"
+        "setp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+        "}, {%64, %65, %66, %67}, %68, p, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc_b), "r"(1));
+}
+
+#endif  // FLUXC_FA_FP8_HELPERS
+
+
+extern "C" __global__ void __launch_bounds__(384, 1)
+{{NAME}}(const __grid_constant__ FaTensorMap tq, const __grid_constant__ FaTensorMap tk,
+         const __grid_constant__ FaTensorMap tvt, __nv_bfloat16* __restrict__ o,
+         const float* __restrict__ q_scale, const float* __restrict__ k_scale,
+         const float* __restrict__ v_scale, int seq_q, int seq_kv, int heads, float scale) {
+    constexpr int D = 128;
+    constexpr int STAGES = {{STAGES}};
+    constexpr int BLOCK_M = 128;          // two consumer warpgroups x 64 rows
+    constexpr int BLOCK_N = 128;          // keys per tile
+    constexpr int QB = BLOCK_M * D;       // bytes of the Q tile
+    constexpr int KVB = BLOCK_N * D;      // bytes of one K or Vt tile
+    constexpr int OB = BLOCK_M * D * 2;   // bytes of the bf16 output tile
+    constexpr int NS = BLOCK_N / 2;       // S accumulator floats per thread
+    constexpr int NO = D / 2;             // O accumulator floats per thread
+    constexpr int KSTEPS_QK = D / 32;
+    constexpr int KSTEPS_PV = BLOCK_N / 32;
+    constexpr int NP = KSTEPS_PV * 4;     // packed e4m3x4 registers of P
+    constexpr int CPR = D * 2 / 16;       // 16-byte chunks per output row
+    static_assert(STAGES == 2 || STAGES == 3, "2 or 3 K/V buffers");
+    // Barriers: q_full, k_full[S], v_full[S], k_empty[S], v_empty[S].
+    constexpr int BAR_BYTES = 8 * (1 + 4 * STAGES);
+    static_assert(QB + 2 * STAGES * KVB + OB + BAR_BYTES + 1024 <= {{SHARED_BYTES}},
+                  "shared layout larger than the launch size computed by codegen");
+
+    extern __shared__ unsigned char {{NAME}}_smem[];
+    const unsigned int smem_raw = ws_smem_addr({{NAME}}_smem);
+    const unsigned int sQ = (smem_raw + 1023u) & ~1023u;
+    const unsigned int sK = sQ + QB;
+    const unsigned int sV = sK + STAGES * KVB;
+    const unsigned int sO = sV + STAGES * KVB;
+    const unsigned int bars = sO + OB;
+    const unsigned int q_full = bars;
+    auto k_full = [&](int s) { return bars + 8u * (1 + s); };
+    auto v_full = [&](int s) { return bars + 8u * (1 + STAGES + s); };
+    auto k_empty = [&](int s) { return bars + 8u * (1 + 2 * STAGES + s); };
+    auto v_empty = [&](int s) { return bars + 8u * (1 + 3 * STAGES + s); };
+
+    const int tid = threadIdx.x;
+    const int wg = __shfl_sync(0xffffffffu, tid >> 7, 0);  // warp-uniform
+    const int m0 = blockIdx.x * BLOCK_M;
+    const int h = blockIdx.y;
+    const int b = blockIdx.z;
+    const int n_tiles = (seq_kv + BLOCK_N - 1) / BLOCK_N;
+
+    if (tid == 0) {
+        ws_mbar_init(q_full, 1);
+        for (int s = 0; s < STAGES; ++s) {
+            ws_mbar_init(k_full(s), 1);
+            ws_mbar_init(v_full(s), 1);
+            ws_mbar_init(k_empty(s), 256);
+            ws_mbar_init(v_empty(s), 256);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    }
+    __syncthreads();
+
+    if (wg == 0) {
+        // ---- Producer: the Q tile once, then K_j and Vt_j into the rings. ----
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n" ::: "memory");
+        if (tid == 0) {
+            ws_prefetch_map(&tq);
+            ws_prefetch_map(&tk);
+            ws_prefetch_map(&tvt);
+            ws_mbar_expect_tx(q_full, QB);
+            ws_tma_load_4d(sQ, &tq, q_full, 0, h, m0, b);
+            for (int j = 0; j < n_tiles; ++j) {
+                const int st = j % STAGES;
+                // Phase parity of the buffer's j / STAGES-th reuse; a fresh
+                // barrier counts its "previous" phase (parity 1) as complete.
+                const unsigned int free_parity = ((j / STAGES) & 1) ^ 1;
+                ws_mbar_wait(k_empty(st), free_parity);
+                ws_mbar_expect_tx(k_full(st), KVB);
+                ws_tma_load_4d(sK + st * KVB, &tk, k_full(st), 0, h, j * BLOCK_N, b);
+                ws_mbar_wait(v_empty(st), free_parity);
+                ws_mbar_expect_tx(v_full(st), KVB);
+                ws_tma_load_4d(sV + st * KVB, &tvt, v_full(st), j * BLOCK_N, 0, h, b);
+            }
+        }
+        return;
+    }
+
+    // ---- Consumers: warpgroup cw = wg - 1 owns query rows [64 cw, +64). ----
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 240;\n" ::: "memory");
+    const int cw = wg - 1;
+    const int ctid = tid - 128 * wg;  // thread index inside the warpgroup
+    const int wrow = (ctid >> 5) * 16;
+    const int lane = tid & 31;
+    const int g = lane >> 2;
+    const int t = lane & 3;
+    // Ping-pong, as in the bf16 kernel: named barrier 1 + cw is "warpgroup
+    // cw may issue"; each syncs on its own and arrives on the other's.
+    auto turn_wait = [&]() { asm volatile("bar.sync %0, 256;\n" ::"r"(1 + cw) : "memory"); };
+    auto turn_pass = [&]() { asm volatile("bar.arrive %0, 256;\n" ::"r"(2 - cw) : "memory"); };
+    if (cw == 1) turn_pass();  // warpgroup 0 goes first
+
+    const unsigned long long desc_q = ws_desc_sw128(sQ + cw * 64 * 128, 16, 1024);
+    const unsigned long long desc_k0 = ws_desc_sw128(sK, 16, 1024);
+    const unsigned long long desc_v0 = ws_desc_sw128(sV, 16, 1024);
+    constexpr unsigned long long KV_STEP = KVB >> 4;
+
+    float acc_o[NO];
+#pragma unroll
+    for (int i = 0; i < NO; ++i) acc_o[i] = 0.0f;
+    float s[NS];
+    unsigned int pa[NP];
+    const float NEG_INF = __int_as_float(0xff800000);
+    float row_max[2] = {NEG_INF, NEG_INF};
+    float row_sum[2] = {0.0f, 0.0f};
+    const float scale_log2 = scale * 1.4426950408889634f * q_scale[0] * k_scale[0];
+    const float out_scale = v_scale[0];
+
+    // Descriptors computed (and pinned in registers) before a group's first
+    // wgmma is issued: ptxas serializes wgmmas whose inputs are defined by
+    // other instructions between them. One k32 step is 32 bytes of a row.
+    struct QkDescs {
+        unsigned long long q[KSTEPS_QK], k[KSTEPS_QK];
+    };
+    struct PvDescs {
+        unsigned long long v[KSTEPS_PV];
+    };
+    auto qk_descs = [&](int buf) {
+        QkDescs d;
+        const unsigned long long dk = desc_k0 + (unsigned long long)buf * KV_STEP;
+#pragma unroll
+        for (int kk = 0; kk < KSTEPS_QK; ++kk) {
+            d.q[kk] = desc_q + ((kk * 32) >> 4);
+            d.k[kk] = dk + ((kk * 32) >> 4);
+            ws_reg_fence(d.q[kk]);
+            ws_reg_fence(d.k[kk]);
+        }
+        return d;
+    };
+    auto pv_descs = [&](int buf) {
+        PvDescs d;
+        const unsigned long long dv = desc_v0 + (unsigned long long)buf * KV_STEP;
+#pragma unroll
+        for (int kk = 0; kk < KSTEPS_PV; ++kk) {
+            d.v[kk] = dv + ((kk * 32) >> 4);
+            ws_reg_fence(d.v[kk]);
+        }
+        return d;
+    };
+    auto issue_qk = [&](const QkDescs& d) {
+#pragma unroll
+        for (int kk = 0; kk < KSTEPS_QK; ++kk) {
+            fp8_wgmma_ss_n128(s, d.q[kk], d.k[kk], kk > 0 ? 1 : 0);
+        }
+    };
+    auto issue_pv = [&](const PvDescs& d, const unsigned int* p) {
+#pragma unroll
+        for (int kk = 0; kk < KSTEPS_PV; ++kk) {
+            fp8_wgmma_rs_n128(acc_o, p[4 * kk], p[4 * kk + 1], p[4 * kk + 2], p[4 * kk + 3],
+                              d.v[kk]);
+        }
+    };
+    // Online softmax of tile j in s (as the bf16 kernel's), P scaled by
+    // 2^8 through the exponent: P = exp2(S * scale_log2 - max + 8).
+    auto softmax = [&](int j, float* alpha) {
+        const int kv0 = j * BLOCK_N;
+        const bool tail = kv0 + BLOCK_N > seq_kv;
+        const bool pos = scale_log2 >= 0.0f;
+        if (tail) {
+            const float fill = pos ? NEG_INF : -NEG_INF;
+#pragma unroll
+            for (int n = 0; n < NS / 4; ++n) {
+                const int key = kv0 + n * 8 + 2 * t;
+                if (key >= seq_kv) s[4 * n] = s[4 * n + 2] = fill;
+                if (key + 1 >= seq_kv) s[4 * n + 1] = s[4 * n + 3] = fill;
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            float mx = s[2 * r];
+            if (pos) {
+#pragma unroll
+                for (int n = 0; n < NS / 4; ++n) {
+                    mx = fmaxf(mx, fmaxf(s[4 * n + 2 * r], s[4 * n + 2 * r + 1]));
+                }
+            } else {
+#pragma unroll
+                for (int n = 0; n < NS / 4; ++n) {
+                    mx = fminf(mx, fminf(s[4 * n + 2 * r], s[4 * n + 2 * r + 1]));
+                }
+            }
+            mx = fmaxf(row_max[r], ws_quad_max(mx * scale_log2));
+            alpha[r] = ws_ex2(row_max[r] - mx);
+            row_max[r] = mx;
+            const float neg_m = 8.0f - mx;
+            float sum = 0.0f;
+#pragma unroll
+            for (int n = 0; n < NS / 4; ++n) {
+                s[4 * n + 2 * r] = ws_ex2(fmaf(s[4 * n + 2 * r], scale_log2, neg_m));
+                s[4 * n + 2 * r + 1] = ws_ex2(fmaf(s[4 * n + 2 * r + 1], scale_log2, neg_m));
+            }
+            if (tail) {
+#pragma unroll
+                for (int n = 0; n < NS / 4; ++n) {
+                    const int key = kv0 + n * 8 + 2 * t;
+                    if (key >= seq_kv) s[4 * n + 2 * r] = 0.0f;
+                    if (key + 1 >= seq_kv) s[4 * n + 2 * r + 1] = 0.0f;
+                }
+            }
+#pragma unroll
+            for (int n = 0; n < NS / 4; ++n) sum += s[4 * n + 2 * r] + s[4 * n + 2 * r + 1];
+            row_sum[r] = row_sum[r] * alpha[r] + sum;
+        }
+    };
+    // P packed to e4m3: the A fragments of P.V, each thread's own values in
+    // the key order the permuted Vt expects (see the header). For keys
+    // [32 kk, 32 kk + 32): a0 = row g, S columns 0,1,8,9 (+2t); a1 = row
+    // g+8, the same; a2, a3 = the same 16 keys further.
+    auto pack_p = [&]() {
+#pragma unroll
+        for (int kk = 0; kk < KSTEPS_PV; ++kk) {
+            const float* c = s + 16 * kk;
+            pa[4 * kk + 0] = fp8_pack4(c[0], c[1], c[4], c[5]);
+            pa[4 * kk + 1] = fp8_pack4(c[2], c[3], c[6], c[7]);
+            pa[4 * kk + 2] = fp8_pack4(c[8], c[9], c[12], c[13]);
+            pa[4 * kk + 3] = fp8_pack4(c[10], c[11], c[14], c[15]);
+        }
+    };
+    auto fence_acc_p = [&](unsigned int* p) {
+#pragma unroll
+        for (int i = 0; i < NO; ++i) ws_reg_fence(acc_o[i]);
+#pragma unroll
+        for (int i = 0; i < NP; ++i) ws_reg_fence(p[i]);
+    };
+
+    ws_mbar_wait(q_full, 0);
+    if (n_tiles > 0) {
+        // Tile 0: S_0 only (no P.V yet).
+        ws_mbar_wait(k_full(0), 0);
+        const QkDescs d0 = qk_descs(0);
+        turn_wait();
+        ws_wgmma_fence();
+        issue_qk(d0);
+        ws_wgmma_commit();
+        turn_pass();
+        ws_wgmma_wait<0>();
+#pragma unroll
+        for (int i = 0; i < NS; ++i) ws_reg_fence(s[i]);
+        ws_mbar_arrive(k_empty(0));
+        {
+            float alpha[2];
+            softmax(0, alpha);  // O is still zero: no rescale
+            pack_p();
+        }
+        for (int j = 1; j < n_tiles; ++j) {
+            const int st = j % STAGES;
+            const int sp = (j - 1) % STAGES;
+            ws_mbar_wait(k_full(st), (j / STAGES) & 1);
+            ws_mbar_wait(v_full(sp), ((j - 1) / STAGES) & 1);
+            const QkDescs dqk = qk_descs(st);
+            const PvDescs dpv = pv_descs(sp);
+            turn_wait();
+            fence_acc_p(pa);
+            ws_wgmma_fence();
+            issue_qk(dqk);
+            ws_wgmma_commit();
+            issue_pv(dpv, pa);
+            ws_wgmma_commit();
+            turn_pass();
+            ws_wgmma_wait<1>();
+#pragma unroll
+            for (int i = 0; i < NS; ++i) ws_reg_fence(s[i]);
+            ws_mbar_arrive(k_empty(st));
+            float alpha[2];
+            softmax(j, alpha);
+            ws_wgmma_wait<0>();
+            fence_acc_p(pa);
+#pragma unroll
+            for (int i = 0; i < NS; ++i) ws_reg_fence(s[i]);
+            ws_mbar_arrive(v_empty(sp));
+#pragma unroll
+            for (int n = 0; n < NO / 4; ++n) {
+                acc_o[4 * n + 0] *= alpha[0];
+                acc_o[4 * n + 1] *= alpha[0];
+                acc_o[4 * n + 2] *= alpha[1];
+                acc_o[4 * n + 3] *= alpha[1];
+            }
+            pack_p();
+        }
+        // Last P.V.
+        const int sl = (n_tiles - 1) % STAGES;
+        ws_mbar_wait(v_full(sl), ((n_tiles - 1) / STAGES) & 1);
+        const PvDescs dl = pv_descs(sl);
+        fence_acc_p(pa);
+        ws_wgmma_fence();
+        issue_pv(dl, pa);
+        ws_wgmma_commit();
+        ws_wgmma_wait<0>();
+#pragma unroll
+        for (int i = 0; i < NO; ++i) ws_reg_fence(acc_o[i]);
+    } else {
+        turn_wait();
+        turn_pass();
+    }
+    // Consume the last pass of warpgroup 1 so no named barrier is left half
+    // arrived.
+    if (cw == 0) turn_wait();
+
+    // ---- Epilogue: O * v_scale / l -> bf16 into this warpgroup's rows of
+    // the output tile (two 64-column blocks of 128-byte rows, swizzled),
+    // then 16-byte row-predicated stores. ----
+    float inv[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const float l = ws_quad_sum(row_sum[r]);
+        inv[r] = (l > 0.0f) ? out_scale / l : 0.0f;  // seq_kv == 0 -> zeros
+    }
+    unsigned char* sO_ptr = {{NAME}}_smem + (sO - smem_raw);
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int row = cw * 64 + wrow + g + 8 * r;
+#pragma unroll
+        for (int n = 0; n < NO / 4; ++n) {
+            const int off = (n >> 3) * (BLOCK_M * 128) + row * 128 + (((n & 7) ^ (row & 7)) << 4) +
+                            t * 4;
+            *reinterpret_cast<unsigned int*>(sO_ptr + off) = ws_pack_bf16x2(
+                acc_o[4 * n + 2 * r] * inv[r], acc_o[4 * n + 2 * r + 1] * inv[r]);
+        }
+    }
+    asm volatile("bar.sync %0, 128;\n" ::"r"(3 + cw) : "memory");
+    const long long row_stride = (long long)heads * D;
+    __nv_bfloat16* og = o + ((long long)b * seq_q * heads + h) * D;
+#pragma unroll
+    for (int i = 0; i < 64 * CPR / 128; ++i) {
+        const int c = i * 128 + ctid;
+        const int r = cw * 64 + c / CPR;
+        const int jj = c % CPR;
+        const int row = m0 + r;
+        if (row < seq_q) {
+            const int off = (jj >> 3) * (BLOCK_M * 128) + r * 128 + (((jj & 7) ^ (r & 7)) << 4);
+            *reinterpret_cast<uint4*>(og + (long long)row * row_stride + jj * 8) =
+                *reinterpret_cast<const uint4*>(sO_ptr + off);
+        }
+    }
+}
