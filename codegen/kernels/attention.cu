@@ -380,41 +380,55 @@ extern "C" __global__ void __launch_bounds__(384, 1)
                 if (key + 1 >= seq_kv) s[4 * n + 1] = s[4 * n + 3] = fill;
             }
         }
+        // Both rows at once, with four partial maxima and sums per row:
+        // short dependency chains for a warp that has few others to hide
+        // latency behind.
+        float mx[2];
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-            float mx = s[2 * r];
+            float part[4] = {s[2 * r], s[2 * r], s[2 * r], s[2 * r]};
             if (pos) {
 #pragma unroll
                 for (int n = 0; n < NS / 4; ++n) {
-                    mx = fmaxf(mx, fmaxf(s[4 * n + 2 * r], s[4 * n + 2 * r + 1]));
+                    part[n & 3] = fmaxf(part[n & 3], fmaxf(s[4 * n + 2 * r], s[4 * n + 2 * r + 1]));
                 }
+                mx[r] = fmaxf(fmaxf(part[0], part[1]), fmaxf(part[2], part[3]));
             } else {
 #pragma unroll
                 for (int n = 0; n < NS / 4; ++n) {
-                    mx = fminf(mx, fminf(s[4 * n + 2 * r], s[4 * n + 2 * r + 1]));
+                    part[n & 3] = fminf(part[n & 3], fminf(s[4 * n + 2 * r], s[4 * n + 2 * r + 1]));
                 }
+                mx[r] = fminf(fminf(part[0], part[1]), fminf(part[2], part[3]));
             }
-            mx = fmaxf(row_max[r], ws_quad_max(mx * scale_log2));
-            alpha[r] = ws_ex2(row_max[r] - mx);
-            row_max[r] = mx;
-            const float neg_m = -mx;
-            float sum = 0.0f;
+        }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            mx[r] = fmaxf(row_max[r], ws_quad_max(mx[r] * scale_log2));
+            alpha[r] = ws_ex2(row_max[r] - mx[r]);
+            row_max[r] = mx[r];
+        }
+        const float neg_m[2] = {-mx[0], -mx[1]};
+#pragma unroll
+        for (int n = 0; n < NS / 4; ++n) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                s[4 * n + i] = ws_ex2(fmaf(s[4 * n + i], scale_log2, neg_m[i >> 1]));
+            }
+        }
+        if (tail) {
 #pragma unroll
             for (int n = 0; n < NS / 4; ++n) {
-                s[4 * n + 2 * r] = ws_ex2(fmaf(s[4 * n + 2 * r], scale_log2, neg_m));
-                s[4 * n + 2 * r + 1] = ws_ex2(fmaf(s[4 * n + 2 * r + 1], scale_log2, neg_m));
+                const int key = kv0 + n * 8 + 2 * t;
+                if (key >= seq_kv) s[4 * n] = s[4 * n + 2] = 0.0f;
+                if (key + 1 >= seq_kv) s[4 * n + 1] = s[4 * n + 3] = 0.0f;
             }
-            if (tail) {
+        }
 #pragma unroll
-                for (int n = 0; n < NS / 4; ++n) {
-                    const int key = kv0 + n * 8 + 2 * t;
-                    if (key >= seq_kv) s[4 * n + 2 * r] = 0.0f;
-                    if (key + 1 >= seq_kv) s[4 * n + 2 * r + 1] = 0.0f;
-                }
-            }
+        for (int r = 0; r < 2; ++r) {
+            float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-            for (int n = 0; n < NS / 4; ++n) sum += s[4 * n + 2 * r] + s[4 * n + 2 * r + 1];
-            row_sum[r] = row_sum[r] * alpha[r] + sum;
+            for (int n = 0; n < NS / 4; ++n) part[n & 3] += s[4 * n + 2 * r] + s[4 * n + 2 * r + 1];
+            row_sum[r] = row_sum[r] * alpha[r] + ((part[0] + part[1]) + (part[2] + part[3]));
         }
     };
     // P (the softmax'ed s) packed to bf16 pairs: the A fragments of P.V.
