@@ -173,6 +173,7 @@ fn generated_fp8(graph: Graph, fp8: Fp8Mode) -> Generated {
             exclude: Vec::new(),
             min_rows: 0,
             bf16_shapes: vec![],
+            attention: false,
         },
         ..PassOptions::default()
     };
@@ -329,6 +330,7 @@ fn fp8_in_an_f32_model_is_a_clear_error() {
             exclude: Vec::new(),
             min_rows: 0,
             bf16_shapes: vec![],
+            attention: false,
         },
         ..PassOptions::default()
     };
@@ -362,6 +364,7 @@ fn fast_accumulation_is_recorded_on_fp8_gemms_only() {
             exclude: Vec::new(),
             min_rows: 0,
             bf16_shapes: vec![],
+            attention: false,
         },
         fp8_fast_accumulation: true,
         ..PassOptions::default()
