@@ -20,13 +20,20 @@ fn linear(b: &mut GraphBuilder, x: NodeId, name: &str, n: usize, dt: DType) -> N
 /// A miniature double-block stream: modulated LayerNorm, q/k/v with RMSNorm
 /// and RoPE, attention, gated residual, GELU MLP.
 fn mini_block(dt: DType) -> Graph {
-    let (s, h, d) = (20, 2, 64);
+    mini_block_with(dt, 64)
+}
+
+/// [`mini_block`] with `d`-wide heads (a multiple of 8).
+fn mini_block_with(dt: DType, d: usize) -> Graph {
+    let (s, h) = (20, 2);
     let c = h * d;
     let mut b = GraphBuilder::new();
     let x = b.input("x", dt, [1, s, c]).unwrap();
     let temb = b.input("temb", dt, [1, c]).unwrap();
     let ids = b.input("ids", DType::F32, [s, 3]).unwrap();
-    let rope = b.rope_table(ids, &[16, 24, 24], 10000.0).unwrap();
+    let rope = b
+        .rope_table(ids, &[d / 4, d * 3 / 8, d * 3 / 8], 10000.0)
+        .unwrap();
     let act = b.silu(temb).unwrap();
     let m = linear(&mut b, act, "mod", 3 * c, dt);
     let parts = b.chunk(m, 1, 3).unwrap();
@@ -184,6 +191,74 @@ fn generated_fp8(graph: Graph, fp8: Fp8Mode) -> Generated {
         reuse_memory: true,
     };
     generate(&optimized, &opts).unwrap()
+}
+
+/// A block with 128-wide heads and fp8 attention: the attention lowers to
+/// the V layout launch right before an fp8 attention step over the
+/// quantized q and k and the layout kernel's output, with the three scales;
+/// the schedule validates, and kernels.cu compiles for sm_90a (where NVRTC
+/// is available).
+#[test]
+fn fp8_attention_lowers_to_the_layout_kernel_and_the_fp8_kernel() {
+    let options = PassOptions {
+        fuse_qkv_min_rows: 1,
+        fp8: Fp8Mode::DynamicRow,
+        fp8_policy: Fp8Policy {
+            attention: true,
+            ..Fp8Policy::default()
+        },
+        ..PassOptions::default()
+    };
+    let optimized = optimize(mini_block_with(DType::BF16, 128), &options).unwrap();
+    let g = generate(
+        &optimized,
+        &CodegenOptions {
+            model_name: "mini-fp8-attention".into(),
+            layouts: Vec::new(),
+            reuse_memory: true,
+        },
+    )
+    .unwrap();
+    g.schedule.validate().unwrap();
+    let steps = &g.schedule.steps;
+    let at: Vec<usize> = (0..steps.len())
+        .filter(|&i| matches!(steps[i], Step::Attention(_)))
+        .collect();
+    let [i] = at[..] else {
+        panic!("expected one attention step, found {at:?}")
+    };
+    let (Step::Launch(layout), Step::Attention(a)) = (&steps[i - 1], &steps[i]) else {
+        panic!("the V layout launch should precede the attention")
+    };
+    let fluxc_artifact::AttentionOperands::Fp8TensorMaps { vt_keys, .. } = a.operands else {
+        panic!("{:?}", a.operands)
+    };
+    assert_eq!(vt_keys, 32, "20 keys padded to 32");
+    assert_eq!(layout.args[1], Arg::Ptr(a.v));
+    assert_eq!(layout.args[2..], [Arg::I32(20), Arg::I32(2)]);
+    let dtype = |t: fluxc_artifact::Tensor| g.schedule.buffers[t.buffer as usize].dtype;
+    assert_eq!(
+        [a.q, a.k, a.v, a.out].map(dtype),
+        [
+            ElemType::F8e4m3,
+            ElemType::F8e4m3,
+            ElemType::F8e4m3,
+            ElemType::Bf16
+        ]
+    );
+    let scales = a.scales.unwrap();
+    assert_eq!(
+        [scales.q, scales.k, scales.v].map(dtype),
+        [ElemType::F32; 3]
+    );
+    assert!(!g.kernels_cu.contains("attention_d128_bf16"));
+    if let Some(why) = common::nvrtc_unavailable() {
+        println!("SKIP compiling the fp8 attention block: {why}");
+        return;
+    }
+    let (cubin, log) = common::compile_cubin(&g.kernels_cu, "kernels", &common::include_dir())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!cubin.is_empty(), "{log}");
 }
 
 fn launches(g: &Generated) -> Vec<&Launch> {
