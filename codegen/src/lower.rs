@@ -24,10 +24,11 @@
 //! - A scaled (fp8) attention group becomes two launches
 //!   (`attention_fp8.rs`): the V layout kernel, which copies the e4m3 v to a
 //!   key-innermost temporary (`vt`, `[batch, heads, head_dim, padded keys]`:
-//!   the fp8 `P·V` product needs keys innermost, which TMA cannot transpose
-//!   for 1-byte elements), then the fp8 attention kernel over q, k and vt as
-//!   tensor maps with the three per-tensor scales. Head width 128 only (the
-//!   `fp8_attention` pass selects nothing else).
+//!   Hopper's fp8 wgmma takes its B operand K-major only, which for `P·V`
+//!   means keys innermost, while v is stored head-dim innermost), then the
+//!   fp8 attention kernel over q, k and vt as tensor maps with the three
+//!   per-tensor scales. Head width 128 only (the `fp8_attention` pass
+//!   selects nothing else).
 //!
 //! A value is *materialized* (gets a buffer) when a step reads or writes it
 //! outside the kernel that computes it. Reshapes are views: they share their

@@ -266,12 +266,17 @@ fn check_attention(schedule: &Schedule, a: &Attention) -> Result<(), String> {
             return Err(format!("{what} = {v} does not fit an int parameter"));
         }
     }
-    let [b, sq, sk, h, d] = [a.batch, a.seq_q, a.seq_kv, a.heads, a.head_dim].map(u64::from);
-    let per_q = b * sq * h * d;
-    let per_kv = b * sk * h * d;
-    // Element counts of q, k, v and out; the fp8 kernel's v is vt.
+    // Element counts (saturating: a hostile artifact must not overflow).
+    let count = |dims: [u32; 4]| {
+        dims.iter()
+            .fold(1u64, |n, &d| n.saturating_mul(u64::from(d)))
+    };
+    let (b, h, d) = (a.batch, a.heads, a.head_dim);
+    let per_q = count([b, a.seq_q, h, d]);
+    let per_kv = count([b, a.seq_kv, h, d]);
+    // The fp8 kernel's v is vt.
     let v_elements = match a.operands {
-        AttentionOperands::Fp8TensorMaps { vt_keys, .. } => b * h * d * u64::from(vt_keys),
+        AttentionOperands::Fp8TensorMaps { vt_keys, .. } => count([b, h, d, vt_keys]),
         _ => per_kv,
     };
     for (what, t, elements) in [
