@@ -8,7 +8,9 @@
 //!   against plain `Attention` over the *dequantized* q, k, v, every
 //!   element lies within the bound derived in [`derived_bound`], and the
 //!   relative L2 distance stays under [`REL_L2_BOUND`].
-//! - The output is bf16 (declared and rounded).
+//! - The output is bf16 (declared and rounded); the op prints with its
+//!   score scale and verifies, and a graph whose stored type disagrees
+//!   with it does not.
 //!
 //! The empty key sequence (zeros, as `Attention` gives) cannot be built as
 //! a graph (type inference rejects empty tensors); the interpreter's unit
@@ -18,7 +20,7 @@ mod common;
 
 use common::{pseudo_random, Harness};
 
-use fluxc_ir::{DType, NodeId, Op, Scalar, UnaryOp};
+use fluxc_ir::{print_graph, verify, DType, GraphBuilder, NodeId, Op, Scalar, UnaryOp};
 
 const E4M3: DType = DType::F8E4M3;
 
@@ -204,4 +206,24 @@ fn one_key_is_exact_but_for_bf16() {
     // output is v itself, rounded to bf16.
     let error = random_case([2, 3, 2, 16], 1, 6.0, 50);
     assert!(error <= 2f64.powi(-8), "{error:e}");
+}
+
+#[test]
+fn prints_with_its_scale_and_verifies() {
+    let mut b = GraphBuilder::new();
+    let q8 = b.input("q8", E4M3, [1, 3, 2, 8]).unwrap();
+    let kv8 = b.input("kv8", E4M3, [1, 5, 2, 8]).unwrap();
+    let s = b.input("s", DType::F32, [1]).unwrap();
+    let o = b.scaled_attention(q8, s, kv8, s, kv8, s, 0.25).unwrap();
+    b.output("o", o).unwrap();
+    let mut g = b.finish().unwrap();
+    let text = print_graph(&g).unwrap();
+    assert!(
+        text.contains("%3: bf16[1,3,2,8] = scaled_attention[scale=0.25](%0, %2, %1, %2, %1, %2)"),
+        "{text}"
+    );
+    verify(&g).unwrap();
+    g.node_mut(o).ty = fluxc_ir::TensorType::new(DType::F32, [1, 3, 2, 8]);
+    let err = verify(&g).unwrap_err().to_string();
+    assert!(err.contains("stored as f32[1,3,2,8]"), "{err}");
 }
