@@ -576,9 +576,13 @@ fn tensor_core_attention_in_a_bf16_block() {
 }
 
 /// Relative L2 allowed between the fp8 attention kernel and the
-/// interpreter's `ScaledAttention` (which rounds what the kernel rounds:
-/// e4m3 probabilities, a bf16 output; what it cannot pin down is the order
-/// of the kernel's f32 sums and its exp2-based softmax).
+/// interpreter's `ScaledAttention`, which rounds what the kernel rounds
+/// (e4m3 probabilities, a bf16 output) but not where: the kernel's online
+/// softmax rounds `256·P` relative to the running max of the key tiles seen
+/// so far, then rescales in f32, while the interpreter rounds relative to
+/// the row's final max, so tiles before a row's max key round on another
+/// grid (e4m3-sized noise, ~2.5% per probability, averaged over keys); the
+/// order of the f32 sums and the exp2-based softmax differ too.
 const FP8_ATTENTION_TOL: f64 = 5e-2;
 
 /// `attention(q, k, v)` over bf16 inputs q `[1, sq, 2, 128]`, k and v

@@ -325,7 +325,10 @@ pub enum Op {
     /// probabilities relative to the row max with 2⁸ headroom before the
     /// fp8 `P·V` product); `out = (Σ p8/256 · v) / l` (the denominator sums
     /// the unrounded `P`), rounded to bf16. An empty key sequence gives
-    /// zeros, as [`Op::Attention`] does.
+    /// zeros, as [`Op::Attention`] does. (The kernel's online softmax rounds
+    /// relative to the running max of the key tiles seen so far; where that
+    /// is below the row's max, its rounding differs from this by e4m3
+    /// noise.)
     ScaledAttention {
         /// Multiplies the scores (usually `1/√D`).
         scale: Scalar,
