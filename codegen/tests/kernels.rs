@@ -261,6 +261,61 @@ fn fp8_attention_lowers_to_the_layout_kernel_and_the_fp8_kernel() {
     assert!(!cubin.is_empty(), "{log}");
 }
 
+/// A bf16 attention with 64-wide heads next to an fp8 one with 128-wide
+/// heads: both kernels (and the V layout kernel) share one kernels.cu,
+/// which compiles for sm_90a (where NVRTC is available).
+#[test]
+fn bf16_and_fp8_attention_kernels_share_a_translation_unit() {
+    let mut b = GraphBuilder::new();
+    let wide = b.input("wide", DType::BF16, [1, 24, 2, 128]).unwrap();
+    let narrow = b.input("narrow", DType::BF16, [1, 24, 4, 64]).unwrap();
+    let a = b.attention(wide, wide, wide).unwrap();
+    let c = b.attention(narrow, narrow, narrow).unwrap();
+    let a = b.reshape(a, [1, 24, 256]).unwrap();
+    let c = b.reshape(c, [1, 24, 256]).unwrap();
+    let y = b.add(a, c).unwrap();
+    b.output("y", y).unwrap();
+    let options = PassOptions {
+        fp8: Fp8Mode::DynamicTensor,
+        fp8_policy: Fp8Policy {
+            attention: true,
+            ..Fp8Policy::default()
+        },
+        ..PassOptions::default()
+    };
+    let optimized = optimize(b.finish().unwrap(), &options).unwrap();
+    let g = generate(
+        &optimized,
+        &CodegenOptions {
+            model_name: "mixed-attention".into(),
+            layouts: Vec::new(),
+            reuse_memory: true,
+        },
+    )
+    .unwrap();
+    let mut kernels: Vec<(&str, bool)> = g
+        .schedule
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Attention(a) => Some((a.kernel.as_str(), a.scales.is_some())),
+            _ => None,
+        })
+        .collect();
+    kernels.sort();
+    assert_eq!(
+        kernels,
+        [("attention_d64_bf16", false), ("attention_fp8_d128", true)]
+    );
+    if let Some(why) = common::nvrtc_unavailable() {
+        println!("SKIP compiling bf16 and fp8 attention together: {why}");
+        return;
+    }
+    let (cubin, log) = common::compile_cubin(&g.kernels_cu, "kernels", &common::include_dir())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!cubin.is_empty(), "{log}");
+}
+
 fn launches(g: &Generated) -> Vec<&Launch> {
     g.schedule
         .steps
