@@ -46,6 +46,10 @@ fn main() -> ExitCode {
     let abi = match meta[1].operands {
         AttentionOperands::TensorMaps { kv_rows, .. } => format!(" tma:{kv_rows}"),
         AttentionOperands::Pointers => String::new(),
+        AttentionOperands::Fp8TensorMaps { .. } => {
+            eprintln!("error: the bf16 kernel was rendered with fp8 operands");
+            return ExitCode::FAILURE;
+        }
     };
     let line = format!(
         "{} {} {} {}{abi}\n",

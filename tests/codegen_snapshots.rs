@@ -1,18 +1,22 @@
 //! Snapshots of what codegen emits: every kernel and the schedule of the
 //! tiny presets (fp8 off, epilogue fusion on and off; bf16 with fp8 per row
-//! and per tensor; the tiny VAE decoder), and a summary of the full
-//! FLUX.1-schnell and FLUX VAE schedules. A change here changes what runs on the GPU:
-//! review it line by line (`cargo insta review`).
+//! and per tensor; the tiny VAE decoder), the schedule of one fp8 attention
+//! (`ScaledAttention`: quantization, the V layout launch, the fp8 attention
+//! step, checked by the runtime's host-side artifact validation too), and a
+//! summary of the full FLUX.1-schnell and FLUX VAE schedules. A change here
+//! changes what runs on the GPU: review it line by line (`cargo insta
+//! review`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::PathBuf;
 
-use fluxc::artifact::{Region, Step};
-use fluxc::codegen::{generate, schedule_json, CodegenOptions, Generated};
+use fluxc::artifact::{Arg, AttentionOperands, ElemType, Region, Step};
+use fluxc::codegen::{generate, schedule_json, write_artifact, CodegenOptions, Generated};
+use fluxc::ir::{DType, GraphBuilder};
 use fluxc::models::{build_graph, ModelConfig};
 use fluxc::passes::pipeline::optimize;
-use fluxc::passes::{Fp8Mode, PassOptions};
+use fluxc::passes::{Fp8Mode, Fp8Policy, PassOptions};
 
 fn generated(preset: &str, epilogue_fusion: bool) -> Generated {
     generated_with(preset, None, |options| PassOptions {
@@ -83,6 +87,87 @@ fn tiny_schnell_fp8_kernels_and_schedule() {
     }
 }
 
+/// `attention(q, k, v)` over bf16 inputs, q `[1, 200, 2, 128]` and k, v
+/// `[1, 333, 2, 128]`, compiled with fp8 per tensor and fp8 attention on.
+fn fp8_attention_generated() -> Generated {
+    let mut b = GraphBuilder::new();
+    let q = b.input("q", DType::BF16, [1, 200, 2, 128]).unwrap();
+    let k = b.input("k", DType::BF16, [1, 333, 2, 128]).unwrap();
+    let v = b.input("v", DType::BF16, [1, 333, 2, 128]).unwrap();
+    b.push_scope("attn");
+    let o = b.attention(q, k, v).unwrap();
+    b.pop_scope();
+    b.output("o", o).unwrap();
+    let options = PassOptions {
+        fp8: Fp8Mode::DynamicTensor,
+        fp8_policy: Fp8Policy {
+            attention: true,
+            ..Fp8Policy::default()
+        },
+        ..PassOptions::default()
+    };
+    let optimized = optimize(b.finish().unwrap(), &options).unwrap();
+    let opts = CodegenOptions {
+        model_name: "fp8-attention".into(),
+        layouts: Vec::new(),
+        reuse_memory: true,
+    };
+    generate(&optimized, &opts).unwrap()
+}
+
+#[test]
+fn fp8_attention_schedule() {
+    let g = fp8_attention_generated();
+    let s = &g.schedule;
+    s.validate().unwrap();
+    // Three scales and three quantizes (q, k, v), the V layout kernel, the
+    // fp8 attention.
+    let n = s.steps.len();
+    assert!(n >= 4, "{n} steps");
+    let Step::Launch(layout) = &s.steps[n - 2] else {
+        panic!("the V layout kernel should run just before the attention")
+    };
+    let Step::Attention(a) = &s.steps[n - 1] else {
+        panic!("the last step should be the attention")
+    };
+    let AttentionOperands::Fp8TensorMaps { vt_keys, .. } = a.operands else {
+        panic!("{:?}", a.operands)
+    };
+    assert_eq!(vt_keys, 336, "333 keys padded to a multiple of 16");
+    assert_eq!(
+        (a.batch, a.heads, a.seq_q, a.seq_kv, a.head_dim),
+        (1, 2, 200, 333, 128)
+    );
+    assert!((a.scale - 1.0 / 128f32.sqrt()).abs() < 1e-9);
+    let buffer = |t: fluxc::artifact::Tensor| &s.buffers[t.buffer as usize];
+    // vt: written by the layout kernel (its second argument), read as v.
+    assert_eq!(layout.args[1], Arg::Ptr(a.v));
+    assert_eq!(buffer(a.v).dtype, ElemType::F8e4m3);
+    assert_eq!(buffer(a.v).bytes, 2 * 128 * 336);
+    assert_eq!(layout.args[2..], [Arg::I32(333), Arg::I32(2)]);
+    for t in [a.q, a.k] {
+        assert_eq!(buffer(t).dtype, ElemType::F8e4m3);
+    }
+    assert_eq!(buffer(a.out).dtype, ElemType::Bf16);
+    let scales = a.scales.expect("an fp8 attention has scales");
+    for t in [scales.q, scales.k, scales.v] {
+        assert_eq!((buffer(t).dtype, buffer(t).bytes), (ElemType::F32, 4));
+    }
+    // v8, the layout kernel's first argument, is v's quantization.
+    let Arg::Ptr(v8) = layout.args[0] else {
+        panic!("{:?}", layout.args[0])
+    };
+    assert_eq!(buffer(v8).shape, [1, 333, 2, 128]);
+    assert!(g.kernels_cu.contains(&format!("{}(", layout.kernel)));
+    assert!(g.kernels_cu.contains(&format!("{}(", a.kernel)));
+    insta::assert_snapshot!(schedule_json(s).unwrap());
+
+    // The runtime's host-side checks accept it (maps, extents, dtypes).
+    let dir = tempfile::tempdir().unwrap();
+    write_artifact(&dir.path().join("a"), &g).unwrap();
+    fluxc::runtime::Artifact::load(&dir.path().join("a")).unwrap();
+}
+
 #[test]
 fn tiny_vae_kernels_and_schedule() {
     let g = generated("tiny-vae", true);
@@ -108,6 +193,7 @@ fn summary(g: &Generated) -> String {
         let kind = match step {
             Step::Launch(_) => "launch",
             Step::Gemm(_) => "gemm",
+            Step::Attention(a) if a.scales.is_some() => "fp8 attention",
             Step::Attention(_) => "attention",
             Step::Copy(_) => "copy",
         };

@@ -4,7 +4,8 @@
 //! Most steps read and write materialized graph values. A few lowerings
 //! need memory the graph has no node for: GroupNorm's per-chunk partial
 //! sums and per-group statistics (written by one kernel, read by the next),
-//! and the score matrix of decomposed attention. Such a [`Temp`] is named
+//! the score matrix of decomposed attention, and fp8 attention's
+//! key-innermost copy of v. Such a [`Temp`] is named
 //! by the node it serves and its role, so it is unique without a counter,
 //! and the memory plan places it in the arena by liveness like any value.
 
@@ -19,6 +20,9 @@ pub enum TempKind {
     GroupStats,
     /// Decomposed attention: scores, then probabilities (in place).
     Scores,
+    /// fp8 attention: v laid out `[batch, heads, head_dim, padded keys]`
+    /// (the V layout kernel writes it, the attention kernel reads it).
+    VTransposed,
 }
 
 impl TempKind {
@@ -28,6 +32,7 @@ impl TempKind {
             TempKind::GroupPartials => "partial sums",
             TempKind::GroupStats => "statistics",
             TempKind::Scores => "scores",
+            TempKind::VTransposed => "key-innermost v",
         }
     }
 }

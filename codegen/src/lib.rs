@@ -4,9 +4,10 @@
 //!
 //! The stages, each in its own module: `lower` turns fusion groups into
 //! steps (generated kernels via `kernels` and `emit`, cuBLASLt GEMMs, the
-//! `attention` kernel); `memory` places every activation in one arena by
-//! liveness; this module assigns buffers, names kernels, and assembles the
-//! schedule and manifest; `write` puts the artifact on disk.
+//! `attention` kernels, bf16 and fp8 (`attention_fp8`)); `memory` places
+//! every activation in one arena by liveness; this module assigns buffers,
+//! names kernels, and assembles the schedule and manifest; `write` puts the
+//! artifact on disk.
 
 pub mod attention;
 pub mod attention_fp8;
@@ -24,9 +25,9 @@ mod write;
 use std::collections::{BTreeMap, HashMap};
 
 use fluxc_artifact::{
-    content_hash, Arg, Attention, AttentionOperands, Binding, Buffer, CheckpointLayout, ElemType,
-    Gemm, GemmEpilogue, GemmScales as ScaleSpec, Launch, Manifest, Region, ScaleMode, Schedule,
-    Step, Tensor, WeightEntry, WeightSource, FORMAT_VERSION,
+    content_hash, Arg, Attention, AttentionOperands, AttentionScales, Binding, Buffer,
+    CheckpointLayout, ElemType, Gemm, GemmEpilogue, GemmScales as ScaleSpec, Launch, Manifest,
+    Region, ScaleMode, Schedule, Step, Tensor, WeightEntry, WeightSource, FORMAT_VERSION,
 };
 use fluxc_ir::{print_graph, DType, Graph, NodeId, Op};
 use fluxc_passes::pipeline::Optimized;
@@ -355,6 +356,73 @@ pub fn generate_with(
                     seq_kv: dims[3],
                     head_dim: dims[4],
                     scale: *scale,
+                    scales: None,
+                })
+            }
+            PendingStep::VLayout {
+                kernel,
+                v8,
+                vt,
+                seq_kv,
+                heads,
+            } => {
+                attention_sources.insert(kernel.name.clone(), kernel.source.clone());
+                let int = |v: u32| {
+                    i32::try_from(v)
+                        .map_err(|_| CodegenError::TooLarge(format!("V layout parameter {v}")))
+                };
+                Step::Launch(Launch {
+                    kernel: kernel.name.clone(),
+                    grid: kernel.grid,
+                    block: [kernel.threads, 1, 1],
+                    shared_bytes: kernel.shared_bytes,
+                    args: vec![
+                        Arg::Ptr(tensor(*v8)),
+                        Arg::Ptr(tensor_of(Buf::Temp(*vt))),
+                        Arg::I32(int(*seq_kv)?),
+                        Arg::I32(int(*heads)?),
+                    ],
+                })
+            }
+            PendingStep::Fp8Attention {
+                node,
+                q8,
+                k8,
+                vt,
+                scales,
+                kernel,
+                q_rows,
+                kv_rows,
+                vt_keys,
+                dims,
+                scale,
+            } => {
+                attention_sources.insert(kernel.name.clone(), kernel.source.clone());
+                Step::Attention(Attention {
+                    kernel: kernel.name.clone(),
+                    operands: AttentionOperands::Fp8TensorMaps {
+                        q_rows: *q_rows,
+                        kv_rows: *kv_rows,
+                        vt_keys: *vt_keys,
+                    },
+                    grid: kernel.grid,
+                    block: [kernel.threads, 1, 1],
+                    shared_bytes: kernel.shared_bytes,
+                    q: tensor(*q8),
+                    k: tensor(*k8),
+                    v: tensor_of(Buf::Temp(*vt)),
+                    out: tensor(*node),
+                    batch: dims[0],
+                    heads: dims[1],
+                    seq_q: dims[2],
+                    seq_kv: dims[3],
+                    head_dim: dims[4],
+                    scale: *scale,
+                    scales: Some(AttentionScales {
+                        q: tensor(scales[0]),
+                        k: tensor(scales[1]),
+                        v: tensor(scales[2]),
+                    }),
                 })
             }
         });
@@ -463,8 +531,9 @@ fn with_weights(
     manifest
 }
 
-/// `kernels.cu`: the prelude, the attention kernels, then every generated
-/// kernel in order of first use.
+/// `kernels.cu`: the prelude, the hand-written kernels (attention, bf16 and
+/// fp8, and fp8 attention's V layout), then every generated kernel in order
+/// of first use.
 fn kernels_source(attention: &BTreeMap<String, String>, generated: &[String]) -> String {
     let mut cu = String::from(include_str!("../kernels/prelude.cuh"));
     for source in attention.values() {

@@ -21,6 +21,14 @@
 //!   `v` untransposed, so nothing is copied). That materializes the
 //!   `seq × seq` scores (512 MiB in bf16 at 1024²); a flash kernel for
 //!   d = 512 would avoid it and is the better path later.
+//! - A scaled (fp8) attention group becomes two launches
+//!   (`attention_fp8.rs`): the V layout kernel, which copies the e4m3 v to a
+//!   key-innermost temporary (`vt`, `[batch, heads, head_dim, padded keys]`:
+//!   Hopper's fp8 wgmma takes its B operand K-major only, which for `P·V`
+//!   means keys innermost, while v is stored head-dim innermost), then the
+//!   fp8 attention kernel over q, k and vt as tensor maps with the three
+//!   per-tensor scales. Head width 128 only (the `fp8_attention` pass
+//!   selects nothing else).
 //!
 //! A value is *materialized* (gets a buffer) when a step reads or writes it
 //! outside the kernel that computes it. Reshapes are views: they share their
@@ -34,6 +42,9 @@ use fluxc_passes::fusion::{FusionPlan, GroupKind};
 use crate::attention::{
     grid as attention_grid, render_attention, render_simt_attention, AttentionKernel,
     SIMT_MAX_HEAD_DIM,
+};
+use crate::attention_fp8::{
+    attention_fp8_grid, padded_keys, render_attention_fp8, render_v_layout, v_layout_grid,
 };
 use crate::buffers::{Buf, Temp, TempKind};
 use crate::kernels::{self, KernelSource};
@@ -91,6 +102,22 @@ pub struct Product {
     pub dtype: DType,
 }
 
+/// A hand-written kernel's launch (the fp8 attention's two kernels), copied
+/// out of the kernel API's types: what the schedule needs of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FixedLaunch {
+    /// The `extern "C"` symbol.
+    pub name: String,
+    /// Its CUDA source (goes into `kernels.cu` once).
+    pub source: String,
+    /// Grid.
+    pub grid: [u32; 3],
+    /// Threads per CTA.
+    pub threads: u32,
+    /// Dynamic shared memory in bytes.
+    pub shared_bytes: u32,
+}
+
 /// A step over graph values, before buffers have offsets.
 #[derive(Clone, Debug)]
 pub enum PendingStep {
@@ -144,6 +171,44 @@ pub enum PendingStep {
         /// Score scale.
         scale: f32,
     },
+    /// fp8 attention's V layout kernel: `vt` = v8 with keys innermost.
+    VLayout {
+        /// The launch.
+        kernel: FixedLaunch,
+        /// The e4m3 values, contiguous `[B, Sk, H, D]`.
+        v8: NodeId,
+        /// The key-innermost copy it writes.
+        vt: Temp,
+        /// Keys.
+        seq_kv: u32,
+        /// Heads.
+        heads: u32,
+    },
+    /// The fp8 attention kernel.
+    Fp8Attention {
+        /// The scaled attention node (its output, bf16).
+        node: NodeId,
+        /// e4m3 queries, contiguous `[B, Sq, H, D]`.
+        q8: NodeId,
+        /// e4m3 keys, contiguous `[B, Sk, H, D]`.
+        k8: NodeId,
+        /// The V layout kernel's copy of the values.
+        vt: Temp,
+        /// The f32 `[1]` scales of q, k and v.
+        scales: [NodeId; 3],
+        /// The launch.
+        kernel: FixedLaunch,
+        /// Box rows of q (the query tile).
+        q_rows: u32,
+        /// Box rows of k, box keys of vt (the key tile).
+        kv_rows: u32,
+        /// Keys per row of vt (`padded_keys(seq_kv)`).
+        vt_keys: u32,
+        /// `[batch, heads, seq_q, seq_kv, head_dim]`.
+        dims: [u32; 5],
+        /// Score scale.
+        scale: f32,
+    },
 }
 
 impl PendingStep {
@@ -171,6 +236,14 @@ impl PendingStep {
             .collect(),
             PendingStep::Product(p) => vec![p.a.buf, p.b.buf],
             PendingStep::Attention { q, k, v, .. } => [*q, *k, *v].map(Buf::Node).to_vec(),
+            PendingStep::VLayout { v8, .. } => vec![Buf::Node(*v8)],
+            PendingStep::Fp8Attention {
+                q8, k8, vt, scales, ..
+            } => {
+                let mut bufs = vec![Buf::Node(*q8), Buf::Node(*k8), Buf::Temp(*vt)];
+                bufs.extend(scales.map(Buf::Node));
+                bufs
+            }
         }
     }
 
@@ -186,6 +259,8 @@ impl PendingStep {
             PendingStep::Gemm { out, .. } => vec![Buf::Node(*out)],
             PendingStep::Product(p) => vec![p.d.buf],
             PendingStep::Attention { node, .. } => vec![Buf::Node(*node)],
+            PendingStep::VLayout { vt, .. } => vec![Buf::Temp(*vt)],
+            PendingStep::Fp8Attention { node, .. } => vec![Buf::Node(*node)],
         }
     }
 }
@@ -402,10 +477,14 @@ fn gemm_scales(
 }
 
 fn lower_attention(graph: &Graph, node: NodeId) -> Result<Vec<PendingStep>, CodegenError> {
-    let Op::Attention { scale } = graph.node(node).op else {
-        return Err(CodegenError::Invalid(
-            "attention group without attention".into(),
-        ));
+    let scale = match graph.node(node).op {
+        Op::Attention { scale } => scale,
+        Op::ScaledAttention { scale } => return lower_scaled_attention(graph, node, scale.get()),
+        _ => {
+            return Err(CodegenError::Invalid(
+                "attention group without attention".into(),
+            ))
+        }
     };
     let operands = graph.operands(node);
     let (q, k, v) = (
@@ -437,16 +516,7 @@ fn lower_attention(graph: &Graph, node: NodeId) -> Result<Vec<PendingStep>, Code
             return decomposed_attention(graph, node, [q, k, v], dims, scale.get());
         }
     };
-    let to_u32 = |v: usize| {
-        u32::try_from(v).map_err(|_| CodegenError::TooLarge(format!("attention dim {v}")))
-    };
-    let dims = [
-        to_u32(qd[0])?,
-        to_u32(qd[2])?,
-        to_u32(qd[1])?,
-        to_u32(kd[1])?,
-        to_u32(qd[3])?,
-    ];
+    let dims = dims_u32([qd[0], qd[2], qd[1], kd[1], qd[3]])?;
     let grid = attention_grid(&kernel, dims[0], dims[1], dims[2]);
     Ok(vec![PendingStep::Attention {
         node,
@@ -458,6 +528,85 @@ fn lower_attention(graph: &Graph, node: NodeId) -> Result<Vec<PendingStep>, Code
         dims,
         scale: scale.get(),
     }])
+}
+
+/// `dims` as `u32`s, or [`CodegenError::TooLarge`] naming the one that
+/// does not fit.
+fn dims_u32<const N: usize>(dims: [usize; N]) -> Result<[u32; N], CodegenError> {
+    let mut out = [0u32; N];
+    for (o, &d) in out.iter_mut().zip(&dims) {
+        *o = u32::try_from(d).map_err(|_| CodegenError::TooLarge(format!("attention dim {d}")))?;
+    }
+    Ok(out)
+}
+
+/// A scaled (fp8) attention as the V layout launch and the fp8 attention
+/// launch (see the module docs), with the `vt` temporary between them.
+fn lower_scaled_attention(
+    graph: &Graph,
+    node: NodeId,
+    scale: f32,
+) -> Result<Vec<PendingStep>, CodegenError> {
+    let operands = graph.operands(node);
+    let [q8, qs, k8, ks, v8, vs] = <[NodeId; 6]>::try_from(operands.as_slice())
+        .map_err(|_| {
+            CodegenError::Invalid(format!("scaled attention with {} operands", operands.len()))
+        })?
+        .map(|o| storage_of(graph, o));
+    let dims = |id: NodeId| -> [usize; 4] {
+        let d = graph.ty(id).shape.dims();
+        [d[0], d[1], d[2], d[3]]
+    };
+    let ([b, sq, h, d], [_, sk, _, _], [_, _, _, dv]) = (dims(q8), dims(k8), dims(v8));
+    if dv != d {
+        return Err(CodegenError::Unsupported(
+            "fp8 attention with a value width other than the head width".into(),
+        ));
+    }
+    let kernel = render_attention_fp8(d).map_err(CodegenError::Unsupported)?;
+    let v_kernel = render_v_layout(d).map_err(CodegenError::Unsupported)?;
+    let [batch, heads, seq_q, seq_kv, head_dim] = dims_u32([b, h, sq, sk, d])?;
+    let vt_keys = padded_keys(seq_kv);
+    let vt = Temp {
+        of: node,
+        what: TempKind::VTransposed,
+        dtype: DType::F8E4M3,
+        elements: u64::from(batch) * u64::from(heads) * u64::from(head_dim) * u64::from(vt_keys),
+    };
+    Ok(vec![
+        PendingStep::VLayout {
+            kernel: FixedLaunch {
+                grid: v_layout_grid(batch, heads, seq_kv),
+                name: v_kernel.name,
+                source: v_kernel.source,
+                threads: v_kernel.threads,
+                shared_bytes: 0,
+            },
+            v8,
+            vt,
+            seq_kv,
+            heads,
+        },
+        PendingStep::Fp8Attention {
+            node,
+            q8,
+            k8,
+            vt,
+            scales: [qs, ks, vs],
+            kernel: FixedLaunch {
+                grid: attention_fp8_grid(&kernel, batch, heads, seq_q),
+                name: kernel.name,
+                source: kernel.source,
+                threads: kernel.threads,
+                shared_bytes: kernel.shared_bytes,
+            },
+            q_rows: kernel.block_m,
+            kv_rows: kernel.block_n,
+            vt_keys,
+            dims: [batch, heads, seq_q, seq_kv, head_dim],
+            scale,
+        },
+    ])
 }
 
 /// Attention `node` over `[q, k, v]` (contiguous `[B, S, H, D]`) with

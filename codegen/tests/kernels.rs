@@ -20,13 +20,20 @@ fn linear(b: &mut GraphBuilder, x: NodeId, name: &str, n: usize, dt: DType) -> N
 /// A miniature double-block stream: modulated LayerNorm, q/k/v with RMSNorm
 /// and RoPE, attention, gated residual, GELU MLP.
 fn mini_block(dt: DType) -> Graph {
-    let (s, h, d) = (20, 2, 64);
+    mini_block_with(dt, 64)
+}
+
+/// [`mini_block`] with `d`-wide heads (a multiple of 8).
+fn mini_block_with(dt: DType, d: usize) -> Graph {
+    let (s, h) = (20, 2);
     let c = h * d;
     let mut b = GraphBuilder::new();
     let x = b.input("x", dt, [1, s, c]).unwrap();
     let temb = b.input("temb", dt, [1, c]).unwrap();
     let ids = b.input("ids", DType::F32, [s, 3]).unwrap();
-    let rope = b.rope_table(ids, &[16, 24, 24], 10000.0).unwrap();
+    let rope = b
+        .rope_table(ids, &[d / 4, d * 3 / 8, d * 3 / 8], 10000.0)
+        .unwrap();
     let act = b.silu(temb).unwrap();
     let m = linear(&mut b, act, "mod", 3 * c, dt);
     let parts = b.chunk(m, 1, 3).unwrap();
@@ -173,6 +180,7 @@ fn generated_fp8(graph: Graph, fp8: Fp8Mode) -> Generated {
             exclude: Vec::new(),
             min_rows: 0,
             bf16_shapes: vec![],
+            attention: false,
         },
         ..PassOptions::default()
     };
@@ -183,6 +191,129 @@ fn generated_fp8(graph: Graph, fp8: Fp8Mode) -> Generated {
         reuse_memory: true,
     };
     generate(&optimized, &opts).unwrap()
+}
+
+/// A block with 128-wide heads and fp8 attention: the attention lowers to
+/// the V layout launch right before an fp8 attention step over the
+/// quantized q and k and the layout kernel's output, with the three scales;
+/// the schedule validates, and kernels.cu compiles for sm_90a (where NVRTC
+/// is available).
+#[test]
+fn fp8_attention_lowers_to_the_layout_kernel_and_the_fp8_kernel() {
+    let options = PassOptions {
+        fuse_qkv_min_rows: 1,
+        fp8: Fp8Mode::DynamicRow,
+        fp8_policy: Fp8Policy {
+            attention: true,
+            ..Fp8Policy::default()
+        },
+        ..PassOptions::default()
+    };
+    let optimized = optimize(mini_block_with(DType::BF16, 128), &options).unwrap();
+    let g = generate(
+        &optimized,
+        &CodegenOptions {
+            model_name: "mini-fp8-attention".into(),
+            layouts: Vec::new(),
+            reuse_memory: true,
+        },
+    )
+    .unwrap();
+    g.schedule.validate().unwrap();
+    let steps = &g.schedule.steps;
+    let at: Vec<usize> = (0..steps.len())
+        .filter(|&i| matches!(steps[i], Step::Attention(_)))
+        .collect();
+    let [i] = at[..] else {
+        panic!("expected one attention step, found {at:?}")
+    };
+    let (Step::Launch(layout), Step::Attention(a)) = (&steps[i - 1], &steps[i]) else {
+        panic!("the V layout launch should precede the attention")
+    };
+    let fluxc_artifact::AttentionOperands::Fp8TensorMaps { vt_keys, .. } = a.operands else {
+        panic!("{:?}", a.operands)
+    };
+    assert_eq!(vt_keys, 32, "20 keys padded to 32");
+    assert_eq!(layout.args[1], Arg::Ptr(a.v));
+    assert_eq!(layout.args[2..], [Arg::I32(20), Arg::I32(2)]);
+    let dtype = |t: fluxc_artifact::Tensor| g.schedule.buffers[t.buffer as usize].dtype;
+    assert_eq!(
+        [a.q, a.k, a.v, a.out].map(dtype),
+        [
+            ElemType::F8e4m3,
+            ElemType::F8e4m3,
+            ElemType::F8e4m3,
+            ElemType::Bf16
+        ]
+    );
+    let scales = a.scales.unwrap();
+    assert_eq!(
+        [scales.q, scales.k, scales.v].map(dtype),
+        [ElemType::F32; 3]
+    );
+    assert!(!g.kernels_cu.contains("attention_d128_bf16"));
+    if let Some(why) = common::nvrtc_unavailable() {
+        println!("SKIP compiling the fp8 attention block: {why}");
+        return;
+    }
+    let (cubin, log) = common::compile_cubin(&g.kernels_cu, "kernels", &common::include_dir())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!cubin.is_empty(), "{log}");
+}
+
+/// A bf16 attention with 64-wide heads next to an fp8 one with 128-wide
+/// heads: both kernels (and the V layout kernel) share one kernels.cu,
+/// which compiles for sm_90a (where NVRTC is available).
+#[test]
+fn bf16_and_fp8_attention_kernels_share_a_translation_unit() {
+    let mut b = GraphBuilder::new();
+    let wide = b.input("wide", DType::BF16, [1, 24, 2, 128]).unwrap();
+    let narrow = b.input("narrow", DType::BF16, [1, 24, 4, 64]).unwrap();
+    let a = b.attention(wide, wide, wide).unwrap();
+    let c = b.attention(narrow, narrow, narrow).unwrap();
+    let a = b.reshape(a, [1, 24, 256]).unwrap();
+    let c = b.reshape(c, [1, 24, 256]).unwrap();
+    let y = b.add(a, c).unwrap();
+    b.output("y", y).unwrap();
+    let options = PassOptions {
+        fp8: Fp8Mode::DynamicTensor,
+        fp8_policy: Fp8Policy {
+            attention: true,
+            ..Fp8Policy::default()
+        },
+        ..PassOptions::default()
+    };
+    let optimized = optimize(b.finish().unwrap(), &options).unwrap();
+    let g = generate(
+        &optimized,
+        &CodegenOptions {
+            model_name: "mixed-attention".into(),
+            layouts: Vec::new(),
+            reuse_memory: true,
+        },
+    )
+    .unwrap();
+    let mut kernels: Vec<(&str, bool)> = g
+        .schedule
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Attention(a) => Some((a.kernel.as_str(), a.scales.is_some())),
+            _ => None,
+        })
+        .collect();
+    kernels.sort();
+    assert_eq!(
+        kernels,
+        [("attention_d64_bf16", false), ("attention_fp8_d128", true)]
+    );
+    if let Some(why) = common::nvrtc_unavailable() {
+        println!("SKIP compiling bf16 and fp8 attention together: {why}");
+        return;
+    }
+    let (cubin, log) = common::compile_cubin(&g.kernels_cu, "kernels", &common::include_dir())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!cubin.is_empty(), "{log}");
 }
 
 fn launches(g: &Generated) -> Vec<&Launch> {
@@ -329,6 +460,7 @@ fn fp8_in_an_f32_model_is_a_clear_error() {
             exclude: Vec::new(),
             min_rows: 0,
             bf16_shapes: vec![],
+            attention: false,
         },
         ..PassOptions::default()
     };
@@ -362,6 +494,7 @@ fn fast_accumulation_is_recorded_on_fp8_gemms_only() {
             exclude: Vec::new(),
             min_rows: 0,
             bf16_shapes: vec![],
+            attention: false,
         },
         fp8_fast_accumulation: true,
         ..PassOptions::default()

@@ -262,6 +262,28 @@ impl GraphBuilder {
         )
     }
 
+    /// Attention over fp8 e4m3 `q8`, `k8`, `v8` (`[B, S, H, D]`) with their
+    /// per-tensor dequantization scales (f32 `[1]`) and score scale
+    /// `scale`, writing bf16 (see [`Op::ScaledAttention`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn scaled_attention(
+        &mut self,
+        q8: NodeId,
+        q_scale: NodeId,
+        k8: NodeId,
+        k_scale: NodeId,
+        v8: NodeId,
+        v_scale: NodeId,
+        scale: f32,
+    ) -> Result<NodeId, IrError> {
+        self.op(
+            Op::ScaledAttention {
+                scale: Scalar(scale),
+            },
+            &[q8, q_scale, k8, k_scale, v8, v_scale],
+        )
+    }
+
     /// Rotary table from position ids.
     pub fn rope_table(
         &mut self,

@@ -168,25 +168,26 @@ fn infer_op(op: &Op, operands: &[&TensorType]) -> Result<TensorType, String> {
             let (q, k, v) = (operands[0], operands[1], operands[2]);
             same_dtype(q, k)?;
             same_dtype(q, v)?;
+            let dims = attention_dims(q, k, v)?;
+            Ok(TensorType::new(q.dtype, dims))
+        }
+        Op::ScaledAttention { .. } => {
+            arity(op, operands, 6, 6)?;
+            let [q, qs, k, ks, v, vs] = [0, 1, 2, 3, 4, 5].map(|i| operands[i]);
             for (what, t) in [("q", q), ("k", k), ("v", v)] {
-                rank_eq(what, t, 4)?;
+                if t.dtype != DType::F8E4M3 {
+                    return Err(format!("{what} must be f8e4m3, found {t}"));
+                }
             }
-            let [b, sq, h, d] = dims4(&q.shape);
-            let [kb, sk, kh, kd] = dims4(&k.shape);
-            let [vb, vs, vh, dv] = dims4(&v.shape);
-            if (kb, kh, kd) != (b, h, d) {
-                return Err(format!(
-                    "k {} does not match q {} in batch, heads or head dim",
-                    k.shape, q.shape
-                ));
+            for (what, s) in [("q scale", qs), ("k scale", ks), ("v scale", vs)] {
+                if s.dtype != DType::F32 || s.shape.0 != [1] {
+                    return Err(format!(
+                        "{what} {s} should be f32[1] (one scale per tensor)"
+                    ));
+                }
             }
-            if (vb, vs, vh) != (b, sk, h) {
-                return Err(format!(
-                    "v {} does not match k {} in batch, length or heads",
-                    v.shape, k.shape
-                ));
-            }
-            Ok(TensorType::new(q.dtype, [b, sq, h, dv]))
+            let dims = attention_dims(q, k, v)?;
+            Ok(TensorType::new(DType::BF16, dims))
         }
         Op::RopeTable { axes_dim, .. } => {
             arity(op, operands, 1, 1)?;
@@ -392,6 +393,30 @@ fn infer_op(op: &Op, operands: &[&TensorType]) -> Result<TensorType, String> {
     }
 }
 
+/// The output dims `[B, Sq, H, Dv]` of attention over q `[B, Sq, H, D]`,
+/// k `[B, Sk, H, D]` and v `[B, Sk, H, Dv]`, after checking that they fit.
+fn attention_dims(q: &TensorType, k: &TensorType, v: &TensorType) -> Result<[usize; 4], String> {
+    for (what, t) in [("q", q), ("k", k), ("v", v)] {
+        rank_eq(what, t, 4)?;
+    }
+    let [b, sq, h, d] = dims4(&q.shape);
+    let [kb, sk, kh, kd] = dims4(&k.shape);
+    let [vb, vs, vh, dv] = dims4(&v.shape);
+    if (kb, kh, kd) != (b, h, d) {
+        return Err(format!(
+            "k {} does not match q {} in batch, heads or head dim",
+            k.shape, q.shape
+        ));
+    }
+    if (vb, vs, vh) != (b, sk, h) {
+        return Err(format!(
+            "v {} does not match k {} in batch, length or heads",
+            v.shape, k.shape
+        ));
+    }
+    Ok([b, sq, h, dv])
+}
+
 /// The shape of a dynamic scale of a tensor of `shape`: `[1]`, or one per row.
 fn scale_shape(shape: &Shape, per_row: bool) -> Vec<usize> {
     if per_row {
@@ -557,6 +582,29 @@ mod tests {
         .unwrap();
         assert_eq!(table, t(&[6, 2, 2]));
         assert_eq!(infer(&Op::ApplyRope, &[&q, &table]).unwrap(), q);
+    }
+
+    #[test]
+    fn scaled_attention_takes_e4m3_operands_and_scalar_scales() {
+        let e4m3 = |d: &[usize]| TensorType::new(DType::F8E4M3, d);
+        let (q, kv, s) = (e4m3(&[1, 6, 2, 8]), e4m3(&[1, 9, 2, 8]), t(&[1]));
+        let op = Op::ScaledAttention { scale: Scalar(0.5) };
+        assert_eq!(
+            infer(&op, &[&q, &s, &kv, &s, &kv, &s]).unwrap(),
+            TensorType::new(DType::BF16, [1, 6, 2, 8])
+        );
+        // bf16 values, per-row scales, mismatched heads, missing operands.
+        let bf = TensorType::new(DType::BF16, [1, 9, 2, 8]);
+        let err = infer(&op, &[&q, &s, &bf, &s, &kv, &s]).unwrap_err();
+        assert!(err.contains("k must be f8e4m3"), "{err}");
+        let rows = t(&[1, 6, 2, 1]);
+        let err = infer(&op, &[&q, &rows, &kv, &s, &kv, &s]).unwrap_err();
+        assert!(err.contains("q scale") && err.contains("f32[1]"), "{err}");
+        let heads = e4m3(&[1, 9, 3, 8]);
+        let err = infer(&op, &[&q, &s, &heads, &s, &kv, &s]).unwrap_err();
+        assert!(err.contains("batch, heads or head dim"), "{err}");
+        let err = infer(&op, &[&q, &s, &kv, &s, &kv]).unwrap_err();
+        assert!(err.contains("takes 6 operands, got 5"), "{err}");
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //! - `Linear`: x `[.., K]`, weight `[N, K]` (PyTorch's `nn.Linear` layout), bias `[N]`.
 //! - `Attention`: q `[B, Sq, H, D]`, k/v `[B, Sk, H, D]` (sequence before heads,
 //!   as diffusers' processors hold them), output `[B, Sq, H, D]`.
+//!   `ScaledAttention` takes the same shapes in fp8 e4m3, each with an f32
+//!   `[1]` dequantization scale, and writes bf16.
 //! - Image ops (`Conv2d`, `GroupNorm`, `UpsampleNearest`, `Im2col`) are
 //!   channels-last: `[N, H, W, C]`. Conv weights keep PyTorch's
 //!   `[Cout, Cin/groups, KH, KW]`.
@@ -309,6 +311,28 @@ pub enum Op {
         /// Output dtype.
         out: DType,
     },
+    /// Attention over fp8 e4m3 operands with per-tensor dequantization
+    /// scales (`x ≈ x8 · x_scale`, the convention of [`Op::DynamicScale`]
+    /// and [`Op::Quantize`]). Operands: q8 `[B, Sq, H, D]`, q_scale f32
+    /// `[1]`, k8 `[B, Sk, H, D]`, k_scale f32 `[1]`, v8 `[B, Sk, H, Dv]`,
+    /// v_scale f32 `[1]`; q8, k8 and v8 are e4m3. Output bf16
+    /// `[B, Sq, H, Dv]`.
+    ///
+    /// Meaning (per batch, head and query row), as the fp8 kernel computes
+    /// it: dequantize q, k, v; `S = q·kᵀ·scale`; `m = max S`;
+    /// `P = exp(S − m)`; `l = Σ P`; each `P` is rounded to e4m3 *after
+    /// multiplying by 256* (`p8 = e4m3(256·P)`: the kernel quantizes the
+    /// probabilities relative to the row max with 2⁸ headroom before the
+    /// fp8 `P·V` product); `out = (Σ p8/256 · v) / l` (the denominator sums
+    /// the unrounded `P`), rounded to bf16. An empty key sequence gives
+    /// zeros, as [`Op::Attention`] does. (The kernel's online softmax rounds
+    /// relative to the running max of the key tiles seen so far; where that
+    /// is below the row's max, its rounding differs from this by e4m3
+    /// noise.)
+    ScaledAttention {
+        /// Multiplies the scores (usually `1/√D`).
+        scale: Scalar,
+    },
 }
 
 /// Smallest amax a dynamic scale uses, so an all-zero tensor (or row) gets a
@@ -327,7 +351,7 @@ pub enum OpClass {
     Reduction,
     /// Matrix products (linear, matmul, conv).
     Gemm,
-    /// Attention.
+    /// Attention (bf16 or fp8).
     Attention,
     /// Data movement: views and copies (reshape, permute, slice, concat,
     /// upsample, im2col).
@@ -379,6 +403,7 @@ impl Op {
             Op::DynamicScale { .. } => "dynamic_scale",
             Op::Quantize(_) => "quantize",
             Op::ScaledLinear { .. } => "scaled_linear",
+            Op::ScaledAttention { .. } => "scaled_attention",
         }
     }
 
@@ -396,7 +421,7 @@ impl Op {
             Op::Linear | Op::MatMul | Op::Conv2d { .. } | Op::ScaledLinear { .. } => OpClass::Gemm,
             Op::DynamicScale { .. } => OpClass::Reduction,
             Op::Quantize(_) => OpClass::Elementwise,
-            Op::Attention { .. } => OpClass::Attention,
+            Op::Attention { .. } | Op::ScaledAttention { .. } => OpClass::Attention,
             Op::Reshape(_)
             | Op::Permute(_)
             | Op::Slice { .. }
@@ -451,7 +476,7 @@ impl Op {
             ),
             Op::LayerNorm { eps } | Op::RmsNorm { eps } => format!("eps={eps}"),
             Op::GroupNorm { groups, eps } => format!("groups={groups} eps={eps}"),
-            Op::Attention { scale } => format!("scale={scale}"),
+            Op::Attention { scale } | Op::ScaledAttention { scale } => format!("scale={scale}"),
             Op::RopeTable { axes_dim, theta } => format!("axes={axes_dim:?} theta={theta}"),
             Op::TimestepEmbedding(p) => format!(
                 "dim={} flip={} shift={} scale={} max_period={}",

@@ -2,8 +2,9 @@
 //!
 //! FLOPs count multiply and add separately (2 per multiply-accumulate), the
 //! convention of published TFLOP/s figures: a linear is `2·M·N·K`, attention is
-//! `4·B·H·Sq·Sk·D` (QKᵀ and PV). Memory-bound ops are not counted: they are
-//! priced in bytes, not FLOPs.
+//! `4·B·H·Sq·Sk·D` (QKᵀ and PV), in bf16 or fp8 (`ScaledAttention` counts as
+//! attention, as `ScaledLinear` counts as a GEMM). Memory-bound ops are not
+//! counted: they are priced in bytes, not FLOPs.
 
 use std::collections::BTreeMap;
 
@@ -24,7 +25,7 @@ pub struct GraphStats {
     pub gemm_flops: u64,
     /// FLOPs of `conv2d` nodes.
     pub conv_flops: u64,
-    /// FLOPs of `attention` nodes.
+    /// FLOPs of `attention` and `scaled_attention` nodes.
     pub attention_flops: u64,
 }
 
@@ -44,7 +45,7 @@ impl GraphStats {
             match node.op {
                 Op::Linear | Op::MatMul | Op::ScaledLinear { .. } => stats.gemm_flops += flops,
                 Op::Conv2d { .. } => stats.conv_flops += flops,
-                Op::Attention { .. } => stats.attention_flops += flops,
+                Op::Attention { .. } | Op::ScaledAttention { .. } => stats.attention_flops += flops,
                 _ => {}
             }
         }
@@ -84,10 +85,16 @@ pub fn node_flops(graph: &Graph, id: crate::NodeId) -> u64 {
             let per_output = (w.dims()[1] * w.dims()[2] * w.dims()[3]) as u64;
             2 * out.numel() as u64 * per_output
         }
-        Op::Attention { .. } => {
-            // q [B, Sq, H, D], k [B, Sk, H, D], v [B, Sk, H, Dv]
+        Op::Attention { .. } | Op::ScaledAttention { .. } => {
+            // q [B, Sq, H, D], k [B, Sk, H, D], v [B, Sk, H, Dv]; a scaled
+            // attention interleaves a scale after each of them.
+            let k_at = if matches!(node.op, Op::Attention { .. }) {
+                1
+            } else {
+                2
+            };
             let q = graph.ty(operands[0]).shape.dims();
-            let k = graph.ty(operands[1]).shape.dims();
+            let k = graph.ty(operands[k_at]).shape.dims();
             let dv = out.dims()[3] as u64;
             let (b, sq, h, d, sk) = (
                 q[0] as u64,
@@ -125,5 +132,28 @@ mod tests {
         assert_eq!(s.attention_flops, 4 * 2 * 10 * 10 * 3);
         assert_eq!(s.ops_by_kind["linear"], 1);
         assert_eq!(s.compute_ops(), 3);
+    }
+
+    #[test]
+    fn scaled_attention_counts_as_attention() {
+        let mut b = GraphBuilder::new();
+        let q = b.input("q", DType::BF16, [2, 10, 3, 4]).unwrap();
+        let kv = b.input("kv", DType::BF16, [2, 7, 3, 4]).unwrap();
+        let mut quantized = Vec::new();
+        for x in [q, kv, kv] {
+            let s = b.dynamic_scale(x, DType::F8E4M3, false).unwrap();
+            let x8 = b.quantize(x, s, DType::F8E4M3).unwrap();
+            quantized.extend([x8, s]);
+        }
+        let [q8, qs, k8, ks, v8, vs] = quantized[..] else {
+            unreachable!()
+        };
+        let o = b.scaled_attention(q8, qs, k8, ks, v8, vs, 0.5).unwrap();
+        b.output("o", o).unwrap();
+        let s = GraphStats::of(&b.finish().unwrap());
+        // 2·B·H·Sq·Sk·(D + Dv)
+        assert_eq!(s.attention_flops, 2 * 2 * 3 * 10 * 7 * (4 + 4));
+        assert_eq!(s.gemm_flops, 0);
+        assert_eq!(s.ops_by_kind["scaled_attention"], 1);
     }
 }

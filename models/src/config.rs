@@ -85,6 +85,9 @@ pub struct PassesConfig {
     pub fp8_min_rows: usize,
     /// Fast fp8 accumulation in the fp8 GEMMs (torchao's default).
     pub fp8_fast_accumulation: bool,
+    /// Attention in fp8 e4m3 too (with `fp8` on; every bf16 attention with
+    /// 128-wide heads). Off by default until measured on the GPU.
+    pub fp8_attention: bool,
 }
 
 /// `[passes] fp8`.
@@ -98,6 +101,17 @@ pub enum Fp8Setting {
     DynamicTensor,
     /// Per-row (activations) and per-output-channel (weights) scales.
     DynamicRow,
+}
+
+impl Fp8Setting {
+    /// The value written in a model.toml.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fp8Setting::Off => "off",
+            Fp8Setting::DynamicTensor => "dynamic-tensor",
+            Fp8Setting::DynamicRow => "dynamic-row",
+        }
+    }
 }
 
 impl Default for PassesConfig {
@@ -120,6 +134,7 @@ impl PassesConfig {
             fp8_exclude: None,
             fp8_min_rows: o.fp8_policy.min_rows,
             fp8_fast_accumulation: o.fp8_fast_accumulation,
+            fp8_attention: o.fp8_policy.attention,
         }
     }
 
@@ -143,6 +158,7 @@ impl PassesConfig {
                 exclude: self.fp8_exclude.clone().unwrap_or(default_policy.exclude),
                 min_rows: self.fp8_min_rows,
                 bf16_shapes: Vec::new(),
+                attention: self.fp8_attention,
             },
             fp8_fast_accumulation: self.fp8_fast_accumulation,
         }

@@ -771,10 +771,30 @@ fn passes_map_onto_pass_options() {
         fluxc_passes::Fp8Policy::default().include,
         "an omitted list keeps its default"
     );
+    assert!(
+        !options.fp8_policy.attention,
+        "fp8 attention is off unless asked for"
+    );
     let tensor = format!("{BASE}\n[passes]\nfp8 = \"dynamic-tensor\"\n");
     assert_eq!(
         parse(&tensor).unwrap().passes.options().fp8,
         fluxc_passes::Fp8Mode::DynamicTensor
+    );
+}
+
+#[test]
+fn fp8_attention_maps_onto_the_policy() {
+    let on = format!("{BASE}\n[passes]\nfp8 = \"dynamic-row\"\nfp8_attention = true\n");
+    let options = parse(&on).unwrap().passes.options();
+    assert!(options.fp8_policy.attention);
+    assert_eq!(options.fp8, fluxc_passes::Fp8Mode::DynamicRow);
+    let off = format!("{BASE}\n[passes]\nfp8_attention = false\n");
+    assert!(!parse(&off).unwrap().passes.options().fp8_policy.attention);
+    let bad = format!("{BASE}\n[passes]\nfp8_attention = \"yes\"\n");
+    let err = parse(&bad).unwrap_err().to_string();
+    assert!(
+        err.contains("fp8_attention") || err.contains("bool"),
+        "{err}"
     );
 }
 

@@ -32,6 +32,9 @@
 //! tensor feeding several selected linears (the shared input of
 //! q/k/v, a shared weight) is quantized once and the result shared; the
 //! replaced linears are removed.
+//!
+//! Attention is quantized by its own pass, `fp8_attention`, in the same
+//! pipeline step, when the policy's `attention` switch is on.
 
 use std::collections::HashMap;
 

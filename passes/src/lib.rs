@@ -6,6 +6,7 @@ pub mod conv_im2col;
 pub mod cse;
 pub mod dce;
 pub mod fp8;
+pub mod fp8_attention;
 pub mod fuse_qkv;
 pub mod fusion;
 pub mod hoist_weights;

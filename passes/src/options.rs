@@ -16,7 +16,9 @@ pub enum Fp8Mode {
 /// Which linears the fp8 pass quantizes, by the scope of the linear node
 /// (e.g. `transformer_blocks.3.attn.to_q`). Globs use `*` for any run of
 /// characters, dots included. A linear is selected when it matches an
-/// `include` glob and no `exclude` glob.
+/// `include` glob and no `exclude` glob. Whether attention is quantized
+/// too is the `attention` switch (no globs: every attention the fp8 kernel
+/// can run, see `fp8_attention`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Fp8Policy {
     /// Scopes to quantize.
@@ -33,12 +35,17 @@ pub struct Fp8Policy {
     /// unquantized: `fluxc compile --tune` measured their bf16 GEMM faster
     /// than the fp8 one on the target GPU (empty: none).
     pub bf16_shapes: Vec<[usize; 3]>,
+    /// Also run attention in fp8 e4m3 (`fp8_attention`): every bf16
+    /// attention with 128-wide heads, per-tensor scales. Off by default
+    /// until the fp8 kernel is measured on the GPU.
+    pub attention: bool,
 }
 
 impl Default for Fp8Policy {
     /// The large transformer-block linears: every linear inside a double or
     /// single block except the adaLN modulation linears, which run on one
     /// row (a GEMV is bandwidth-bound and fp8 activations would not pay).
+    /// Attention stays bf16.
     fn default() -> Self {
         Fp8Policy {
             include: vec![
@@ -52,6 +59,7 @@ impl Default for Fp8Policy {
             ],
             min_rows: 0,
             bf16_shapes: Vec::new(),
+            attention: false,
         }
     }
 }
@@ -73,9 +81,10 @@ pub struct PassOptions {
     /// Attach pointwise tails (bias, GELU, gate, residual add) to the GEMM
     /// that produces their input.
     pub epilogue_fusion: bool,
-    /// fp8 dynamic quantization of selected linears.
+    /// fp8 dynamic quantization of selected linears (and, when the policy
+    /// says so, of attention).
     pub fp8: Fp8Mode,
-    /// Which linears fp8 applies to.
+    /// Which linears fp8 applies to, and whether attention does.
     pub fp8_policy: Fp8Policy,
     /// Let fp8 GEMMs accumulate with Hopper's fast (less often promoted)
     /// fp8 accumulation, as torchao does by default. Not a graph rewrite:

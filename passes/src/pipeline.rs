@@ -8,7 +8,7 @@
 //! | `conv1x1_as_mm` | [`conv1x1`] | 1×1 convs become linears over the channels-last view |
 //! | `conv_im2col` | [`conv_im2col`] | the other convs become an im2col gather and a linear |
 //! | `fuse_qkv` | [`fuse_qkv`] | linears sharing an input become one wide linear (e-graph) |
-//! | `fp8` | [`fp8`] | dynamic fp8 quantization of selected linears |
+//! | `fp8` | [`fp8`], [`fp8_attention`] | dynamic fp8 quantization of selected linears (and attention, if the policy says so) |
 //! | `hoist_weights` | [`hoist_weights`] | weight-only work moves to load time |
 //! | `fusion` | [`fusion`] | groups the remaining ops into kernels (a plan, no rewrite) |
 //!
@@ -23,7 +23,9 @@ use fluxc_ir::{print_graph, verify, Graph, IrError};
 
 use crate::fusion::{plan_fusion, FusionPlan};
 use crate::hoist_weights::hoist_weights;
-use crate::{conv1x1, conv_im2col, cse, dce, fp8, fuse_qkv, simplify, Fp8Mode, PassOptions};
+use crate::{
+    conv1x1, conv_im2col, cse, dce, fp8, fp8_attention, fuse_qkv, simplify, Fp8Mode, PassOptions,
+};
 
 /// One step of the pipeline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -183,11 +185,19 @@ fn run(
                     r.linears_before, r.linears_after, r.stop_reason
                 )
             }
-            Step::Fp8 if opts.fp8 != Fp8Mode::Off => format!(
-                "quantized {} linears ({:?})",
-                fp8::insert_fp8(&mut graph, opts.fp8, &opts.fp8_policy).map_err(at)?,
-                opts.fp8
-            ),
+            Step::Fp8 if opts.fp8 != Fp8Mode::Off => {
+                let linears =
+                    fp8::insert_fp8(&mut graph, opts.fp8, &opts.fp8_policy).map_err(at)?;
+                let attention = if opts.fp8_policy.attention {
+                    let n =
+                        fp8_attention::insert_fp8_attention(&mut graph, opts.fp8, &opts.fp8_policy)
+                            .map_err(at)?;
+                    format!("{n} attentions (per tensor)")
+                } else {
+                    "attention off".to_string()
+                };
+                format!("quantized {linears} linears ({:?}), {attention}", opts.fp8)
+            }
             Step::HoistWeights => {
                 weights = hoist_weights(&mut graph).map_err(at)?;
                 let derived = weights

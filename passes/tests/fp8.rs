@@ -189,6 +189,7 @@ fn policy_globs_match_across_dots() {
         exclude: vec![],
         min_rows: 0,
         bf16_shapes: vec![],
+        attention: false,
     };
     let selector = ScopeSelector::new(&only_double).unwrap();
     assert!(selector.selects("transformer_blocks.12.ff.net.0.proj"));
@@ -202,6 +203,7 @@ fn custom_policy_include_and_exclude() {
         exclude: vec!["*.to_k".into()],
         min_rows: 0,
         bf16_shapes: vec![],
+        attention: false,
     };
     let mut g = toy_flux(DType::F32);
     let n = insert_fp8(&mut g, Fp8Mode::DynamicRow, &policy).unwrap();
@@ -222,6 +224,7 @@ fn empty_include_selects_nothing_and_changes_nothing() {
         exclude: vec![],
         min_rows: 0,
         bf16_shapes: vec![],
+        attention: false,
     };
     let mut g = toy_flux(DType::BF16);
     let before = print_graph(&g).unwrap();
@@ -255,12 +258,14 @@ fn bad_glob_is_an_error_and_leaves_the_graph_alone() {
             exclude: vec![],
             min_rows: 0,
             bf16_shapes: vec![],
+            attention: false,
         },
         Fp8Policy {
             include: vec!["*".into()],
             exclude: vec!["*.{norm1".into()],
             min_rows: 0,
             bf16_shapes: vec![],
+            attention: false,
         },
     ] {
         let err = insert_fp8(&mut g, Fp8Mode::DynamicRow, &policy).unwrap_err();
@@ -502,6 +507,7 @@ fn bf16_shapes_keep_those_linears_unquantized() {
         exclude: vec![],
         min_rows: 0,
         bf16_shapes: vec![],
+        attention: false,
     };
     let mut g = toy_flux(DType::BF16);
     let shapes: Vec<[usize; 3]> = g
@@ -538,6 +544,7 @@ fn min_rows_keeps_short_inputs_unquantized() {
         exclude: vec![],
         min_rows: 0,
         bf16_shapes: vec![],
+        attention: false,
     };
     let mut g = toy_flux(DType::BF16);
     let every = insert_fp8(&mut g, Fp8Mode::DynamicRow, &all).unwrap();

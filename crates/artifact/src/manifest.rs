@@ -8,8 +8,9 @@ use sha2::{Digest, Sha256};
 use crate::{BufferId, WeightSource};
 
 /// The artifact format this crate reads and writes. Bumped on every
-/// incompatible change; the runtime refuses other versions.
-pub const FORMAT_VERSION: u32 = 3;
+/// incompatible change; the runtime refuses other versions. 4: fp8
+/// attention (`AttentionOperands::Fp8TensorMaps`, `Attention::scales`).
+pub const FORMAT_VERSION: u32 = 4;
 
 /// A checkpoint naming layout the artifact can load weights from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

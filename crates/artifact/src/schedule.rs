@@ -301,12 +301,45 @@ pub enum AttentionOperands {
         /// Box rows of k and v (the kernel's key tile).
         kv_rows: u32,
     },
+    /// The fp8 kernel's three tensor maps, all over bytes (e4m3 loaded as
+    /// `UINT8`), 128-byte swizzle, out-of-bounds elements zero: q and k as
+    /// the 4-D view `[D, heads, seq, batch]` with boxes `[D, 1, q_rows, 1]`
+    /// and `[D, 1, kv_rows, 1]`; and [`Attention::v`], which is then the V
+    /// layout kernel's copy of v, `vt` (`[batch, heads, D, vt_keys]`, keys
+    /// innermost, zero past `seq_kv`), as `[vt_keys, D, heads, batch]` with
+    /// box `[kv_rows, D, 1, 1]`. The step's [`Attention::scales`] are
+    /// required.
+    Fp8TensorMaps {
+        /// Box rows of q (the kernel's query tile).
+        q_rows: u32,
+        /// Box rows of k and the box's key extent of vt (the key tile).
+        kv_rows: u32,
+        /// Keys per row of vt: `seq_kv` rounded up to a multiple of 16 (so
+        /// a row is a multiple of the 16 bytes TMA strides need).
+        vt_keys: u32,
+    },
 }
 
-/// A launch of the generated flash-attention kernel. q, k, v and out are
-/// contiguous `[batch, seq, heads, head_dim]`; the kernel's parameters are
-/// `(q, k, v, out, seq_q, seq_kv, heads, scale)`, q/k/v as `operands` says,
-/// and it runs on a grid of `(ceil(seq_q / block_m), heads, batch)`.
+/// The per-tensor dequantization scales of an fp8 attention (one f32
+/// each): `x ≈ x8 · scale` for q, k and v.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttentionScales {
+    /// q's scale.
+    pub q: Tensor,
+    /// k's scale.
+    pub k: Tensor,
+    /// v's scale.
+    pub v: Tensor,
+}
+
+/// A launch of a flash-attention kernel. q, k, v and out are contiguous
+/// `[batch, seq, heads, head_dim]` (with [`AttentionOperands::Fp8TensorMaps`],
+/// q, k and v are e4m3, v is the key-innermost copy `vt` that variant
+/// describes, and out is bf16). The kernel's parameters are `(q, k, v,
+/// out, seq_q, seq_kv, heads, scale)`, q/k/v as `operands` says; an fp8
+/// kernel takes the three scale pointers after `out`: `(q, k, vt, out,
+/// q_scale, k_scale, v_scale, seq_q, seq_kv, heads, scale)`. It runs on a
+/// grid of `(ceil(seq_q / block_m), heads, batch)`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Attention {
     /// The `extern "C"` kernel name.
@@ -323,7 +356,8 @@ pub struct Attention {
     pub q: Tensor,
     /// Keys.
     pub k: Tensor,
-    /// Values.
+    /// Values (fp8: their key-innermost copy, see
+    /// [`AttentionOperands::Fp8TensorMaps`]).
     pub v: Tensor,
     /// Output.
     pub out: Tensor,
@@ -339,6 +373,9 @@ pub struct Attention {
     pub head_dim: u32,
     /// Score scale (`1/√head_dim`).
     pub scale: f32,
+    /// The dequantization scales of fp8 q, k and v (fp8 kernels only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scales: Option<AttentionScales>,
 }
 
 /// A device-to-device copy.
@@ -465,7 +502,11 @@ impl Step {
             .into_iter()
             .flatten()
             .collect(),
-            Step::Attention(a) => vec![a.q, a.k, a.v, a.out],
+            Step::Attention(a) => {
+                let mut tensors = vec![a.q, a.k, a.v, a.out];
+                tensors.extend(a.scales.iter().flat_map(|s| [s.q, s.k, s.v]));
+                tensors
+            }
             Step::Copy(c) => vec![c.src, c.dst],
         }
     }
@@ -477,5 +518,74 @@ impl Step {
             Step::Attention(a) => Some((a.grid, a.block)),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fp8_attention() -> Attention {
+        Attention {
+            kernel: "attention_fp8_d128".into(),
+            operands: AttentionOperands::Fp8TensorMaps {
+                q_rows: 128,
+                kv_rows: 128,
+                vt_keys: 336,
+            },
+            grid: [2, 2, 1],
+            block: [384, 1, 1],
+            shared_bytes: 99_328,
+            q: Tensor::of(0),
+            k: Tensor::of(1),
+            v: Tensor::of(2),
+            out: Tensor::of(3),
+            batch: 1,
+            heads: 2,
+            seq_q: 200,
+            seq_kv: 333,
+            head_dim: 128,
+            scale: 0.088_388_35,
+            scales: Some(AttentionScales {
+                q: Tensor::of(4),
+                k: Tensor::of(5),
+                v: Tensor {
+                    buffer: 6,
+                    offset: 4,
+                },
+            }),
+        }
+    }
+
+    #[test]
+    fn fp8_attention_round_trips_and_lists_its_scales() {
+        let step = Step::Attention(fp8_attention());
+        let json = serde_json::to_string(&step).unwrap();
+        assert!(
+            json.contains(r#""fp8_tensor_maps":{"q_rows":128,"kv_rows":128,"vt_keys":336}"#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<Step>(&json).unwrap(), step);
+        let buffers: Vec<BufferId> = step.tensors().iter().map(|t| t.buffer).collect();
+        assert_eq!(buffers, [0, 1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn bf16_attention_has_no_scales_field() {
+        let bf16 = Attention {
+            operands: AttentionOperands::TensorMaps {
+                q_rows: 128,
+                kv_rows: 192,
+            },
+            scales: None,
+            ..fp8_attention()
+        };
+        let json = serde_json::to_string(&Step::Attention(bf16.clone())).unwrap();
+        assert!(!json.contains("scales"), "{json}");
+        assert_eq!(
+            serde_json::from_str::<Step>(&json).unwrap(),
+            Step::Attention(bf16)
+        );
+        assert_eq!(Step::Attention(fp8_attention()).tensors().len(), 7);
     }
 }

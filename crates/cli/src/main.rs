@@ -33,7 +33,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Validate a model.toml, build its graph and print a summary
-    /// (ops by kind, parameters, GEMM and attention FLOPs per forward).
+    /// (ops by kind, parameters, GEMM and attention FLOPs per forward, what
+    /// fp8 quantizes).
     Check {
         /// Path to the model.toml.
         model: PathBuf,

@@ -102,6 +102,47 @@ fn flux_vae_reports_parameters_and_conv_flops() {
 }
 
 #[test]
+fn fp8_line_says_what_is_quantized() {
+    let tiny = std::fs::read_to_string(repo().join("models/tiny-schnell.toml")).unwrap();
+    let bf16 = tiny.replace("dtype = \"f32\"", "dtype = \"bf16\"");
+    // 128-wide heads: what the fp8 attention kernel takes.
+    let wide = bf16
+        .replace("attention_head_dim = 16", "attention_head_dim = 128")
+        .replace("hidden_size = 32", "hidden_size = 256")
+        .replace("[4, 6, 6]", "[16, 56, 56]");
+    for (text, line) in [
+        (tiny.clone(), "  fp8              off\n"),
+        (
+            format!("{tiny}fp8_attention = true\n"),
+            "  fp8              off (fp8_attention = true does nothing without fp8)\n",
+        ),
+        (
+            format!("{bf16}fp8 = \"dynamic-row\"\n"),
+            "  fp8              dynamic-row linears; attention not quantized \
+             (fp8_attention = false)\n",
+        ),
+        (
+            format!("{bf16}fp8 = \"dynamic-tensor\"\nfp8_attention = true\n"),
+            "  fp8              dynamic-tensor linears; attention e4m3 per tensor (0 of 4 \
+             attentions: bf16, 128-wide heads)\n",
+        ),
+        (
+            format!("{wide}fp8 = \"dynamic-row\"\nfp8_attention = true\n"),
+            "  fp8              dynamic-row linears; attention e4m3 per tensor (4 of 4 \
+             attentions: bf16, 128-wide heads)\n",
+        ),
+    ] {
+        let (_dir, path) = model_file(&text);
+        fluxc()
+            .arg("check")
+            .arg(&path)
+            .assert()
+            .success()
+            .stdout(predicate::str::contains(line));
+    }
+}
+
+#[test]
 fn vae_without_its_section_names_it() {
     let text = std::fs::read_to_string(repo().join("models/tiny-vae.toml")).unwrap();
     let start = text.find("[vae]").unwrap();

@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use std::ffi::c_void;
 
 use fluxc_artifact::{
-    Arg, AttentionOperands, Buffer, ElemType, Gemm, GemmEpilogue, Region, ScaleMode, Schedule,
-    Step, Tensor,
+    Arg, Attention, AttentionOperands, Buffer, ElemType, Gemm, GemmEpilogue, Region, ScaleMode,
+    Schedule, Step, Tensor,
 };
 
 use crate::tensor_map::{TensorMap, TensorMapSpec};
@@ -98,36 +98,78 @@ pub(crate) fn kernel_params(
                 })
                 .collect(),
         )),
-        Step::Attention(a) => {
-            // q, k or v: a pointer, or a tensor map with boxes of `rows`
-            // rows picked from the operands' (q rows, kv rows).
-            let operand = |t: Tensor, seq: u32, rows: fn((u32, u32)) -> u32| {
-                let at = address(schedule, bases, t);
-                match a.operands {
-                    AttentionOperands::Pointers => Ok(Param::Ptr(at)),
-                    AttentionOperands::TensorMaps { q_rows, kv_rows } => {
-                        let rows = rows((q_rows, kv_rows));
-                        let spec = TensorMapSpec::attention_operand(
-                            at, a.batch, seq, a.heads, a.head_dim, rows,
-                        );
-                        encode(&spec).map(Param::TensorMap)
-                    }
-                }
-            };
-            // `as i32`: the extents were checked to fit in `check_step`.
-            Ok(Some(vec![
-                operand(a.q, a.seq_q, |(q, _)| q)?,
-                operand(a.k, a.seq_kv, |(_, kv)| kv)?,
-                operand(a.v, a.seq_kv, |(_, kv)| kv)?,
-                Param::Ptr(address(schedule, bases, a.out)),
-                Param::I32(a.seq_q as i32),
-                Param::I32(a.seq_kv as i32),
-                Param::I32(a.heads as i32),
-                Param::F32(a.scale),
-            ]))
-        }
+        Step::Attention(a) => attention_params(schedule, bases, a, encode).map(Some),
         Step::Gemm(_) | Step::Copy(_) => Ok(None),
     }
+}
+
+/// The parameters of an attention step: q, k and v (pointers or tensor
+/// maps), out, the three scale pointers of an fp8 kernel, then `seq_q`,
+/// `seq_kv`, `heads` and `scale`.
+fn attention_params(
+    schedule: &Schedule,
+    bases: Bases,
+    a: &Attention,
+    encode: &dyn Fn(&TensorMapSpec) -> Result<TensorMap, String>,
+) -> Result<Vec<Param>, String> {
+    let at = |t: Tensor| address(schedule, bases, t);
+    let map = |spec: TensorMapSpec| encode(&spec).map(Param::TensorMap);
+    let mut params = match a.operands {
+        AttentionOperands::Pointers => [a.q, a.k, a.v].map(|t| Param::Ptr(at(t))).to_vec(),
+        AttentionOperands::TensorMaps { q_rows, kv_rows } => {
+            let operand = |t: Tensor, seq: u32, rows: u32| {
+                map(TensorMapSpec::attention_operand(
+                    at(t),
+                    a.batch,
+                    seq,
+                    a.heads,
+                    a.head_dim,
+                    rows,
+                ))
+            };
+            vec![
+                operand(a.q, a.seq_q, q_rows)?,
+                operand(a.k, a.seq_kv, kv_rows)?,
+                operand(a.v, a.seq_kv, kv_rows)?,
+            ]
+        }
+        AttentionOperands::Fp8TensorMaps {
+            q_rows,
+            kv_rows,
+            vt_keys,
+        } => {
+            let [q, k, vt] =
+                fp8_attention_maps(a, [at(a.q), at(a.k), at(a.v)], q_rows, kv_rows, vt_keys);
+            vec![map(q)?, map(k)?, map(vt)?]
+        }
+    };
+    params.push(Param::Ptr(at(a.out)));
+    if let Some(s) = a.scales {
+        params.extend([s.q, s.k, s.v].map(|t| Param::Ptr(at(t))));
+    }
+    // `as i32`: the extents were checked to fit in `check_step`.
+    params.extend([
+        Param::I32(a.seq_q as i32),
+        Param::I32(a.seq_kv as i32),
+        Param::I32(a.heads as i32),
+        Param::F32(a.scale),
+    ]);
+    Ok(params)
+}
+
+/// The fp8 kernel's three tensor maps at addresses `[q, k, vt]`.
+fn fp8_attention_maps(
+    a: &Attention,
+    [q, k, vt]: [u64; 3],
+    q_rows: u32,
+    kv_rows: u32,
+    vt_keys: u32,
+) -> [TensorMapSpec; 3] {
+    [
+        TensorMapSpec::fp8_attention_operand(q, a.batch, a.seq_q, a.heads, a.head_dim, q_rows),
+        TensorMapSpec::fp8_attention_operand(k, a.batch, a.seq_kv, a.heads, a.head_dim, kv_rows),
+        TensorMapSpec::fp8_values_transposed(vt, a.batch, a.heads, a.head_dim, vt_keys, kv_rows),
+    ]
 }
 
 /// The step in words, for errors and logs.
@@ -193,52 +235,8 @@ pub(crate) fn check_step(
             if a.kernel.is_empty() || a.kernel.contains('\0') {
                 return fail(format!("bad kernel name {:?}", a.kernel));
             }
-            for (what, v) in [("seq_q", a.seq_q), ("seq_kv", a.seq_kv), ("heads", a.heads)] {
-                if i32::try_from(v).is_err() {
-                    return fail(format!("{what} = {v} does not fit an int parameter"));
-                }
-            }
-            let per_q = u64::from(a.batch)
-                * u64::from(a.seq_q)
-                * u64::from(a.heads)
-                * u64::from(a.head_dim);
-            let per_kv = u64::from(a.batch)
-                * u64::from(a.seq_kv)
-                * u64::from(a.heads)
-                * u64::from(a.head_dim);
-            for (what, t, elements) in [
-                ("q", a.q, per_q),
-                ("k", a.k, per_kv),
-                ("v", a.v, per_kv),
-                ("out", a.out, per_q),
-            ] {
-                let b = buf(t);
-                if let Err(e) = fits(b, t.offset, elements.saturating_mul(b.dtype.size_bytes())) {
-                    return fail(format!("{what}: {e}"));
-                }
-            }
-            if let AttentionOperands::TensorMaps { q_rows, kv_rows } = a.operands {
-                for (what, t, seq, rows) in [
-                    ("q", a.q, a.seq_q, q_rows),
-                    ("k", a.k, a.seq_kv, kv_rows),
-                    ("v", a.v, a.seq_kv, kv_rows),
-                ] {
-                    if buf(t).dtype != ElemType::Bf16 {
-                        return fail(format!("{what}: tensor maps are bf16 here"));
-                    }
-                    // Offsets only: the region bases are 256-byte aligned.
-                    let spec = TensorMapSpec::attention_operand(
-                        buf(t).offset + t.offset,
-                        a.batch,
-                        seq,
-                        a.heads,
-                        a.head_dim,
-                        rows,
-                    );
-                    if let Err(e) = spec.check() {
-                        return fail(format!("{what}: {e}"));
-                    }
-                }
+            if let Err(reason) = check_attention(schedule, a) {
+                return fail(reason);
             }
         }
         Step::Copy(c) => {
@@ -255,6 +253,111 @@ pub(crate) fn check_step(
         }
     }
     Ok(())
+}
+
+/// Checks one attention step: parameters that must fit an `int`, every
+/// tensor's extent in its buffer, the operand types each kind of kernel
+/// takes, and the tensor maps the runtime will encode. The reason, in
+/// words, when it cannot run.
+fn check_attention(schedule: &Schedule, a: &Attention) -> Result<(), String> {
+    let buf = |t: Tensor| &schedule.buffers[t.buffer as usize];
+    for (what, v) in [("seq_q", a.seq_q), ("seq_kv", a.seq_kv), ("heads", a.heads)] {
+        if i32::try_from(v).is_err() {
+            return Err(format!("{what} = {v} does not fit an int parameter"));
+        }
+    }
+    // Element counts (saturating: a hostile artifact must not overflow).
+    let count = |dims: [u32; 4]| {
+        dims.iter()
+            .fold(1u64, |n, &d| n.saturating_mul(u64::from(d)))
+    };
+    let (b, h, d) = (a.batch, a.heads, a.head_dim);
+    let per_q = count([b, a.seq_q, h, d]);
+    let per_kv = count([b, a.seq_kv, h, d]);
+    // The fp8 kernel's v is vt.
+    let v_elements = match a.operands {
+        AttentionOperands::Fp8TensorMaps { vt_keys, .. } => count([b, h, d, vt_keys]),
+        _ => per_kv,
+    };
+    for (what, t, elements) in [
+        ("q", a.q, per_q),
+        ("k", a.k, per_kv),
+        ("v", a.v, v_elements),
+        ("out", a.out, per_q),
+    ] {
+        let b = buf(t);
+        fits(b, t.offset, elements.saturating_mul(b.dtype.size_bytes()))
+            .map_err(|e| format!("{what}: {e}"))?;
+    }
+    // Offsets only: the region bases are 256-byte aligned.
+    let offset = |t: Tensor| buf(t).offset + t.offset;
+    match a.operands {
+        AttentionOperands::Pointers | AttentionOperands::TensorMaps { .. }
+            if a.scales.is_some() =>
+        {
+            Err("scales are given, but only fp8 attention kernels take them".into())
+        }
+        AttentionOperands::Pointers => Ok(()),
+        AttentionOperands::TensorMaps { q_rows, kv_rows } => {
+            for (what, t, seq, rows) in [
+                ("q", a.q, a.seq_q, q_rows),
+                ("k", a.k, a.seq_kv, kv_rows),
+                ("v", a.v, a.seq_kv, kv_rows),
+            ] {
+                if buf(t).dtype != ElemType::Bf16 {
+                    return Err(format!("{what}: tensor maps are bf16 here"));
+                }
+                TensorMapSpec::attention_operand(
+                    offset(t),
+                    a.batch,
+                    seq,
+                    a.heads,
+                    a.head_dim,
+                    rows,
+                )
+                .check()
+                .map_err(|e| format!("{what}: {e}"))?;
+            }
+            Ok(())
+        }
+        AttentionOperands::Fp8TensorMaps {
+            q_rows,
+            kv_rows,
+            vt_keys,
+        } => {
+            let Some(scales) = a.scales else {
+                return Err("an fp8 attention needs the scales of q, k and v".into());
+            };
+            if vt_keys < a.seq_kv || vt_keys % 16 != 0 {
+                return Err(format!(
+                    "vt_keys = {vt_keys} must be a multiple of 16 no smaller than seq_kv = {}",
+                    a.seq_kv
+                ));
+            }
+            let maps = fp8_attention_maps(a, [a.q, a.k, a.v].map(offset), q_rows, kv_rows, vt_keys);
+            for ((what, t), spec) in [("q", a.q), ("k", a.k), ("vt", a.v)].into_iter().zip(maps) {
+                if buf(t).dtype != ElemType::F8e4m3 {
+                    return Err(format!(
+                        "{what} is buffer `{}` of {:?}; the fp8 attention kernel reads e4m3",
+                        buf(t).name,
+                        buf(t).dtype
+                    ));
+                }
+                spec.check().map_err(|e| format!("{what}: {e}"))?;
+            }
+            if buf(a.out).dtype != ElemType::Bf16 {
+                return Err(format!(
+                    "out is buffer `{}` of {:?}; the fp8 attention kernel writes bf16",
+                    buf(a.out).name,
+                    buf(a.out).dtype
+                ));
+            }
+            for (what, t) in [("q", scales.q), ("k", scales.k), ("v", scales.v)] {
+                check_scales(buf(t), t.offset, 1).map_err(|e| format!("{what}'s scale: {e}"))?;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// The scale mode in words, for errors and logs.
@@ -455,7 +558,7 @@ fn fits(b: &Buffer, offset: u64, bytes: u64) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use fluxc_artifact::{Attention, Copy, GemmScales, Launch};
+    use fluxc_artifact::{Attention, AttentionScales, Copy, GemmScales, Launch};
 
     use super::*;
 
@@ -604,6 +707,7 @@ mod tests {
             seq_kv: 4,
             head_dim: 4,
             scale: 0.5,
+            scales: None,
         });
         assert_eq!(
             kernel_params(&s, bases, &att, &no_maps).unwrap(),
@@ -936,9 +1040,205 @@ mod tests {
             seq_kv: 8,
             head_dim: 4,
             scale: 0.5,
+            scales: None,
         });
         let m = check_step(&s, 0, &att).unwrap_err().to_string();
         assert!(m.contains("k: needs 128 bytes"), "{m}");
+    }
+
+    /// An fp8 attention over 1 batch, 2 heads of 16, 4 queries, 3 keys:
+    /// q8 [1, 4, 2, 16] (0), k8 [1, 3, 2, 16] (1), vt [1, 2, 16, 16 keys]
+    /// (2), bf16 out (3), three f32 scales (4, 5, 6), all in the arena.
+    fn fp8_attention_schedule() -> (Schedule, Attention) {
+        let s = Schedule {
+            arena_bytes: 2048,
+            buffers: vec![
+                buffer(0, ElemType::F8e4m3, vec![1, 4, 2, 16], Region::Arena, 0),
+                buffer(1, ElemType::F8e4m3, vec![1, 3, 2, 16], Region::Arena, 256),
+                buffer(2, ElemType::F8e4m3, vec![512], Region::Arena, 512),
+                buffer(3, ElemType::Bf16, vec![1, 4, 2, 16], Region::Arena, 1024),
+                buffer(4, ElemType::F32, vec![1], Region::Arena, 1280),
+                buffer(5, ElemType::F32, vec![1], Region::Arena, 1536),
+                buffer(6, ElemType::F32, vec![1], Region::Arena, 1792),
+            ],
+            ..schedule(vec![])
+        };
+        let a = Attention {
+            kernel: "attention_fp8_d16".into(),
+            operands: AttentionOperands::Fp8TensorMaps {
+                q_rows: 128,
+                kv_rows: 16,
+                vt_keys: 16,
+            },
+            grid: [1, 2, 1],
+            block: [384, 1, 1],
+            shared_bytes: 70_000,
+            q: Tensor::of(0),
+            k: Tensor::of(1),
+            v: Tensor::of(2),
+            out: Tensor::of(3),
+            batch: 1,
+            heads: 2,
+            seq_q: 4,
+            seq_kv: 3,
+            head_dim: 16,
+            scale: 0.25,
+            scales: Some(AttentionScales {
+                q: Tensor::of(4),
+                k: Tensor::of(5),
+                v: Tensor::of(6),
+            }),
+        };
+        (s, a)
+    }
+
+    #[test]
+    fn fp8_attention_takes_byte_maps_and_scale_pointers() {
+        let (s, a) = fp8_attention_schedule();
+        let step = Step::Attention(a);
+        check_step(&s, 0, &step).unwrap();
+        let bases = Bases {
+            arena: 0x10_0000,
+            weights: 0,
+            scratch: 0,
+        };
+        let fake = |m: &TensorMapSpec| -> Result<TensorMap, String> {
+            let mut words = [0u64; 16];
+            words[0] = m.address;
+            words[1..5].copy_from_slice(&m.dims);
+            words[5..9].copy_from_slice(&m.box_dims.map(u64::from));
+            words[9] = m.element.bytes();
+            Ok(TensorMap(words))
+        };
+        let params = kernel_params(&s, bases, &step, &fake).unwrap().unwrap();
+        assert_eq!(params.len(), 11);
+        let map = |i: usize| match params[i] {
+            Param::TensorMap(m) => m.0,
+            ref other => panic!("parameter {i} is not a tensor map: {other:?}"),
+        };
+        // q: bytes [16, 2, 4, 1], boxes of the head × 128 rows.
+        assert_eq!(map(0)[..10], [0x10_0000, 16, 2, 4, 1, 16, 1, 128, 1, 1]);
+        // k: 3 keys, boxes of 16 rows.
+        assert_eq!(
+            map(1)[..10],
+            [0x10_0000 + 256, 16, 2, 3, 1, 16, 1, 16, 1, 1]
+        );
+        // vt: [16 keys, 16, 2, 1], boxes of 16 keys × the head.
+        assert_eq!(
+            map(2)[..10],
+            [0x10_0000 + 512, 16, 16, 2, 1, 16, 16, 1, 1, 1]
+        );
+        assert_eq!(
+            params[3..],
+            [
+                Param::Ptr(0x10_0000 + 1024),
+                Param::Ptr(0x10_0000 + 1280),
+                Param::Ptr(0x10_0000 + 1536),
+                Param::Ptr(0x10_0000 + 1792),
+                Param::I32(4),
+                Param::I32(3),
+                Param::I32(2),
+                Param::F32(0.25),
+            ]
+        );
+    }
+
+    #[test]
+    fn fp8_attention_steps_are_checked() {
+        let (s, good) = fp8_attention_schedule();
+        let msg = |a: Attention| {
+            check_step(&s, 2, &Step::Attention(a))
+                .unwrap_err()
+                .to_string()
+        };
+        let has = |a: Attention, needle: &str| {
+            let m = msg(a);
+            assert!(m.contains(needle), "{m}\nlacks {needle}");
+            assert!(
+                m.starts_with("step 2 (attention kernel `attention_fp8_d16`"),
+                "{m}"
+            );
+        };
+        has(
+            Attention {
+                scales: None,
+                ..good.clone()
+            },
+            "needs the scales of q, k and v",
+        );
+        has(
+            Attention {
+                operands: AttentionOperands::TensorMaps {
+                    q_rows: 128,
+                    kv_rows: 16,
+                },
+                ..good.clone()
+            },
+            "only fp8 attention kernels take them",
+        );
+        let fp8 = |vt_keys| AttentionOperands::Fp8TensorMaps {
+            q_rows: 128,
+            kv_rows: 16,
+            vt_keys,
+        };
+        has(
+            Attention {
+                operands: fp8(8),
+                ..good.clone()
+            },
+            "vt_keys = 8 must be a multiple of 16 no smaller than seq_kv = 3",
+        );
+        // 32 keys per row of vt: 1024 bytes, which buffer 2 does not have.
+        has(
+            Attention {
+                operands: fp8(32),
+                ..good.clone()
+            },
+            "v: needs 1024 bytes",
+        );
+        has(
+            Attention {
+                q: Tensor::of(3),
+                ..good.clone()
+            },
+            "q is buffer `b3` of Bf16; the fp8 attention kernel reads e4m3",
+        );
+        has(
+            Attention {
+                out: Tensor::of(1),
+                seq_q: 3,
+                ..good.clone()
+            },
+            "the fp8 attention kernel writes bf16",
+        );
+        has(
+            Attention {
+                operands: AttentionOperands::Fp8TensorMaps {
+                    q_rows: 128,
+                    kv_rows: 24,
+                    vt_keys: 16,
+                },
+                ..good.clone()
+            },
+            "vt: tensor map inner box of 24 u8 (24 bytes) is not a multiple of 16",
+        );
+        let mut bad_scale = good.clone();
+        bad_scale.scales = Some(AttentionScales {
+            q: Tensor::of(4),
+            k: Tensor::of(3),
+            v: Tensor::of(6),
+        });
+        has(bad_scale, "k's scale: buffer `b3` is Bf16; scales are f32");
+        let mut past_end = good;
+        past_end.scales = Some(AttentionScales {
+            q: Tensor::of(4),
+            k: Tensor::of(5),
+            v: Tensor {
+                buffer: 6,
+                offset: 4,
+            },
+        });
+        has(past_end, "v's scale: needs 4 bytes at offset 4");
     }
 
     #[test]

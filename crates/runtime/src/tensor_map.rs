@@ -1,22 +1,60 @@
-//! CUDA tensor maps (`CUtensorMap`) for the attention kernel's TMA loads.
+//! CUDA tensor maps (`CUtensorMap`) for the attention kernels' TMA loads.
 //!
-//! The tensor-core attention kernel takes q, k and v as tensor maps
-//! ([`fluxc_artifact::AttentionOperands::TensorMaps`]): 128-byte descriptors
-//! the driver encodes on the host and the kernel receives by value. This
-//! module keeps the two halves apart so the host half is testable without a
-//! GPU: [`TensorMapSpec`] is the plain description of an operand's view
-//! (built and checked in `plan`), [`encode`] hands it to the driver.
+//! The tensor-core attention kernels take q, k and v as tensor maps
+//! ([`fluxc_artifact::AttentionOperands::TensorMaps`] for bf16,
+//! [`fluxc_artifact::AttentionOperands::Fp8TensorMaps`] for fp8 e4m3, whose
+//! bytes are mapped as `UINT8`): 128-byte descriptors the driver encodes on
+//! the host and the kernel receives by value. This module keeps the two
+//! halves apart so the host half is testable without a GPU:
+//! [`TensorMapSpec`] is the plain description of an operand's view (built
+//! and checked in `plan`), [`encode`] hands it to the driver.
 
 use std::ffi::c_void;
 
 use cudarc::driver::sys;
 
-/// A bf16 tensor map with the 128-byte swizzle and zero fill out of bounds,
+/// The element type of a tensor map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MapElement {
+    /// bfloat16 (`CU_TENSOR_MAP_DATA_TYPE_BFLOAT16`).
+    Bf16,
+    /// One byte: fp8 e4m3 values, which TMA moves as `UINT8`.
+    U8,
+}
+
+impl MapElement {
+    /// Bytes per element.
+    pub(crate) fn bytes(self) -> u64 {
+        match self {
+            MapElement::Bf16 => 2,
+            MapElement::U8 => 1,
+        }
+    }
+
+    /// Its name in errors.
+    fn name(self) -> &'static str {
+        match self {
+            MapElement::Bf16 => "bf16",
+            MapElement::U8 => "u8",
+        }
+    }
+
+    fn driver_type(self) -> sys::CUtensorMapDataType {
+        match self {
+            MapElement::Bf16 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+            MapElement::U8 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT8,
+        }
+    }
+}
+
+/// A 4-D tensor map with the 128-byte swizzle and zero fill out of bounds,
 /// described by plain numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct TensorMapSpec {
     /// Device address of element 0.
     pub address: u64,
+    /// The element type.
+    pub element: MapElement,
     /// Extents, innermost dimension first.
     pub dims: [u64; 4],
     /// Byte strides of dimensions 1, 2 and 3 (dimension 0 is contiguous).
@@ -48,14 +86,72 @@ impl TensorMapSpec {
         );
         TensorMapSpec {
             address,
+            element: MapElement::Bf16,
             dims: [d, heads, seq, batch],
             strides: [2 * d, 2 * d * heads, 2 * d * heads * seq],
             box_dims: [64, 1, rows, 1],
         }
     }
 
-    /// What the driver requires of a tiled bf16 map with the 128-byte
-    /// swizzle, checked here so a bad operand is an error that says why.
+    /// An fp8 attention operand (q or k): contiguous e4m3
+    /// `[batch, seq, heads, head_dim]` at `address`, seen as bytes
+    /// `[head_dim, heads, seq, batch]` and loaded in boxes of the whole head
+    /// (128 bytes at head width 128, one swizzle row), one head, `rows`
+    /// rows of the sequence and one batch. An empty sequence is one row, as
+    /// in [`TensorMapSpec::attention_operand`].
+    pub(crate) fn fp8_attention_operand(
+        address: u64,
+        batch: u32,
+        seq: u32,
+        heads: u32,
+        head_dim: u32,
+        rows: u32,
+    ) -> Self {
+        let (batch, seq, heads, d) = (
+            u64::from(batch.max(1)),
+            u64::from(seq.max(1)),
+            u64::from(heads),
+            u64::from(head_dim),
+        );
+        TensorMapSpec {
+            address,
+            element: MapElement::U8,
+            dims: [d, heads, seq, batch],
+            strides: [d, d * heads, d * heads * seq],
+            box_dims: [head_dim, 1, rows, 1],
+        }
+    }
+
+    /// fp8 attention's key-innermost copy of v: bytes `[batch, heads,
+    /// head_dim, keys]` at `address` (`keys` = the padded key count), seen
+    /// as `[keys, head_dim, heads, batch]` and loaded in boxes of `rows`
+    /// keys by the whole head width for one head and batch. No keys is
+    /// described as 16 (never loaded; the driver refuses zero extents).
+    pub(crate) fn fp8_values_transposed(
+        address: u64,
+        batch: u32,
+        heads: u32,
+        head_dim: u32,
+        keys: u32,
+        rows: u32,
+    ) -> Self {
+        let (batch, heads, d, keys) = (
+            u64::from(batch.max(1)),
+            u64::from(heads),
+            u64::from(head_dim),
+            u64::from(keys.max(16)),
+        );
+        TensorMapSpec {
+            address,
+            element: MapElement::U8,
+            dims: [keys, d, heads, batch],
+            strides: [keys, keys * d, keys * d * heads],
+            box_dims: [rows, head_dim, 1, 1],
+        }
+    }
+
+    /// What the driver requires of a tiled map with the 128-byte swizzle,
+    /// checked here so a bad operand is an error that says why.
     pub(crate) fn check(&self) -> Result<(), String> {
         if self.address % 16 != 0 {
             return Err(format!(
@@ -81,12 +177,21 @@ impl TensorMapSpec {
                 self.box_dims
             ));
         }
-        // The 128-byte swizzle needs the inner box side to span at most
-        // 128 bytes.
-        if u64::from(self.box_dims[0]) * 2 > 128 {
+        // The inner box side must be a multiple of 16 bytes, and the
+        // 128-byte swizzle needs it to span at most 128 bytes.
+        let inner = u64::from(self.box_dims[0]) * self.element.bytes();
+        if inner % 16 != 0 {
             return Err(format!(
-                "tensor map inner box of {} bf16 exceeds the 128-byte swizzle span",
-                self.box_dims[0]
+                "tensor map inner box of {} {} ({inner} bytes) is not a multiple of 16 bytes",
+                self.box_dims[0],
+                self.element.name()
+            ));
+        }
+        if inner > 128 {
+            return Err(format!(
+                "tensor map inner box of {} {} exceeds the 128-byte swizzle span",
+                self.box_dims[0],
+                self.element.name()
             ));
         }
         Ok(())
@@ -110,7 +215,7 @@ pub(crate) fn encode(spec: &TensorMapSpec) -> Result<TensorMap, String> {
     let result = unsafe {
         sys::cuTensorMapEncodeTiled(
             &mut map,
-            sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+            spec.element.driver_type(),
             4,
             spec.address as *mut c_void,
             spec.dims.as_ptr(),
@@ -145,6 +250,56 @@ mod tests {
             TensorMapSpec::attention_operand(0x1000, 1, 0, 2, 64, 128).dims,
             [64, 2, 1, 1]
         );
+    }
+
+    #[test]
+    fn fp8_operands_are_bytes_with_whole_head_boxes() {
+        // q of FLUX at 1024²: 4608 tokens, 24 heads of 128 e4m3.
+        let q = TensorMapSpec::fp8_attention_operand(0x1000, 2, 4608, 24, 128, 128);
+        assert_eq!(q.element, MapElement::U8);
+        assert_eq!(q.dims, [128, 24, 4608, 2]);
+        assert_eq!(q.strides, [128, 128 * 24, 128 * 24 * 4608]);
+        assert_eq!(q.box_dims, [128, 1, 128, 1]);
+        assert!(q.check().is_ok());
+        // vt: 333 keys padded to 336, boxes of 128 keys × the head.
+        let vt = TensorMapSpec::fp8_values_transposed(0x2000, 1, 2, 128, 336, 128);
+        assert_eq!(vt.dims, [336, 128, 2, 1]);
+        assert_eq!(vt.strides, [336, 336 * 128, 336 * 128 * 2]);
+        assert_eq!(vt.box_dims, [128, 128, 1, 1]);
+        assert!(vt.check().is_ok());
+        // No keys: 16 (never loaded) for vt, one row for k.
+        assert_eq!(
+            TensorMapSpec::fp8_values_transposed(0x2000, 1, 2, 128, 0, 128).dims,
+            [16, 128, 2, 1]
+        );
+        assert_eq!(
+            TensorMapSpec::fp8_attention_operand(0x1000, 1, 0, 2, 128, 128).dims,
+            [128, 2, 1, 1]
+        );
+    }
+
+    #[test]
+    fn fp8_maps_the_driver_refuses_are_errors() {
+        // A key count that is not a multiple of 16 makes vt's rows strides
+        // TMA cannot take.
+        let odd = TensorMapSpec::fp8_values_transposed(0x2000, 1, 2, 128, 333, 128);
+        assert!(odd.check().unwrap_err().contains("stride 333"), "{odd:?}");
+        // 192-key boxes span 192 bytes: wider than the swizzle.
+        let wide = TensorMapSpec::fp8_values_transposed(0x2000, 1, 2, 128, 336, 192);
+        let e = wide.check().unwrap_err();
+        assert!(e.contains("inner box of 192 u8 exceeds"), "{e}");
+        // 24 keys (24 bytes) is not a multiple of 16 bytes.
+        let ragged = TensorMapSpec::fp8_values_transposed(0x2000, 1, 2, 128, 336, 24);
+        let e = ragged.check().unwrap_err();
+        assert!(e.contains("(24 bytes) is not a multiple of 16"), "{e}");
+        // A head of 64 bytes is fine; of 8 bytes it is not (the strides).
+        assert!(
+            TensorMapSpec::fp8_attention_operand(0x1000, 1, 9, 2, 64, 128)
+                .check()
+                .is_ok()
+        );
+        let narrow = TensorMapSpec::fp8_attention_operand(0x1000, 1, 9, 3, 8, 128);
+        assert!(narrow.check().unwrap_err().contains("stride 8"));
     }
 
     #[test]

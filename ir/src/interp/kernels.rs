@@ -8,6 +8,9 @@
 //! `amax / max_finite`, quantized values are `round(x / scale)` (kept as f32
 //! here, but exactly representable in the fp8 dtype), and a scaled linear
 //! multiplies the exact dot product of the quantized operands by both scales.
+//! A scaled attention dequantizes its operands and then rounds what the fp8
+//! kernel rounds: the probabilities (to e4m3, relative to the row max, with
+//! a 2⁸ headroom factor) and its bf16 output.
 
 use crate::{BinaryOp, DType, Op, Shape, TimestepParams, UnaryOp};
 
@@ -53,6 +56,7 @@ pub(super) fn eval(op: &Op, args: &[&Tensor], out_shape: &Shape) -> Tensor {
         Op::DynamicScale { dtype, per_row } => dynamic_scale(args[0], *dtype, *per_row),
         Op::Quantize(dtype) => quantize(args[0], args[1], *dtype),
         Op::ScaledLinear { .. } => scaled_linear(args),
+        Op::ScaledAttention { scale } => scaled_attention(args, scale.get()),
     };
     debug_assert_eq!(data.len(), out_shape.numel(), "{op}");
     Tensor {
@@ -449,6 +453,71 @@ fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Vec<f32> {
     out
 }
 
+/// Headroom of the fp8 probabilities: `P ∈ (0, 1]` is stored as
+/// `e4m3(256·P)`, so the largest probability of a row (1) becomes 256 (the
+/// largest power of two below e4m3's 448) and small ones keep e4m3's normal
+/// range down to `P = 2⁻¹⁴` instead of `2⁻⁶`.
+pub(crate) const PROB_HEADROOM: f32 = 256.0;
+
+/// `x8 · scale` for every element: an fp8 operand dequantized with its
+/// per-tensor scale, as `DynamicScale`/`Quantize` define it.
+fn dequantize(x8: &Tensor, scale: &Tensor) -> Tensor {
+    let s = scale.data[0];
+    Tensor {
+        shape: x8.shape.clone(),
+        data: x8.data.iter().map(|&v| v * s).collect(),
+    }
+}
+
+/// [`Op::ScaledAttention`]: operands (q8, q_scale, k8, k_scale, v8,
+/// v_scale). Scores and the row max as [`attention`] computes them from the
+/// dequantized operands; the numerator sums `e4m3(256·P)/256 · v`, the
+/// denominator the unrounded `P`; the result is rounded to bf16. No keys:
+/// zeros, as [`attention`] gives.
+fn scaled_attention(args: &[&Tensor], scale: f32) -> Vec<f32> {
+    let q = dequantize(args[0], args[1]);
+    let k = dequantize(args[2], args[3]);
+    let v = dequantize(args[4], args[5]);
+    let [b, sq, h, d] = dims4(&q.shape);
+    let sk = k.shape.dims()[1];
+    let dv = v.shape.dims()[3];
+    let mut out = vec![0f32; b * sq * h * dv];
+    if sk == 0 {
+        return out;
+    }
+    let mut scores = Vec::with_capacity(sk);
+    let mut p8 = Vec::with_capacity(sk);
+    for bi in 0..b {
+        for hi in 0..h {
+            for i in 0..sq {
+                let qrow = &q.data[((bi * sq + i) * h + hi) * d..][..d];
+                scores.clear();
+                for j in 0..sk {
+                    let krow = &k.data[((bi * sk + j) * h + hi) * d..][..d];
+                    scores.push((dot(qrow, krow) * scale as f64) as f32);
+                }
+                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f64;
+                p8.clear();
+                for &s in &scores {
+                    let p = ((s - max) as f64).exp();
+                    sum += p;
+                    let rounded = DType::F8E4M3.round(PROB_HEADROOM * p as f32);
+                    p8.push(rounded as f64 / PROB_HEADROOM as f64);
+                }
+                let orow = &mut out[((bi * sq + i) * h + hi) * dv..][..dv];
+                for (e, o) in orow.iter_mut().enumerate() {
+                    let acc: f64 = (0..sk)
+                        .map(|j| p8[j] * v.data[((bi * sk + j) * h + hi) * dv + e] as f64)
+                        .sum();
+                    *o = DType::BF16.round((acc / sum) as f32);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Computed in f64 and rounded once, as diffusers' `FluxPosEmbed` does.
 fn rope_table(ids: &Tensor, axes_dim: &[usize], theta: f32) -> Vec<f32> {
     let axes = axes_dim.len();
@@ -614,4 +683,33 @@ fn im2col(
 fn dims4(s: &Shape) -> [usize; 4] {
     let d = s.dims();
     [d[0], d[1], d[2], d[3]]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Scalar;
+
+    /// Attention and scaled attention with no keys (a shape graphs cannot
+    /// hold, since type inference rejects empty tensors, but the kernels'
+    /// contract has: they write zeros) agree: all zeros.
+    #[test]
+    fn no_keys_give_zeros() {
+        let q = Tensor::new([1, 2, 1, 4], vec![0.5; 8]).unwrap();
+        let kv = Tensor::new([1, 0, 1, 4], vec![]).unwrap();
+        let one = Tensor::new([1], vec![1.0]).unwrap();
+        let out_shape = Shape::from([1, 2, 1, 4]);
+        let plain = eval(
+            &Op::Attention { scale: Scalar(0.5) },
+            &[&q, &kv, &kv],
+            &out_shape,
+        );
+        let scaled = eval(
+            &Op::ScaledAttention { scale: Scalar(0.5) },
+            &[&q, &one, &kv, &one, &kv, &one],
+            &out_shape,
+        );
+        assert_eq!(plain.data, vec![0.0; 8]);
+        assert_eq!(scaled.data, vec![0.0; 8]);
+    }
 }

@@ -2,11 +2,13 @@
 //!
 //! It runs any graph on small inputs, computing in f32 (with f64 accumulators
 //! in dot products and reductions) whatever dtypes the graph declares. Values
-//! are rounded to a dtype in exactly two places: when an input is fed (to the
-//! input's declared dtype) and at `Op::Cast`. So an all-f32 graph is
-//! interpreted exactly, and lower-precision graphs see the rounding of their
-//! explicit conversions. Every pass is tested by interpreting before and after
-//! it; every GPU kernel is compared against it.
+//! are rounded to a dtype where a conversion is explicit: when an input is
+//! fed (to the input's declared dtype), at `Op::Cast`, and inside the fp8
+//! ops whose rounding is their meaning (`Op::Quantize`; `Op::ScaledAttention`,
+//! which models its kernel: e4m3 probabilities, a bf16 output). So an
+//! all-f32 graph is interpreted exactly, and lower-precision graphs see the
+//! rounding of their explicit conversions. Every pass is tested by
+//! interpreting before and after it; every GPU kernel is compared against it.
 //!
 //! Intermediate tensors are dropped as soon as their last user has run, so
 //! memory stays near the live set.

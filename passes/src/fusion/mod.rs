@@ -19,7 +19,8 @@
 //!   movement ops → [`GroupKind::Pointwise`]; reductions (`LayerNorm`,
 //!   `RmsNorm`, `GroupNorm`, `Softmax`, `DynamicScale`) →
 //!   [`GroupKind::Reduction`]; `Linear`, `MatMul`, `Conv2d`, `ScaledLinear`
-//!   → [`GroupKind::Gemm`]; `Attention` → [`GroupKind::Attention`];
+//!   → [`GroupKind::Gemm`]; `Attention` and `ScaledAttention` (fp8) →
+//!   [`GroupKind::Attention`];
 //!   `RopeTable`, `TimestepEmbedding` → [`GroupKind::Table`].
 //!
 //! # Rules (greedy, nodes in topological order)

@@ -1,0 +1,243 @@
+//! Tests of the fp8 attention pass
+//! (`fluxc_passes::fp8_attention::insert_fp8_attention`) on small graphs.
+//!
+//! Checked: the rewrite's structure (per-tensor scales and e4m3 quantizes of
+//! q, k and v in the attention's scope, operand order, the score scale kept,
+//! bf16 output, the old attention gone); nothing changes with fp8 off or
+//! the policy's `attention` off; attentions the fp8 kernel cannot run are
+//! left alone (64-wide heads, a v of another width, f32); a tensor read
+//! twice is quantized once; interpreting before and after agrees within
+//! the attention-only bound; the pipeline's `fp8` step runs it and says so.
+//! The tiny FLUX models with 128-wide heads are tested in
+//! `models/tests/fp8_attention.rs`.
+
+mod common;
+
+use fluxc_ir::{print_graph, verify, DType, Graph, GraphBuilder, NodeId, Op, Scalar};
+use fluxc_passes::fp8_attention::{insert_fp8_attention, FP8_ATTENTION_DTYPE};
+use fluxc_passes::pipeline::optimize;
+use fluxc_passes::{Fp8Mode, Fp8Policy, PassOptions};
+
+use common::{count, random_inputs, run};
+
+/// The policy with attention on.
+fn with_attention() -> Fp8Policy {
+    Fp8Policy {
+        attention: true,
+        ..Fp8Policy::default()
+    }
+}
+
+/// `x + attention(q, k, v)` with `heads × d` q/k and `heads × dv` v, each
+/// read from its own `[1, s, heads, ·]` input, in `dtype`, in scope
+/// `blocks.0.attn`.
+fn attention_graph(dtype: DType, heads: usize, d: usize, dv: usize, s: usize) -> Graph {
+    let mut b = GraphBuilder::new();
+    let q = b.input("q", dtype, [1, s, heads, d]).unwrap();
+    let k = b.input("k", dtype, [1, s + 3, heads, d]).unwrap();
+    let v = b.input("v", dtype, [1, s + 3, heads, dv]).unwrap();
+    let x = b.input("x", dtype, [1, s, heads, dv]).unwrap();
+    b.push_scope("blocks.0.attn");
+    let o = b.attention(q, k, v).unwrap();
+    b.pop_scope();
+    let y = b.add(x, o).unwrap();
+    b.output("y", y).unwrap();
+    b.finish().unwrap()
+}
+
+fn nodes_where(graph: &Graph, pred: impl Fn(&Op) -> bool) -> Vec<NodeId> {
+    graph
+        .node_ids()
+        .into_iter()
+        .filter(|&id| pred(&graph.node(id).op))
+        .collect()
+}
+
+#[test]
+fn a_128_wide_bf16_attention_becomes_scaled_attention() {
+    for mode in [Fp8Mode::DynamicTensor, Fp8Mode::DynamicRow] {
+        let mut g = attention_graph(DType::BF16, 2, 128, 128, 5);
+        assert_eq!(
+            insert_fp8_attention(&mut g, mode, &with_attention()).unwrap(),
+            1
+        );
+        verify(&g).unwrap();
+        assert_eq!(count(&g, "attention"), 0);
+        let [o] = nodes_where(&g, |op| matches!(op, Op::ScaledAttention { .. }))[..] else {
+            panic!("expected one scaled_attention")
+        };
+        // The builder's 1/√128, unchanged.
+        assert_eq!(
+            g.node(o).op,
+            Op::ScaledAttention {
+                scale: Scalar(1.0 / (128f32).sqrt())
+            }
+        );
+        assert_eq!(g.node(o).scope, "blocks.0.attn");
+        assert_eq!(g.ty(o).dtype, DType::BF16);
+        assert_eq!(g.ty(o).shape.dims(), &[1, 5, 2, 128]);
+        let ops = g.operands(o);
+        assert_eq!(ops.len(), 6);
+        for (i, name) in ["q", "k", "v"].into_iter().enumerate() {
+            let (x8, xs) = (ops[2 * i], ops[2 * i + 1]);
+            let x = g.find_input(name).unwrap();
+            // Per tensor in both modes: the kernel takes one scale each.
+            assert_eq!(
+                g.node(xs).op,
+                Op::DynamicScale {
+                    dtype: FP8_ATTENTION_DTYPE,
+                    per_row: false
+                }
+            );
+            assert_eq!(g.operands(xs), [x]);
+            assert_eq!(g.ty(xs).shape.dims(), &[1]);
+            assert_eq!(g.node(x8).op, Op::Quantize(DType::F8E4M3));
+            assert_eq!(g.operands(x8), [x, xs]);
+            assert_eq!(g.ty(x8).shape, g.ty(x).shape);
+            for id in [x8, xs] {
+                assert_eq!(g.node(id).scope, "blocks.0.attn", "{name}");
+            }
+        }
+        // inputs q, k, v, x; 3 scales, 3 quantizes; the attention; the add.
+        assert_eq!(g.len(), 4 + 6 + 1 + 1);
+    }
+}
+
+#[test]
+fn off_mode_or_policy_changes_nothing() {
+    for (mode, policy) in [
+        (Fp8Mode::Off, with_attention()),
+        (Fp8Mode::DynamicRow, Fp8Policy::default()),
+        (Fp8Mode::DynamicTensor, Fp8Policy::default()),
+    ] {
+        let mut g = attention_graph(DType::BF16, 2, 128, 128, 5);
+        let before = print_graph(&g).unwrap();
+        assert_eq!(insert_fp8_attention(&mut g, mode, &policy).unwrap(), 0);
+        assert_eq!(print_graph(&g).unwrap(), before, "{mode:?}");
+    }
+}
+
+#[test]
+fn attentions_the_kernel_cannot_run_are_left_alone() {
+    for (what, g) in [
+        ("64-wide heads", attention_graph(DType::BF16, 2, 64, 64, 5)),
+        (
+            "v wider than q",
+            attention_graph(DType::BF16, 2, 128, 256, 5),
+        ),
+        (
+            "v narrower than q",
+            attention_graph(DType::BF16, 2, 128, 64, 5),
+        ),
+        ("f32", attention_graph(DType::F32, 2, 128, 128, 5)),
+        ("f16", attention_graph(DType::F16, 2, 128, 128, 5)),
+    ] {
+        let mut g = g;
+        let before = print_graph(&g).unwrap();
+        let n = insert_fp8_attention(&mut g, Fp8Mode::DynamicRow, &with_attention()).unwrap();
+        assert_eq!(n, 0, "{what}");
+        assert_eq!(print_graph(&g).unwrap(), before, "{what}");
+    }
+}
+
+#[test]
+fn only_the_128_wide_attention_of_two_is_rewritten() {
+    // Two attentions side by side: 128-wide heads and 64-wide heads.
+    let mut b = GraphBuilder::new();
+    let wide = b.input("wide", DType::BF16, [1, 7, 2, 128]).unwrap();
+    let narrow = b.input("narrow", DType::BF16, [1, 7, 4, 64]).unwrap();
+    let a = b.attention(wide, wide, wide).unwrap();
+    let c = b.attention(narrow, narrow, narrow).unwrap();
+    let a = b.reshape(a, [1, 7, 256]).unwrap();
+    let c = b.reshape(c, [1, 7, 256]).unwrap();
+    let y = b.add(a, c).unwrap();
+    b.output("y", y).unwrap();
+    let mut g = b.finish().unwrap();
+    let inputs = random_inputs(&g, 3);
+    let before = run(&g, &inputs, "y");
+    assert_eq!(
+        insert_fp8_attention(&mut g, Fp8Mode::DynamicTensor, &with_attention()).unwrap(),
+        1
+    );
+    verify(&g).unwrap();
+    assert_eq!(count(&g, "scaled_attention"), 1);
+    let [left] = nodes_where(&g, |op| matches!(op, Op::Attention { .. }))[..] else {
+        panic!("expected the 64-wide attention to stay")
+    };
+    assert_eq!(g.ty(left).shape.dims(), &[1, 7, 4, 64]);
+    // q, k and v are one tensor here: quantized once, read three times.
+    assert_eq!(count(&g, "dynamic_scale"), 1);
+    assert_eq!(count(&g, "quantize"), 1);
+    let after = run(&g, &inputs, "y");
+    let error = after.rel_l2(&before);
+    // Half of y is the fp8 attention: see ATTENTION_TOL.
+    assert!(error < ATTENTION_TOL && error > 1e-4, "{error:e}");
+}
+
+/// Relative L2 allowed between one fp8 attention and the bf16 one on random
+/// inputs in [-1, 1). Three error sources: e4m3 rounding of q, k and v
+/// (3 mantissa bits: ~2.5% RMS relative each; through the softmax, q's and
+/// k's errors move the scores by ~1/√D of that per score, so v's rounding
+/// dominates), and the e4m3 probabilities (~2.5% RMS, averaging over keys
+/// like the output itself, see `ir/tests/interp_scaled_attention.rs`).
+/// Independent, they add in quadrature to ~4%; measured 3.2e-2 to 3.6e-2
+/// on the cases here.
+const ATTENTION_TOL: f64 = 6e-2;
+
+#[test]
+fn interpretation_stays_close_to_the_bf16_attention() {
+    for (s, seed) in [(5, 1), (37, 2), (130, 3)] {
+        let original = attention_graph(DType::BF16, 2, 128, 128, s);
+        let mut g = original.clone();
+        insert_fp8_attention(&mut g, Fp8Mode::DynamicRow, &with_attention()).unwrap();
+        // Compare the attention alone: y − x, i.e. set x to zero.
+        let mut inputs = random_inputs(&original, seed);
+        let x = inputs.get_mut("x").unwrap();
+        x.data.iter_mut().for_each(|v| *v = 0.0);
+        let before = run(&original, &inputs, "y");
+        let after = run(&g, &inputs, "y");
+        let error = after.rel_l2(&before);
+        println!("seq {s}: fp8 attention vs bf16 attention, relative L2 {error:.3e}");
+        assert!(error < ATTENTION_TOL, "seq {s}: {error:e}");
+        assert!(error > 1e-3, "seq {s}: nothing was quantized? {error:e}");
+    }
+}
+
+#[test]
+fn the_pipeline_runs_it_in_the_fp8_step() {
+    for (attention, rewritten, log) in [
+        (
+            true,
+            1,
+            "fp8: quantized 0 linears (DynamicRow), 1 attentions (per tensor)",
+        ),
+        (
+            false,
+            0,
+            "fp8: quantized 0 linears (DynamicRow), attention off",
+        ),
+    ] {
+        let options = PassOptions {
+            fp8: Fp8Mode::DynamicRow,
+            fp8_policy: Fp8Policy {
+                attention,
+                ..Fp8Policy::default()
+            },
+            ..PassOptions::default()
+        };
+        let o = optimize(attention_graph(DType::BF16, 2, 128, 128, 9), &options).unwrap();
+        assert_eq!(count(&o.graph, "scaled_attention"), rewritten);
+        assert_eq!(count(&o.graph, "attention"), 1 - rewritten);
+        assert!(o.log.iter().any(|l| l == log), "{:?}", o.log);
+        // The attention group is anchored at the scaled attention.
+        if attention {
+            let anchored = o
+                .fusion
+                .groups
+                .iter()
+                .filter(|g| matches!(o.graph.node(g.anchor).op, Op::ScaledAttention { .. }))
+                .count();
+            assert_eq!(anchored, 1);
+        }
+    }
+}
