@@ -15,7 +15,8 @@
 #                         for each variant: bf16, fp8-tensor, fp8-row (and
 #                         fp8-row-fast, fp8-tensor-fast: fast fp8 accumulation;
 #                         fp8-row-image: only linears of >= 1024 rows, i.e.
-#                         the text stream stays bf16)
+#                         the text stream stays bf16; fp8-row-fast-attn:
+#                         fp8-row-fast with fp8 attention)
 #
 # Then carry .dev and the diffusers wheels (.whl) to the GPU machine.
 set -euo pipefail
@@ -44,6 +45,7 @@ for variant in $VARIANTS; do
         fp8-row-fast) fp8=dynamic-row; extra='fp8_fast_accumulation = true' ;;
         fp8-tensor-fast) fp8=dynamic-tensor; extra='fp8_fast_accumulation = true' ;;
         fp8-row-image) fp8=dynamic-row; extra='fp8_min_rows = 1024' ;;
+        fp8-row-fast-attn) fp8=dynamic-row; extra=$'fp8_fast_accumulation = true\nfp8_attention = true' ;;
         *) echo "unknown variant $variant" >&2; exit 2 ;;
     esac
     name=$MODEL-${HEIGHT}x$WIDTH-t$TEXT_TOKENS-$variant
