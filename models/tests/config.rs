@@ -772,8 +772,17 @@ fn passes_map_onto_pass_options() {
         "an omitted list keeps its default"
     );
     assert!(
-        !options.fp8_policy.attention,
-        "fp8 attention is off unless asked for"
+        options.fp8_policy.attention,
+        "fp8 attention is on with fp8 unless switched off"
+    );
+    let no_attention = format!("{BASE}\n[passes]\nfp8 = \"dynamic-row\"\nfp8_attention = false\n");
+    assert!(
+        !parse(&no_attention)
+            .unwrap()
+            .passes
+            .options()
+            .fp8_policy
+            .attention
     );
     let tensor = format!("{BASE}\n[passes]\nfp8 = \"dynamic-tensor\"\n");
     assert_eq!(

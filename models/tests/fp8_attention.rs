@@ -129,13 +129,14 @@ fn the_pass_rewrites_every_attention_of_the_tiny_models() {
 }
 
 #[test]
-fn the_pipeline_quantizes_attention_only_when_asked() {
+fn the_pipeline_quantizes_attention_with_fp8_unless_told_not_to() {
     let fp8 = "fp8 = \"dynamic-row\"\n";
     for (preset, passes, scaled) in [
         ("tiny-schnell", format!("{fp8}fp8_attention = true\n"), 4),
         ("tiny-dev", format!("{fp8}fp8_attention = true\n"), 4),
         ("tiny-schnell", format!("{fp8}fp8_attention = false\n"), 0),
-        ("tiny-schnell", fp8.to_string(), 0),
+        // On by default with fp8.
+        ("tiny-schnell", fp8.to_string(), 4),
         // fp8 off: the attention switch alone does nothing.
         ("tiny-schnell", "fp8_attention = true\n".to_string(), 0),
     ] {

@@ -105,10 +105,15 @@ fn a_128_wide_bf16_attention_becomes_scaled_attention() {
 
 #[test]
 fn off_mode_or_policy_changes_nothing() {
+    let without_attention = Fp8Policy {
+        attention: false,
+        ..Fp8Policy::default()
+    };
     for (mode, policy) in [
         (Fp8Mode::Off, with_attention()),
-        (Fp8Mode::DynamicRow, Fp8Policy::default()),
-        (Fp8Mode::DynamicTensor, Fp8Policy::default()),
+        (Fp8Mode::Off, Fp8Policy::default()),
+        (Fp8Mode::DynamicRow, without_attention.clone()),
+        (Fp8Mode::DynamicTensor, without_attention.clone()),
     ] {
         let mut g = attention_graph(DType::BF16, 2, 128, 128, 5);
         let before = print_graph(&g).unwrap();

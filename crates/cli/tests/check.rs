@@ -112,12 +112,13 @@ fn fp8_line_says_what_is_quantized() {
         .replace("[4, 6, 6]", "[16, 56, 56]");
     for (text, line) in [
         (tiny.clone(), "  fp8              off\n"),
+        // fp8_attention (on by default) means nothing without fp8.
         (
             format!("{tiny}fp8_attention = true\n"),
-            "  fp8              off (fp8_attention = true does nothing without fp8)\n",
+            "  fp8              off\n",
         ),
         (
-            format!("{bf16}fp8 = \"dynamic-row\"\n"),
+            format!("{bf16}fp8 = \"dynamic-row\"\nfp8_attention = false\n"),
             "  fp8              dynamic-row linears; attention not quantized \
              (fp8_attention = false)\n",
         ),
@@ -128,6 +129,12 @@ fn fp8_line_says_what_is_quantized() {
         ),
         (
             format!("{wide}fp8 = \"dynamic-row\"\nfp8_attention = true\n"),
+            "  fp8              dynamic-row linears; attention e4m3 per tensor (4 of 4 \
+             attentions: bf16, 128-wide heads)\n",
+        ),
+        // The default with fp8 on.
+        (
+            format!("{wide}fp8 = \"dynamic-row\"\n"),
             "  fp8              dynamic-row linears; attention e4m3 per tensor (4 of 4 \
              attentions: bf16, 128-wide heads)\n",
         ),
