@@ -91,7 +91,7 @@ pub fn insert_fp8_attention(
         .into_iter()
         .filter(|&id| is_fp8_attention_candidate(graph, id))
         .collect();
-    let mut quantized: HashMap<NodeId, Quantized> = HashMap::new();
+    let mut quantized: HashMap<(NodeId, bool), Quantized> = HashMap::new();
     for &attention in &selected {
         rewrite(graph, attention, &mut quantized)?;
     }
@@ -128,10 +128,13 @@ struct Quantized {
 }
 
 /// Replaces one attention by its fp8 form; the old node is left dead.
+/// `quantized` holds the tensors already quantized, keyed by the tensor and
+/// whether it was read as q or k (which may take the norm bound and its √D
+/// factor) rather than as v (which never does).
 fn rewrite(
     graph: &mut Graph,
     attention: NodeId,
-    quantized: &mut HashMap<NodeId, Quantized>,
+    quantized: &mut HashMap<(NodeId, bool), Quantized>,
 ) -> Result<(), IrError> {
     let Op::Attention { scale } = graph.node(attention).op else {
         return Err(IrError::Invalid(format!("{attention} is not an attention")));
@@ -140,11 +143,12 @@ fn rewrite(
     let mut args = Vec::with_capacity(6);
     let mut score_scale = scale.get();
     for (i, x) in graph.operands(attention).into_iter().enumerate() {
-        let q = match quantized.get(&x) {
+        let q_or_k = i < 2;
+        let q = match quantized.get(&(x, q_or_k)) {
             Some(&q) => q,
             None => {
                 // q and k (not v) may be scaled by their norms' bound.
-                let bound = if i < 2 {
+                let bound = if q_or_k {
                     rotated_norm_weights(graph, x)
                 } else {
                     None
@@ -166,12 +170,16 @@ fn rewrite(
                         }
                     }
                 };
-                quantized.insert(x, q);
+                quantized.insert((x, q_or_k), q);
+                if q.factor == 1.0 {
+                    // Quantized by its own absmax: as good for v.
+                    quantized.insert((x, false), q);
+                }
                 q
             }
         };
         args.extend([q.x8, q.scale]);
-        if i < 2 {
+        if q_or_k {
             score_scale *= q.factor;
         }
     }

@@ -246,3 +246,45 @@ fn the_pipeline_runs_it_in_the_fp8_step() {
         }
     }
 }
+
+/// One RMS-normalized, rotated tensor read as q, k and v: q and k take the
+/// norm bound (and give the score scale their √D), v its own absmax, so
+/// the result still matches bf16 attention. (Sharing q's quantization with
+/// v would scale the output by √D.)
+#[test]
+fn a_rotated_tensor_read_as_v_too_is_quantized_by_its_absmax_there() {
+    let (s, heads, d) = (24, 2, 128);
+    let mut b = GraphBuilder::new();
+    let x = b.input("x", DType::BF16, [1, s, heads, d]).unwrap();
+    let ids = b.input("ids", DType::F32, [s, 3]).unwrap();
+    let w = b.weight("norm.weight", DType::BF16, [d]).unwrap();
+    b.push_scope("blocks.0.attn");
+    let table = b.rope_table(ids, &[16, 56, 56], 10000.0).unwrap();
+    let normed = b.rms_norm(x, Some(w), 1e-6).unwrap();
+    let rotated = b.apply_rope(normed, table).unwrap();
+    let o = b.attention(rotated, rotated, rotated).unwrap();
+    b.pop_scope();
+    b.output("y", o).unwrap();
+    let original = b.finish().unwrap();
+
+    let mut g = original.clone();
+    insert_fp8_attention(&mut g, Fp8Mode::DynamicTensor, &with_attention()).unwrap();
+    verify(&g).unwrap();
+    let [a] = nodes_where(&g, |op| matches!(op, Op::ScaledAttention { .. }))[..] else {
+        panic!("expected one scaled_attention")
+    };
+    let ops = g.operands(a);
+    // q and k share one quantization; v has its own, by its absmax.
+    assert_eq!((ops[0], ops[1]), (ops[2], ops[3]));
+    assert_ne!(ops[4], ops[0]);
+    assert_eq!(g.operands(ops[5]), [rotated]);
+    // 1/√D, times √D for q and for k.
+    let Op::ScaledAttention { scale } = g.node(a).op else {
+        unreachable!()
+    };
+    assert!((scale.get() - (d as f32).sqrt()).abs() < 1e-5, "{scale}");
+    let inputs = random_inputs(&original, 7);
+    let error = run(&g, &inputs, "y").rel_l2(&run(&original, &inputs, "y"));
+    println!("q = k = v rotated: fp8 vs bf16 attention, relative L2 {error:.3e}");
+    assert!(error < ATTENTION_TOL, "{error:e}");
+}
