@@ -78,19 +78,8 @@ impl TensorMapSpec {
         head_dim: u32,
         rows: u32,
     ) -> Self {
-        let (batch, seq, heads, d) = (
-            u64::from(batch.max(1)),
-            u64::from(seq.max(1)),
-            u64::from(heads),
-            u64::from(head_dim),
-        );
-        TensorMapSpec {
-            address,
-            element: MapElement::Bf16,
-            dims: [d, heads, seq, batch],
-            strides: [2 * d, 2 * d * heads, 2 * d * heads * seq],
-            box_dims: [64, 1, rows, 1],
-        }
+        let shape = [batch, seq, heads, head_dim];
+        Self::sequence_operand(address, MapElement::Bf16, shape, [64, rows])
     }
 
     /// An fp8 attention operand (q or k): contiguous e4m3
@@ -107,18 +96,32 @@ impl TensorMapSpec {
         head_dim: u32,
         rows: u32,
     ) -> Self {
+        let shape = [batch, seq, heads, head_dim];
+        Self::sequence_operand(address, MapElement::U8, shape, [head_dim, rows])
+    }
+
+    /// Contiguous `[batch, seq, heads, head_dim]` of `element`s at `address`
+    /// as the view `[head_dim, heads, seq, batch]`, in boxes of
+    /// `[inner, 1, rows, 1]`; an empty sequence as one row.
+    fn sequence_operand(
+        address: u64,
+        element: MapElement,
+        [batch, seq, heads, head_dim]: [u32; 4],
+        [inner, rows]: [u32; 2],
+    ) -> Self {
         let (batch, seq, heads, d) = (
             u64::from(batch.max(1)),
             u64::from(seq.max(1)),
             u64::from(heads),
             u64::from(head_dim),
         );
+        let e = element.bytes();
         TensorMapSpec {
             address,
-            element: MapElement::U8,
+            element,
             dims: [d, heads, seq, batch],
-            strides: [d, d * heads, d * heads * seq],
-            box_dims: [head_dim, 1, rows, 1],
+            strides: [e * d, e * d * heads, e * d * heads * seq],
+            box_dims: [inner, 1, rows, 1],
         }
     }
 

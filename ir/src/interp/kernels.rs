@@ -422,8 +422,21 @@ fn softmax(x: &Tensor) -> Vec<f32> {
     out
 }
 
+/// The scores of query row `i` of batch `bi`, head `hi` against every key,
+/// `q·k · scale` accumulated in f64 and rounded to f32, into `scores`.
+fn row_scores(q: &Tensor, k: &Tensor, scale: f32, [bi, hi, i]: [usize; 3], scores: &mut Vec<f32>) {
+    let [_, sq, h, d] = dims4(&q.shape);
+    let sk = k.shape.dims()[1];
+    let qrow = &q.data[((bi * sq + i) * h + hi) * d..][..d];
+    scores.clear();
+    for j in 0..sk {
+        let krow = &k.data[((bi * sk + j) * h + hi) * d..][..d];
+        scores.push((dot(qrow, krow) * scale as f64) as f32);
+    }
+}
+
 fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Vec<f32> {
-    let [b, sq, h, d] = dims4(&q.shape);
+    let [b, sq, h, _] = dims4(&q.shape);
     let sk = k.shape.dims()[1];
     let dv = v.shape.dims()[3];
     let mut out = vec![0f32; b * sq * h * dv];
@@ -432,12 +445,7 @@ fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Vec<f32> {
     for bi in 0..b {
         for hi in 0..h {
             for i in 0..sq {
-                let qrow = &q.data[((bi * sq + i) * h + hi) * d..][..d];
-                scores.clear();
-                for j in 0..sk {
-                    let krow = &k.data[((bi * sk + j) * h + hi) * d..][..d];
-                    scores.push((dot(qrow, krow) * scale as f64) as f32);
-                }
+                row_scores(q, k, scale, [bi, hi, i], &mut scores);
                 probs.clear();
                 softmax_row(&scores, &mut probs);
                 let orow = &mut out[((bi * sq + i) * h + hi) * dv..][..dv];
@@ -478,7 +486,7 @@ fn scaled_attention(args: &[&Tensor], scale: f32) -> Vec<f32> {
     let q = dequantize(args[0], args[1]);
     let k = dequantize(args[2], args[3]);
     let v = dequantize(args[4], args[5]);
-    let [b, sq, h, d] = dims4(&q.shape);
+    let [b, sq, h, _] = dims4(&q.shape);
     let sk = k.shape.dims()[1];
     let dv = v.shape.dims()[3];
     let mut out = vec![0f32; b * sq * h * dv];
@@ -490,12 +498,7 @@ fn scaled_attention(args: &[&Tensor], scale: f32) -> Vec<f32> {
     for bi in 0..b {
         for hi in 0..h {
             for i in 0..sq {
-                let qrow = &q.data[((bi * sq + i) * h + hi) * d..][..d];
-                scores.clear();
-                for j in 0..sk {
-                    let krow = &k.data[((bi * sk + j) * h + hi) * d..][..d];
-                    scores.push((dot(qrow, krow) * scale as f64) as f32);
-                }
+                row_scores(&q, &k, scale, [bi, hi, i], &mut scores);
                 let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let mut sum = 0f64;
                 p8.clear();
