@@ -23,6 +23,9 @@
 # TIME_LIMIT (seconds, default none): the torch.compile peers get only what
 # is left of it (minus a minute for the report) and are skipped when that
 # is under two minutes, so a run that must end in time still reports.
+# With as many GPUs as torch.compile peers, the peers compile and run at
+# once, each on its own GPU (their compiles take minutes each: bf16 and
+# fp8 together do not fit one 10-minute call on one GPU).
 # Reports go to $OUT (default ./out), every log packed in $OUT/logs.tar.gz.
 set -euo pipefail
 OUT=${OUT:-out}
@@ -108,20 +111,57 @@ if [[ " $STEPS " == *" forward "* ]]; then
             status=1
         fi
     done
-    for fp8 in $TORCH_COMPILE; do
-        [[ "$fp8" == bf16 ]] && fp8=off
+    gpus=$(nvidia-smi -L | wc -l)
+    peers=($TORCH_COMPILE)
+    if (( ${#peers[@]} > 1 && gpus >= ${#peers[@]} )); then
+        # One GPU per peer, all at once: their compiles (minutes each) add
+        # up to more than one 10-minute device call holds. Each times its
+        # forward on its own GPU (the same model of GPU as the others).
         limit=()
         if (( TIME_LIMIT > 0 )); then
             left=$((TIME_LIMIT - SECONDS - 60))
             if (( left < 120 )); then
-                echo "torch.compile $fp8 skipped: ${left} s left of TIME_LIMIT=$TIME_LIMIT" | tee "$OUT/torch_compile_$fp8.log"
-                continue
+                echo "torch.compile peers skipped: ${left} s left of TIME_LIMIT=$TIME_LIMIT" \
+                    | tee "$OUT/torch_compile.log"
+                peers=()
             fi
             limit=(timeout "$left")
         fi
-        "${limit[@]}" python3 benches/peers/torch_compile.py --dir "$WORK" --fp8 "$fp8" 2>&1 \
-            | tee "$OUT/torch_compile_$fp8.log" || status=1
-    done
+        pids=()
+        for i in "${!peers[@]}"; do
+            fp8=${peers[$i]}
+            [[ "$fp8" == bf16 ]] && fp8=off
+            CUDA_VISIBLE_DEVICES=$i "${limit[@]}" python3 benches/peers/torch_compile.py --dir "$WORK" \
+                --fp8 "$fp8" --timings-out "$WORK/timing_torch_compile_$fp8.json" \
+                > "$OUT/torch_compile_$fp8.log" 2>&1 &
+            pids+=($!)
+        done
+        for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+        python3 - "$WORK" <<'MERGE'
+import json, pathlib, sys
+work = pathlib.Path(sys.argv[1])
+path = work / "diffusers.json"
+timings = json.loads(path.read_text())
+for part in sorted(work.glob("timing_torch_compile_*.json")):
+    timings.update(json.loads(part.read_text()))
+path.write_text(json.dumps(timings, indent=2))
+MERGE
+    else
+        for fp8 in $TORCH_COMPILE; do
+            [[ "$fp8" == bf16 ]] && fp8=off
+            limit=()
+            if (( TIME_LIMIT > 0 )); then
+                left=$((TIME_LIMIT - SECONDS - 60))
+                if (( left < 120 )); then
+                    echo "torch.compile $fp8 skipped: ${left} s left of TIME_LIMIT=$TIME_LIMIT" | tee "$OUT/torch_compile_$fp8.log"
+                    continue
+                fi
+                limit=(timeout "$left")
+            fi
+            "${limit[@]}" python3 benches/peers/torch_compile.py --dir "$WORK" --fp8 "$fp8" 2>&1 \
+                | tee "$OUT/torch_compile_$fp8.log" || status=1
+        done
+    fi
     if (( ${#compared[@]} )); then
         python3 benches/peers/compare.py --dir "$WORK" "${compared[@]}" --commit "${COMMIT:-unknown}" \
             --command "MODEL=$MODEL HEIGHT=$HEIGHT WIDTH=$WIDTH TEXT_TOKENS=$TEXT_TOKENS VARIANTS='$VARIANTS' TORCHAO=$TORCHAO FLOORS=$FLOORS TORCH_COMPILE='$TORCH_COMPILE' benches/peers/run_h200.sh" \

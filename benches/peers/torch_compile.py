@@ -18,6 +18,7 @@ Writes, under --dir:
     torch_compile_{label}.safetensors   `sample` of the compiled forward
     diffusers.json                      gains `torch_compile_{label}`: time per
                                         forward (median/min/max ms) and compile_s
+                                        (or --timings-out gets it alone)
 where label is bf16, fp8_tensor or fp8_row.
 """
 
@@ -40,6 +41,9 @@ def main():
     p.add_argument("--mode", default="max-autotune-no-cudagraphs")
     p.add_argument("--whole", action="store_true", help="compile the whole model, not only the repeated blocks")
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--timings-out", type=pathlib.Path,
+                   help="write this peer's timing to this JSON file instead of adding it to "
+                        "diffusers.json (for several peers running at once)")
     a = p.parse_args()
     label = "bf16" if a.fp8 == "off" else f"fp8_{a.fp8}"
 
@@ -72,10 +76,13 @@ def main():
     timing["recipe"] = f"mode={a.mode}, {'whole model' if a.whole else 'regional (repeated blocks)'}"
     sample = forward(model, x, torch.bfloat16)
     save_file({"sample": sample.float().cpu().contiguous()}, a.dir / f"torch_compile_{label}.safetensors")
-    timings_path = a.dir / "diffusers.json"
-    timings = json.loads(timings_path.read_text())
-    timings[f"torch_compile_{label}"] = timing
-    timings_path.write_text(json.dumps(timings, indent=2))
+    if a.timings_out:
+        a.timings_out.write_text(json.dumps({f"torch_compile_{label}": timing}, indent=2))
+    else:
+        timings_path = a.dir / "diffusers.json"
+        timings = json.loads(timings_path.read_text())
+        timings[f"torch_compile_{label}"] = timing
+        timings_path.write_text(json.dumps(timings, indent=2))
     print(f"torch.compile {label}: {timing}", flush=True)
 
 
