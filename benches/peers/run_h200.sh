@@ -39,6 +39,12 @@ VARIANTS=${VARIANTS:-bf16 fp8-tensor fp8-row}
 TORCHAO=${TORCHAO:-1}
 FLOORS=${FLOORS:-1}
 TORCH_COMPILE=${TORCH_COMPILE:-}
+# torch.compile mode of the fp8 peers: max-autotune's search over fp8 GEMM
+# templates took 76-97 s per GEMM shape on the H200 (106 candidates each,
+# benches/results/2026-11-29_bde70cb_torch_compile_fp8_tensor_max_autotune_killed.log),
+# more than a 10-minute call holds for FLUX's ~10 shapes; ../shared/GPU.md's
+# fp8 anchor (115.7 ms) is the default mode too. The mode is in the report.
+TORCH_COMPILE_FP8_MODE=${TORCH_COMPILE_FP8_MODE:-default}
 TIME_LIMIT=${TIME_LIMIT:-0}
 mkdir -p "$OUT"
 
@@ -131,8 +137,10 @@ if [[ " $STEPS " == *" forward "* ]]; then
         for i in "${!peers[@]}"; do
             fp8=${peers[$i]}
             [[ "$fp8" == bf16 ]] && fp8=off
+            mode=()
+            [[ "$fp8" != off ]] && mode=(--mode "$TORCH_COMPILE_FP8_MODE")
             CUDA_VISIBLE_DEVICES=$i "${limit[@]}" python3 benches/peers/torch_compile.py --dir "$WORK" \
-                --fp8 "$fp8" --timings-out "$WORK/timing_torch_compile_$fp8.json" \
+                --fp8 "$fp8" "${mode[@]}" --timings-out "$WORK/timing_torch_compile_$fp8.json" \
                 > "$OUT/torch_compile_$fp8.log" 2>&1 &
             pids+=($!)
         done
@@ -158,13 +166,15 @@ MERGE
                 fi
                 limit=(timeout "$left")
             fi
-            "${limit[@]}" python3 benches/peers/torch_compile.py --dir "$WORK" --fp8 "$fp8" 2>&1 \
+            mode=()
+            [[ "$fp8" != off ]] && mode=(--mode "$TORCH_COMPILE_FP8_MODE")
+            "${limit[@]}" python3 benches/peers/torch_compile.py --dir "$WORK" --fp8 "$fp8" "${mode[@]}" 2>&1 \
                 | tee "$OUT/torch_compile_$fp8.log" || status=1
         done
     fi
     if (( ${#compared[@]} )); then
         python3 benches/peers/compare.py --dir "$WORK" "${compared[@]}" --commit "${COMMIT:-unknown}" \
-            --command "MODEL=$MODEL HEIGHT=$HEIGHT WIDTH=$WIDTH TEXT_TOKENS=$TEXT_TOKENS VARIANTS='$VARIANTS' TORCHAO=$TORCHAO FLOORS=$FLOORS TORCH_COMPILE='$TORCH_COMPILE' benches/peers/run_h200.sh" \
+            --command "MODEL=$MODEL HEIGHT=$HEIGHT WIDTH=$WIDTH TEXT_TOKENS=$TEXT_TOKENS VARIANTS='$VARIANTS' TORCHAO=$TORCHAO FLOORS=$FLOORS TORCH_COMPILE='$TORCH_COMPILE' TORCH_COMPILE_FP8_MODE=$TORCH_COMPILE_FP8_MODE benches/peers/run_h200.sh" \
             --name "forward_${MODEL}_${HEIGHT}x${WIDTH}_t$TEXT_TOKENS" --out "$OUT"
     fi
 fi

@@ -13,6 +13,8 @@ linears fluxc's default fp8 policy selects (make_reference.fp8_policy).
 By default only the repeated blocks are compiled (diffusers'
 `compile_repeated_blocks`, "regional" compilation), which keeps the compile
 time within what a benchmark run can afford; --whole compiles the model.
+run_h200.sh compiles the fp8 peers with --mode default (its
+TORCH_COMPILE_FP8_MODE says why); the mode is recorded with the timing.
 
 Writes, under --dir:
     torch_compile_{label}.safetensors   `sample` of the compiled forward
