@@ -42,8 +42,8 @@
 //!
 //! When: the pass runs in the pipeline's `fp8` step when the fp8 mode is not
 //! off *and* the [`Fp8Policy`]'s `attention` switch is on (`[passes]
-//! fp8_attention = true`; off by default until the kernel is measured on the
-//! GPU). The scales are per tensor whatever the mode: the mode's per-row
+//! fp8_attention`, on by default: measured faster on the H200 at the same
+//! error). The scales are per tensor whatever the mode: the mode's per-row
 //! choice is about linears, and a per-tensor scale is what the kernel folds
 //! into its score scale (`q_scale · k_scale`) and its output (`v_scale`)
 //! without per-element work.
