@@ -27,9 +27,10 @@ use fluxc_passes::pipeline::Optimized;
 use fluxc_runtime::attention_bench::{
     AttentionBench, AttentionProblem, AttentionResult, AttentionVariant,
 };
-use fluxc_runtime::bench::{rel_l2, BenchTiming};
+use fluxc_runtime::bench::BenchTiming;
 use fluxc_runtime::RuntimeError;
 
+use crate::candidate_check::{measured, ReferenceOutputs};
 use crate::kernel_tuning::{us_cell, Outcome};
 
 type Error = Box<dyn std::error::Error>;
@@ -195,7 +196,7 @@ fn measure(
         scale: problem.scale,
     })?;
     let failure: RefCell<Option<RuntimeError>> = RefCell::new(None);
-    let reference: RefCell<Option<Vec<f32>>> = RefCell::new(None);
+    let reference = ReferenceOutputs::new(TOLERANCE);
     let run = |config: &Config| -> Measurement {
         let Some((_, kernel)) = rendered.iter().find(|(c, _)| c == config) else {
             return Measurement::Rejected(format!(
@@ -215,26 +216,13 @@ fn measure(
             q_rows,
             kv_rows,
         };
-        let result: AttentionResult =
-            match bench.run(&variants, &prepared, &variant, BenchTiming::default()) {
-                Ok(Ok(r)) => r,
-                Ok(Err(why)) => return Measurement::Rejected(why),
-                Err(e) => {
-                    failure.borrow_mut().get_or_insert(e);
-                    return Measurement::Rejected("the GPU failed".into());
-                }
-            };
-        let mut reference = reference.borrow_mut();
-        match reference.as_ref() {
-            None => *reference = Some(result.output),
-            Some(want) => {
-                let d = rel_l2(&result.output, want);
-                if d.is_nan() || d > TOLERANCE {
-                    return Measurement::Rejected(format!(
-                        "its output differs from the default's by {d:.2e}"
-                    ));
-                }
-            }
+        let run = bench.run(&variants, &prepared, &variant, BenchTiming::default());
+        let result: AttentionResult = match measured(run, &failure) {
+            Ok(r) => r,
+            Err(rejected) => return rejected,
+        };
+        if let Err(rejected) = reference.check(vec![result.output]) {
+            return rejected;
         }
         Measurement::Time(result.us)
     };

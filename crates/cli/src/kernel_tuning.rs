@@ -26,9 +26,10 @@ use fluxc_codegen::launch::{
 };
 use fluxc_codegen::{KernelSource, LaunchConfig};
 use fluxc_passes::pipeline::Optimized;
-use fluxc_runtime::bench::rel_l2;
 use fluxc_runtime::kernel_bench::{BenchLaunch, BenchParam, BenchResult, BenchTiming, KernelBench};
 use fluxc_runtime::RuntimeError;
+
+use crate::candidate_check::{measured, ReferenceOutputs};
 
 /// The chosen launch configuration of each tuned kernel, by its default
 /// source (what [`fluxc_codegen::generate_with`] is asked about).
@@ -260,9 +261,8 @@ fn measure_kernel(
         })
         .collect();
     let prepared = bench.prepare(&params, kernel.default.scratch_words)?;
-    let tolerance = tolerance(&params);
     let failure: RefCell<Option<RuntimeError>> = RefCell::new(None);
-    let reference: RefCell<Option<Vec<Vec<f32>>>> = RefCell::new(None);
+    let reference = ReferenceOutputs::new(tolerance(&params));
     let run = |config: &Config| -> Measurement {
         let Some((_, name, v)) = rendered.iter().find(|(c, _, _)| c == config) else {
             return Measurement::Rejected("not a valid configuration of this kernel".into());
@@ -273,28 +273,13 @@ fn measure_kernel(
             block: v.block,
             scratch_words: v.scratch_words,
         };
-        let result: BenchResult =
-            match bench.run(&variants, &prepared, &launch, BenchTiming::default()) {
-                Ok(Ok(r)) => r,
-                Ok(Err(why)) => return Measurement::Rejected(why),
-                Err(e) => {
-                    failure.borrow_mut().get_or_insert(e);
-                    return Measurement::Rejected("the GPU failed".into());
-                }
-            };
-        let mut reference = reference.borrow_mut();
-        match reference.as_ref() {
-            None => *reference = Some(result.outputs),
-            Some(want) => {
-                for (got, want) in result.outputs.iter().zip(want) {
-                    let d = rel_l2(got, want);
-                    if d.is_nan() || d > tolerance {
-                        return Measurement::Rejected(format!(
-                            "its output differs from the default's by {d:.2e}"
-                        ));
-                    }
-                }
-            }
+        let run = bench.run(&variants, &prepared, &launch, BenchTiming::default());
+        let result: BenchResult = match measured(run, &failure) {
+            Ok(r) => r,
+            Err(rejected) => return rejected,
+        };
+        if let Err(rejected) = reference.check(result.outputs) {
+            return rejected;
         }
         Measurement::Time(result.us)
     };
@@ -396,6 +381,7 @@ pub fn cached_kernels(
 mod tests {
     use super::*;
     use fluxc_artifact::ElemType;
+    use fluxc_runtime::bench::rel_l2;
 
     #[test]
     fn narrow_outputs_get_a_looser_tolerance() {

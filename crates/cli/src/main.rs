@@ -5,6 +5,7 @@
 //! errors exit with 2 through clap).
 
 mod attention_tuning;
+mod candidate_check;
 mod check;
 mod compile;
 mod compile_pipeline;
