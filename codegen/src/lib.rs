@@ -334,6 +334,7 @@ pub fn generate_with(
                 q,
                 k,
                 v,
+                scales,
                 kernel,
                 grid,
                 dims,
@@ -348,7 +349,7 @@ pub fn generate_with(
                     shared_bytes: kernel.shared_bytes,
                     q: tensor(*q),
                     k: tensor(*k),
-                    v: tensor(*v),
+                    v: tensor_of(*v),
                     out: tensor(*node),
                     batch: dims[0],
                     heads: dims[1],
@@ -356,7 +357,11 @@ pub fn generate_with(
                     seq_kv: dims[3],
                     head_dim: dims[4],
                     scale: *scale,
-                    scales: None,
+                    scales: scales.map(|[q, k, v]| AttentionScales {
+                        q: tensor(q),
+                        k: tensor(k),
+                        v: tensor(v),
+                    }),
                 })
             }
             PendingStep::VLayout {
@@ -382,47 +387,6 @@ pub fn generate_with(
                         Arg::I32(int(*seq_kv)?),
                         Arg::I32(int(*heads)?),
                     ],
-                })
-            }
-            PendingStep::Fp8Attention {
-                node,
-                q8,
-                k8,
-                vt,
-                scales,
-                kernel,
-                q_rows,
-                kv_rows,
-                vt_keys,
-                dims,
-                scale,
-            } => {
-                attention_sources.insert(kernel.name.clone(), kernel.source.clone());
-                Step::Attention(Attention {
-                    kernel: kernel.name.clone(),
-                    operands: AttentionOperands::Fp8TensorMaps {
-                        q_rows: *q_rows,
-                        kv_rows: *kv_rows,
-                        vt_keys: *vt_keys,
-                    },
-                    grid: kernel.grid,
-                    block: [kernel.threads, 1, 1],
-                    shared_bytes: kernel.shared_bytes,
-                    q: tensor(*q8),
-                    k: tensor(*k8),
-                    v: tensor_of(Buf::Temp(*vt)),
-                    out: tensor(*node),
-                    batch: dims[0],
-                    heads: dims[1],
-                    seq_q: dims[2],
-                    seq_kv: dims[3],
-                    head_dim: dims[4],
-                    scale: *scale,
-                    scales: Some(AttentionScales {
-                        q: tensor(scales[0]),
-                        k: tensor(scales[1]),
-                        v: tensor(scales[2]),
-                    }),
                 })
             }
         });

@@ -36,6 +36,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use fluxc_artifact::AttentionOperands;
 use fluxc_ir::{DType, Graph, NodeId, Op, OpClass};
 use fluxc_passes::fusion::{FusionPlan, GroupKind};
 
@@ -102,7 +103,7 @@ pub struct Product {
     pub dtype: DType,
 }
 
-/// A hand-written kernel's launch (the fp8 attention's two kernels), copied
+/// A hand-written kernel's launch (fp8 attention's V layout kernel), copied
 /// out of the kernel API's types: what the schedule needs of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FixedLaunch {
@@ -152,16 +153,19 @@ pub enum PendingStep {
     },
     /// A matmul over any buffers.
     Product(Product),
-    /// The attention kernel.
+    /// The attention kernel (bf16 or fp8).
     Attention {
         /// The attention node.
         node: NodeId,
-        /// Queries, keys, values (materialized `[B, S, H, D]`).
+        /// Queries, keys (materialized `[B, S, H, D]`).
         q: NodeId,
         /// Keys.
         k: NodeId,
-        /// Values.
-        v: NodeId,
+        /// Values: the node (`[B, S, H, D]`), or fp8 attention's
+        /// key-innermost copy (the V layout kernel's temporary).
+        v: Buf,
+        /// fp8 attention's per-tensor scales of q, k and v.
+        scales: Option<[NodeId; 3]>,
         /// The kernel.
         kernel: AttentionKernel,
         /// Grid.
@@ -183,31 +187,6 @@ pub enum PendingStep {
         seq_kv: u32,
         /// Heads.
         heads: u32,
-    },
-    /// The fp8 attention kernel.
-    Fp8Attention {
-        /// The scaled attention node (its output, bf16).
-        node: NodeId,
-        /// e4m3 queries, contiguous `[B, Sq, H, D]`.
-        q8: NodeId,
-        /// e4m3 keys, contiguous `[B, Sk, H, D]`.
-        k8: NodeId,
-        /// The V layout kernel's copy of the values.
-        vt: Temp,
-        /// The f32 `[1]` scales of q, k and v.
-        scales: [NodeId; 3],
-        /// The launch.
-        kernel: FixedLaunch,
-        /// Box rows of q (the query tile).
-        q_rows: u32,
-        /// Box rows of k, box keys of vt (the key tile).
-        kv_rows: u32,
-        /// Keys per row of vt (`padded_keys(seq_kv)`).
-        vt_keys: u32,
-        /// `[batch, heads, seq_q, seq_kv, head_dim]`.
-        dims: [u32; 5],
-        /// Score scale.
-        scale: f32,
     },
 }
 
@@ -235,15 +214,14 @@ impl PendingStep {
             .map(Buf::Node)
             .collect(),
             PendingStep::Product(p) => vec![p.a.buf, p.b.buf],
-            PendingStep::Attention { q, k, v, .. } => [*q, *k, *v].map(Buf::Node).to_vec(),
-            PendingStep::VLayout { v8, .. } => vec![Buf::Node(*v8)],
-            PendingStep::Fp8Attention {
-                q8, k8, vt, scales, ..
+            PendingStep::Attention {
+                q, k, v, scales, ..
             } => {
-                let mut bufs = vec![Buf::Node(*q8), Buf::Node(*k8), Buf::Temp(*vt)];
-                bufs.extend(scales.map(Buf::Node));
+                let mut bufs = vec![Buf::Node(*q), Buf::Node(*k), *v];
+                bufs.extend(scales.iter().flatten().copied().map(Buf::Node));
                 bufs
             }
+            PendingStep::VLayout { v8, .. } => vec![Buf::Node(*v8)],
         }
     }
 
@@ -260,7 +238,6 @@ impl PendingStep {
             PendingStep::Product(p) => vec![p.d.buf],
             PendingStep::Attention { node, .. } => vec![Buf::Node(*node)],
             PendingStep::VLayout { vt, .. } => vec![Buf::Temp(*vt)],
-            PendingStep::Fp8Attention { node, .. } => vec![Buf::Node(*node)],
         }
     }
 }
@@ -522,7 +499,8 @@ fn lower_attention(graph: &Graph, node: NodeId) -> Result<Vec<PendingStep>, Code
         node,
         q,
         k,
-        v,
+        v: Buf::Node(v),
+        scales: None,
         kernel,
         grid,
         dims,
@@ -587,22 +565,25 @@ fn lower_scaled_attention(
             seq_kv,
             heads,
         },
-        PendingStep::Fp8Attention {
+        PendingStep::Attention {
             node,
-            q8,
-            k8,
-            vt,
-            scales: [qs, ks, vs],
-            kernel: FixedLaunch {
-                grid: attention_fp8_grid(&kernel, batch, heads, seq_q),
+            q: q8,
+            k: k8,
+            v: Buf::Temp(vt),
+            scales: Some([qs, ks, vs]),
+            grid: attention_fp8_grid(&kernel, batch, heads, seq_q),
+            kernel: AttentionKernel {
+                operands: AttentionOperands::Fp8TensorMaps {
+                    q_rows: kernel.block_m,
+                    kv_rows: kernel.block_n,
+                    vt_keys,
+                },
                 name: kernel.name,
                 source: kernel.source,
+                block_m: kernel.block_m,
                 threads: kernel.threads,
                 shared_bytes: kernel.shared_bytes,
             },
-            q_rows: kernel.block_m,
-            kv_rows: kernel.block_n,
-            vt_keys,
             dims: [batch, heads, seq_q, seq_kv, head_dim],
             scale,
         },
