@@ -142,6 +142,25 @@ fn engine(artifact: &Path, checkpoint: &Path) -> Engine {
     Engine::load(artifact, checkpoint, &options).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The interpreter's inputs for `optimized`: the (derived) weights read from
+/// the checkpoint in `dir` under `cfg`'s names, and the activations `io`.
+fn interpreter_inputs(
+    optimized: &Optimized,
+    cfg: &ModelConfig,
+    dir: &Path,
+    io: HashMap<String, Tensor>,
+) -> Result<HashMap<String, Tensor>, String> {
+    let mut inputs = load_derived_weights(
+        &optimized.graph,
+        &optimized.weights,
+        dir,
+        NameMap::of(cfg).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    inputs.extend(io);
+    Ok(inputs)
+}
+
 /// Every arena buffer of the run next to the interpreter's value of the same
 /// node; returns the worst relative L2 error and where.
 fn worst_buffer(
@@ -220,14 +239,9 @@ fn tiny_models_match_diffusers_and_the_interpreter() {
                 let sample =
                     Tensor::new(expected.shape.clone(), e.output("sample").unwrap()).unwrap();
                 let error = sample.rel_l2(&expected);
-                let mut inputs = load_derived_weights(
-                    &optimized.graph,
-                    &optimized.weights,
-                    &fixtures.join(checkpoint),
-                    NameMap::of(&cfg).unwrap(),
-                )
-                .unwrap();
-                inputs.extend(io.clone());
+                let inputs =
+                    interpreter_inputs(&optimized, &cfg, &fixtures.join(checkpoint), io.clone())
+                        .unwrap();
                 let (worst, at) = worst_buffer(&e, &generated, &optimized.graph, &inputs);
                 println!(
                     "{preset} epilogue_fusion={epilogue_fusion} {checkpoint}: sample vs diffusers {error:.3e}; worst buffer vs interpreter {worst:.3e} ({at})"
@@ -266,14 +280,7 @@ fn tiny_models_in_bf16_stay_within_bf16_error() {
         }
         set_inputs(&mut e, &io);
         e.run().unwrap();
-        let mut inputs = load_derived_weights(
-            &optimized.graph,
-            &optimized.weights,
-            &fixtures.join("diffusers"),
-            NameMap::of(&cfg).unwrap(),
-        )
-        .unwrap();
-        inputs.extend(io);
+        let inputs = interpreter_inputs(&optimized, &cfg, &fixtures.join("diffusers"), io).unwrap();
         let reference = interp::run(&optimized.graph, &inputs).unwrap()["sample"].clone();
         let sample = Tensor::new(reference.shape.clone(), e.output("sample").unwrap()).unwrap();
         let error = sample.rel_l2(&reference);
@@ -377,14 +384,7 @@ fn fp8_case(preset: &str, fp8: Fp8Mode) -> Result<Fp8Result, String> {
     }
     set_inputs(&mut e, &io);
     e.run().map_err(|e| e.to_string())?;
-    let mut inputs = load_derived_weights(
-        &optimized.graph,
-        &optimized.weights,
-        &fixtures.join("diffusers"),
-        NameMap::of(&cfg).unwrap(),
-    )
-    .map_err(|e| e.to_string())?;
-    inputs.extend(io.clone());
+    let inputs = interpreter_inputs(&optimized, &cfg, &fixtures.join("diffusers"), io.clone())?;
     let reference = interp::run(&optimized.graph, &inputs).unwrap()["sample"].clone();
     let sample = Tensor::new(
         reference.shape.clone(),
@@ -400,14 +400,7 @@ fn fp8_case(preset: &str, fp8: Fp8Mode) -> Result<Fp8Result, String> {
         &cfg32.passes.options(),
     )
     .map_err(|e| e.to_string())?;
-    let mut inputs32 = load_derived_weights(
-        &plain.graph,
-        &plain.weights,
-        &fixtures.join("diffusers"),
-        NameMap::of(&cfg32).unwrap(),
-    )
-    .map_err(|e| e.to_string())?;
-    inputs32.extend(io);
+    let inputs32 = interpreter_inputs(&plain, &cfg32, &fixtures.join("diffusers"), io)?;
     let expected = interp::run(&plain.graph, &inputs32).unwrap()["sample"].clone();
     Ok(Fp8Result {
         vs_interpreter: sample.rel_l2(&reference),
@@ -767,14 +760,9 @@ fn tiny_vae_matches_diffusers_and_the_interpreter() {
             let shape = [1, 32, 32, 3];
             let sample = Tensor::new(shape, e.output("sample").unwrap()).unwrap();
             let error = permute4(&sample, [0, 3, 1, 2]).rel_l2(&expected);
-            let mut inputs = load_derived_weights(
-                &optimized.graph,
-                &optimized.weights,
-                &fixtures.join(checkpoint),
-                NameMap::of(&cfg).unwrap(),
-            )
-            .unwrap();
-            inputs.extend(io.clone());
+            let inputs =
+                interpreter_inputs(&optimized, &cfg, &fixtures.join(checkpoint), io.clone())
+                    .unwrap();
             let (worst, at) = worst_buffer(&e, &generated, &optimized.graph, &inputs);
             let case = format!("tiny-vae epilogue_fusion={epilogue_fusion} {checkpoint}");
             println!(
@@ -808,14 +796,7 @@ fn tiny_vae_in_bf16_stays_within_bf16_error() {
     let (io, _) = vae_fixture();
     set_inputs(&mut e, &io);
     e.run().unwrap();
-    let mut inputs = load_derived_weights(
-        &optimized.graph,
-        &optimized.weights,
-        &fixtures.join("diffusers"),
-        NameMap::of(&cfg).unwrap(),
-    )
-    .unwrap();
-    inputs.extend(io);
+    let inputs = interpreter_inputs(&optimized, &cfg, &fixtures.join("diffusers"), io).unwrap();
     let reference = interp::run(&optimized.graph, &inputs).unwrap()["sample"].clone();
     let sample = Tensor::new(reference.shape.clone(), e.output("sample").unwrap()).unwrap();
     let error = sample.rel_l2(&reference);
