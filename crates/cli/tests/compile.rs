@@ -18,6 +18,20 @@ fn tiny() -> PathBuf {
     repo().join("models/tiny-schnell.toml")
 }
 
+/// tiny-schnell's model.toml in bf16 with heads of 64 (hidden 128), so that
+/// its attention is the tensor-core kernel.
+fn tiny_bf16_d64() -> String {
+    std::fs::read_to_string(tiny())
+        .unwrap()
+        .replace("dtype = \"f32\"", "dtype = \"bf16\"")
+        .replace("attention_head_dim = 16", "attention_head_dim = 64")
+        .replace("hidden_size = 32", "hidden_size = 128")
+        .replace(
+            "axes_dims_rope = [4, 6, 6]",
+            "axes_dims_rope = [16, 24, 24]",
+        )
+}
+
 /// `fluxc compile -o out [extra...] tiny-schnell.toml`.
 fn compile_tiny(out: &Path, extra: &[&std::ffi::OsStr]) -> assert_cmd::assert::Assert {
     fluxc()
@@ -389,15 +403,7 @@ fn a_tuning_cache_gives_attention_its_recorded_tiles() {
     // tensor-core kernel (19 tokens: 12 image + 7 text).
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("tiny-bf16-d64.toml");
-    let text = std::fs::read_to_string(tiny())
-        .unwrap()
-        .replace("dtype = \"f32\"", "dtype = \"bf16\"")
-        .replace("attention_head_dim = 16", "attention_head_dim = 64")
-        .replace("hidden_size = 32", "hidden_size = 128")
-        .replace(
-            "axes_dims_rope = [4, 6, 6]",
-            "axes_dims_rope = [16, 24, 24]",
-        );
+    let text = tiny_bf16_d64();
     std::fs::write(&model, text).unwrap();
     let cfg = fluxc_models::ModelConfig::load(&model).unwrap();
     let graph = fluxc_models::build_graph(&cfg).unwrap();
@@ -466,16 +472,7 @@ fn a_tuning_cache_keeps_the_shapes_it_measured_faster_in_bf16() {
     // linear of at least 8 rows.
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("tiny-fp8.toml");
-    let text = std::fs::read_to_string(tiny())
-        .unwrap()
-        .replace("dtype = \"f32\"", "dtype = \"bf16\"")
-        .replace("attention_head_dim = 16", "attention_head_dim = 64")
-        .replace("hidden_size = 32", "hidden_size = 128")
-        .replace(
-            "axes_dims_rope = [4, 6, 6]",
-            "axes_dims_rope = [16, 24, 24]",
-        )
-        + "fp8 = \"dynamic-row\"\nfp8_min_rows = 8\n";
+    let text = tiny_bf16_d64() + "fp8 = \"dynamic-row\"\nfp8_min_rows = 8\n";
     std::fs::write(&model, text).unwrap();
     let cfg = fluxc_models::ModelConfig::load(&model).unwrap();
     let options = cfg.passes.options();
