@@ -26,7 +26,9 @@ mod schedule;
 mod tuning;
 mod weights;
 
-pub use manifest::{content_hash, CheckpointLayout, Manifest, WeightEntry, FORMAT_VERSION};
+pub use manifest::{
+    content_hash, hash_parts, CheckpointLayout, Manifest, WeightEntry, FORMAT_VERSION,
+};
 pub use pipeline::{
     LatentShape, PipelineError, PipelineSpec, TransformerNames, VaeNames, PIPELINE_FILE,
     PIPELINE_FORMAT_VERSION, TRANSFORMER_DIR, VAE_DIR,

@@ -56,8 +56,15 @@ pub struct Manifest {
 /// The hash that ties a manifest to its schedule and kernels: SHA-256 over
 /// both files' bytes (each prefixed by its length), as lowercase hex.
 pub fn content_hash(schedule_json: &[u8], kernels_cu: &[u8]) -> String {
+    hash_parts([schedule_json, kernels_cu])
+}
+
+/// SHA-256 over `parts`, each prefixed by its length (so that moving bytes
+/// from one part to the next changes the hash), as lowercase hex: the form
+/// of every content hash fluxc keys files by.
+pub fn hash_parts<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
     let mut hasher = Sha256::new();
-    for part in [schedule_json, kernels_cu] {
+    for part in parts {
         hasher.update((part.len() as u64).to_le_bytes());
         hasher.update(part);
     }

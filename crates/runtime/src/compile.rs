@@ -14,7 +14,8 @@ use std::ffi::{c_char, c_int, CString};
 use std::path::{Path, PathBuf};
 
 use cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys};
-use sha2::{Digest, Sha256};
+
+use fluxc_artifact::hash_parts;
 
 use crate::RuntimeError;
 
@@ -50,21 +51,18 @@ pub fn cache_key(
     driver_version: i32,
     nvrtc_version: (i32, i32),
 ) -> String {
-    let mut h = Sha256::new();
-    let mut part = |bytes: &[u8]| {
-        h.update((bytes.len() as u64).to_le_bytes());
-        h.update(bytes);
-    };
-    part(b"fluxc-cubin-1");
-    part(source.as_bytes());
-    part(arch.as_bytes());
-    for o in options {
-        part(o.as_bytes());
-    }
-    part(&driver_version.to_le_bytes());
-    part(&nvrtc_version.0.to_le_bytes());
-    part(&nvrtc_version.1.to_le_bytes());
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    let versions = [driver_version, nvrtc_version.0, nvrtc_version.1].map(i32::to_le_bytes);
+    let head = [
+        b"fluxc-cubin-1".as_slice(),
+        source.as_bytes(),
+        arch.as_bytes(),
+    ];
+    let options = options.iter().map(|o| o.as_bytes());
+    hash_parts(
+        head.into_iter()
+            .chain(options)
+            .chain(versions.iter().map(|v| v.as_slice())),
+    )
 }
 
 /// Compiles `source` (the artifact's `kernels.cu`) to a CUBIN for `arch`
@@ -281,6 +279,19 @@ mod tests {
         assert_ne!(k, cache_key("src", "sm_90a", &o, 13000, (13, 1)));
         let o2 = nvrtc_options("sm_90a", &[PathBuf::from("/x")]);
         assert_ne!(k, cache_key("src", "sm_90a", &o2, 13000, (13, 0)));
+    }
+
+    /// The key's bytes are length-prefixed parts (the tag, source, arch,
+    /// each option, then the driver and NVRTC versions as little-endian
+    /// i32s): pinned, so that a change of how it is computed does not
+    /// silently orphan the kernels already cached on disk.
+    #[test]
+    fn cache_keys_are_stable() {
+        let options = ["-a".to_string(), "-b".to_string()];
+        assert_eq!(
+            cache_key("src", "sm_90a", &options, 12040, (13, 0)),
+            "4f318a6e71e860f8902307424ce481d3df2ab0f1cfa97108e1e584b371b187d7"
+        );
     }
 
     #[test]

@@ -22,9 +22,8 @@ use std::path::Path;
 use std::time::UNIX_EPOCH;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use fluxc_artifact::CheckpointLayout;
+use fluxc_artifact::{hash_parts, CheckpointLayout};
 
 use crate::weights::Fp8Weight;
 
@@ -94,21 +93,12 @@ pub fn weights_hash(layout: &CheckpointLayout, weights: &[Fp8Weight<'_>], kernel
             buffer: w.buffer,
         })
         .collect();
-    let mut hasher = Sha256::new();
-    for part in [
+    hash_parts([
         FORMAT.as_bytes(),
         &serde_json::to_vec(layout).unwrap_or_default(),
         &serde_json::to_vec(&identity).unwrap_or_default(),
         kernels.as_bytes(),
-    ] {
-        hasher.update((part.len() as u64).to_le_bytes());
-        hasher.update(part);
-    }
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    ])
 }
 
 impl Stamp {
