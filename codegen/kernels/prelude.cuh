@@ -127,3 +127,43 @@ FX_DEVICE void fx_vstore(T* p, long long i, const float* y) {
     for (int v = 0; v < N; ++v) fx_store(r.x, v, y[v]);
     *reinterpret_cast<fx_vec<N, T>*>(p + i) = r;
 }
+// fp8 vectors convert two values per instruction (the conversion unit runs
+// at a quarter of the FMA rate; one value per instruction would double its
+// work), with the same rounding as fx_store.
+template <int N, typename T>
+FX_DEVICE void fx_vstore_fp8(T* p, long long i, const float* y, __nv_fp8_interpretation_t kind) {
+    if constexpr (N % 2 != 0) {
+        fx_vec<N, T> r;
+        #pragma unroll
+        for (int v = 0; v < N; ++v) fx_store(r.x, v, y[v]);
+        *reinterpret_cast<fx_vec<N, T>*>(p + i) = r;
+    } else {
+        fx_vec<N / 2, __nv_fp8x2_storage_t> r;
+        #pragma unroll
+        for (int v = 0; v < N / 2; ++v) {
+            r.x[v] = __nv_cvt_float2_to_fp8x2(make_float2(y[2 * v], y[2 * v + 1]), __NV_SATFINITE, kind);
+        }
+        *reinterpret_cast<fx_vec<N / 2, __nv_fp8x2_storage_t>*>(p + i) = r;
+    }
+}
+template <int N>
+FX_DEVICE void fx_vstore(__nv_fp8_e4m3* p, long long i, const float* y) {
+    fx_vstore_fp8<N>(p, i, y, __NV_E4M3);
+}
+template <int N>
+FX_DEVICE void fx_vstore(__nv_fp8_e5m2* p, long long i, const float* y) {
+    fx_vstore_fp8<N>(p, i, y, __NV_E5M2);
+}
+
+// x / s as multiplication by s's reciprocal plus one correction step: the
+// reciprocal is computed once for all the elements that share s (the
+// compiler merges the identical __frcp_rn calls), where an IEEE division
+// per element costs a quarter-rate reciprocal and a fix-up sequence each.
+// The result is the correctly rounded quotient but for rare last-bit
+// differences, which the fp8 rounding that follows (quantize) absorbs; an
+// infinite quotient stays infinite (the correction would make it NaN).
+FX_DEVICE float fx_div(float x, float s) {
+    const float inv = __frcp_rn(s);
+    const float q = x * inv;
+    return isinf(q) ? q : fmaf(fmaf(-q, s, x), inv, q);
+}

@@ -323,6 +323,26 @@ impl<'g> Emitter<'g> {
         self.line(format!("fx_store(p{p}, {linear}, {value});"));
     }
 
+    /// The value to store into `id`'s own buffer at `index`: [`Self::value`],
+    /// except that a `quantize` computed here is left unrounded, because
+    /// the fp8 store rounds it the same way (round to nearest even,
+    /// saturating) and rounding twice would only cost conversions.
+    pub fn stored_value(&mut self, id: NodeId, index: &Index) -> Result<String, CodegenError> {
+        let quantize = matches!(
+            self.graph.node(id).op,
+            Op::Quantize(DType::F8E4M3 | DType::F8E5M2)
+        );
+        if !quantize || !self.computed.contains(&id) || self.provided_everywhere.contains_key(&id) {
+            return self.value(id, index);
+        }
+        let operands = self.graph.operands(id);
+        let out_dims = self.graph.ty(id).shape.dims().to_vec();
+        let a = self.value(operands[0], index)?;
+        let is = self.broadcast(index, &out_dims, operands[1]);
+        let scale = self.value(operands[1], &is)?;
+        Ok(format!("fx_div({a}, {scale})"))
+    }
+
     /// The f32 value of `id` at `index` (an index over `id`'s shape), as a
     /// variable name or literal.
     pub fn value(&mut self, id: NodeId, index: &Index) -> Result<String, CodegenError> {
@@ -461,7 +481,7 @@ impl<'g> Emitter<'g> {
                 let scale = self.value(operands[1], &is)?;
                 match dtype {
                     DType::F8E4M3 | DType::F8E5M2 => {
-                        format!("fx_round_{}({a} / {scale})", dtype.name())
+                        format!("fx_round_{}(fx_div({a}, {scale}))", dtype.name())
                     }
                     other => return Err(unsupported(&node.op, &format!("to {other}"))),
                 }

@@ -305,7 +305,7 @@ pub fn stats(
     ));
     for (j, &out) in split.stored.iter().enumerate() {
         let out_index = e.delinearize("i", graph.ty(out).shape.dims().to_vec());
-        let v = e.value(out, &out_index)?;
+        let v = e.stored_value(out, &out_index)?;
         e.line(format!("po{j}[v] = {v};"));
     }
     e.close();

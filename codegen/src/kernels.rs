@@ -197,7 +197,7 @@ pub(crate) fn pointwise_kernel(
         for &out in outputs {
             let dims = graph.ty(out).shape.dims().to_vec();
             let index = e.delinearize("i", dims);
-            let v = e.value(out, &index)?;
+            let v = e.stored_value(out, &index)?;
             e.store(out, "i", &v);
         }
         let grid = grid_for(total, block as usize)?;
@@ -221,7 +221,7 @@ pub(crate) fn pointwise_kernel(
     for (k, &out) in outputs.iter().enumerate() {
         let dims = graph.ty(out).shape.dims().to_vec();
         let index = e.delinearize("i", dims);
-        let v = e.value(out, &index)?;
+        let v = e.stored_value(out, &index)?;
         e.line(format!("o{k}[v] = {v};"));
     }
     e.close();
@@ -444,7 +444,7 @@ pub fn row_with(
     e.line(format!("x[k * {w} + v] = {xv};"));
     for (j, &out) in prologue_outs.iter().enumerate() {
         let out_index = e.delinearize("i", graph.ty(out).shape.dims().to_vec());
-        let v = e.value(out, &out_index)?;
+        let v = e.stored_value(out, &out_index)?;
         e.line(format!("po{j}[v] = {v};"));
     }
     e.close();
@@ -581,7 +581,7 @@ pub fn row_with(
     }
     for (j, &out) in first_pass_outs.iter().enumerate() {
         let out_index = e.delinearize("i", graph.ty(out).shape.dims().to_vec());
-        let v = e.value(out, &out_index)?;
+        let v = e.stored_value(out, &out_index)?;
         e.line(format!("eo{j}[v] = {v};"));
     }
     e.close();
@@ -616,7 +616,7 @@ pub fn row_with(
         e.provide(q, &q_index, format!("q[k * {w} + v]"));
         for (j, &out) in second_pass_outs.iter().enumerate() {
             let out_index = e.delinearize("i", graph.ty(out).shape.dims().to_vec());
-            let v = e.value(out, &out_index)?;
+            let v = e.stored_value(out, &out_index)?;
             e.line(format!("so{j}[v] = {v};"));
         }
         e.close();
