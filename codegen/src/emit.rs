@@ -17,7 +17,7 @@ use std::fmt::Write;
 use fluxc_ir::{BinaryOp, DType, Graph, NodeId, Op, UnaryOp};
 
 use crate::buffers::{Buf, Temp};
-use crate::lanes::{Lane, Lanes};
+use crate::lanes::{lane_offset, Lanes};
 use crate::CodegenError;
 
 /// A multi-dimensional index: one C expression per dimension.
@@ -367,23 +367,35 @@ impl<'g> Emitter<'g> {
             } else if !self.computed.contains(&id) {
                 let p = self.param(id, false);
                 let linear = self.linear(index, node.ty.shape.dims());
-                let base = self.vector.get(&linear).cloned().or_else(|| {
-                    match self.lanes.classify(&linear) {
-                        Some(Lane::Stride { base }) => Some(base),
-                        _ => None,
-                    }
-                });
-                if let (Some(base), Some(guard)) = (base, self.load_guard()) {
-                    let var = format!("r{p}_{linear}");
-                    if !self.vector_loads.iter().any(|l| l.var == var) {
-                        self.vector_loads.push(WideLoad {
-                            param: p,
-                            base,
-                            var: var.clone(),
-                            guard,
-                        });
-                    }
-                    let v = format!("fx_vget<{}>({var}, v)", self.vector_width);
+                let pick = match self.vector.get(&linear) {
+                    Some(base) => Some((base.clone(), "v".to_string())),
+                    None => self.lanes.classify(&linear).and_then(|lane| {
+                        let (base, map) = lane.wide_load(self.vector_width)?;
+                        Some((base.to_string(), lane_offset(map)))
+                    }),
+                };
+                if let (Some((base, lane)), Some(guard)) = (pick, self.load_guard()) {
+                    // One wide load per (buffer, base, guard): a pair partner
+                    // or a table entry read at the same base picks other
+                    // lanes of it.
+                    let var = match self
+                        .vector_loads
+                        .iter()
+                        .find(|l| l.param == p && l.base == base && l.guard == guard)
+                    {
+                        Some(l) => l.var.clone(),
+                        None => {
+                            let var = format!("r{p}_{linear}");
+                            self.vector_loads.push(WideLoad {
+                                param: p,
+                                base,
+                                var: var.clone(),
+                                guard,
+                            });
+                            var
+                        }
+                    };
+                    let v = format!("fx_vget<{}>({var}, {lane})", self.vector_width);
                     self.scope().values.insert(key, v.clone());
                     return Ok(v);
                 }

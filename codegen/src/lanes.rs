@@ -2,26 +2,31 @@
 //!
 //! A vectorized kernel computes `w` consecutive elements per thread in a loop
 //! over `v` (`i = i0 + v`, `c = c0 + v`, with `i0` and `c0` multiples of
-//! `w`). A load is one wide load when the element it reads is `base + v`
-//! for a `base` that is the same for the whole loop and a multiple of `w`:
-//! then elements `base .. base + w` are read at once, aligned. This module
-//! decides that from the index expressions the emitter builds (`i / 3072 %
-//! 4608`, `(t3) * 224 + t8`, `c - 32`, ...), by parsing them and tracking,
-//! for every index variable, its *lane class*:
+//! `w`). A load is one wide load when the element it reads is `base +
+//! m(v)` for a `base` that is the same for the whole loop and a multiple of
+//! `w`, and lane offsets `m(v)` below `w`: then elements `base .. base + w`
+//! are read at once, aligned, and lane `v` takes element `m(v)` of them.
+//! Usually `m(v) = v`; `apply_rope` reads its pair partner at `v ^ 1` and
+//! its table's cosines at `v & !1` (one table entry per pair of lanes), so
+//! those become element picks from wide loads too instead of scalar loads,
+//! which kept the load/store unit busy in the rope kernels. This module
+//! decides all that from the index expressions the emitter builds (`i /
+//! 3072 % 4608`, `(t3) * 224 + t8`, `c - 32`, `t2 ^ 1`, ...), by parsing them
+//! and tracking, for every index variable, its *lane class*:
 //!
 //! - [`Lane::Uniform`]: the same for every `v` (a row index, `i / 3072` when
 //!   3072 is a multiple of `w`), with its value written in terms of
-//!   variables defined before the loop, and whether it is a known multiple
-//!   of `w`;
-//! - [`Lane::Stride`]: `base + v` with `base` (in before-the-loop terms) a
-//!   multiple of `w`.
+//!   variables defined before the loop;
+//! - [`Lane::Stride`]: `base + map[v]`, `base` in before-the-loop terms.
 //!
-//! Anything else (a product of `v`-dependent terms, `^`, a ternary, a
-//! division that may split a vector) is unknown, and its loads stay scalar.
-//! A branch condition `x < bound` with `x` strided and `bound` a multiple of
-//! `w` is the same for every `v` of the loop; evaluated on `x`'s base it
-//! guards the wide loads made inside the branch (so a concat whose parts are
-//! multiples of `w` wide loads each part with one wide load).
+//! Both carry a known divisor of `base` (`align`; 0 when `base` is 0), so
+//! `(c / 2) * 2 + 1` is known to be `c0 + [1, 1, 3, 3, ...]` with `c0` a
+//! multiple of `w`. Anything else (a product of `v`-dependent terms, a
+//! ternary, a division that may split a vector) is unknown, and its loads
+//! stay scalar. A branch condition `x < bound` with `x` strided and `bound`
+//! a multiple of `w` is the same for every `v` of the loop; evaluated on
+//! `x`'s base it guards the wide loads made inside the branch (so a concat
+//! whose parts are multiples of `w` wide loads each part with one wide load).
 
 use std::collections::HashMap;
 
@@ -32,14 +37,50 @@ pub enum Lane {
     Uniform {
         /// The value, in terms of variables defined before the loop.
         base: String,
-        /// Whether it is known to be a multiple of the vector width.
-        aligned: bool,
+        /// A known divisor of the value (0: the value is 0).
+        align: usize,
     },
-    /// `base + v`, with `base` a multiple of the vector width.
+    /// `base + map[v]`.
     Stride {
-        /// The value at `v = 0`, in terms of variables defined before the loop.
+        /// The value at offset 0, in terms of variables defined before the loop.
         base: String,
+        /// A known divisor of `base` (0: `base` is 0).
+        align: usize,
+        /// The offset of lane `v` from `base`, for each `v < w`.
+        map: Vec<usize>,
     },
+}
+
+impl Lane {
+    /// The base and lane offsets of a wide load of `width` elements serving
+    /// every lane: `base` a multiple of `width`, offsets below it.
+    pub fn wide_load(&self, width: usize) -> Option<(&str, &[usize])> {
+        match self {
+            Lane::Stride { base, align, map }
+                if align % width == 0 && map.iter().all(|&m| m < width) =>
+            {
+                Some((base, map))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The C expression for lane offset `map[v]` inside an unrolled loop over
+/// `v` (folded to a constant per lane by the compiler).
+pub fn lane_offset(map: &[usize]) -> String {
+    if map.iter().enumerate().all(|(v, &m)| m == v) {
+        return "v".to_string();
+    }
+    if let Some(k) = (1..16).find(|k| map.iter().enumerate().all(|(v, &m)| m == v ^ k)) {
+        return format!("(v ^ {k})");
+    }
+    // Offsets below 16, four bits per lane.
+    let packed = map
+        .iter()
+        .enumerate()
+        .fold(0u64, |acc, (v, &m)| acc | ((m as u64) << (4 * v)));
+    format!("(int)(({packed:#x}ull >> (4 * v)) & 15)")
 }
 
 /// Lane classes of the index variables of one kernel.
@@ -71,13 +112,15 @@ impl Lanes {
             var.to_string(),
             Lane::Stride {
                 base: base.to_string(),
+                align: self.width,
+                map: (0..self.width).collect(),
             },
         );
         self.known.insert(
             base.to_string(),
             Lane::Uniform {
                 base: base.to_string(),
-                aligned: true,
+                align: self.width,
             },
         );
     }
@@ -110,9 +153,13 @@ impl Lanes {
     /// The condition `start <= expr < end` evaluated once for the whole
     /// loop, when it is the same for every `v`; `None` otherwise.
     pub fn uniform_range(&self, expr: &str, start: usize, end: usize) -> Option<String> {
-        let base = match self.classify(expr)? {
-            Lane::Uniform { base, .. } => base,
-            Lane::Stride { base } if start % self.width == 0 && end % self.width == 0 => base,
+        let w = self.width;
+        let lane = self.classify(expr)?;
+        let base = match &lane {
+            Lane::Uniform { base, .. } => base.clone(),
+            Lane::Stride { .. } if start % w == 0 && end % w == 0 => {
+                lane.wide_load(w)?.0.to_string()
+            }
             Lane::Stride { .. } => return None,
         };
         Some(if start == 0 {
@@ -123,62 +170,94 @@ impl Lanes {
     }
 
     fn eval(&self, e: &Expr) -> Option<Lane> {
-        let w = self.width;
-        let uniform = |base: String, aligned: bool| Some(Lane::Uniform { base, aligned });
+        use Lane::{Stride, Uniform};
+        let uniform = |base: String, align: usize| Some(Uniform { base, align });
         match e {
-            Expr::Int(n) => uniform(n.to_string(), n % w == 0),
+            Expr::Int(n) => uniform(n.to_string(), *n),
             Expr::Var(name) => match self.known.get(name) {
                 Some(lane) => Some(lane.clone()),
                 // Loop variables and unclassified bound indices vary.
                 None if name == "v" || name == "i" || name == "c" || is_bound_index(name) => None,
                 // Everything else (row, lane, k, chunk, i0, c0) is defined
                 // before the loop.
-                None => uniform(name.clone(), false),
+                None => uniform(name.clone(), 1),
             },
             Expr::Bin(op, a, b) => {
+                let literal = match **b {
+                    Expr::Int(k) => Some(k),
+                    _ => None,
+                };
                 let (a, b) = (self.eval(a)?, self.eval(b)?);
-                use Lane::{Stride, Uniform};
-                match (op, a, b) {
-                    (
-                        op,
-                        Uniform {
-                            base: x,
-                            aligned: ax,
-                        },
-                        Uniform {
-                            base: y,
-                            aligned: ay,
-                        },
-                    ) => {
-                        let aligned = match op {
-                            '+' | '-' => ax && ay,
-                            '*' => ax || ay,
-                            _ => false,
+                match (*op, a, b) {
+                    (op, Uniform { base: x, align: ax }, Uniform { base: y, align: ay }) => {
+                        let align = match op {
+                            '+' | '-' => gcd(ax, ay),
+                            '*' => ax.saturating_mul(ay),
+                            '/' => literal.filter(|&k| k > 0 && ax % k == 0).map_or(1, |k| ax / k),
+                            '%' => literal.map_or(1, |k| gcd(ax, k)),
+                            _ => 1,
                         };
-                        uniform(format!("({x} {op} {y})"), aligned)
+                        uniform(format!("({x} {op} {y})"), align)
                     }
-                    ('+', Stride { base: x }, Uniform { base: y, aligned })
-                    | ('+', Uniform { base: y, aligned }, Stride { base: x })
-                        if aligned =>
+                    // A small literal moves the lanes, not the base (so that
+                    // `2 * pair + 1` still loads from the pair's aligned base).
+                    ('+', Stride { base, align, map }, Uniform { .. }) if literal.is_some_and(|k| k < self.width) => {
+                        let k = literal.unwrap_or(0);
+                        Some(Stride { base, align, map: map.iter().map(|m| m + k).collect() })
+                    }
+                    ('+', Stride { base: x, align: ax, map }, Uniform { base: y, align: ay })
+                    | ('+', Uniform { base: y, align: ay }, Stride { base: x, align: ax, map }) => {
+                        Some(Stride { base: format!("({x} + {y})"), align: gcd(ax, ay), map })
+                    }
+                    ('-', Stride { base: x, align: ax, map }, Uniform { base: y, align: ay }) => {
+                        Some(Stride { base: format!("({x} - {y})"), align: gcd(ax, ay), map })
+                    }
+                    ('*', Stride { base, align, map }, Uniform { .. }) if literal.is_some() => {
+                        let k = literal.unwrap_or(1);
+                        Some(Stride {
+                            base: format!("({base} * {k})"),
+                            align: align.saturating_mul(k),
+                            map: map.iter().map(|m| m * k).collect(),
+                        })
+                    }
+                    // (base + m) / k = base / k + m / k when k divides base;
+                    // = base / k when no lane crosses a multiple of k.
+                    ('/', Stride { base, align, map }, Uniform { .. })
+                        if literal.is_some_and(|k| k > 0) =>
                     {
-                        Some(Stride {
-                            base: format!("({x} + {y})"),
-                        })
+                        let k = literal.unwrap_or(1);
+                        let quotient = format!("({base} / {k})");
+                        if align % k == 0 {
+                            let map: Vec<usize> = map.iter().map(|m| m / k).collect();
+                            if map.iter().all(|&m| m == 0) {
+                                uniform(quotient, align / k)
+                            } else {
+                                Some(Stride { base: quotient, align: align / k, map })
+                            }
+                        } else if map.iter().all(|&m| m < gcd(align, k)) {
+                            uniform(quotient, 1)
+                        } else {
+                            None
+                        }
                     }
-                    ('-', Stride { base: x }, Uniform { base: y, aligned }) if aligned => {
-                        Some(Stride {
-                            base: format!("({x} - {y})"),
-                        })
+                    // (base + m) % k = base % k + m when every m is below
+                    // gcd(align, k) (no lane wraps around k).
+                    ('%', Stride { base, align, map }, Uniform { .. })
+                        if literal.is_some_and(|k| k > 0 && map.iter().all(|&m| m < gcd(align, k))) =>
+                    {
+                        let k = literal.unwrap_or(1);
+                        Some(Stride { base: format!("({base} % {k})"), align: gcd(align, k), map })
                     }
-                    // (base + v) / d = base / d and (base + v) % d =
-                    // base % d + v when base and d are multiples of w.
-                    ('/', Stride { base: x }, Uniform { base: d, .. }) if divides(w, &d) => {
-                        uniform(format!("({x} / {d})"), false)
-                    }
-                    ('%', Stride { base: x }, Uniform { base: d, .. }) if divides(w, &d) => {
-                        Some(Stride {
-                            base: format!("({x} % {d})"),
-                        })
+                    // (base + m) ^ k = base + (m ^ k) when base is a multiple
+                    // of a power of two above both m and k.
+                    ('^', Stride { base, align, map }, Uniform { .. })
+                        if literal.is_some_and(|k| {
+                            let p = pow2_divisor(align);
+                            k < p && map.iter().all(|&m| m < p)
+                        }) =>
+                    {
+                        let k = literal.unwrap_or(0);
+                        Some(Stride { base, align, map: map.iter().map(|m| m ^ k).collect() })
                     }
                     _ => None,
                 }
@@ -187,9 +266,22 @@ impl Lanes {
     }
 }
 
-/// Whether `d` is an integer literal that is a positive multiple of `w`.
-fn divides(w: usize, d: &str) -> bool {
-    d.parse::<usize>().is_ok_and(|d| d > 0 && d % w == 0)
+/// The greatest common divisor (gcd(0, x) = x: 0 is a multiple of anything).
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// The largest power of two dividing `align` (unbounded for 0).
+fn pow2_divisor(align: usize) -> usize {
+    if align == 0 {
+        usize::MAX
+    } else {
+        1 << align.trailing_zeros()
+    }
 }
 
 /// `t12`: a variable the emitter bound to an index expression.
@@ -206,12 +298,12 @@ enum Expr {
     Bin(char, Box<Expr>, Box<Expr>),
 }
 
-/// Parses `+ - * / %` over identifiers, integers and parentheses with C's
-/// precedence; anything else (`^`, `?:`, comparisons) gives `None`.
+/// Parses `^ + - * / %` over identifiers, integers and parentheses with C's
+/// precedence; anything else (`?:`, comparisons) gives `None`.
 fn parse(text: &str) -> Option<Expr> {
     let tokens = tokenize(text)?;
     let mut pos = 0;
-    let e = additive(&tokens, &mut pos)?;
+    let e = xor(&tokens, &mut pos)?;
     (pos == tokens.len()).then_some(e)
 }
 
@@ -243,7 +335,7 @@ fn tokenize(text: &str) -> Option<Vec<Token>> {
                 i += 1;
             }
             out.push(Token::Ident(chars[start..i].iter().collect()));
-        } else if "+-*/%()".contains(c) {
+        } else if "^+-*/%()".contains(c) {
             out.push(Token::Op(c));
             i += 1;
         } else {
@@ -251,6 +343,16 @@ fn tokenize(text: &str) -> Option<Vec<Token>> {
         }
     }
     Some(out)
+}
+
+fn xor(t: &[Token], pos: &mut usize) -> Option<Expr> {
+    let mut e = additive(t, pos)?;
+    while let Some(Token::Op('^')) = t.get(*pos) {
+        *pos += 1;
+        let rhs = additive(t, pos)?;
+        e = Expr::Bin('^', Box::new(e), Box::new(rhs));
+    }
+    Some(e)
 }
 
 fn additive(t: &[Token], pos: &mut usize) -> Option<Expr> {
@@ -280,7 +382,7 @@ fn primary(t: &[Token], pos: &mut usize) -> Option<Expr> {
         Token::Int(n) => Some(Expr::Int(n)),
         Token::Ident(name) => Some(Expr::Var(name)),
         Token::Op('(') => {
-            let e = additive(t, pos)?;
+            let e = xor(t, pos)?;
             match t.get(*pos) {
                 Some(Token::Op(')')) => {
                     *pos += 1;
@@ -304,8 +406,14 @@ mod tests {
         l
     }
 
-    fn stride(base: &str) -> Option<Lane> {
-        Some(Lane::Stride { base: base.into() })
+    /// The base and lane offsets of a wide load serving `expr`.
+    fn wide(l: &Lanes, expr: &str) -> Option<(String, Vec<usize>)> {
+        let lane = l.classify(expr)?;
+        lane.wide_load(8).map(|(b, m)| (b.to_string(), m.to_vec()))
+    }
+
+    fn consecutive(base: &str) -> Option<(String, Vec<usize>)> {
+        Some((base.into(), (0..8).collect()))
     }
 
     #[test]
@@ -317,10 +425,10 @@ mod tests {
             row,
             Lane::Uniform {
                 base: "((i0 / 3072) % 4608)".into(),
-                aligned: false
+                align: 1
             }
         );
-        assert_eq!(l.classify("i % 3072"), stride("(i0 % 3072)"));
+        assert_eq!(wide(&l, "i % 3072"), consecutive("(i0 % 3072)"));
         // A width that splits vectors is not uniform.
         assert_eq!(l.classify("i / 3071"), None);
         assert_eq!(l.classify("i % 12"), None);
@@ -329,20 +437,52 @@ mod tests {
         l.bind("t5", "t4 + 96");
         // The mlp half of a fused q/k/v/mlp output, read from a concat.
         assert_eq!(
-            l.classify("(t3) * 224 + t5"),
-            stride("(((c0 - 32) + 96) + (((i0 / 3072) % 4608) * 224))")
+            wide(&l, "(t3) * 224 + t5"),
+            consecutive("(((c0 - 32) + 96) + (((i0 / 3072) % 4608) * 224))")
         );
         // Offsets that are not multiples of the width break alignment.
-        assert_eq!(l.classify("c - 3"), None);
-        assert_eq!(l.classify("(t3) * 225 + c"), None);
+        assert_eq!(wide(&l, "c - 3"), None);
+        assert_eq!(wide(&l, "(t3) * 225 + c"), None);
+    }
+
+    #[test]
+    fn rope_partner_and_table() {
+        let mut l = lanes();
+        // The pair partner of element c is lane v ^ 1 of the same load.
+        l.bind("t2", "i % 128");
+        l.bind("t12", "t2 ^ 1");
+        assert_eq!(
+            wide(&l, "t12"),
+            Some(("(i0 % 128)".into(), vec![1, 0, 3, 2, 5, 4, 7, 6]))
+        );
+        // A table of (cos, sin) per pair: [S, 64, 2] at (s, c / 2, 0 | 1).
+        l.bind("t5", "i / 3072 % 4608");
+        l.bind("t8", "c / 2");
+        let base = "(((c0 / 2) + (((i0 / 3072) % 4608) * 64)) * 2)".to_string();
+        assert_eq!(
+            wide(&l, "((t5) * 64 + t8) * 2"),
+            Some((base.clone(), vec![0, 0, 2, 2, 4, 4, 6, 6]))
+        );
+        assert_eq!(
+            wide(&l, "((t5) * 64 + t8) * 2 + 1"),
+            Some((base, vec![1, 1, 3, 3, 5, 5, 7, 7]))
+        );
+        // An xor that would leave the vector is not a pick.
+        assert_eq!(wide(&l, "c ^ 8"), None);
+        assert_eq!(lane_offset(&[1, 0, 3, 2, 5, 4, 7, 6]), "(v ^ 1)");
+        assert_eq!(lane_offset(&(0..8).collect::<Vec<_>>()), "v");
+        assert_eq!(
+            lane_offset(&[1, 1, 3, 3, 5, 5, 7, 7]),
+            "(int)((0x77553311ull >> (4 * v)) & 15)"
+        );
     }
 
     #[test]
     fn unknown_forms_stay_scalar() {
         let l = lanes();
-        assert_eq!(l.classify("c ^ 1"), None);
         assert_eq!(l.classify("(c < 4 ? c : c - 4)"), None);
-        assert_eq!(l.classify("i * 2"), None);
+        assert_eq!(wide(&l, "i * 2"), None);
+        assert_eq!(l.classify("c * c"), None);
         assert_eq!(l.classify("v"), None);
         assert_eq!(l.classify("t9"), None);
         assert_eq!(Lanes::new(1).classify("i"), None);
@@ -381,5 +521,18 @@ mod tests {
         assert_eq!(parse("a +"), None);
         assert_eq!(parse("(a"), None);
         assert_eq!(parse("a < b"), None);
+        // C precedence: `^` binds looser than `+`.
+        assert_eq!(
+            parse("a + 1 ^ 1"),
+            Some(Expr::Bin(
+                '^',
+                Box::new(Expr::Bin(
+                    '+',
+                    Box::new(Expr::Var("a".into())),
+                    Box::new(Expr::Int(1))
+                )),
+                Box::new(Expr::Int(1))
+            ))
+        );
     }
 }

@@ -13,6 +13,7 @@ pub mod attention;
 pub mod attention_fp8;
 mod buffers;
 mod emit;
+mod gemv;
 mod group_norm;
 mod kernels;
 mod lanes;
@@ -223,7 +224,7 @@ pub fn generate_with(
     let tensor_of = |b: Buf| Tensor::of(buffer_of[&b]);
     let mut scratch_bytes = 0u64;
     let mut steps = Vec::with_capacity(pending.len());
-    let mut attention_sources: BTreeMap<String, String> = BTreeMap::new();
+    let mut template_sources: BTreeMap<String, String> = BTreeMap::new();
     for (s, step) in pending.iter().enumerate() {
         steps.push(match step {
             PendingStep::Kernel(k) => {
@@ -340,7 +341,7 @@ pub fn generate_with(
                 dims,
                 scale,
             } => {
-                attention_sources.insert(kernel.name.clone(), kernel.source.clone());
+                template_sources.insert(kernel.name.clone(), kernel.source.clone());
                 Step::Attention(Attention {
                     kernel: kernel.name.clone(),
                     operands: kernel.operands,
@@ -371,7 +372,7 @@ pub fn generate_with(
                 seq_kv,
                 heads,
             } => {
-                attention_sources.insert(kernel.name.clone(), kernel.source.clone());
+                template_sources.insert(kernel.name.clone(), kernel.source.clone());
                 let int = |v: u32| {
                     i32::try_from(v)
                         .map_err(|_| CodegenError::TooLarge(format!("V layout parameter {v}")))
@@ -386,6 +387,32 @@ pub fn generate_with(
                         Arg::Ptr(tensor_of(Buf::Temp(*vt))),
                         Arg::I32(int(*seq_kv)?),
                         Arg::I32(int(*heads)?),
+                    ],
+                })
+            }
+            PendingStep::Gemv {
+                kernel,
+                x,
+                w,
+                bias,
+                out,
+                n,
+            } => {
+                template_sources.insert(kernel.name.clone(), kernel.source.clone());
+                let n = i32::try_from(*n)
+                    .map_err(|_| CodegenError::TooLarge(format!("one-row linear of {n} outputs")))?;
+                Step::Launch(Launch {
+                    kernel: kernel.name.clone(),
+                    grid: kernel.grid,
+                    block: [kernel.threads, 1, 1],
+                    shared_bytes: kernel.shared_bytes,
+                    args: vec![
+                        Arg::Ptr(tensor(*x)),
+                        Arg::Ptr(tensor(*w)),
+                        // Without a bias the kernel never reads its pointer.
+                        Arg::Ptr(tensor(bias.unwrap_or(*x))),
+                        Arg::Ptr(tensor(*out)),
+                        Arg::I32(n),
                     ],
                 })
             }
@@ -424,7 +451,7 @@ pub fn generate_with(
         .validate()
         .map_err(|e| CodegenError::Invalid(e.to_string()))?;
 
-    let kernels_cu = kernels_source(&attention_sources, &unique_kernels);
+    let kernels_cu = kernels_source(&template_sources, &unique_kernels);
     let schedule_json = schedule_json(&schedule)?;
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
@@ -495,12 +522,12 @@ fn with_weights(
     manifest
 }
 
-/// `kernels.cu`: the prelude, the hand-written kernels (attention, bf16 and
-/// fp8, and fp8 attention's V layout), then every generated kernel in order
-/// of first use.
-fn kernels_source(attention: &BTreeMap<String, String>, generated: &[String]) -> String {
+/// `kernels.cu`: the prelude, the kernels rendered from hand-written
+/// templates (attention, bf16 and fp8, fp8 attention's V layout, the
+/// one-row linear), then every generated kernel in order of first use.
+fn kernels_source(templates: &BTreeMap<String, String>, generated: &[String]) -> String {
     let mut cu = String::from(include_str!("../kernels/prelude.cuh"));
-    for source in attention.values() {
+    for source in templates.values() {
         cu.push('\n');
         cu.push_str(source);
     }

@@ -50,7 +50,7 @@ use crate::attention_fp8::{
 use crate::buffers::{Buf, Temp, TempKind};
 use crate::kernels::{self, KernelSource};
 use crate::softmax::SoftmaxPlan;
-use crate::{group_norm, CodegenError};
+use crate::{gemv, group_norm, CodegenError};
 
 /// The dequantization scales of an fp8 GEMM (see [`Op::ScaledLinear`]).
 #[derive(Clone, Copy, Debug)]
@@ -175,6 +175,21 @@ pub enum PendingStep {
         /// Score scale.
         scale: f32,
     },
+    /// A bf16 linear over one input row (`gemv.rs`): `out = x · wᵀ (+ bias)`.
+    Gemv {
+        /// The launch.
+        kernel: FixedLaunch,
+        /// Input `[k]`.
+        x: NodeId,
+        /// Weight `[n, k]`.
+        w: NodeId,
+        /// Bias `[n]`.
+        bias: Option<NodeId>,
+        /// Output `[n]`.
+        out: NodeId,
+        /// Output features.
+        n: u64,
+    },
     /// fp8 attention's V layout kernel: `vt` = v8 with keys innermost.
     VLayout {
         /// The launch.
@@ -221,6 +236,11 @@ impl PendingStep {
                 bufs.extend(scales.iter().flatten().copied().map(Buf::Node));
                 bufs
             }
+            PendingStep::Gemv { x, w, bias, .. } => [Some(*x), Some(*w), *bias]
+                .into_iter()
+                .flatten()
+                .map(Buf::Node)
+                .collect(),
             PendingStep::VLayout { v8, .. } => vec![Buf::Node(*v8)],
         }
     }
@@ -237,6 +257,7 @@ impl PendingStep {
             PendingStep::Gemm { out, .. } => vec![Buf::Node(*out)],
             PendingStep::Product(p) => vec![p.d.buf],
             PendingStep::Attention { node, .. } => vec![Buf::Node(*node)],
+            PendingStep::Gemv { out, .. } => vec![Buf::Node(*out)],
             PendingStep::VLayout { vt, .. } => vec![Buf::Temp(*vt)],
         }
     }
@@ -392,7 +413,23 @@ fn lower_gemm(
         }
         _ => (node.ty.dtype, None, None),
     };
-    steps.push(PendingStep::Gemm {
+    let bf16 = |id: NodeId| graph.ty(id).dtype == DType::BF16;
+    if node.op == Op::Linear
+        && rows == 1
+        && gelu.is_none()
+        && gemv::supports(k)
+        && [x, w, anchor].into_iter().chain(bias).all(bf16)
+    {
+        steps.push(PendingStep::Gemv {
+            kernel: gemv::render(k, n, bias.is_some()).map_err(CodegenError::Unsupported)?,
+            x,
+            w,
+            bias,
+            out: anchor,
+            n,
+        });
+    } else {
+        steps.push(PendingStep::Gemm {
         node: anchor,
         x,
         w,
@@ -403,9 +440,10 @@ fn lower_gemm(
         k,
         n,
         dtype,
-        out_dtype,
-        scales,
-    });
+            out_dtype,
+            scales,
+        });
+    }
     if !rest.is_empty() {
         let tail_outputs: Vec<NodeId> = outputs
             .iter()

@@ -1,0 +1,67 @@
+//! The one-row linear kernel: `y = x · wᵀ (+ b)` for bf16 operands with a
+//! single input row, which FLUX runs 76 times per forward (the modulation
+//! linears, reading 6.5 GB of weights). A memory-bound product needs a
+//! kernel that streams the weight at full bandwidth, which cuBLASLt's
+//! tiled GEMMs do not do with one row; `kernels/gemv.cu` does (see its
+//! header). Lowering picks it for every bf16 linear with one input row and
+//! a row length that is a multiple of 8 (16-byte loads).
+
+use crate::lower::FixedLaunch;
+
+const TEMPLATE: &str = include_str!("../kernels/gemv.cu");
+
+/// Threads per CTA (8 warps).
+const THREADS: u32 = 256;
+/// Output rows per warp (the template's `ROWS`).
+const ROWS_PER_WARP: u32 = 2;
+
+/// Whether the kernel handles rows of `k` elements.
+pub fn supports(k: u64) -> bool {
+    k > 0 && k % 8 == 0 && k <= 1 << 20
+}
+
+/// The launch of `y[n] = x[k] · w[n, k]ᵀ (+ b[n])`.
+pub fn render(k: u64, n: u64, has_bias: bool) -> Result<FixedLaunch, String> {
+    if !supports(k) {
+        return Err(format!("one-row linear with {k} input features (a multiple of 8)"));
+    }
+    let rows_per_cta = u64::from(THREADS / 32 * ROWS_PER_WARP);
+    let ctas = u32::try_from(n.div_ceil(rows_per_cta))
+        .map_err(|_| format!("one-row linear with {n} outputs"))?;
+    let name = format!("gemv_bf16_k{k}{}", if has_bias { "_bias" } else { "" });
+    let source = TEMPLATE
+        .replace("{{NAME}}", &name)
+        .replace("{{K}}", &k.to_string())
+        .replace("{{HAS_BIAS}}", if has_bias { "1" } else { "0" });
+    Ok(FixedLaunch {
+        name,
+        source,
+        grid: [ctas.max(1), 1, 1],
+        threads: THREADS,
+        shared_bytes: 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_placeholder() {
+        let g = render(3072, 18432, true).unwrap();
+        assert_eq!(g.name, "gemv_bf16_k3072_bias");
+        assert!(!g.source.contains("{{"));
+        assert!(g.source.contains("constexpr int K = 3072;"));
+        assert!(g.source.contains("#if 1"));
+        // 16 rows per CTA.
+        assert_eq!(g.grid, [1152, 1, 1]);
+        assert_eq!(render(64, 17, false).unwrap().grid, [2, 1, 1]);
+        assert!(render(64, 17, false).unwrap().source.contains("#if 0"));
+    }
+
+    #[test]
+    fn rejects_rows_not_in_16_byte_chunks() {
+        assert!(!supports(12));
+        assert!(render(100, 4, true).is_err());
+    }
+}
