@@ -462,6 +462,93 @@ fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// Compiles `graph` (named `name`) with `options` and runs it on the GPU
+/// with deterministic random inputs and weights (weights scaled like a
+/// linear's init and saved as f32; `ids` inputs are positions, `norm_`
+/// weights near 1), then the interpreter on the same values. Returns the
+/// relative L2 error of output `out`, the generated code (for the caller's
+/// checks) and the worst intermediate buffer.
+fn run_random_block(graph: Graph, options: &PassOptions, name: &str) -> (f64, Generated, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut stored: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
+    let mut inputs: HashMap<String, Tensor> = HashMap::new();
+    for (i, id) in graph.inputs().into_iter().enumerate() {
+        let node = graph.node(id);
+        let fluxc::ir::Op::Input { name, .. } = &node.op else {
+            unreachable!()
+        };
+        let dims = node.ty.shape.dims().to_vec();
+        let n = node.ty.shape.numel();
+        let scale = if dims.len() == 2 && node.op.is_weight() {
+            1.0 / (dims[1] as f32).sqrt()
+        } else {
+            1.0
+        };
+        let mut data: Vec<f32> = pseudo_random(n, i as u64 + 1)
+            .iter()
+            .map(|v| v * scale)
+            .collect();
+        if name == "ids" {
+            data = (0..n).map(|k| ((k / 3) % 17) as f32).collect();
+        }
+        if name.contains("norm_") {
+            data = data.iter().map(|v| 1.0 + 0.2 * v).collect();
+        }
+        if node.op.is_weight() {
+            stored.insert(name.clone(), (dims.clone(), data.clone()));
+        }
+        inputs.insert(name.clone(), Tensor::new(dims, data).unwrap());
+    }
+    let ckpt = dir.path().join("weights.safetensors");
+    write_f32_safetensors(&ckpt, &stored);
+    let optimized = optimize(graph, options).unwrap();
+    let identity: BTreeMap<String, WeightSource> = optimized.weights.clone();
+    let generated = generate(
+        &optimized,
+        &CodegenOptions {
+            model_name: name.into(),
+            layouts: vec![(
+                CheckpointLayout {
+                    name: "diffusers".into(),
+                    strip_prefixes: vec![],
+                },
+                identity,
+            )],
+            reuse_memory: false,
+        },
+    )
+    .unwrap();
+    let artifact = dir.path().join("artifact");
+    write_artifact(&artifact, &generated).unwrap();
+    let mut e = engine(&artifact, &ckpt);
+    for (name, value) in &inputs {
+        if !stored.contains_key(name) {
+            e.set_input(name, &value.data).unwrap();
+        }
+    }
+    e.run().unwrap();
+    let weights = load_derived_weights(
+        &optimized.graph,
+        &optimized.weights,
+        &ckpt,
+        BflDims {
+            hidden_size: 1,
+            mlp_hidden: 1,
+        },
+    )
+    .unwrap();
+    let mut all = inputs;
+    all.extend(weights);
+    let reference = interp::run(&optimized.graph, &all).unwrap()["out"].clone();
+    let out = Tensor::new(reference.shape.clone(), e.output("out").unwrap()).unwrap();
+    let (worst, at) = worst_buffer(&e, &generated, &optimized.graph, &all);
+    (
+        out.rel_l2(&reference),
+        generated,
+        format!("worst buffer {worst:.3e} ({at})"),
+    )
+}
+
 /// The tensor-core attention kernel (head widths 64 and 128) and, for a head
 /// wider than the flash kernels take (320), the decomposed attention (two
 /// cuBLASLt GEMMs over strided heads around a generated row softmax, as the
@@ -470,64 +557,15 @@ fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
 fn tensor_core_attention_in_a_bf16_block() {
     require_gpu!("tensor_core_attention_in_a_bf16_block");
     for (heads, head_dim, tokens) in [(2, 64, 300), (2, 128, 4352 / 16 + 5), (2, 320, 300)] {
-        let graph = attention_block(heads, head_dim, tokens);
-        let dir = tempfile::tempdir().unwrap();
-        // Weights: random, scaled like a linear's init, saved as f32.
-        let mut stored: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
-        let mut inputs: HashMap<String, Tensor> = HashMap::new();
-        for (i, id) in graph.inputs().into_iter().enumerate() {
-            let node = graph.node(id);
-            let fluxc::ir::Op::Input { name, .. } = &node.op else {
-                unreachable!()
-            };
-            let dims = node.ty.shape.dims().to_vec();
-            let n = node.ty.shape.numel();
-            let scale = if dims.len() == 2 && node.op.is_weight() {
-                1.0 / (dims[1] as f32).sqrt()
-            } else {
-                1.0
-            };
-            let mut data: Vec<f32> = pseudo_random(n, i as u64 + 1)
-                .iter()
-                .map(|v| v * scale)
-                .collect();
-            if name == "ids" {
-                data = (0..n).map(|k| ((k / 3) % 17) as f32).collect();
-            }
-            if name.contains("norm_") {
-                data = data.iter().map(|v| 1.0 + 0.2 * v).collect();
-            }
-            if node.op.is_weight() {
-                stored.insert(name.clone(), (dims.clone(), data.clone()));
-            }
-            inputs.insert(name.clone(), Tensor::new(dims, data).unwrap());
-        }
-        let ckpt = dir.path().join("weights.safetensors");
-        write_f32_safetensors(&ckpt, &stored);
-        let optimized = optimize(
-            graph,
-            &PassOptions {
-                fuse_qkv_min_rows: 1,
-                ..PassOptions::default()
-            },
-        )
-        .unwrap();
-        let identity: BTreeMap<String, WeightSource> = optimized.weights.clone();
-        let generated = generate(
-            &optimized,
-            &CodegenOptions {
-                model_name: "attention-block".into(),
-                layouts: vec![(
-                    CheckpointLayout {
-                        name: "diffusers".into(),
-                        strip_prefixes: vec![],
-                    },
-                    identity,
-                )],
-                reuse_memory: false,
-            },
-        )
-        .unwrap();
+        let options = PassOptions {
+            fuse_qkv_min_rows: 1,
+            ..PassOptions::default()
+        };
+        let (error, generated, worst) = run_random_block(
+            attention_block(heads, head_dim, tokens),
+            &options,
+            "attention-block",
+        );
         if head_dim <= 128 {
             assert!(generated
                 .kernels_cu
@@ -540,31 +578,41 @@ fn tensor_core_attention_in_a_bf16_block() {
                 .any(|s| matches!(s, fluxc::artifact::Step::Attention(_))));
             assert!(generated.kernels_cu.contains("attention_softmax"));
         }
-        let artifact = dir.path().join("artifact");
-        write_artifact(&artifact, &generated).unwrap();
-        let mut e = engine(&artifact, &ckpt);
-        for name in ["x", "ids"] {
-            e.set_input(name, &inputs[name].data).unwrap();
-        }
-        e.run().unwrap();
-        let weights = load_derived_weights(
-            &optimized.graph,
-            &optimized.weights,
-            &ckpt,
-            BflDims {
-                hidden_size: 1,
-                mlp_hidden: 1,
-            },
-        )
-        .unwrap();
-        let mut all = inputs.clone();
-        all.extend(weights);
-        let reference = interp::run(&optimized.graph, &all).unwrap()["out"].clone();
-        let out = Tensor::new(reference.shape.clone(), e.output("out").unwrap()).unwrap();
-        let error = out.rel_l2(&reference);
-        let (worst, at) = worst_buffer(&e, &generated, &optimized.graph, &all);
-        println!("attention block {heads}x{head_dim}, {tokens} tokens: out vs interpreter {error:.3e}; worst buffer {worst:.3e} ({at})");
+        println!("attention block {heads}x{head_dim}, {tokens} tokens: out vs interpreter {error:.3e}; {worst}");
         assert!(error <= 2e-2, "{error:e}");
+    }
+}
+
+/// The one-row linear kernel (`codegen/kernels/gemv.cu`) against the
+/// interpreter: rows of 8 elements (one chunk), 3072 (FLUX's modulation),
+/// 4104 (more chunks than one batch of loads, the last lanes idle), with
+/// and without a bias, output counts that do not fill the last CTA.
+#[test]
+fn one_row_linears_match_the_interpreter() {
+    require_gpu!("one_row_linears_match_the_interpreter");
+    for (k, n, with_bias) in [(8, 5, false), (3072, 1003, true), (4104, 37, true)] {
+        let mut b = GraphBuilder::new();
+        let x = b.input("x", DType::BF16, [1, k]).unwrap();
+        let w = b.weight("proj.weight", DType::BF16, [n, k]).unwrap();
+        let bias = with_bias.then(|| b.weight("proj.bias", DType::BF16, [n]).unwrap());
+        let y = b.linear(x, w, bias).unwrap();
+        b.output("out", y).unwrap();
+        let graph = b.finish().unwrap();
+        let (error, generated, worst) =
+            run_random_block(graph, &PassOptions::default(), "one-row-linear");
+        let kernel = format!("gemv_bf16_k{k}{}", if with_bias { "_bias" } else { "" });
+        assert!(
+            generated
+                .schedule
+                .steps
+                .iter()
+                .any(|s| matches!(s, fluxc::artifact::Step::Launch(l) if l.kernel == kernel)),
+            "{kernel} not launched"
+        );
+        println!(
+            "one-row linear {k} -> {n} (bias {with_bias}): vs interpreter {error:.3e}; {worst}"
+        );
+        assert!(error <= 1e-2, "{error:e}");
     }
 }
 

@@ -21,7 +21,7 @@ extern "C" __global__ void __launch_bounds__(256)
     static_assert(K % 8 == 0, "rows are read in 16-byte chunks");
     constexpr int CHUNKS = K / 8;
     constexpr int CHUNKS_PER_LANE = (CHUNKS + 31) / 32;
-    constexpr int ROWS = 2;
+    constexpr int ROWS = 1;
     const int lane = threadIdx.x & 31;
     const int first_row = ((blockIdx.x * blockDim.x + threadIdx.x) >> 5) * ROWS;
     if (first_row >= n) return;

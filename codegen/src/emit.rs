@@ -357,54 +357,53 @@ impl<'g> Emitter<'g> {
             return Ok(v.clone());
         }
         let node = self.graph.node(id);
-        let value =
-            if let Op::Reshape(_) = node.op {
-                // A view: same elements, re-linearized.
-                let operand = self.graph.operands(id)[0];
-                let linear = self.linear(index, node.ty.shape.dims());
-                let inner = self.delinearize(&linear, self.graph.ty(operand).shape.dims().to_vec());
-                return self.value(operand, &inner);
-            } else if !self.computed.contains(&id) {
-                let p = self.param(id, false);
-                let linear = self.linear(index, node.ty.shape.dims());
-                let pick = match self.vector.get(&linear) {
-                    Some(base) => Some((base.clone(), "v".to_string())),
-                    None => self.lanes.classify(&linear).and_then(|lane| {
-                        let (base, map) = lane.wide_load(self.vector_width)?;
-                        Some((base.to_string(), lane_offset(map)))
-                    }),
-                };
-                if let (Some((base, lane)), Some(guard)) = (pick, self.load_guard()) {
-                    // One wide load per (buffer, base, guard): a pair partner
-                    // or a table entry read at the same base picks other
-                    // lanes of it.
-                    let var = match self
-                        .vector_loads
-                        .iter()
-                        .find(|l| l.param == p && l.base == base && l.guard == guard)
-                    {
-                        Some(l) => l.var.clone(),
-                        None => {
-                            let var = format!("r{p}_{linear}");
-                            self.vector_loads.push(WideLoad {
-                                param: p,
-                                base,
-                                var: var.clone(),
-                                guard,
-                            });
-                            var
-                        }
-                    };
-                    let v = format!("fx_vget<{}>({var}, {lane})", self.vector_width);
-                    self.scope().values.insert(key, v.clone());
-                    return Ok(v);
-                }
-                let v = self.fresh("v");
-                self.line(format!("const float {v} = fx_load(p{p}, {linear});"));
-                v
-            } else {
-                self.compute(id, index)?
+        let value = if let Op::Reshape(_) = node.op {
+            // A view: same elements, re-linearized.
+            let operand = self.graph.operands(id)[0];
+            let linear = self.linear(index, node.ty.shape.dims());
+            let inner = self.delinearize(&linear, self.graph.ty(operand).shape.dims().to_vec());
+            return self.value(operand, &inner);
+        } else if !self.computed.contains(&id) {
+            let p = self.param(id, false);
+            let linear = self.linear(index, node.ty.shape.dims());
+            let pick = match self.vector.get(&linear) {
+                Some(base) => Some((base.clone(), "v".to_string())),
+                None => self.lanes.classify(&linear).and_then(|lane| {
+                    let (base, map) = lane.wide_load(self.vector_width)?;
+                    Some((base.to_string(), lane_offset(map)))
+                }),
             };
+            if let (Some((base, lane)), Some(guard)) = (pick, self.load_guard()) {
+                // One wide load per (buffer, base, guard): a pair partner
+                // or a table entry read at the same base picks other
+                // lanes of it.
+                let var = match self
+                    .vector_loads
+                    .iter()
+                    .find(|l| l.param == p && l.base == base && l.guard == guard)
+                {
+                    Some(l) => l.var.clone(),
+                    None => {
+                        let var = format!("r{p}_{linear}");
+                        self.vector_loads.push(WideLoad {
+                            param: p,
+                            base,
+                            var: var.clone(),
+                            guard,
+                        });
+                        var
+                    }
+                };
+                let v = format!("fx_vget<{}>({var}, {lane})", self.vector_width);
+                self.scope().values.insert(key, v.clone());
+                return Ok(v);
+            }
+            let v = self.fresh("v");
+            self.line(format!("const float {v} = fx_load(p{p}, {linear});"));
+            v
+        } else {
+            self.compute(id, index)?
+        };
         self.scope().values.insert(key, value.clone());
         Ok(value)
     }

@@ -13,7 +13,7 @@ const TEMPLATE: &str = include_str!("../kernels/gemv.cu");
 /// Threads per CTA (8 warps).
 const THREADS: u32 = 256;
 /// Output rows per warp (the template's `ROWS`).
-const ROWS_PER_WARP: u32 = 2;
+const ROWS_PER_WARP: u32 = 1;
 
 /// Whether the kernel handles rows of `k` elements.
 pub fn supports(k: u64) -> bool {
@@ -23,7 +23,9 @@ pub fn supports(k: u64) -> bool {
 /// The launch of `y[n] = x[k] · w[n, k]ᵀ (+ b[n])`.
 pub fn render(k: u64, n: u64, has_bias: bool) -> Result<FixedLaunch, String> {
     if !supports(k) {
-        return Err(format!("one-row linear with {k} input features (a multiple of 8)"));
+        return Err(format!(
+            "one-row linear with {k} input features (a multiple of 8)"
+        ));
     }
     let rows_per_cta = u64::from(THREADS / 32 * ROWS_PER_WARP);
     let ctas = u32::try_from(n.div_ceil(rows_per_cta))
@@ -53,9 +55,9 @@ mod tests {
         assert!(!g.source.contains("{{"));
         assert!(g.source.contains("constexpr int K = 3072;"));
         assert!(g.source.contains("#if 1"));
-        // 16 rows per CTA.
-        assert_eq!(g.grid, [1152, 1, 1]);
-        assert_eq!(render(64, 17, false).unwrap().grid, [2, 1, 1]);
+        // 8 rows per CTA.
+        assert_eq!(g.grid, [2304, 1, 1]);
+        assert_eq!(render(64, 17, false).unwrap().grid, [3, 1, 1]);
         assert!(render(64, 17, false).unwrap().source.contains("#if 0"));
     }
 

@@ -193,7 +193,9 @@ impl Lanes {
                         let align = match op {
                             '+' | '-' => gcd(ax, ay),
                             '*' => ax.saturating_mul(ay),
-                            '/' => literal.filter(|&k| k > 0 && ax % k == 0).map_or(1, |k| ax / k),
+                            '/' => literal
+                                .filter(|&k| k > 0 && ax % k == 0)
+                                .map_or(1, |k| ax / k),
                             '%' => literal.map_or(1, |k| gcd(ax, k)),
                             _ => 1,
                         };
@@ -201,17 +203,51 @@ impl Lanes {
                     }
                     // A small literal moves the lanes, not the base (so that
                     // `2 * pair + 1` still loads from the pair's aligned base).
-                    ('+', Stride { base, align, map }, Uniform { .. }) if literal.is_some_and(|k| k < self.width) => {
+                    ('+', Stride { base, align, map }, Uniform { .. })
+                        if literal.is_some_and(|k| k < self.width) =>
+                    {
                         let k = literal.unwrap_or(0);
-                        Some(Stride { base, align, map: map.iter().map(|m| m + k).collect() })
+                        Some(Stride {
+                            base,
+                            align,
+                            map: map.iter().map(|m| m + k).collect(),
+                        })
                     }
-                    ('+', Stride { base: x, align: ax, map }, Uniform { base: y, align: ay })
-                    | ('+', Uniform { base: y, align: ay }, Stride { base: x, align: ax, map }) => {
-                        Some(Stride { base: format!("({x} + {y})"), align: gcd(ax, ay), map })
-                    }
-                    ('-', Stride { base: x, align: ax, map }, Uniform { base: y, align: ay }) => {
-                        Some(Stride { base: format!("({x} - {y})"), align: gcd(ax, ay), map })
-                    }
+                    (
+                        '+',
+                        Stride {
+                            base: x,
+                            align: ax,
+                            map,
+                        },
+                        Uniform { base: y, align: ay },
+                    )
+                    | (
+                        '+',
+                        Uniform { base: y, align: ay },
+                        Stride {
+                            base: x,
+                            align: ax,
+                            map,
+                        },
+                    ) => Some(Stride {
+                        base: format!("({x} + {y})"),
+                        align: gcd(ax, ay),
+                        map,
+                    }),
+                    (
+                        '-',
+                        Stride {
+                            base: x,
+                            align: ax,
+                            map,
+                        },
+                        Uniform { base: y, align: ay },
+                    ) => Some(Stride {
+                        base: format!("({x} - {y})"),
+                        align: gcd(ax, ay),
+                        map,
+                    }),
                     ('*', Stride { base, align, map }, Uniform { .. }) if literal.is_some() => {
                         let k = literal.unwrap_or(1);
                         Some(Stride {
@@ -232,7 +268,11 @@ impl Lanes {
                             if map.iter().all(|&m| m == 0) {
                                 uniform(quotient, align / k)
                             } else {
-                                Some(Stride { base: quotient, align: align / k, map })
+                                Some(Stride {
+                                    base: quotient,
+                                    align: align / k,
+                                    map,
+                                })
                             }
                         } else if map.iter().all(|&m| m < gcd(align, k)) {
                             uniform(quotient, 1)
@@ -243,10 +283,15 @@ impl Lanes {
                     // (base + m) % k = base % k + m when every m is below
                     // gcd(align, k) (no lane wraps around k).
                     ('%', Stride { base, align, map }, Uniform { .. })
-                        if literal.is_some_and(|k| k > 0 && map.iter().all(|&m| m < gcd(align, k))) =>
+                        if literal
+                            .is_some_and(|k| k > 0 && map.iter().all(|&m| m < gcd(align, k))) =>
                     {
                         let k = literal.unwrap_or(1);
-                        Some(Stride { base: format!("({base} % {k})"), align: gcd(align, k), map })
+                        Some(Stride {
+                            base: format!("({base} % {k})"),
+                            align: gcd(align, k),
+                            map,
+                        })
                     }
                     // (base + m) ^ k = base + (m ^ k) when base is a multiple
                     // of a power of two above both m and k.
@@ -257,7 +302,11 @@ impl Lanes {
                         }) =>
                     {
                         let k = literal.unwrap_or(0);
-                        Some(Stride { base, align, map: map.iter().map(|m| m ^ k).collect() })
+                        Some(Stride {
+                            base,
+                            align,
+                            map: map.iter().map(|m| m ^ k).collect(),
+                        })
                     }
                     _ => None,
                 }

@@ -399,8 +399,9 @@ pub fn generate_with(
                 n,
             } => {
                 template_sources.insert(kernel.name.clone(), kernel.source.clone());
-                let n = i32::try_from(*n)
-                    .map_err(|_| CodegenError::TooLarge(format!("one-row linear of {n} outputs")))?;
+                let n = i32::try_from(*n).map_err(|_| {
+                    CodegenError::TooLarge(format!("one-row linear of {n} outputs"))
+                })?;
                 Step::Launch(Launch {
                     kernel: kernel.name.clone(),
                     grid: kernel.grid,

@@ -430,16 +430,16 @@ fn lower_gemm(
         });
     } else {
         steps.push(PendingStep::Gemm {
-        node: anchor,
-        x,
-        w,
-        bias,
-        out: product,
-        gelu: gelu.is_some(),
-        rows,
-        k,
-        n,
-        dtype,
+            node: anchor,
+            x,
+            w,
+            bias,
+            out: product,
+            gelu: gelu.is_some(),
+            rows,
+            k,
+            n,
+            dtype,
             out_dtype,
             scales,
         });
