@@ -155,15 +155,9 @@ FX_DEVICE void fx_vstore(__nv_fp8_e5m2* p, long long i, const float* y) {
     fx_vstore_fp8<N>(p, i, y, __NV_E5M2);
 }
 
-// x / s as multiplication by s's reciprocal plus one correction step: the
-// reciprocal is computed once for all the elements that share s (the
-// compiler merges the identical __frcp_rn calls), where an IEEE division
-// per element costs a quarter-rate reciprocal and a fix-up sequence each.
-// The result is the correctly rounded quotient but for rare last-bit
-// differences, which the fp8 rounding that follows (quantize) absorbs; an
-// infinite quotient stays infinite (the correction would make it NaN).
-FX_DEVICE float fx_div(float x, float s) {
-    const float inv = __frcp_rn(s);
-    const float q = x * inv;
-    return isinf(q) ? q : fmaf(fmaf(-q, s, x), inv, q);
-}
+// The IR's quantize before its fp8 rounding: x times s's reciprocal,
+// rounded to f32 (__frcp_rn is correctly rounded, as the interpreter's
+// 1 / s). The reciprocal is computed once for all the elements that share
+// s (the compiler merges the identical calls); a division per element
+// would cost a quarter-rate reciprocal and a fix-up sequence each.
+FX_DEVICE float fx_mul_rcp(float x, float s) { return __fmul_rn(x, __frcp_rn(s)); }

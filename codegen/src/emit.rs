@@ -340,7 +340,7 @@ impl<'g> Emitter<'g> {
         let a = self.value(operands[0], index)?;
         let is = self.broadcast(index, &out_dims, operands[1]);
         let scale = self.value(operands[1], &is)?;
-        Ok(format!("fx_div({a}, {scale})"))
+        Ok(format!("fx_mul_rcp({a}, {scale})"))
     }
 
     /// The f32 value of `id` at `index` (an index over `id`'s shape), as a
@@ -492,7 +492,7 @@ impl<'g> Emitter<'g> {
                 let scale = self.value(operands[1], &is)?;
                 match dtype {
                     DType::F8E4M3 | DType::F8E5M2 => {
-                        format!("fx_round_{}(fx_div({a}, {scale}))", dtype.name())
+                        format!("fx_round_{}(fx_mul_rcp({a}, {scale}))", dtype.name())
                     }
                     other => return Err(unsupported(&node.op, &format!("to {other}"))),
                 }

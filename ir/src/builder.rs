@@ -422,8 +422,8 @@ impl GraphBuilder {
         self.op(Op::DynamicScale { dtype, per_row }, &[x])
     }
 
-    /// `x / scale` rounded, saturating, to the fp8 `dtype`; `scale` is f32
-    /// `[1]` or per row (as [`GraphBuilder::dynamic_scale`] makes it).
+    /// `x · (1 / scale)` rounded, saturating, to the fp8 `dtype` (see
+    /// [`Op::Quantize`]); `scale` is f32 `[1]` or per row (as [`GraphBuilder::dynamic_scale`] makes it).
     pub fn quantize(&mut self, x: NodeId, scale: NodeId, dtype: DType) -> Result<NodeId, IrError> {
         self.op(Op::Quantize(dtype), &[x, scale])
     }

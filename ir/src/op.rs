@@ -301,8 +301,11 @@ pub enum Op {
         /// One scale per row of the last axis instead of one per tensor.
         per_row: bool,
     },
-    /// `x / scale` rounded (saturating) to an fp8 dtype. Operands: x, scale
-    /// (f32, `[1]` or x's shape with the last dim 1).
+    /// `x · (1 / scale)` rounded (saturating) to an fp8 dtype, the
+    /// reciprocal rounded to f32 once per scale: on the GPU one multiply per
+    /// element instead of a division, and within one f32 ulp of `x / scale`
+    /// before the fp8 rounding. Operands: x, scale (f32, `[1]` or x's shape
+    /// with the last dim 1).
     Quantize(DType),
     /// A linear over quantized operands: `(xq · wqᵀ) · x_scale · w_scale (+ b)`.
     /// Operands: xq fp8 `[.., K]`, x_scale f32 `[1]` or `[.., 1]`, wq fp8

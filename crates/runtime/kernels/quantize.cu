@@ -9,10 +9,12 @@
 //   amax  = max |x| over one row of the last axis (per row), or over the
 //           whole tensor (one row of amaxes reduced again);
 //   scale = fmaxf(amax, 1e-12f) / max_finite   (448 for E4M3, 57344 for E5M2)
-//   q     = fp8(x / scale), round-to-nearest-even, saturating to finite.
+//   q     = fp8(x * (1 / scale)), the reciprocal rounded to f32, then
+//           round-to-nearest-even, saturating to finite.
 //
-// Both divisions are IEEE round-to-nearest (__fdiv_rn, whatever the compile
-// flags), and the conversion is the hardware's cvt.rn.satfinite, which the
+// The division, the reciprocal and the product are IEEE round-to-nearest
+// (__fdiv_rn, __frcp_rn, __fmul_rn, whatever the compile flags), and the
+// conversion is the hardware's cvt.rn.satfinite, which the
 // host encoder (clamp to ±max, then round-to-nearest-even) matches. A max is
 // exact and does not depend on the order it is taken in (fmaxf skips NaN as
 // Rust's f32::max does), so the reductions give the same bits whatever the
@@ -69,7 +71,7 @@ __device__ void row_amax(const T* x, float* out, long long rows, long long cols,
     }
 }
 
-// out[i] = fp8(x[i] / scale), with the scale of x's row (per_row) or scales[0].
+// out[i] = fp8(x[i] * (1 / scale)), with the scale of x's row (per_row) or scales[0].
 template <typename T>
 __device__ void quantize(const T* x, const float* scales, __nv_fp8_storage_t* out, long long rows,
                          long long cols, int per_row, int e5m2) {
@@ -78,7 +80,7 @@ __device__ void quantize(const T* x, const float* scales, __nv_fp8_storage_t* ou
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
         const float s = scales[per_row ? i / cols : 0];
-        out[i] = __nv_cvt_float_to_fp8(__fdiv_rn(to_float(x[i]), s), __NV_SATFINITE, kind);
+        out[i] = __nv_cvt_float_to_fp8(__fmul_rn(to_float(x[i]), __frcp_rn(s)), __NV_SATFINITE, kind);
     }
 }
 

@@ -5,8 +5,9 @@
 //! accumulate in f64.
 //!
 //! The fp8 ops follow torchao's float8 dynamic quantization: a scale is
-//! `amax / max_finite`, quantized values are `round(x / scale)` (kept as f32
-//! here, but exactly representable in the fp8 dtype), and a scaled linear
+//! `amax / max_finite`, quantized values are `round(x · (1 / scale))`, the
+//! reciprocal rounded to f32 first (kept as f32 here, but exactly
+//! representable in the fp8 dtype), and a scaled linear
 //! multiplies the exact dot product of the quantized operands by both scales.
 //! A scaled attention dequantizes its operands and then rounds what the fp8
 //! kernel rounds: the probabilities (to e4m3, relative to the row max, with
@@ -222,13 +223,14 @@ fn scale_index(scale_len: usize, r: usize) -> usize {
     }
 }
 
-/// `dtype.round(x / scale)` with a per-tensor or per-row scale.
+/// `dtype.round(x · (1 / scale))` with a per-tensor or per-row scale, the
+/// reciprocal rounded to f32 once per scale (as `Op::Quantize` defines it).
 fn quantize(x: &Tensor, scale: &Tensor, dtype: DType) -> Vec<f32> {
     let row = x.shape.last().unwrap_or(1);
     let mut out = Vec::with_capacity(x.data.len());
     for (r, values) in x.data.chunks(row).enumerate() {
-        let s = scale.data[scale_index(scale.data.len(), r)];
-        out.extend(values.iter().map(|&v| dtype.round(v / s)));
+        let inv = 1.0 / scale.data[scale_index(scale.data.len(), r)];
+        out.extend(values.iter().map(|&v| dtype.round(v * inv)));
     }
     out
 }
