@@ -67,7 +67,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // "threads block_m block_n shared_bytes attention-symbol v-layout-symbol v-layout-threads"
+    // "threads block_m block_n shared_bytes attention-symbol v-layout-symbol v-layout-threads
+    // v-layout-keys-per-cta"
     let written = std::fs::write(
         dir.join(format!("{}.cu", fp8.name)),
         format!("#include <cuda_bf16.h>\n{}", fp8.source),
@@ -77,14 +78,15 @@ fn main() -> ExitCode {
         std::fs::write(
             dir.join("fp8_meta.txt"),
             format!(
-                "{} {} {} {} {} {} {}\n",
+                "{} {} {} {} {} {} {} {}\n",
                 fp8.threads,
                 fp8.block_m,
                 fp8.block_n,
                 fp8.shared_bytes,
                 fp8.name,
                 v_layout.name,
-                v_layout.threads
+                v_layout.threads,
+                v_layout.keys_per_cta
             ),
         )
     });

@@ -3,7 +3,7 @@
 # machine. usage: check_fp8.py KERNEL_DIR [full|time]
 # KERNEL_DIR is what `cargo run --release --example render_attention -- DIR`
 # writes: the two .cu files and fp8_meta.txt ("threads block_m block_n smem
-# attention-symbol v-layout-symbol v-layout-threads"); compiled here with
+# attention-symbol v-layout-symbol v-layout-threads v-layout-keys-per-cta"); compiled here with
 # nvcc for sm_90a.
 #
 # Per case: q, k, v random bf16, quantized to e4m3 per tensor (scale =
@@ -21,6 +21,7 @@ vdir, mode = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else "full")
 meta = open(os.path.join(vdir, "fp8_meta.txt")).read().split()
 threads, block_m, block_n, smem = map(int, meta[:4])
 att_name, v_name, v_threads = meta[4], meta[5], int(meta[6])
+v_keys = int(meta[7]) if len(meta) > 7 else 64  # keys per CTA of the V layout kernel
 D = 128
 
 def load(name):
@@ -82,7 +83,7 @@ class Case:
         ]
 
     def layout(self):
-        grid = ((self.sp + 63) // 64, self.h, self.b)
+        grid = ((self.sp + v_keys - 1) // v_keys, self.h, self.b)
         v8 = cp.from_dlpack(self.v8.view(torch.uint8)) if self.skv else cp.zeros(1, dtype=cp.uint8)
         vlay(grid, (v_threads, 1, 1), (v8, cp.from_dlpack(self.vt), cp.int32(self.skv), cp.int32(self.h)))
 

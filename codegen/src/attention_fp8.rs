@@ -51,7 +51,7 @@ const STAGES: u32 = 2;
 pub const FP8_HEAD_DIM: usize = 128;
 
 /// Keys per CTA of the V layout kernel.
-const V_LAYOUT_KEYS: u32 = 64;
+const V_LAYOUT_KEYS: u32 = 128;
 
 const TEMPLATE: &str = include_str!("../kernels/attention_fp8.cu");
 const V_TEMPLATE: &str = include_str!("../kernels/attention_fp8_v.cu");
@@ -83,6 +83,8 @@ pub struct VLayoutKernel {
     pub source: String,
     /// Threads per CTA.
     pub threads: u32,
+    /// Keys per CTA (see [`v_layout_grid`]).
+    pub keys_per_cta: u32,
 }
 
 /// Shared memory of the attention kernel: the Q tile, the K and Vt rings,
@@ -149,6 +151,7 @@ pub fn render_v_layout(head_dim: usize) -> Result<VLayoutKernel, String> {
         name,
         source,
         threads: 256,
+        keys_per_cta: V_LAYOUT_KEYS,
     })
 }
 
@@ -159,7 +162,7 @@ pub fn padded_keys(seq_kv: u32) -> u32 {
     seq_kv.max(1).div_ceil(16) * 16
 }
 
-/// Launch grid of the V layout kernel: `[ceil(Sp / 64), heads, batch]`.
+/// Launch grid of the V layout kernel: `[ceil(Sp / 128), heads, batch]`.
 pub fn v_layout_grid(batch: u32, heads: u32, seq_kv: u32) -> [u32; 3] {
     [padded_keys(seq_kv).div_ceil(V_LAYOUT_KEYS), heads, batch]
 }
@@ -198,8 +201,8 @@ mod tests {
         assert_eq!(padded_keys(16), 16);
         assert_eq!(padded_keys(4080 + 512), 4592);
         assert_eq!(padded_keys(333), 336);
-        assert_eq!(v_layout_grid(1, 24, 4608), [72, 24, 1]);
-        assert_eq!(v_layout_grid(1, 2, 333), [6, 2, 1]);
+        assert_eq!(v_layout_grid(1, 24, 4608), [36, 24, 1]);
+        assert_eq!(v_layout_grid(1, 2, 333), [3, 2, 1]);
     }
 
     /// The key order of the V layout kernel is a permutation of each

@@ -600,11 +600,18 @@ mod tests {
         assert_eq!(q.data[7], 448.0);
         for (i, &v) in q.data.iter().enumerate() {
             let s = per_row.data[i / 4];
-            assert_eq!(v, fp8::round(Fp8Format::E4m3, i as f32 * (1.0 / s)), "element {i}");
+            assert_eq!(
+                v,
+                fp8::round(Fp8Format::E4m3, i as f32 * (1.0 / s)),
+                "element {i}"
+            );
         }
         let q = run(&quant(false), &m).unwrap();
         assert_eq!(q.data[7], 448.0);
-        assert_eq!(q.data[1], fp8::round(Fp8Format::E4m3, 1.0 * (1.0 / (7.0 / 448.0))));
+        assert_eq!(
+            q.data[1],
+            fp8::round(Fp8Format::E4m3, 1.0 * (1.0 / (7.0 / 448.0)))
+        );
         // All-zero sources get the floor scale, not a division by zero.
         let z = Mem(HashMap::from([(
             "z".to_string(),
