@@ -210,11 +210,23 @@ fn flux_schnell_gemm_count_after_fusion() {
         .filter(|&id| o.graph.node(id).op == Op::Linear)
         .collect();
     // 19 double blocks × (2 fused q/k/v [image, text] + 2 output projections
-    //   + 4 MLP linears + 2 modulation GEMVs, not fused: one row each) = 190
-    // 38 single blocks × (1 fused q/k/v/mlp + 1 proj_out + 1 modulation) = 114
+    //   + 4 MLP linears) = 152
+    // 38 single blocks × (1 fused q/k/v/mlp + 1 proj_out) = 76
     // x_embedder, context_embedder, timestep_embedder ×2, text_embedder ×2,
-    //   norm_out.linear, proj_out = 8 (schnell has no guidance embedder)
-    assert_eq!(linears.len(), 190 + 114 + 8);
+    //   proj_out = 7 (schnell has no guidance embedder)
+    // the 77 modulation linears (2 per double block, 1 per single block,
+    //   norm_out's) read one conditioning row: stacked into 1
+    assert_eq!(linears.len(), 152 + 76 + 7 + 1);
+    let stacked = linears
+        .iter()
+        .filter(|&&id| {
+            o.graph.ty(id).shape.dims() == [1, 19 * 2 * 6 * 3072 + 38 * 3 * 3072 + 2 * 3072]
+        })
+        .count();
+    assert_eq!(
+        stacked, 1,
+        "the stacked modulation linear, 3072 → 1 056 768"
+    );
     let fused = |scope_end: &str, n: usize| {
         linears
             .iter()

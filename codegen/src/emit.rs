@@ -18,18 +18,25 @@ use fluxc_ir::{BinaryOp, DType, Graph, NodeId, Op, UnaryOp};
 
 use crate::buffers::{Buf, Temp};
 use crate::lanes::{lane_offset, Lanes};
+use crate::lower::storage_of;
 use crate::CodegenError;
 
 /// A multi-dimensional index: one C expression per dimension.
 pub type Index = Vec<String>;
 
-/// A kernel parameter: a buffer the kernel reads or writes.
+/// A kernel parameter: a buffer the kernel reads or writes, from a byte
+/// offset into it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Param {
     /// The buffer.
     pub buf: Buf,
     /// Whether the kernel writes it.
     pub written: bool,
+    /// Bytes into the buffer where the kernel's view starts (a multiple of
+    /// 16): a slice's start goes into the pointer rather than into the
+    /// kernel text, so kernels that read different slices of equal shape
+    /// (the same chunk of every block's modulation) are one kernel.
+    pub offset: u64,
 }
 
 /// A block's effect on wide loads made inside it, which are issued before
@@ -72,7 +79,7 @@ pub struct Emitter<'g> {
     computed: std::collections::HashSet<NodeId>,
     /// Parameters in order of first use.
     params: Vec<Param>,
-    param_index: HashMap<Buf, usize>,
+    param_index: HashMap<(Buf, u64), usize>,
     lines: Vec<String>,
     indent: usize,
     next_var: usize,
@@ -308,12 +315,22 @@ impl<'g> Emitter<'g> {
 
     /// The parameter slot of `buf`, registering it on first use.
     pub fn param_buf(&mut self, buf: Buf, written: bool) -> usize {
-        if let Some(&i) = self.param_index.get(&buf) {
+        self.param_at(buf, written, 0)
+    }
+
+    /// The parameter slot of `buf` seen from `offset` bytes in.
+    fn param_at(&mut self, buf: Buf, written: bool, offset: u64) -> usize {
+        if let Some(&i) = self.param_index.get(&(buf, offset)) {
             self.params[i].written |= written;
             return i;
         }
-        self.params.push(Param { buf, written });
-        self.param_index.insert(buf, self.params.len() - 1);
+        self.params.push(Param {
+            buf,
+            written,
+            offset,
+        });
+        self.param_index
+            .insert((buf, offset), self.params.len() - 1);
         self.params.len() - 1
     }
 
@@ -364,48 +381,63 @@ impl<'g> Emitter<'g> {
             let inner = self.delinearize(&linear, self.graph.ty(operand).shape.dims().to_vec());
             return self.value(operand, &inner);
         } else if !self.computed.contains(&id) {
-            let p = self.param(id, false);
             let linear = self.linear(index, node.ty.shape.dims());
-            let pick = match self.vector.get(&linear) {
-                Some(base) => Some((base.clone(), "v".to_string())),
-                None => self.lanes.classify(&linear).and_then(|lane| {
-                    let (base, map) = lane.wide_load(self.vector_width)?;
-                    Some((base.to_string(), lane_offset(map)))
-                }),
-            };
-            if let (Some((base, lane)), Some(guard)) = (pick, self.load_guard()) {
-                // One wide load per (buffer, base, guard): a pair partner
-                // or a table entry read at the same base picks other
-                // lanes of it.
-                let var = match self
-                    .vector_loads
-                    .iter()
-                    .find(|l| l.param == p && l.base == base && l.guard == guard)
-                {
-                    Some(l) => l.var.clone(),
-                    None => {
-                        let var = format!("r{p}_{linear}");
-                        self.vector_loads.push(WideLoad {
-                            param: p,
-                            base,
-                            var: var.clone(),
-                            guard,
-                        });
-                        var
-                    }
-                };
-                let v = format!("fx_vget<{}>({var}, {lane})", self.vector_width);
-                self.scope().values.insert(key, v.clone());
-                return Ok(v);
-            }
-            let v = self.fresh("v");
-            self.line(format!("const float {v} = fx_load(p{p}, {linear});"));
-            v
+            return Ok(self.load(id, key, linear, 0));
         } else {
             self.compute(id, index)?
         };
         self.scope().values.insert(key, value.clone());
         Ok(value)
+    }
+
+    /// The value of buffer `id` (not computed here) at `linear`, counted
+    /// from `offset` bytes in, memoized under `key`: an element of a wide
+    /// load when the lane analysis allows one, else a scalar load.
+    fn load(&mut self, id: NodeId, key: (NodeId, String), linear: String, offset: u64) -> String {
+        let p = self.param_at(Buf::Node(id), false, offset);
+        let pick = match self.vector.get(&linear) {
+            Some(base) => Some((base.clone(), "v".to_string())),
+            None => self.lanes.classify(&linear).and_then(|lane| {
+                let (base, map) = lane.wide_load(self.vector_width)?;
+                Some((base.to_string(), lane_offset(map)))
+            }),
+        };
+        let value = if let (Some((base, lane)), Some(guard)) = (pick, self.load_guard()) {
+            // One wide load per (buffer, base, guard): a pair partner or a
+            // table entry read at the same base picks other lanes of it.
+            let var = match self
+                .vector_loads
+                .iter()
+                .find(|l| l.param == p && l.base == base && l.guard == guard)
+            {
+                Some(l) => l.var.clone(),
+                None => {
+                    let var = format!("r{p}_{linear}");
+                    self.vector_loads.push(WideLoad {
+                        param: p,
+                        base,
+                        var: var.clone(),
+                        guard,
+                    });
+                    var
+                }
+            };
+            format!("fx_vget<{}>({var}, {lane})", self.vector_width)
+        } else {
+            let v = self.fresh("v");
+            self.line(format!("const float {v} = fx_load(p{p}, {linear});"));
+            v
+        };
+        self.scope().values.insert(key, value.clone());
+        value
+    }
+
+    /// Whether `id` is read from its buffer here (not computed, not
+    /// supplied by the template).
+    fn is_loaded(&self, id: NodeId) -> bool {
+        !self.computed.contains(&id)
+            && !self.provided_everywhere.contains_key(&id)
+            && !self.provided.keys().any(|(n, _)| *n == id)
     }
 
     fn scope(&mut self) -> &mut Scope {
@@ -498,6 +530,20 @@ impl<'g> Emitter<'g> {
                 }
             }
             Op::Slice { axis, start, .. } => {
+                // A slice of a buffer read here whose start is a 16-byte
+                // multiple: the start goes into the parameter's pointer.
+                let x = operands[0];
+                let storage = storage_of(self.graph, x);
+                if self.is_loaded(storage) {
+                    let x_dims = self.graph.ty(x).shape.dims().to_vec();
+                    let stride: usize = x_dims[axis + 1..].iter().product();
+                    let elem = self.graph.ty(storage).dtype.size_bytes();
+                    let bytes = (start * stride * elem) as u64;
+                    if bytes % 16 == 0 {
+                        let linear = self.linear(index, &x_dims);
+                        return Ok(self.load(storage, (id, index.join(",")), linear, bytes));
+                    }
+                }
                 let mut inner = index.clone();
                 inner[*axis] = self.bind_index(format!("{} + {start}", index[*axis]));
                 return self.value(operands[0], &inner);

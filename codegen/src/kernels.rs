@@ -789,10 +789,12 @@ pub fn tensor_scale_with(
             Param {
                 buf: Buf::Node(x),
                 written: false,
+                offset: 0,
             },
             Param {
                 buf: Buf::Node(node),
                 written: true,
+                offset: 0,
             },
         ],
         grid: [blocks as u32, 1, 1],

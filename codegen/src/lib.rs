@@ -231,7 +231,12 @@ pub fn generate_with(
                 let mut args: Vec<Arg> = k
                     .params
                     .iter()
-                    .map(|p| Arg::Ptr(tensor_of(p.buf)))
+                    .map(|p| {
+                        Arg::Ptr(Tensor {
+                            offset: p.offset,
+                            ..tensor_of(p.buf)
+                        })
+                    })
                     .collect();
                 if k.scratch_words > 0 {
                     args.push(Arg::Ptr(Tensor::of(buffers.len() as u32)));

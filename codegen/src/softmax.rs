@@ -115,10 +115,12 @@ pub fn scaled_softmax(
             Param {
                 buf: Buf::Temp(plan.scores),
                 written: false,
+                offset: 0,
             },
             Param {
                 buf: Buf::Temp(plan.scores),
                 written: true,
+                offset: 0,
             },
         ],
         grid: [rows, matrices, 1],

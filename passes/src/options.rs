@@ -77,8 +77,9 @@ pub struct PassOptions {
     pub conv1x1_as_mm: bool,
     /// Fuse linears that share an input (q/k/v, q/k/v/mlp) on an e-graph.
     pub fuse_qkv: bool,
-    /// Linears whose input has fewer rows than this are not fused (GEMVs
-    /// such as the modulation linears gain nothing from it).
+    /// Linears whose input has fewer rows than this are left out of the
+    /// e-graph; of those, one-row linears sharing an input (the modulation
+    /// linears) are stacked directly (`fuse_qkv/one_row.rs`).
     pub fuse_qkv_min_rows: usize,
     /// Attach pointwise tails (bias, GELU, gate, residual add) to the GEMM
     /// that produces their input.

@@ -180,8 +180,14 @@ fn run(
             Step::FuseQkv if opts.fuse_qkv => {
                 let r = fuse_qkv::fuse_shared_input_linears(&mut graph, opts.fuse_qkv_min_rows)
                     .map_err(at)?;
+                let one_row = fuse_qkv::stack_one_row_linears(&mut graph).map_err(at)?;
+                if one_row > 0 {
+                    // The parts' own slices (modulation chunks) read the
+                    // stacked output directly.
+                    simplify::simplify(&mut graph).map_err(at)?;
+                }
                 format!(
-                    "{} linears -> {} (e-graph stopped: {})",
+                    "{} linears -> {} (e-graph stopped: {}); {one_row} one-row linears stacked",
                     r.linears_before, r.linears_after, r.stop_reason
                 )
             }

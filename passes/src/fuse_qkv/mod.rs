@@ -14,9 +14,14 @@
 //!
 //! The runner's limits are explicit and the `deterministic` feature of egg is
 //! on, so the same graph always fuses the same way.
+//!
+//! Linears with fewer input rows than the e-graph considers are handled by
+//! [`stack_one_row_linears`] (`one_row.rs`): one-row linears sharing an
+//! input are always stacked, without a cost model.
 
 mod cost;
 mod lang;
+mod one_row;
 mod rules;
 
 use std::collections::{BTreeMap, HashMap};
@@ -27,6 +32,7 @@ use fluxc_ir::{Graph, IrError, NodeId, Op};
 
 use cost::ForwardTime;
 use lang::{Facts, LeafFacts, LinearLang};
+pub use one_row::stack_one_row_linears;
 
 /// Rewrite iterations; three suffice to fuse four linears pairwise.
 const ITER_LIMIT: usize = 8;
