@@ -2,6 +2,7 @@
 # Builds, on the dev machine, everything benches/peers/run_h200.sh needs on
 # the GPU machine (which has no Rust), into .dev/ (git-ignored):
 #
+#   .dev/commit           the commit they are built from (for the reports)
 #   .dev/bin/fluxc        the CLI
 #   .dev/bin/gpu-tests    the GPU test binary (tests/gpu.rs)
 #   .dev/bin/gpu-fp8-tests  the runtime's fp8 GPU tests (crates/runtime/tests/gpu_fp8.rs)
@@ -26,6 +27,9 @@ WIDTH=${WIDTH:-1024}
 TEXT_TOKENS=${TEXT_TOKENS:-512}
 VARIANTS=${VARIANTS:-bf16 fp8-tensor fp8-row}
 mkdir -p .dev/bin .dev/art .dev/models
+# The commit the binaries are built from, for the reports (the GPU
+# machine's copy of the tree has no .git); "-dirty" with local changes.
+{ git rev-parse --short HEAD; git diff --quiet HEAD || echo -dirty; } | tr -d '\n' > .dev/commit
 cargo build --release -p fluxc-cli
 cp target/release/fluxc .dev/bin/
 test_bin=$(cargo test --release --test gpu --no-run 2>&1 | grep -o 'target/release/deps/gpu-[a-z0-9]*' | head -1)

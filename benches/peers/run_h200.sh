@@ -173,7 +173,7 @@ MERGE
         done
     fi
     if (( ${#compared[@]} )); then
-        python3 benches/peers/compare.py --dir "$WORK" "${compared[@]}" --commit "${COMMIT:-unknown}" \
+        python3 benches/peers/compare.py --dir "$WORK" "${compared[@]}" --commit "${COMMIT:-$(cat .dev/commit 2>/dev/null || echo unknown)}" \
             --command "MODEL=$MODEL HEIGHT=$HEIGHT WIDTH=$WIDTH TEXT_TOKENS=$TEXT_TOKENS VARIANTS='$VARIANTS' TORCHAO=$TORCHAO FLOORS=$FLOORS TORCH_COMPILE='$TORCH_COMPILE' TORCH_COMPILE_FP8_MODE=$TORCH_COMPILE_FP8_MODE benches/peers/run_h200.sh" \
             --name "forward_${MODEL}_${HEIGHT}x${WIDTH}_t$TEXT_TOKENS" --out "$OUT"
     fi

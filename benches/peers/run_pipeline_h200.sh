@@ -41,7 +41,7 @@ for v in $VARIANTS; do
     tail -4 "$OUT/generate_$v.log"
 done
 if (( ${#compared[@]} )) && [[ -e "$WORK/reference.json" ]]; then
-    python3 benches/peers/compare_pipeline.py --dir "$WORK" "${compared[@]}" --commit "${COMMIT:-unknown}" \
+    python3 benches/peers/compare_pipeline.py --dir "$WORK" "${compared[@]}" --commit "${COMMIT:-$(cat .dev/commit 2>/dev/null || echo unknown)}" \
         --command "MODEL=$MODEL VARIANTS='$VARIANTS' TEXT_TOKENS=$TEXT_TOKENS benches/peers/run_pipeline_h200.sh" \
         --name "pipeline_${MODEL}_1024_t$TEXT_TOKENS" --out "$OUT" || status=1
 fi
