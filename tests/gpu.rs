@@ -248,6 +248,14 @@ fn tiny_models_match_diffusers_and_the_interpreter() {
                 );
                 assert!(error <= 1e-4, "{preset} {checkpoint}: {error:e}");
                 assert!(worst <= 1e-4, "{preset} {checkpoint}: {worst:e} at {at}");
+                // Replays (as the benchmarks time them: no new inputs) give
+                // the same output: nothing overwrote the inputs.
+                e.time_replays(1, 2).unwrap();
+                assert_eq!(
+                    e.output("sample").unwrap(),
+                    sample.data,
+                    "{preset} {checkpoint}: a replay changed the output"
+                );
             }
         }
     }

@@ -195,7 +195,10 @@ pub fn generate_with(
             } else {
                 first_use.get(&id).copied().unwrap_or(0)
             };
-            let last = if outputs.contains(&id) {
+            // Inputs stay intact to the end, so that a forward launched
+            // again without new inputs (benchmark replays, an app's second
+            // run) reads the same ones rather than what reused their bytes.
+            let last = if is_input || outputs.contains(&id) {
                 last_step
             } else {
                 last_use.get(&id).copied().unwrap_or(first)

@@ -1,8 +1,8 @@
 //! Static memory planning: every activation gets an offset in one arena.
 //!
 //! Each buffer lives from the step that writes it to the last step that reads
-//! it (graph inputs from before the first step, graph outputs to after the
-//! last). Buffers are placed in order of first use at the lowest offset whose
+//! it (graph inputs from before the first step to after the last, so they
+//! survive a forward; graph outputs to after the last). Buffers are placed in order of first use at the lowest offset whose
 //! bytes are free for their whole lifetime (first fit over the live set),
 //! 256-byte aligned. A buffer read by a step never shares bytes with one
 //! written by the same step. Planning without reuse (every buffer its own

@@ -128,6 +128,33 @@ fn mini_block_lowers_to_gemms_attention_and_kernels() {
     }
 }
 
+/// With memory reuse on, no other buffer shares bytes with an input: a
+/// forward launched again without new inputs (benchmark replays, an app's
+/// second run) must read the inputs it was given, not what reused them.
+#[test]
+fn inputs_keep_their_bytes_for_the_whole_forward() {
+    let g = generated(mini_block(DType::BF16), true);
+    let s = &g.schedule;
+    assert!(!s.inputs.is_empty());
+    let arena: Vec<_> = s
+        .buffers
+        .iter()
+        .filter(|b| b.region == fluxc_artifact::Region::Arena)
+        .collect();
+    for input in &s.inputs {
+        let i = &s.buffers[input.buffer as usize];
+        for b in &arena {
+            let overlap = b.offset < i.offset + i.bytes && i.offset < b.offset + b.bytes;
+            assert!(
+                b.id == i.id || !overlap,
+                "input `{}` shares bytes with `{}`",
+                input.name,
+                b.name
+            );
+        }
+    }
+}
+
 #[test]
 fn generated_kernels_compile_for_sm90a() {
     if let Some(why) = common::nvrtc_unavailable() {
