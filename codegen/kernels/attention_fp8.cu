@@ -47,14 +47,20 @@
 // Softmax: the scores get one FFMA each, with the scale, log2(e) and
 // q_scale * k_scale folded into one factor; P = exp2(S' - max + 8), i.e.
 // 256 times the probability, so that it uses e4m3's range (at most 256 of
-// 448) instead of underflowing below 2^-9; the row sums l come from the same
-// unrounded values, so the factor cancels in O / l, and v_scale is applied
-// once in the epilogue.
+// 448) instead of underflowing below 2^-9. The row sums l come from the
+// tensor cores: with the same P registers, m64n8k32 wgmmas against a tile of
+// e4m3 ones (8 rows of 128 keys) sum each row of P as rounded to e4m3, like
+// the numerator. Their accumulator starts fresh on every key tile: summed
+// across tiles in the wgmma accumulator (fp8 wgmmas keep fewer bits when
+// they add to it) a sum of that many positive terms drifted low, 7.5e-2
+// error at 4592 keys. Each tile's sum is added in f32, rescaled with O;
+// the factor 256 cancels in O / l, and v_scale is applied once in the
+// epilogue.
 //
 // Shared memory (from a 1024-byte aligned base; 1024 bytes of slack): sQ
 // 128 x 128 bytes; sK[STAGES] 128 keys x 128 bytes; sVt[STAGES] 128 rows of
 // D x 128 keys; sO 128 x 256 bytes (the bf16 output tile, two 64-column
-// blocks); the mbarriers. Every tile is rows of 128 bytes with the 128-byte
+// blocks); sOnes 8 x 128 bytes of e4m3 ones; the mbarriers. Every tile is rows of 128 bytes with the 128-byte
 // swizzle (chunk j of row r at j ^ (r & 7)), 8-row groups 1024 bytes apart:
 // K-major for all three wgmma operands read from shared memory.
 
@@ -127,6 +133,20 @@ static __device__ __forceinline__ void fp8_wgmma_rs_n128(float* d, unsigned int 
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc_b), "r"(1));
 }
 
+// d[0..4) (= or +=, scale_d) A(64x32, registers a0..a3) * B(32x8, smem
+// desc), B K-major: with B all ones, each row's sum of A.
+static __device__ __forceinline__ void fp8_wgmma_rs_n8(float* d, unsigned int a0, unsigned int a1,
+                                                       unsigned int a2, unsigned int a3,
+                                                       unsigned long long desc_b, int scale_d) {
+    asm volatile(
+        "{\n.reg .pred p;\n"
+        "setp.ne.b32 p, %9, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n8k32.f32.e4m3.e4m3 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, %8, p, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc_b), "r"(scale_d));
+}
+
 #endif  // FLUXC_FA_FP8_HELPERS
 
 
@@ -142,6 +162,7 @@ extern "C" __global__ void __launch_bounds__(384, 1)
     constexpr int QB = BLOCK_M * D;       // bytes of the Q tile
     constexpr int KVB = BLOCK_N * D;      // bytes of one K or Vt tile
     constexpr int OB = BLOCK_M * D * 2;   // bytes of the bf16 output tile
+    constexpr int ONESB = 8 * BLOCK_N;    // bytes of the ones tile
     constexpr int NS = BLOCK_N / 2;       // S accumulator floats per thread
     constexpr int NO = D / 2;             // O accumulator floats per thread
     constexpr int KSTEPS_QK = D / 32;
@@ -151,7 +172,7 @@ extern "C" __global__ void __launch_bounds__(384, 1)
     static_assert(STAGES == 2 || STAGES == 3, "2 or 3 K/V buffers");
     // Barriers: q_full, k_full[S], v_full[S], k_empty[S], v_empty[S].
     constexpr int BAR_BYTES = 8 * (1 + 4 * STAGES);
-    static_assert(QB + 2 * STAGES * KVB + OB + BAR_BYTES + 1024 <= {{SHARED_BYTES}},
+    static_assert(QB + 2 * STAGES * KVB + OB + ONESB + BAR_BYTES + 1024 <= {{SHARED_BYTES}},
                   "shared layout larger than the launch size computed by codegen");
 
     extern __shared__ unsigned char {{NAME}}_smem[];
@@ -160,7 +181,8 @@ extern "C" __global__ void __launch_bounds__(384, 1)
     const unsigned int sK = sQ + QB;
     const unsigned int sV = sK + STAGES * KVB;
     const unsigned int sO = sV + STAGES * KVB;
-    const unsigned int bars = sO + OB;
+    const unsigned int sOnes = sO + OB;  // 1024-aligned: every size above is
+    const unsigned int bars = sOnes + ONESB;
     const unsigned int q_full = bars;
     auto k_full = [&](int s) { return bars + 8u * (1 + s); };
     auto v_full = [&](int s) { return bars + 8u * (1 + STAGES + s); };
@@ -183,8 +205,13 @@ extern "C" __global__ void __launch_bounds__(384, 1)
             ws_mbar_init(v_empty(s), 256);
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     }
+    // The ones tile (e4m3 1.0 = 0x38), made visible to the tensor cores'
+    // async proxy by the threads that wrote it.
+    for (int i = tid; i < ONESB / 4; i += blockDim.x) {
+        reinterpret_cast<unsigned int*>({{NAME}}_smem + (sOnes - smem_raw))[i] = 0x38383838u;
+    }
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     __syncthreads();
 
     if (wg == 0) {
@@ -229,11 +256,13 @@ extern "C" __global__ void __launch_bounds__(384, 1)
     const unsigned long long desc_q = ws_desc_sw128(sQ + cw * 64 * 128, 16, 1024);
     const unsigned long long desc_k0 = ws_desc_sw128(sK, 16, 1024);
     const unsigned long long desc_v0 = ws_desc_sw128(sV, 16, 1024);
+    const unsigned long long desc_ones = ws_desc_sw128(sOnes, 16, 1024);
     constexpr unsigned long long KV_STEP = KVB >> 4;
 
     float acc_o[NO];
 #pragma unroll
     for (int i = 0; i < NO; ++i) acc_o[i] = 0.0f;
+    float acc_l[4];  // this tile's row sums of P: rows g (0, 1) and g + 8 (2, 3)
     float s[NS];
     unsigned int pa[NP];
     const float NEG_INF = __int_as_float(0xff800000);
@@ -249,7 +278,7 @@ extern "C" __global__ void __launch_bounds__(384, 1)
         unsigned long long q[KSTEPS_QK], k[KSTEPS_QK];
     };
     struct PvDescs {
-        unsigned long long v[KSTEPS_PV];
+        unsigned long long v[KSTEPS_PV], ones[KSTEPS_PV];
     };
     auto qk_descs = [&](int buf) {
         QkDescs d;
@@ -269,7 +298,9 @@ extern "C" __global__ void __launch_bounds__(384, 1)
 #pragma unroll
         for (int kk = 0; kk < KSTEPS_PV; ++kk) {
             d.v[kk] = dv + ((kk * 32) >> 4);
+            d.ones[kk] = desc_ones + ((kk * 32) >> 4);
             ws_reg_fence(d.v[kk]);
+            ws_reg_fence(d.ones[kk]);
         }
         return d;
     };
@@ -284,6 +315,11 @@ extern "C" __global__ void __launch_bounds__(384, 1)
         for (int kk = 0; kk < KSTEPS_PV; ++kk) {
             fp8_wgmma_rs_n128(acc_o, p[4 * kk], p[4 * kk + 1], p[4 * kk + 2], p[4 * kk + 3],
                               d.v[kk]);
+        }
+#pragma unroll
+        for (int kk = 0; kk < KSTEPS_PV; ++kk) {
+            fp8_wgmma_rs_n8(acc_l, p[4 * kk], p[4 * kk + 1], p[4 * kk + 2], p[4 * kk + 3],
+                            d.ones[kk], kk > 0 ? 1 : 0);
         }
     };
     // Online softmax of tile j in s (as the bf16 kernel's), P scaled by
@@ -344,13 +380,6 @@ extern "C" __global__ void __launch_bounds__(384, 1)
                 if (key + 1 >= seq_kv) s[4 * n + 1] = s[4 * n + 3] = 0.0f;
             }
         }
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-            for (int n = 0; n < NS / 4; ++n) part[n & 3] += s[4 * n + 2 * r] + s[4 * n + 2 * r + 1];
-            row_sum[r] = row_sum[r] * alpha[r] + ((part[0] + part[1]) + (part[2] + part[3]));
-        }
     };
     // P packed to e4m3: the A fragments of P.V, each thread's own values in
     // the key order the permuted Vt expects (see the header). For keys
@@ -369,6 +398,8 @@ extern "C" __global__ void __launch_bounds__(384, 1)
     auto fence_acc_p = [&](unsigned int* p) {
 #pragma unroll
         for (int i = 0; i < NO; ++i) ws_reg_fence(acc_o[i]);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) ws_reg_fence(acc_l[i]);
 #pragma unroll
         for (int i = 0; i < NP; ++i) ws_reg_fence(p[i]);
     };
@@ -418,6 +449,9 @@ extern "C" __global__ void __launch_bounds__(384, 1)
 #pragma unroll
             for (int i = 0; i < NS; ++i) ws_reg_fence(s[i]);
             ws_mbar_arrive(v_empty(sp));
+            // l and O: (l + this P's sums) and O, both rescaled to tile j's max.
+            row_sum[0] = (row_sum[0] + acc_l[0]) * alpha[0];
+            row_sum[1] = (row_sum[1] + acc_l[2]) * alpha[1];
 #pragma unroll
             for (int n = 0; n < NO / 4; ++n) {
                 acc_o[4 * n + 0] *= alpha[0];
@@ -438,6 +472,10 @@ extern "C" __global__ void __launch_bounds__(384, 1)
         ws_wgmma_wait<0>();
 #pragma unroll
         for (int i = 0; i < NO; ++i) ws_reg_fence(acc_o[i]);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) ws_reg_fence(acc_l[i]);
+        row_sum[0] += acc_l[0];
+        row_sum[1] += acc_l[2];
     } else {
         turn_wait();
         turn_pass();
@@ -452,7 +490,7 @@ extern "C" __global__ void __launch_bounds__(384, 1)
     float inv[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-        const float l = ws_quad_sum(row_sum[r]);
+        const float l = row_sum[r];  // whole rows: every thread of the quad has it
         inv[r] = (l > 0.0f) ? out_scale / l : 0.0f;  // seq_kv == 0 -> zeros
     }
     unsigned char* sO_ptr = {{NAME}}_smem + (sO - smem_raw);

@@ -88,11 +88,18 @@ pub struct VLayoutKernel {
 }
 
 /// Shared memory of the attention kernel: the Q tile, the K and Vt rings,
-/// the bf16 output tile, the mbarriers (8 bytes each: Q full, K/V
-/// full/empty per stage) and 1 KiB to align the base to the swizzle period.
+/// the bf16 output tile, the tile of e4m3 ones (8 rows of a key tile: P's
+/// row sums come from a wgmma against it), the mbarriers (8 bytes each: Q
+/// full, K/V full/empty per stage) and 1 KiB to align the base to the
+/// swizzle period.
 fn shared_bytes(stages: u32) -> u32 {
     let d = FP8_HEAD_DIM as u32;
-    BLOCK_M * d + 2 * stages * BLOCK_N * d + BLOCK_M * d * 2 + 8 * (1 + 4 * stages) + 1024
+    BLOCK_M * d
+        + 2 * stages * BLOCK_N * d
+        + BLOCK_M * d * 2
+        + 8 * BLOCK_N
+        + 8 * (1 + 4 * stages)
+        + 1024
 }
 
 fn check_head_dim(head_dim: usize) -> Result<(), String> {
@@ -181,8 +188,8 @@ mod tests {
         assert!(!k.source.contains("{{"));
         assert!(k.source.contains("#define FLUXC_FA_WS_HELPERS"));
         assert_eq!((k.block_m, k.block_n, k.threads), (128, 128, 384));
-        // Q 16 KiB + 2 × (K 16 KiB + Vt 16 KiB) + O 32 KiB + 9 barriers + 1 KiB.
-        assert_eq!(k.shared_bytes, 115_784);
+        // Q 16 KiB + 2 × (K + Vt 16 KiB) + O 32 KiB + ones 1 KiB + 9 barriers + 1 KiB.
+        assert_eq!(k.shared_bytes, 116_808);
         let v = render_v_layout(128).unwrap();
         assert_eq!(v.name, "attention_fp8_v_d128");
         assert!(v.source.contains("\nattention_fp8_v_d128("));

@@ -323,11 +323,12 @@ pub enum Op {
     ///
     /// Meaning (per batch, head and query row), as the fp8 kernel computes
     /// it: dequantize q, k, v; `S = q·kᵀ·scale`; `m = max S`;
-    /// `P = exp(S − m)`; `l = Σ P`; each `P` is rounded to e4m3 *after
-    /// multiplying by 256* (`p8 = e4m3(256·P)`: the kernel quantizes the
-    /// probabilities relative to the row max with 2⁸ headroom before the
-    /// fp8 `P·V` product); `out = (Σ p8/256 · v) / l` (the denominator sums
-    /// the unrounded `P`), rounded to bf16. An empty key sequence gives
+    /// `P = exp(S − m)`; each `P` is rounded to e4m3 *after multiplying by
+    /// 256* (`p8 = e4m3(256·P)`: the kernel quantizes the probabilities
+    /// relative to the row max with 2⁸ headroom before the fp8 `P·V`
+    /// product); `out = (Σ p8/256 · v) / (Σ p8/256)` (the kernel's tensor
+    /// cores sum the rounded probabilities, one key tile at a time), rounded
+    /// to bf16. An empty key sequence gives
     /// zeros, as [`Op::Attention`] does. (The kernel's online softmax rounds
     /// relative to the running max of the key tiles seen so far; where that
     /// is below the row's max, its rounding differs from this by e4m3

@@ -56,25 +56,27 @@ fn dequantized(h: &mut Harness, x8: NodeId, scale: NodeId) -> NodeId {
 
 /// The bound on `|scaled − reference|` for one output element, derived from
 /// where the two differ. With `P_j = exp(S_j − m)`, `l = Σ P_j ≥ 1` (the
-/// max key contributes `P = 1`) and `p̂_j = e4m3(256·P_j)/256`:
+/// max key contributes `P = 1`), `p̂_j = e4m3(256·P_j)/256`, `δ_j = p̂_j −
+/// P_j` and `r` the reference `Σ P_j v_j / l`:
 ///
-/// `|Σ p̂_j v_j − Σ P_j v_j| / l ≤ Σ |p̂_j − P_j|·|v_j| / l`.
+/// `Σ p̂_j v_j / Σ p̂_j − r = Σ δ_j (v_j − r) / Σ p̂_j`.
 ///
 /// e4m3 rounds a normal value (≥ 2⁻⁶) to within half a step, at most 2⁻⁴
 /// of the value; below 2⁻⁶ (subnormals) the step is 2⁻⁹, so the error is
 /// at most 2⁻¹⁰ absolute, i.e. 2⁻¹⁸ after dividing by 256. So
-/// `|p̂_j − P_j| ≤ 2⁻⁴·P_j + 2⁻¹⁸` and the error is at most
+/// `|δ_j| ≤ 2⁻⁴·P_j + 2⁻¹⁸`, `Σ p̂_j ≥ l·(1 − 2⁻⁴) − Sk·2⁻¹⁸`, and the
+/// difference is at most
 ///
-/// `2⁻⁴ · (Σ P_j |v_j| / l) + 2⁻¹⁸ · Σ |v_j| / l`
+/// `(2⁻⁴ · (Σ P_j |v_j| / l + |r|) + 2⁻¹⁸ · Sk · (max|v| + |r|)) / (1 − 2⁻⁴ − Sk·2⁻¹⁸)`
 ///
-/// where the first sum is exactly attention over `|v|` (`abs_ref`) and the
-/// second is at most `Sk · max|v|`. The bf16 rounding of the result adds
-/// 2⁻⁹ of it (2⁻⁸ of the reference covers that and the f32 rounding of
-/// the scores, which both sides share).
+/// where `Σ P_j |v_j| / l` is exactly attention over `|v|` (`abs_ref`). The
+/// bf16 rounding of the result adds 2⁻⁹ of it (2⁻⁸ of the reference covers
+/// that and the f32 rounding of the scores, which both sides share).
 fn derived_bound(abs_ref: f32, reference: f32, seq_kv: usize, v_max: f32) -> f32 {
-    2f32.powi(-4) * abs_ref
-        + 2f32.powi(-18) * seq_kv as f32 * v_max
-        + 2f32.powi(-8) * reference.abs()
+    let r = reference.abs();
+    let tiny = 2f32.powi(-18) * seq_kv as f32;
+    (2f32.powi(-4) * (abs_ref + r) + tiny * (v_max + r)) / (1.0 - 2f32.powi(-4) - tiny)
+        + 2f32.powi(-8) * r
         + 1e-6
 }
 
@@ -147,17 +149,17 @@ fn hand_checked_two_rows_over_two_keys() {
     );
     let out = hs.b.scaled_attention(q8, qs, k8, ks, v8, vs, 1.0).unwrap();
     let out = hs.run(out);
-    // Row 0: S = [0, −1], m = 0, P = [1, e⁻¹ = 0.36788], l = 1.36788.
+    // Row 0: S = [0, −1], m = 0, P = [1, e⁻¹ = 0.36788].
     //   256·P = [256, 94.18]; e4m3 steps by 8 in [64, 128): 94.18 → 96,
-    //   so p̂ = [1, 0.375]. out = (1 − 2·0.375)/1.36788 = 0.182766, and
-    //   bf16 (step 2⁻¹⁰ in [0.125, 0.25)) gives 187·2⁻¹⁰ = 0.1826171875.
-    //   (Unrounded: (1 − 2·0.36788)/1.36788 = 0.19318.)
-    // Row 1: S = [0, −2], P = [1, e⁻² = 0.135335], l = 1.135335.
+    //   so p̂ = [1, 0.375], Σ p̂ = 1.375. out = (1 − 2·0.375)/1.375 =
+    //   0.181818, and bf16 (step 2⁻¹⁰ in [0.125, 0.25)) gives 186·2⁻¹⁰ =
+    //   0.181640625. (Unrounded: (1 − 2·0.36788)/1.36788 = 0.19318.)
+    // Row 1: S = [0, −2], P = [1, e⁻² = 0.135335].
     //   256·P = [256, 34.65]; steps of 4 in [32, 64): 34.65 → 36, so
-    //   p̂ = [1, 0.140625]. out = (1 − 2·0.140625)/1.135335 = 0.633073,
-    //   bf16 (step 2⁻⁸ in [0.5, 1)) gives 162·2⁻⁸ = 0.6328125.
+    //   p̂ = [1, 0.140625], Σ p̂ = 1.140625. out = (1 − 2·0.140625)/1.140625
+    //   = 0.630137, bf16 (step 2⁻⁸ in [0.5, 1)) gives 161·2⁻⁸ = 0.62890625.
     assert_eq!(out.shape.dims(), &[1, 2, 1, 1]);
-    assert_eq!(out.data, vec![0.182_617_19, 0.632_812_5]);
+    assert_eq!(out.data, vec![0.181_640_63, 0.628_906_25]);
 }
 
 #[test]

@@ -482,7 +482,7 @@ fn dequantize(x8: &Tensor, scale: &Tensor) -> Tensor {
 /// [`Op::ScaledAttention`]: operands (q8, q_scale, k8, k_scale, v8,
 /// v_scale). Scores and the row max as [`attention`] computes them from the
 /// dequantized operands; the numerator sums `e4m3(256·P)/256 · v`, the
-/// denominator the unrounded `P`; the result is rounded to bf16. No keys:
+/// denominator the same rounded `P`; the result is rounded to bf16. No keys:
 /// zeros, as [`attention`] gives.
 fn scaled_attention(args: &[&Tensor], scale: f32) -> Vec<f32> {
     let q = dequantize(args[0], args[1]);
@@ -506,9 +506,10 @@ fn scaled_attention(args: &[&Tensor], scale: f32) -> Vec<f32> {
                 p8.clear();
                 for &s in &scores {
                     let p = ((s - max) as f64).exp();
-                    sum += p;
                     let rounded = DType::F8E4M3.round(PROB_HEADROOM * p as f32);
-                    p8.push(rounded as f64 / PROB_HEADROOM as f64);
+                    let p_rounded = rounded as f64 / PROB_HEADROOM as f64;
+                    sum += p_rounded;
+                    p8.push(p_rounded);
                 }
                 let orow = &mut out[((bi * sq + i) * h + hi) * dv..][..dv];
                 for (e, o) in orow.iter_mut().enumerate() {
