@@ -6,9 +6,11 @@
 // of weights per forward and compute almost nothing, so they are bound by
 // memory alone; cuBLASLt's GEMM kernels tile the rows they do not have and
 // leave most of the bandwidth unused at these shapes. Here each warp owns
-// ROWS consecutive output rows and streams them with 16-byte loads, all of
-// a lane's loads issued before the first multiply so each lane keeps
-// up to ROWS * BATCH loads in flight; x (K bf16) is read through L1.
+// ROWS consecutive output rows (1: measured faster on the H200 than 2 or 4,
+// more warps in flight) and streams them with 16-byte loads, a batch of a
+// lane's loads written before its multiplies (ptxas schedules them); x (K
+// bf16) is read through L1. The stacked FLUX modulation (6.5 GB) runs at
+// about 4.6 TB/s.
 // The sum over a row is per lane (in the order of its chunks), then across
 // the warp by butterfly shuffles; the bias is added in f32 before the one
 // rounding to bf16, as cuBLASLt's bias epilogue does.

@@ -1,10 +1,11 @@
 //! The one-row linear kernel: `y = x · wᵀ (+ b)` for bf16 operands with a
-//! single input row, which FLUX runs 76 times per forward (the modulation
-//! linears, reading 6.5 GB of weights). A memory-bound product needs a
-//! kernel that streams the weight at full bandwidth, which cuBLASLt's
-//! tiled GEMMs do not do with one row; `kernels/gemv.cu` does (see its
-//! header). Lowering picks it for every bf16 linear with one input row and
-//! a row length that is a multiple of 8 (16-byte loads).
+//! single input row: FLUX's modulation linears, which read 6.5 GB of
+//! weights per forward (stacked into one product by
+//! `fluxc_passes::fuse_qkv::stack_one_row_linears`). A memory-bound product
+//! needs a kernel that streams the weight at full bandwidth, which
+//! cuBLASLt's tiled GEMMs do not do with one row; `kernels/gemv.cu` does
+//! (see its header). Lowering picks it for every bf16 linear with one input
+//! row and a row length that is a multiple of 8 (16-byte loads).
 
 use crate::lower::FixedLaunch;
 
