@@ -36,7 +36,7 @@ use fluxc_passes::pipeline::Optimized;
 pub use attention::AttentionConfig;
 use buffers::Buf;
 pub use kernels::{KernelSource, LaunchConfig};
-use lower::{storage_of, PendingStep};
+use lower::{storage_of, FixedLaunch, PendingStep};
 pub use write::{check_output_dir, write_artifact, WriteError};
 
 /// The architecture kernels are compiled for.
@@ -385,18 +385,15 @@ pub fn generate_with(
                     i32::try_from(v)
                         .map_err(|_| CodegenError::TooLarge(format!("V layout parameter {v}")))
                 };
-                Step::Launch(Launch {
-                    kernel: kernel.name.clone(),
-                    grid: kernel.grid,
-                    block: [kernel.threads, 1, 1],
-                    shared_bytes: kernel.shared_bytes,
-                    args: vec![
+                Step::Launch(fixed_launch(
+                    kernel,
+                    vec![
                         Arg::Ptr(tensor(*v8)),
                         Arg::Ptr(tensor_of(Buf::Temp(*vt))),
                         Arg::I32(int(*seq_kv)?),
                         Arg::I32(int(*heads)?),
                     ],
-                })
+                ))
             }
             PendingStep::Gemv {
                 kernel,
@@ -410,12 +407,9 @@ pub fn generate_with(
                 let n = i32::try_from(*n).map_err(|_| {
                     CodegenError::TooLarge(format!("one-row linear of {n} outputs"))
                 })?;
-                Step::Launch(Launch {
-                    kernel: kernel.name.clone(),
-                    grid: kernel.grid,
-                    block: [kernel.threads, 1, 1],
-                    shared_bytes: kernel.shared_bytes,
-                    args: vec![
+                Step::Launch(fixed_launch(
+                    kernel,
+                    vec![
                         Arg::Ptr(tensor(*x)),
                         Arg::Ptr(tensor(*w)),
                         // Without a bias the kernel never reads its pointer.
@@ -423,7 +417,7 @@ pub fn generate_with(
                         Arg::Ptr(tensor(*out)),
                         Arg::I32(n),
                     ],
-                })
+                ))
             }
         });
     }
@@ -529,6 +523,17 @@ fn with_weights(
         .iter()
         .all(|w| (w.buffer as usize) < schedule.buffers.len()));
     manifest
+}
+
+/// The launch of a kernel rendered from a template, with `args`.
+fn fixed_launch(kernel: &FixedLaunch, args: Vec<Arg>) -> Launch {
+    Launch {
+        kernel: kernel.name.clone(),
+        grid: kernel.grid,
+        block: [kernel.threads, 1, 1],
+        shared_bytes: kernel.shared_bytes,
+        args,
+    }
 }
 
 /// `kernels.cu`: the prelude, the kernels rendered from hand-written
