@@ -120,8 +120,8 @@ fn fp8_attention_schedule() {
     let g = fp8_attention_generated();
     let s = &g.schedule;
     s.validate().unwrap();
-    // Three scales and three quantizes (q, k, v), the V layout kernel, the
-    // fp8 attention.
+    // Three scales and two quantizes (q, k; v is quantized by the V layout
+    // kernel), the V layout kernel, the fp8 attention.
     let n = s.steps.len();
     assert!(n >= 4, "{n} steps");
     let Step::Launch(layout) = &s.steps[n - 2] else {
@@ -140,11 +140,11 @@ fn fp8_attention_schedule() {
     );
     assert!((a.scale - 1.0 / 128f32.sqrt()).abs() < 1e-9);
     let buffer = |t: fluxc::artifact::Tensor| &s.buffers[t.buffer as usize];
-    // vt: written by the layout kernel (its second argument), read as v.
-    assert_eq!(layout.args[1], Arg::Ptr(a.v));
+    // vt: written by the layout kernel (its third argument), read as v.
+    assert_eq!(layout.args[2], Arg::Ptr(a.v));
     assert_eq!(buffer(a.v).dtype, ElemType::F8e4m3);
     assert_eq!(buffer(a.v).bytes, 2 * 128 * 336);
-    assert_eq!(layout.args[2..], [Arg::I32(333), Arg::I32(2)]);
+    assert_eq!(layout.args[3..], [Arg::I32(333), Arg::I32(2)]);
     for t in [a.q, a.k] {
         assert_eq!(buffer(t).dtype, ElemType::F8e4m3);
     }
@@ -153,11 +153,14 @@ fn fp8_attention_schedule() {
     for t in [scales.q, scales.k, scales.v] {
         assert_eq!((buffer(t).dtype, buffer(t).bytes), (ElemType::F32, 4));
     }
-    // v8, the layout kernel's first argument, is v's quantization.
-    let Arg::Ptr(v8) = layout.args[0] else {
+    // The layout kernel reads v in bf16 and quantizes it by v's scale (its
+    // first two arguments).
+    let Arg::Ptr(v) = layout.args[0] else {
         panic!("{:?}", layout.args[0])
     };
-    assert_eq!(buffer(v8).shape, [1, 333, 2, 128]);
+    assert_eq!(buffer(v).shape, [1, 333, 2, 128]);
+    assert_eq!(buffer(v).dtype, ElemType::Bf16);
+    assert_eq!(layout.args[1], Arg::Ptr(scales.v));
     assert!(g.kernels_cu.contains(&format!("{}(", layout.kernel)));
     assert!(g.kernels_cu.contains(&format!("{}(", a.kernel)));
     insta::assert_snapshot!(schedule_json(s).unwrap());

@@ -7,8 +7,9 @@
 # nvcc for sm_90a.
 #
 # Per case: q, k, v random bf16, quantized to e4m3 per tensor (scale =
-# amax / 448, as fluxc's DynamicScale); vt from the V layout kernel checked
-# byte for byte against the layout computed here; the attention output
+# amax / 448, as fluxc's DynamicScale; v by the V layout kernel itself, from
+# bf16 and its scale); vt from the V layout kernel checked byte for byte
+# against the layout (and quantization) computed here; the attention output
 # checked against fp32 attention of the dequantized q8, k8, v8 (the kernel's
 # own error: P in e4m3) and reported against fp32 attention of the bf16
 # inputs (the whole fp8 path, reported), NaN-poisoned outputs
@@ -61,6 +62,13 @@ def quantize(x):
     s = x.float().abs().amax().clamp_min(1e-12) / 448.0
     return (x.float() / s).clamp(-448.0, 448.0).to(torch.float8_e4m3fn), s.reshape(1).contiguous()
 
+def quantize_v(x, s):
+    # As the IR's quantize, which the V layout kernel applies to bf16 v:
+    # times the f32 reciprocal of the scale, round to nearest even,
+    # saturating.
+    inv = 1.0 / s
+    return (x.float() * inv).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
+
 class Case:
     def __init__(self, b, h, sq, skv, scale=None, seed=0):
         self.b, self.h, self.sq, self.skv = b, h, sq, skv
@@ -68,7 +76,8 @@ class Case:
         g = torch.Generator(device="cuda").manual_seed(1234 + sq * 7 + skv + seed)
         rnd = lambda *s: torch.randn(*s, device="cuda", generator=g).to(torch.bfloat16)
         self.q, self.k, self.v = rnd(b, sq, h, D), rnd(b, max(skv, 0), h, D), rnd(b, max(skv, 0), h, D)
-        (self.q8, self.qs), (self.k8, self.ks), (self.v8, self.vs) = map(quantize, (self.q, self.k, self.v))
+        (self.q8, self.qs), (self.k8, self.ks), (_, self.vs) = map(quantize, (self.q, self.k, self.v))
+        self.v8 = quantize_v(self.v, self.vs)
         self.sp = padded_keys(skv)
         self.vt = torch.full((b, h, D, self.sp), 0xAA, dtype=torch.uint8, device="cuda")
         n = b * sq * h * D
@@ -84,8 +93,9 @@ class Case:
 
     def layout(self):
         grid = ((self.sp + v_keys - 1) // v_keys, self.h, self.b)
-        v8 = cp.from_dlpack(self.v8.view(torch.uint8)) if self.skv else cp.zeros(1, dtype=cp.uint8)
-        vlay(grid, (v_threads, 1, 1), (v8, cp.from_dlpack(self.vt), cp.int32(self.skv), cp.int32(self.h)))
+        v = cp.from_dlpack(self.v.view(torch.int16)) if self.skv else cp.zeros(1, dtype=cp.int16)
+        vlay(grid, (v_threads, 1, 1),
+             (v, cp.from_dlpack(self.vs), cp.from_dlpack(self.vt), cp.int32(self.skv), cp.int32(self.h)))
 
     def attend(self):
         if self.sq == 0:

@@ -1,22 +1,30 @@
-// fluxc: V for the fp8 attention kernel (attention_fp8.cu), transposed and
-// key-permuted.
+// fluxc: V for the fp8 attention kernel (attention_fp8.cu): quantized to
+// e4m3 by its per-tensor scale, transposed and key-permuted.
 //
 // Rendered by codegen/src/attention_fp8.rs (placeholder: NAME).
 //
-//   vt[b, h, d, 16 q + L] = v8[b, 16 q + c(L), h, d]   for 16 q + c(L) < seq_kv
+//   vt[b, h, d, 16 q + L] = e4m3(v[b, 16 q + c(L), h, d] * (1 / v_scale))
+//                                                       for 16 q + c(L) < seq_kv
 //   vt[b, h, d, p]        = 0                          for the padding up to Sp
 // with c(L) = 8 ((L & 3) >> 1) + 2 (L >> 2) + (L & 1), the key order in which
 // the attention kernel's P fragments hold a 16-key group (attention_fp8.cu
 // says why), and Sp = seq_kv rounded up to 16.
 //
-// ABI: (const unsigned char* v8, unsigned char* vt, int seq_kv, int heads)
-// v8: contiguous e4m3 [batch, seq_kv, heads, 128]; vt: [batch, heads, 128, Sp].
+// with the IR's quantize (times the f32 reciprocal of the scale, rounded to
+// nearest even, saturating): the one pass over v does the quantization
+// that would otherwise be a kernel of its own.
+//
+// ABI: (const __nv_bfloat16* v, const float* v_scale, unsigned char* vt,
+//       int seq_kv, int heads)
+// v: contiguous bf16 [batch, seq_kv, heads, 128]; v_scale: f32 [1];
+// vt: e4m3 [batch, heads, 128, Sp].
 // grid = (ceil(Sp / 128), heads, batch), block = 256 threads, no dynamic
 // shared memory. Every byte of vt is written, the padding included.
 //
 // Each CTA moves 128 keys x 128 dims of one head: coalesced 16-byte loads
-// of the key rows into shared memory (rows padded to 132 bytes so that the
-// column reads below spread over the banks), then each thread takes 4 dims
+// of the bf16 key rows, quantized and stored as e4m3 into shared memory
+// (rows padded to 132 bytes so that the column reads below spread over the
+// banks), then each thread takes 4 dims
 // of one group of 16 keys: it reads the 16 permuted keys' 4-dim words (one
 // 32-bit shared load each), transposes them 4 x 4 bytes at a time with byte
 // permutes, and stores 16 keys of each of its 4 dims as 16-byte vectors.
@@ -36,9 +44,11 @@ static __device__ __forceinline__ void transpose4x4(unsigned int a, unsigned int
     out[3] = __byte_perm(ab_hi, cd_hi, 0x7632);
 }
 
+#include <cuda_bf16.h>
+
 extern "C" __global__ void __launch_bounds__(256)
-{{NAME}}(const unsigned char* __restrict__ v8, unsigned char* __restrict__ vt, int seq_kv,
-         int heads) {
+{{NAME}}(const __nv_bfloat16* __restrict__ v, const float* __restrict__ v_scale,
+         unsigned char* __restrict__ vt, int seq_kv, int heads) {
     constexpr int D = 128;
     constexpr int KEYS = 128;
     constexpr int STRIDE = D + 4;
@@ -49,23 +59,38 @@ extern "C" __global__ void __launch_bounds__(256)
     const int b = blockIdx.z;
     const int tid = threadIdx.x;
 
-    // 128 rows x 8 chunks of 16 bytes: four per thread.
+    const float inv = __frcp_rn(v_scale[0]);
+    // 128 rows x 16 chunks of 8 bf16 (16 bytes): eight per thread, each
+    // quantized to 8 e4m3 bytes.
 #pragma unroll
-    for (int i = 0; i < KEYS * (D / 16) / 256; ++i) {
+    for (int i = 0; i < KEYS * (D / 8) / 256; ++i) {
         const int c = i * 256 + tid;
-        const int r = c >> 3;
-        const int j = c & 7;
+        const int r = c >> 4;
+        const int j = c & 15;
         const int key = key0 + r;
-        uint4 x = make_uint4(0u, 0u, 0u, 0u);
+        uint4 x = make_uint4(0u, 0u, 0u, 0u);  // bf16 zeros quantize to zeros
         if (key < seq_kv) {
-            x = *reinterpret_cast<const uint4*>(v8 + (((long long)b * seq_kv + key) * heads + h) * D +
-                                                j * 16);
+            x = *reinterpret_cast<const uint4*>(v + (((long long)b * seq_kv + key) * heads + h) * D +
+                                                j * 8);
         }
-        unsigned int* dst = reinterpret_cast<unsigned int*>(tile + r * STRIDE + j * 16);
-        dst[0] = x.x;
-        dst[1] = x.y;
-        dst[2] = x.z;
-        dst[3] = x.w;
+        const __nv_bfloat162* pairs = reinterpret_cast<const __nv_bfloat162*>(&x);
+        unsigned int packed[2];
+#pragma unroll
+        for (int w = 0; w < 2; ++w) {
+            const float2 lo = __bfloat1622float2(pairs[2 * w]);
+            const float2 hi = __bfloat1622float2(pairs[2 * w + 1]);
+            unsigned short lo8, hi8;
+            asm("cvt.rn.satfinite.e4m3x2.f32 %0, %2, %1;\n"
+                : "=h"(lo8)
+                : "f"(__fmul_rn(lo.x, inv)), "f"(__fmul_rn(lo.y, inv)));
+            asm("cvt.rn.satfinite.e4m3x2.f32 %0, %2, %1;\n"
+                : "=h"(hi8)
+                : "f"(__fmul_rn(hi.x, inv)), "f"(__fmul_rn(hi.y, inv)));
+            packed[w] = (unsigned int)lo8 | ((unsigned int)hi8 << 16);
+        }
+        unsigned int* dst = reinterpret_cast<unsigned int*>(tile + r * STRIDE + j * 8);
+        dst[0] = packed[0];
+        dst[1] = packed[1];
     }
     __syncthreads();
 

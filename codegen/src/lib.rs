@@ -375,7 +375,8 @@ pub fn generate_with(
             }
             PendingStep::VLayout {
                 kernel,
-                v8,
+                v,
+                scale,
                 vt,
                 seq_kv,
                 heads,
@@ -388,7 +389,8 @@ pub fn generate_with(
                 Step::Launch(fixed_launch(
                     kernel,
                     vec![
-                        Arg::Ptr(tensor(*v8)),
+                        Arg::Ptr(tensor(*v)),
+                        Arg::Ptr(tensor(*scale)),
                         Arg::Ptr(tensor_of(Buf::Temp(*vt))),
                         Arg::I32(int(*seq_kv)?),
                         Arg::I32(int(*heads)?),

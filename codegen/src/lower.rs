@@ -22,8 +22,8 @@
 //!   `seq × seq` scores (512 MiB in bf16 at 1024²); a flash kernel for
 //!   d = 512 would avoid it and is the better path later.
 //! - A scaled (fp8) attention group becomes two launches
-//!   (`attention_fp8.rs`): the V layout kernel, which copies the e4m3 v to a
-//!   key-innermost temporary (`vt`, `[batch, heads, head_dim, padded keys]`:
+//!   (`attention_fp8.rs`): the V layout kernel, which quantizes the bf16 v
+//!   by its scale into a key-innermost e4m3 temporary (`vt`, `[batch, heads, head_dim, padded keys]`:
 //!   Hopper's fp8 wgmma takes its B operand K-major only, which for `P·V`
 //!   means keys innermost, while v is stored head-dim innermost), then the
 //!   fp8 attention kernel over q, k and vt as tensor maps with the three
@@ -190,12 +190,15 @@ pub enum PendingStep {
         /// Output features.
         n: u64,
     },
-    /// fp8 attention's V layout kernel: `vt` = v8 with keys innermost.
+    /// fp8 attention's V layout kernel: `vt` = v quantized to e4m3 by its
+    /// scale, with keys innermost.
     VLayout {
         /// The launch.
         kernel: FixedLaunch,
-        /// The e4m3 values, contiguous `[B, Sk, H, D]`.
-        v8: NodeId,
+        /// The bf16 values, contiguous `[B, Sk, H, D]`.
+        v: NodeId,
+        /// Their per-tensor scale (f32 `[1]`).
+        scale: NodeId,
         /// The key-innermost copy it writes.
         vt: Temp,
         /// Keys.
@@ -241,7 +244,7 @@ impl PendingStep {
                 .flatten()
                 .map(Buf::Node)
                 .collect(),
-            PendingStep::VLayout { v8, .. } => vec![Buf::Node(*v8)],
+            PendingStep::VLayout { v, scale, .. } => vec![Buf::Node(*v), Buf::Node(*scale)],
         }
     }
 
@@ -564,16 +567,24 @@ fn lower_scaled_attention(
     scale: f32,
 ) -> Result<Vec<PendingStep>, CodegenError> {
     let operands = graph.operands(node);
-    let [q8, qs, k8, ks, v8, vs] = <[NodeId; 6]>::try_from(operands.as_slice())
-        .map_err(|_| {
-            CodegenError::Invalid(format!("scaled attention with {} operands", operands.len()))
-        })?
-        .map(|o| storage_of(graph, o));
+    let operands = <[NodeId; 6]>::try_from(operands.as_slice()).map_err(|_| {
+        CodegenError::Invalid(format!("scaled attention with {} operands", operands.len()))
+    })?;
+    // Shapes from the operands as the op sees them (`[B, S, H, D]`), buffers
+    // from what holds their elements (v is often a reshaped slice).
     let dims = |id: NodeId| -> [usize; 4] {
         let d = graph.ty(id).shape.dims();
         [d[0], d[1], d[2], d[3]]
     };
-    let ([b, sq, h, d], [_, sk, _, _], [_, _, _, dv]) = (dims(q8), dims(k8), dims(v8));
+    let ([b, sq, h, d], [_, sk, _, _], [_, _, _, dv]) =
+        (dims(operands[0]), dims(operands[2]), dims(operands[4]));
+    let [q8, qs, k8, ks, v, vs] = operands.map(|o| storage_of(graph, o));
+    if graph.ty(v).dtype != DType::BF16 {
+        return Err(CodegenError::Unsupported(format!(
+            "fp8 attention over {} values (the V layout kernel reads bf16)",
+            graph.ty(v).dtype
+        )));
+    }
     if dv != d {
         return Err(CodegenError::Unsupported(
             "fp8 attention with a value width other than the head width".into(),
@@ -598,7 +609,8 @@ fn lower_scaled_attention(
                 threads: v_kernel.threads,
                 shared_bytes: 0,
             },
-            v8,
+            v,
+            scale: vs,
             vt,
             seq_kv,
             heads,

@@ -269,9 +269,15 @@ fn fp8_attention_lowers_to_the_layout_kernel_and_the_fp8_kernel() {
         panic!("{:?}", a.operands)
     };
     assert_eq!(vt_keys, 32, "20 keys padded to 32");
-    assert_eq!(layout.args[1], Arg::Ptr(a.v));
-    assert_eq!(layout.args[2..], [Arg::I32(20), Arg::I32(2)]);
+    // The layout kernel reads bf16 v and its scale, writes the e4m3 copy.
     let dtype = |t: fluxc_artifact::Tensor| g.schedule.buffers[t.buffer as usize].dtype;
+    let Arg::Ptr(v) = layout.args[0] else {
+        panic!("{:?}", layout.args[0])
+    };
+    assert_eq!(dtype(v), ElemType::Bf16);
+    assert_eq!(layout.args[1], Arg::Ptr(a.scales.unwrap().v));
+    assert_eq!(layout.args[2], Arg::Ptr(a.v));
+    assert_eq!(layout.args[3..], [Arg::I32(20), Arg::I32(2)]);
     assert_eq!(
         [a.q, a.k, a.v, a.out].map(dtype),
         [

@@ -262,9 +262,9 @@ impl GraphBuilder {
         )
     }
 
-    /// Attention over fp8 e4m3 `q8`, `k8`, `v8` (`[B, S, H, D]`) with their
-    /// per-tensor dequantization scales (f32 `[1]`) and score scale
-    /// `scale`, writing bf16 (see [`Op::ScaledAttention`]).
+    /// Attention over fp8 e4m3 `q8`, `k8` and unquantized `v` (`[B, S, H,
+    /// D]`) with their per-tensor (de)quantization scales (f32 `[1]`) and
+    /// score scale `scale`, writing bf16 (see [`Op::ScaledAttention`]).
     #[allow(clippy::too_many_arguments)]
     pub fn scaled_attention(
         &mut self,
@@ -272,7 +272,7 @@ impl GraphBuilder {
         q_scale: NodeId,
         k8: NodeId,
         k_scale: NodeId,
-        v8: NodeId,
+        v: NodeId,
         v_scale: NodeId,
         scale: f32,
     ) -> Result<NodeId, IrError> {
@@ -280,7 +280,7 @@ impl GraphBuilder {
             Op::ScaledAttention {
                 scale: Scalar(scale),
             },
-            &[q8, q_scale, k8, k_scale, v8, v_scale],
+            &[q8, q_scale, k8, k_scale, v, v_scale],
         )
     }
 

@@ -174,10 +174,16 @@ fn infer_op(op: &Op, operands: &[&TensorType]) -> Result<TensorType, String> {
         Op::ScaledAttention { .. } => {
             arity(op, operands, 6, 6)?;
             let [q, qs, k, ks, v, vs] = [0, 1, 2, 3, 4, 5].map(|i| operands[i]);
-            for (what, t) in [("q", q), ("k", k), ("v", v)] {
+            for (what, t) in [("q", q), ("k", k)] {
                 if t.dtype != DType::F8E4M3 {
                     return Err(format!("{what} must be f8e4m3, found {t}"));
                 }
+            }
+            // v comes unquantized: the op quantizes it by its scale.
+            if !matches!(v.dtype, DType::BF16 | DType::F16 | DType::F32) {
+                return Err(format!(
+                    "v must be unquantized (bf16, f16 or f32), found {v}"
+                ));
             }
             for (what, s) in [("q scale", qs), ("k scale", ks), ("v scale", vs)] {
                 if s.dtype != DType::F32 || s.shape.0 != [1] {
@@ -588,22 +594,25 @@ mod tests {
     fn scaled_attention_takes_e4m3_operands_and_scalar_scales() {
         let e4m3 = |d: &[usize]| TensorType::new(DType::F8E4M3, d);
         let (q, kv, s) = (e4m3(&[1, 6, 2, 8]), e4m3(&[1, 9, 2, 8]), t(&[1]));
+        let v = TensorType::new(DType::BF16, [1, 9, 2, 8]);
         let op = Op::ScaledAttention { scale: Scalar(0.5) };
         assert_eq!(
-            infer(&op, &[&q, &s, &kv, &s, &kv, &s]).unwrap(),
+            infer(&op, &[&q, &s, &kv, &s, &v, &s]).unwrap(),
             TensorType::new(DType::BF16, [1, 6, 2, 8])
         );
-        // bf16 values, per-row scales, mismatched heads, missing operands.
-        let bf = TensorType::new(DType::BF16, [1, 9, 2, 8]);
-        let err = infer(&op, &[&q, &s, &bf, &s, &kv, &s]).unwrap_err();
+        // bf16 keys, an already quantized v, per-row scales, mismatched
+        // heads, missing operands.
+        let err = infer(&op, &[&q, &s, &v, &s, &v, &s]).unwrap_err();
         assert!(err.contains("k must be f8e4m3"), "{err}");
+        let err = infer(&op, &[&q, &s, &kv, &s, &kv, &s]).unwrap_err();
+        assert!(err.contains("v must be unquantized"), "{err}");
         let rows = t(&[1, 6, 2, 1]);
-        let err = infer(&op, &[&q, &rows, &kv, &s, &kv, &s]).unwrap_err();
+        let err = infer(&op, &[&q, &rows, &kv, &s, &v, &s]).unwrap_err();
         assert!(err.contains("q scale") && err.contains("f32[1]"), "{err}");
         let heads = e4m3(&[1, 9, 3, 8]);
-        let err = infer(&op, &[&q, &s, &heads, &s, &kv, &s]).unwrap_err();
+        let err = infer(&op, &[&q, &s, &heads, &s, &v, &s]).unwrap_err();
         assert!(err.contains("batch, heads or head dim"), "{err}");
-        let err = infer(&op, &[&q, &s, &kv, &s, &kv]).unwrap_err();
+        let err = infer(&op, &[&q, &s, &kv, &s, &v]).unwrap_err();
         assert!(err.contains("takes 6 operands, got 5"), "{err}");
     }
 

@@ -317,9 +317,11 @@ pub enum Op {
     /// Attention over fp8 e4m3 operands with per-tensor dequantization
     /// scales (`x ≈ x8 · x_scale`, the convention of [`Op::DynamicScale`]
     /// and [`Op::Quantize`]). Operands: q8 `[B, Sq, H, D]`, q_scale f32
-    /// `[1]`, k8 `[B, Sk, H, D]`, k_scale f32 `[1]`, v8 `[B, Sk, H, Dv]`,
-    /// v_scale f32 `[1]`; q8, k8 and v8 are e4m3. Output bf16
-    /// `[B, Sq, H, Dv]`.
+    /// `[1]`, k8 `[B, Sk, H, D]`, k_scale f32 `[1]`, v `[B, Sk, H, Dv]`,
+    /// v_scale f32 `[1]`; q8 and k8 are e4m3, v is not yet quantized (a
+    /// float dtype): the op quantizes it as `quantize(v, v_scale)` to
+    /// e4m3, where the kernel that lays v out for the fp8 kernel reads it
+    /// anyway. Output bf16 `[B, Sq, H, Dv]`.
     ///
     /// Meaning (per batch, head and query row), as the fp8 kernel computes
     /// it: dequantize q, k, v; `S = q·kᵀ·scale`; `m = max S`;

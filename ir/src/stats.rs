@@ -140,15 +140,16 @@ mod tests {
         let q = b.input("q", DType::BF16, [2, 10, 3, 4]).unwrap();
         let kv = b.input("kv", DType::BF16, [2, 7, 3, 4]).unwrap();
         let mut quantized = Vec::new();
-        for x in [q, kv, kv] {
+        for x in [q, kv] {
             let s = b.dynamic_scale(x, DType::F8E4M3, false).unwrap();
             let x8 = b.quantize(x, s, DType::F8E4M3).unwrap();
             quantized.extend([x8, s]);
         }
-        let [q8, qs, k8, ks, v8, vs] = quantized[..] else {
+        let [q8, qs, k8, ks] = quantized[..] else {
             unreachable!()
         };
-        let o = b.scaled_attention(q8, qs, k8, ks, v8, vs, 0.5).unwrap();
+        // v goes in unquantized, with its scale (the op quantizes it).
+        let o = b.scaled_attention(q8, qs, k8, ks, kv, ks, 0.5).unwrap();
         b.output("o", o).unwrap();
         let s = GraphStats::of(&b.finish().unwrap());
         // 2·B·H·Sq·Sk·(D + Dv)

@@ -35,17 +35,17 @@ const E4M3: DType = DType::F8E4M3;
 const REL_L2_BOUND: f64 = 4e-2;
 
 /// Builds `x` as a bf16 input fed with `data`, quantized to e4m3 with a
-/// per-tensor dynamic scale; returns `(x8, scale)`.
+/// per-tensor dynamic scale; returns `(x, x8, scale)`.
 fn quantized_input(
     h: &mut Harness,
     name: &str,
     dims: &[usize],
     data: Vec<f32>,
-) -> (NodeId, NodeId) {
+) -> (NodeId, NodeId, NodeId) {
     let x = h.input_typed(name, DType::BF16, dims, data);
     let s = h.b.dynamic_scale(x, E4M3, false).unwrap();
     let x8 = h.b.quantize(x, s, E4M3).unwrap();
-    (x8, s)
+    (x, x8, s)
 }
 
 /// `x8 · scale` in f32: the dequantized operand, built from graph ops.
@@ -90,18 +90,19 @@ fn random_case(dims: [usize; 4], sk: usize, sharpness: f32, seed: u32) -> f64 {
         .iter()
         .map(|x| x * sharpness)
         .collect();
-    let (q8, qs) = quantized_input(&mut hs, "q", &[b, sq, h, d], q_data);
-    let (k8, ks) = quantized_input(
+    let (_, q8, qs) = quantized_input(&mut hs, "q", &[b, sq, h, d], q_data);
+    let (_, k8, ks) = quantized_input(
         &mut hs,
         "k",
         &[b, sk, h, d],
         pseudo_random(b * sk * h * d, seed + 1),
     );
     let v_data = pseudo_random(b * sk * h * d, seed + 2);
-    let (v8, vs) = quantized_input(&mut hs, "v", &[b, sk, h, d], v_data);
+    // v goes in unquantized: the op quantizes it as `quantize` does.
+    let (v_in, v8, vs) = quantized_input(&mut hs, "v", &[b, sk, h, d], v_data);
     let scale = 1.0 / (d as f32).sqrt();
     let out =
-        hs.b.scaled_attention(q8, qs, k8, ks, v8, vs, scale)
+        hs.b.scaled_attention(q8, qs, k8, ks, v_in, vs, scale)
             .unwrap();
     assert_eq!(hs.b.ty(out).dtype, DType::BF16);
     let q = dequantized(&mut hs, q8, qs);
@@ -136,18 +137,19 @@ fn random_case(dims: [usize; 4], sk: usize, sharpness: f32, seed: u32) -> f64 {
 #[test]
 fn hand_checked_two_rows_over_two_keys() {
     // One batch, one head, D = 1, scale 1. q = [1, 2], k = [0, −1],
-    // v = [1, −2] (v8 = [2, −4] with scale 0.5). All are e4m3 values.
+    // v = [1, −2] (quantized by the op to v8 = [2, −4] with scale 0.5). All
+    // are e4m3 values.
     let mut hs = Harness::new();
     let one = |hs: &mut Harness, name: &str, value: f32| hs.input(name, &[1], vec![value]);
     let q8 = hs.input_typed("q8", E4M3, &[1, 2, 1, 1], vec![1.0, 2.0]);
     let k8 = hs.input_typed("k8", E4M3, &[1, 2, 1, 1], vec![0.0, -1.0]);
-    let v8 = hs.input_typed("v8", E4M3, &[1, 2, 1, 1], vec![2.0, -4.0]);
+    let v = hs.input_typed("v", DType::BF16, &[1, 2, 1, 1], vec![1.0, -2.0]);
     let (qs, ks, vs) = (
         one(&mut hs, "qs", 1.0),
         one(&mut hs, "ks", 1.0),
         one(&mut hs, "vs", 0.5),
     );
-    let out = hs.b.scaled_attention(q8, qs, k8, ks, v8, vs, 1.0).unwrap();
+    let out = hs.b.scaled_attention(q8, qs, k8, ks, v, vs, 1.0).unwrap();
     let out = hs.run(out);
     // Row 0: S = [0, −1], m = 0, P = [1, e⁻¹ = 0.36788].
     //   256·P = [256, 94.18]; e4m3 steps by 8 in [64, 128): 94.18 → 96,
@@ -165,12 +167,13 @@ fn hand_checked_two_rows_over_two_keys() {
 #[test]
 fn scales_dequantize_each_operand() {
     // The same case with every operand's values halved and its scale
-    // doubled gives the same result; doubling only v's scale doubles it.
+    // doubled gives the same result; doubling only v's scale (v itself
+    // doubled, so that it quantizes to the same v8) doubles it.
     let run = |q: f32, qs: f32, vs: f32| {
         let mut hs = Harness::new();
         let q8 = hs.input_typed("q8", E4M3, &[1, 2, 1, 1], vec![q, 2.0 * q]);
         let k8 = hs.input_typed("k8", E4M3, &[1, 2, 1, 1], vec![0.0, -1.0]);
-        let v8 = hs.input_typed("v8", E4M3, &[1, 2, 1, 1], vec![2.0, -4.0]);
+        let v8 = hs.input_typed("v", DType::BF16, &[1, 2, 1, 1], vec![2.0 * vs, -4.0 * vs]);
         let qs = hs.input("qs", &[1], vec![qs]);
         let ks = hs.input("ks", &[1], vec![1.0]);
         let vs = hs.input("vs", &[1], vec![vs]);
@@ -214,14 +217,15 @@ fn one_key_is_exact_but_for_bf16() {
 fn prints_with_its_scale_and_verifies() {
     let mut b = GraphBuilder::new();
     let q8 = b.input("q8", E4M3, [1, 3, 2, 8]).unwrap();
-    let kv8 = b.input("kv8", E4M3, [1, 5, 2, 8]).unwrap();
+    let k8 = b.input("k8", E4M3, [1, 5, 2, 8]).unwrap();
+    let v = b.input("v", DType::BF16, [1, 5, 2, 8]).unwrap();
     let s = b.input("s", DType::F32, [1]).unwrap();
-    let o = b.scaled_attention(q8, s, kv8, s, kv8, s, 0.25).unwrap();
+    let o = b.scaled_attention(q8, s, k8, s, v, s, 0.25).unwrap();
     b.output("o", o).unwrap();
     let mut g = b.finish().unwrap();
     let text = print_graph(&g).unwrap();
     assert!(
-        text.contains("%3: bf16[1,3,2,8] = scaled_attention[scale=0.25](%0, %2, %1, %2, %1, %2)"),
+        text.contains("%4: bf16[1,3,2,8] = scaled_attention[scale=0.25](%0, %3, %1, %3, %2, %3)"),
         "{text}"
     );
     verify(&g).unwrap();

@@ -6,9 +6,13 @@
 //! ```text
 //! qs = dynamic_scale(q, f8e4m3, per_tensor)    q8 = quantize(q, qs)
 //! ks = dynamic_scale(k, f8e4m3, per_tensor)    k8 = quantize(k, ks)
-//! vs = dynamic_scale(v, f8e4m3, per_tensor)    v8 = quantize(v, vs)
-//! o  = scaled_attention[scale](q8, qs, k8, ks, v8, vs)        (bf16)
+//! vs = dynamic_scale(v, f8e4m3, per_tensor)
+//! o  = scaled_attention[scale](q8, qs, k8, ks, v, vs)         (bf16)
 //! ```
+//!
+//! (v goes in unquantized: the op quantizes it, in the kernel that lays v
+//! out key-innermost for the fp8 kernel and reads it anyway, instead of a
+//! quantize pass of its own.)
 //!
 //! except that a q or k which is RMS-normalized and then rotated (FLUX's
 //! `apply_rope(rms_norm(x, w))`, or `apply_rope(concat(rms_norm(x₁, w₁),
@@ -117,9 +121,10 @@ pub fn is_fp8_attention_candidate(graph: &Graph, id: NodeId) -> bool {
         && width(v) == Some(FP8_ATTENTION_HEAD_DIM)
 }
 
-/// An attention operand in fp8: the quantized tensor, its scale, and the
-/// factor the attention's score scale takes for it (1, or √D for an operand
-/// quantized as `x / √D`, see [`quantize_by_norm_bound`]).
+/// An attention operand in fp8: the quantized tensor (v: the tensor
+/// itself, which the op quantizes), its scale, and the factor the
+/// attention's score scale takes for it (1, or √D for an operand quantized
+/// as `x / √D`, see [`quantize_by_norm_bound`]).
 #[derive(Clone, Copy)]
 struct Quantized {
     x8: NodeId,
@@ -161,8 +166,11 @@ fn rewrite(
                             per_row: false,
                         };
                         let xs = graph.add_node(scale_op, &[x], &scope)?;
-                        let x8 =
-                            graph.add_node(Op::Quantize(FP8_ATTENTION_DTYPE), &[x, xs], &scope)?;
+                        let x8 = if q_or_k {
+                            graph.add_node(Op::Quantize(FP8_ATTENTION_DTYPE), &[x, xs], &scope)?
+                        } else {
+                            x // the op quantizes v
+                        };
                         Quantized {
                             x8,
                             scale: xs,
@@ -171,9 +179,9 @@ fn rewrite(
                     }
                 };
                 quantized.insert((x, q_or_k), q);
-                if q.factor == 1.0 {
-                    // Quantized by its own absmax: as good for v.
-                    quantized.insert((x, false), q);
+                if q_or_k && q.factor == 1.0 {
+                    // Scaled by its own absmax: the scale serves v too.
+                    quantized.insert((x, false), Quantized { x8: x, ..q });
                 }
                 q
             }

@@ -479,15 +479,19 @@ fn dequantize(x8: &Tensor, scale: &Tensor) -> Tensor {
     }
 }
 
-/// [`Op::ScaledAttention`]: operands (q8, q_scale, k8, k_scale, v8,
-/// v_scale). Scores and the row max as [`attention`] computes them from the
-/// dequantized operands; the numerator sums `e4m3(256·P)/256 · v`, the
+/// [`Op::ScaledAttention`]: operands (q8, q_scale, k8, k_scale, v,
+/// v_scale), v quantized here to e4m3 by its scale. Scores and the row max
+/// as [`attention`] computes them from the dequantized operands; the numerator sums `e4m3(256·P)/256 · v`, the
 /// denominator the same rounded `P`; the result is rounded to bf16. No keys:
 /// zeros, as [`attention`] gives.
 fn scaled_attention(args: &[&Tensor], scale: f32) -> Vec<f32> {
     let q = dequantize(args[0], args[1]);
     let k = dequantize(args[2], args[3]);
-    let v = dequantize(args[4], args[5]);
+    let v8 = Tensor {
+        shape: args[4].shape.clone(),
+        data: quantize(args[4], args[5], DType::F8E4M3),
+    };
+    let v = dequantize(&v8, args[5]);
     let [b, sq, h, _] = dims4(&q.shape);
     let sk = k.shape.dims()[1];
     let dv = v.shape.dims()[3];
