@@ -46,10 +46,21 @@ enum Branch {
     /// A structural block (loops, bounds checks around the element loop).
     Plain,
     /// A branch taken or not for all lanes at once: wide loads inside are
-    /// guarded by this condition (in before-the-loop terms).
-    Uniform(String),
+    /// guarded by this condition (in before-the-loop terms); `part` when it
+    /// is one part of a concat (the parts' conditions exclude each other).
+    Uniform {
+        cond: String,
+        part: Option<ConcatPart>,
+    },
     /// A branch that may differ between lanes: no wide loads inside.
     Divergent,
+}
+
+/// Part `part` of the concat numbered `concat` in a kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ConcatPart {
+    concat: usize,
+    part: usize,
 }
 
 /// One wide load: `var = guard ? fx_vload<w>(p{param}, base) : zeros`.
@@ -58,6 +69,8 @@ struct WideLoad {
     param: usize,
     base: String,
     var: String,
+    /// The concat part whose branch is the innermost of `guard`, if any.
+    part: Option<ConcatPart>,
     guard: Vec<String>,
 }
 
@@ -83,6 +96,8 @@ pub struct Emitter<'g> {
     lines: Vec<String>,
     indent: usize,
     next_var: usize,
+    /// Concats emitted so far (numbers their parts' branches).
+    next_concat: usize,
     scopes: Vec<Scope>,
     /// Values supplied by the surrounding template (a reduction's result at
     /// the current element), by node and index.
@@ -128,6 +143,7 @@ impl<'g> Emitter<'g> {
             lines: Vec::new(),
             indent,
             next_var: 0,
+            next_concat: 0,
             scopes: vec![Scope::default()],
             provided: BTreeMap::new(),
             provided_everywhere: BTreeMap::new(),
@@ -172,38 +188,126 @@ impl<'g> Emitter<'g> {
 
     /// The wide loads requested since the last call, as declarations. A
     /// load made inside uniform branches is guarded by their conditions
-    /// (the other lanes' data may lie outside the buffer).
+    /// (the other lanes' data may lie outside the buffer). The loads of the
+    /// parts of one concat (one per part, one element type, the same outer
+    /// guard) are one load from a pointer chosen by the parts' conditions:
+    /// a thread's vector lies in exactly one part, so predicated loads of
+    /// every part would issue the memory instructions of all of them.
     pub fn take_vector_loads(&mut self) -> Vec<String> {
         let width = self.vector_width;
-        std::mem::take(&mut self.vector_loads)
-            .into_iter()
-            .map(|l| {
-                let (p, base, var) = (l.param, l.base, l.var);
-                let load = format!("fx_vload<{width}>(p{p}, {base})");
-                if l.guard.is_empty() {
-                    format!("const auto {var} = {load};")
-                } else {
-                    format!(
-                        "const auto {var} = ({}) ? {load} : decltype({load}){{}};",
-                        l.guard.join(") && (")
-                    )
+        let loads = std::mem::take(&mut self.vector_loads);
+        let mut out = Vec::new();
+        let mut done = vec![false; loads.len()];
+        for i in 0..loads.len() {
+            if done[i] {
+                continue;
+            }
+            let group = self.concat_group(&loads, i);
+            if group.len() >= 2 {
+                out.extend(self.chosen_load(&loads, &group));
+                for &k in &group {
+                    done[k] = true;
                 }
+                continue;
+            }
+            done[i] = true;
+            let l = &loads[i];
+            let load = format!("fx_vload<{width}>(p{}, {})", l.param, l.base);
+            out.push(if l.guard.is_empty() {
+                format!("const auto {} = {load};", l.var)
+            } else {
+                format!(
+                    "const auto {} = ({}) ? {load} : decltype({load}){{}};",
+                    l.var,
+                    l.guard.join(") && (")
+                )
+            });
+        }
+        out
+    }
+
+    /// The loads that share one concat with `loads[i]` (its own index
+    /// first, then the others in part order): one per part, one element
+    /// type, the same guard outside the concat. Just `[i]` when there is
+    /// nothing to share.
+    fn concat_group(&self, loads: &[WideLoad], i: usize) -> Vec<usize> {
+        let Some(part) = loads[i].part else {
+            return vec![i];
+        };
+        let outer = |l: &WideLoad| l.guard[..l.guard.len() - 1].to_vec();
+        let dtype = |l: &WideLoad| self.params[l.param].buf.dtype(self.graph);
+        let mut group: Vec<usize> = (0..loads.len())
+            .filter(|&k| {
+                let l = &loads[k];
+                l.part.is_some_and(|p| p.concat == part.concat)
+                    && outer(l) == outer(&loads[i])
+                    && dtype(l) == dtype(&loads[i])
             })
-            .collect()
+            .collect();
+        let mut parts: Vec<usize> = group
+            .iter()
+            .map(|&k| loads[k].part.map_or(0, |p| p.part))
+            .collect();
+        parts.sort_unstable();
+        parts.dedup();
+        if parts.len() != group.len() {
+            return vec![i]; // a part with two loads: keep them apart
+        }
+        group.sort_by_key(|&k| loads[k].part.map_or(0, |p| p.part));
+        group
+    }
+
+    /// One load for the concat parts `group` (in part order): the pointer
+    /// of the part whose condition holds, then the first part's variable,
+    /// which the others alias.
+    fn chosen_load(&self, loads: &[WideLoad], group: &[usize]) -> Vec<String> {
+        let width = self.vector_width;
+        let first = &loads[group[0]];
+        let cond = |l: &WideLoad| l.guard[l.guard.len() - 1].clone();
+        let mut pointer = String::new();
+        for (n, &k) in group.iter().enumerate() {
+            let l = &loads[k];
+            let at = format!("p{} + ({})", l.param, l.base);
+            if n + 1 == group.len() {
+                pointer.push_str(&at);
+            } else {
+                pointer.push_str(&format!("({}) ? {at} : ", cond(l)));
+            }
+        }
+        let mut guard = first.guard[..first.guard.len() - 1].to_vec();
+        let any: Vec<String> = group.iter().map(|&k| cond(&loads[k])).collect();
+        guard.push(format!("({})", any.join(") || (")));
+        let var = &first.var;
+        let load = format!("fx_vload<{width}>({var}_at, 0)");
+        let mut lines = vec![
+            format!("const auto* {var}_at = {pointer};"),
+            format!(
+                "const auto {var} = ({}) ? {load} : decltype({load}){{}};",
+                guard.join(") && (")
+            ),
+        ];
+        for &k in &group[1..] {
+            lines.push(format!("const auto& {} = {var};", loads[k].var));
+        }
+        lines
     }
 
     /// The guard of a wide load made here, or `None` when a divergent
-    /// branch forbids one.
-    fn load_guard(&self) -> Option<Vec<String>> {
+    /// branch forbids one, and the concat part of its innermost condition.
+    fn load_guard(&self) -> Option<(Vec<String>, Option<ConcatPart>)> {
         let mut guard = Vec::new();
+        let mut innermost = None;
         for b in &self.branches {
             match b {
                 Branch::Plain => {}
-                Branch::Uniform(c) => guard.push(c.clone()),
+                Branch::Uniform { cond, part } => {
+                    guard.push(cond.clone());
+                    innermost = *part;
+                }
                 Branch::Divergent => return None,
             }
         }
-        Some(guard)
+        Some((guard, innermost))
     }
 
     /// Number of statements emitted so far (a position for [`Emitter::insert`]).
@@ -246,8 +350,8 @@ impl<'g> Emitter<'g> {
     /// Opens a data-dependent branch: `uniform` is its condition evaluated
     /// once for all lanes when it is the same for every lane, `None` when it
     /// may differ.
-    fn open_branch(&mut self, header: &str, uniform: Option<String>) {
-        let branch = uniform.map_or(Branch::Divergent, Branch::Uniform);
+    fn open_branch(&mut self, header: &str, uniform: Option<String>, part: Option<ConcatPart>) {
+        let branch = uniform.map_or(Branch::Divergent, |cond| Branch::Uniform { cond, part });
         self.open_block(header, branch);
     }
 
@@ -402,7 +506,7 @@ impl<'g> Emitter<'g> {
                 Some((base.to_string(), lane_offset(map)))
             }),
         };
-        let value = if let (Some((base, lane)), Some(guard)) = (pick, self.load_guard()) {
+        let value = if let (Some((base, lane)), Some((guard, part))) = (pick, self.load_guard()) {
             // One wide load per (buffer, base, guard): a pair partner or a
             // table entry read at the same base picks other lanes of it.
             let var = match self
@@ -417,6 +521,7 @@ impl<'g> Emitter<'g> {
                         param: p,
                         base,
                         var: var.clone(),
+                        part,
                         guard,
                     });
                     var
@@ -633,6 +738,8 @@ impl<'g> Emitter<'g> {
     ) -> Result<String, CodegenError> {
         let v = self.fresh("v");
         self.line(format!("float {v};"));
+        let concat = self.next_concat;
+        self.next_concat += 1;
         let mut offset = 0;
         for (n, &part) in parts.iter().enumerate() {
             let len = self.graph.ty(part).shape.dims()[axis];
@@ -644,7 +751,7 @@ impl<'g> Emitter<'g> {
                 format!("else if ({} < {})", index[axis], offset + len)
             };
             let uniform = self.lanes.uniform_range(&index[axis], offset, offset + len);
-            self.open_branch(&header, uniform);
+            self.open_branch(&header, uniform, Some(ConcatPart { concat, part: n }));
             let mut inner = index.clone();
             if offset > 0 {
                 inner[axis] = self.bind_index(format!("{} - {offset}", index[axis]));
@@ -735,7 +842,7 @@ impl<'g> Emitter<'g> {
         };
         let v = self.fresh("v");
         self.line(format!("float {v} = 0.0f;"));
-        self.open_branch(&format!("if ({})", inside(&iy, &ix)), uniform);
+        self.open_branch(&format!("if ({})", inside(&iy, &ix)), uniform, None);
         let value = self.value(x, &vec![index[0].clone(), iy, ix, channel])?;
         self.line(format!("{v} = {value};"));
         self.close();
@@ -787,7 +894,7 @@ impl<'g> Emitter<'g> {
             } else {
                 format!("else if ({pair} < {})", first_pair + pairs)
             };
-            self.open_branch(&header, None);
+            self.open_branch(&header, None, None);
             let pos = self.value(ids, &vec![s.clone(), axis.to_string()])?;
             let mut line = String::new();
             write!(
