@@ -26,6 +26,13 @@
 # With as many GPUs as torch.compile peers, the peers compile and run at
 # once, each on its own GPU (their compiles take minutes each: bf16 and
 # fp8 together do not fit one 10-minute call on one GPU).
+# Inductor's cache can travel between calls (a cold compile of both
+# torch.compile peers does not fit one call on one GPU): TORCH_COMPILE_CACHE_SAVE=1
+# packs it into $OUT as inductor_cache.tgz.part* (at most 45 MiB; without
+# Triton's compiled kernels if it is larger, which are then built again from
+# the cached sources), and TORCH_COMPILE_CACHE_IN=DIR restores it from those
+# parts in DIR. torch_compile.py reports a warm compile as such, with the cold
+# compile time the first run recorded.
 # Reports go to $OUT (default ./out), every log packed in $OUT/logs.tar.gz.
 set -euo pipefail
 OUT=${OUT:-out}
@@ -46,6 +53,8 @@ TORCH_COMPILE=${TORCH_COMPILE:-}
 # fp8 anchor (115.7 ms) is the default mode too. The mode is in the report.
 TORCH_COMPILE_FP8_MODE=${TORCH_COMPILE_FP8_MODE:-default}
 TIME_LIMIT=${TIME_LIMIT:-0}
+TORCH_COMPILE_CACHE_IN=${TORCH_COMPILE_CACHE_IN:-}
+TORCH_COMPILE_CACHE_SAVE=${TORCH_COMPILE_CACHE_SAVE:-0}
 mkdir -p "$OUT"
 
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
@@ -119,6 +128,12 @@ if [[ " $STEPS " == *" forward "* ]]; then
     done
     gpus=$(nvidia-smi -L | wc -l)
     peers=($TORCH_COMPILE)
+    export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/fluxc-inductor-cache}
+    if [[ -n "$TORCH_COMPILE_CACHE_IN" ]]; then
+        mkdir -p "$TORCHINDUCTOR_CACHE_DIR"
+        cat "$TORCH_COMPILE_CACHE_IN"/inductor_cache.tgz.part* | tar xzf - -C "$TORCHINDUCTOR_CACHE_DIR"
+        echo "Inductor cache restored from $TORCH_COMPILE_CACHE_IN: $(du -sh "$TORCHINDUCTOR_CACHE_DIR" | cut -f1)"
+    fi
     if (( ${#peers[@]} > 1 && gpus >= ${#peers[@]} )); then
         # One GPU per peer, all at once: their compiles (minutes each) add
         # up to more than one 10-minute device call holds. Each times its
@@ -172,13 +187,23 @@ MERGE
                 | tee "$OUT/torch_compile_$fp8.log" || status=1
         done
     fi
+    if [[ "$TORCH_COMPILE_CACHE_SAVE" == 1 && -d "$TORCHINDUCTOR_CACHE_DIR" ]]; then
+        du -sh "$TORCHINDUCTOR_CACHE_DIR"/* | tee "$OUT/inductor_cache.log"
+        tar czf /tmp/inductor_cache.tgz -C "$TORCHINDUCTOR_CACHE_DIR" .
+        if (( $(stat -c %s /tmp/inductor_cache.tgz) > 45 * 1024 * 1024 )); then
+            echo "cache over 45 MiB packed: leaving out triton/" | tee -a "$OUT/inductor_cache.log"
+            tar czf /tmp/inductor_cache.tgz -C "$TORCHINDUCTOR_CACHE_DIR" --exclude=./triton .
+        fi
+        ls -l /tmp/inductor_cache.tgz | tee -a "$OUT/inductor_cache.log"
+        split -b 15M -d /tmp/inductor_cache.tgz "$OUT/inductor_cache.tgz.part"
+    fi
     if (( ${#compared[@]} )); then
         python3 benches/peers/compare.py --dir "$WORK" "${compared[@]}" --commit "${COMMIT:-$(cat .dev/commit 2>/dev/null || echo unknown)}" \
-            --command "MODEL=$MODEL HEIGHT=$HEIGHT WIDTH=$WIDTH TEXT_TOKENS=$TEXT_TOKENS VARIANTS='$VARIANTS' TORCHAO=$TORCHAO FLOORS=$FLOORS TORCH_COMPILE='$TORCH_COMPILE' TORCH_COMPILE_FP8_MODE=$TORCH_COMPILE_FP8_MODE benches/peers/run_h200.sh" \
+            --command "${TORCH_COMPILE_CACHE_IN:+TORCH_COMPILE_CACHE_IN=$TORCH_COMPILE_CACHE_IN }MODEL=$MODEL HEIGHT=$HEIGHT WIDTH=$WIDTH TEXT_TOKENS=$TEXT_TOKENS VARIANTS='$VARIANTS' TORCHAO=$TORCHAO FLOORS=$FLOORS TORCH_COMPILE='$TORCH_COMPILE' TORCH_COMPILE_FP8_MODE=$TORCH_COMPILE_FP8_MODE benches/peers/run_h200.sh" \
             --name "forward_${MODEL}_${HEIGHT}x${WIDTH}_t$TEXT_TOKENS" --out "$OUT"
     fi
 fi
 # The device returns only a few files: keep the reports, pack the logs.
 (cd "$OUT" && tar czf logs.tar.gz --remove-files \
-    $(ls | grep -v -e '^forward_.*\.\(md\|json\)$' -e '^attention\.json$' -e '^logs.tar.gz$'))
+    $(ls | grep -v -e '^forward_.*\.\(md\|json\)$' -e '^attention\.json$' -e '^logs.tar.gz$' -e '^inductor_cache\.tgz\.part'))
 exit $status
