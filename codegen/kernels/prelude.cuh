@@ -47,9 +47,17 @@ FX_DEVICE float fx_tanh_approx(float x) {
     asm("tanh.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
     return y;
 }
+// 0.5·x·(1 + tanh(k·(x + 0.044715·x³))) regrouped as h + h·tanh(x·(k + k·0.044715·x²))
+// with h = 0.5·x: three multiplies, two FMAs and the tanh instead of five
+// multiplies, an FMA and two adds (the single blocks' GELU kernel is bound
+// by instruction issue). Same value up to f32 rounding, far below the tanh's
+// own error.
 FX_DEVICE float fx_gelu_tanh_approx(float x) {
     const float k = 0.7978845608028654f;  // sqrt(2 / pi)
-    return 0.5f * x * (1.0f + fx_tanh_approx(k * (x + 0.044715f * x * x * x)));
+    const float k3 = 0.7978845608028654f * 0.044715f;
+    const float h = 0.5f * x;
+    const float inner = x * fmaf(x * x, k3, k);
+    return fmaf(h, fx_tanh_approx(inner), h);
 }
 
 // Sum over the `width` consecutive lanes of a warp that share a row

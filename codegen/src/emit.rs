@@ -743,14 +743,20 @@ impl<'g> Emitter<'g> {
         let mut offset = 0;
         for (n, &part) in parts.iter().enumerate() {
             let len = self.graph.ty(part).shape.dims()[axis];
+            let uniform = self.lanes.uniform_range(&index[axis], offset, offset + len);
+            // A uniform part's test is its before-the-loop form: the same for
+            // every element, so the per-element index need not be computed.
+            let test = match &uniform {
+                Some(cond) => cond.clone(),
+                None => format!("{} < {}", index[axis], offset + len),
+            };
             let header = if n == 0 {
-                format!("if ({} < {})", index[axis], offset + len)
+                format!("if ({test})")
             } else if n + 1 == parts.len() {
                 "else".to_string()
             } else {
-                format!("else if ({} < {})", index[axis], offset + len)
+                format!("else if ({test})")
             };
-            let uniform = self.lanes.uniform_range(&index[axis], offset, offset + len);
             self.open_branch(&header, uniform, Some(ConcatPart { concat, part: n }));
             let mut inner = index.clone();
             if offset > 0 {
@@ -842,7 +848,11 @@ impl<'g> Emitter<'g> {
         };
         let v = self.fresh("v");
         self.line(format!("float {v} = 0.0f;"));
-        self.open_branch(&format!("if ({})", inside(&iy, &ix)), uniform, None);
+        // When the tap is the same for every element, test it once, in
+        // before-the-loop terms: the per-element window position (64-bit
+        // divisions in the largest patch matrices) is then never computed.
+        let test = uniform.clone().unwrap_or_else(|| inside(&iy, &ix));
+        self.open_branch(&format!("if ({test})"), uniform, None);
         let value = self.value(x, &vec![index[0].clone(), iy, ix, channel])?;
         self.line(format!("{v} = {value};"));
         self.close();
