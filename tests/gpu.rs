@@ -861,6 +861,73 @@ fn tiny_vae_in_bf16_stays_within_bf16_error() {
     assert!(error <= 2e-2, "tiny-vae bf16: {error:e}");
 }
 
+/// The tiny VAE in bf16 with its convolutions in fp8 per row (the
+/// convolutions whose channel counts cuBLASLt's fp8 GEMMs take, multiples
+/// of 16: the mid block's and the first three up blocks'), on the GPU next
+/// to the interpreter's fp8 semantics: the fused im2col + per-row absmax +
+/// quantize kernels and the fp8 GEMMs over the patches. Also reported: both
+/// against the fp32 decoder without fp8.
+#[test]
+fn tiny_vae_in_fp8_matches_the_interpreter() {
+    require_gpu!("tiny_vae_in_fp8_matches_the_interpreter");
+    let cfg = config("tiny-vae", Some("bf16"));
+    let passes = PassOptions {
+        fp8: Fp8Mode::DynamicRow,
+        fp8_policy: Fp8Policy {
+            include: vec![
+                "decoder.mid_block.resnets.*".into(),
+                "decoder.up_blocks.0.*".into(),
+                "decoder.up_blocks.1.*".into(),
+                "decoder.up_blocks.2.*".into(),
+            ],
+            ..Fp8Policy::default()
+        },
+        ..cfg.passes.options()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let artifact = dir.path().join("artifact");
+    let (optimized, generated) =
+        compile(build_vae_decoder(&cfg).unwrap(), &cfg, &passes, &artifact);
+    let quantized = optimized
+        .graph
+        .node_ids()
+        .into_iter()
+        .filter(|&id| matches!(optimized.graph.node(id).op, Op::ScaledLinear { .. }))
+        .count();
+    assert!(quantized >= 10, "only {quantized} fp8 convolutions");
+    let fixtures = root().join("tests/fixtures/tiny-vae");
+    let mut e = engine(&artifact, &fixtures.join("diffusers"));
+    let (io, _) = vae_fixture();
+    set_inputs(&mut e, &io);
+    e.run().unwrap();
+    let inputs =
+        interpreter_inputs(&optimized, &cfg, &fixtures.join("diffusers"), io.clone()).unwrap();
+    let reference = interp::run(&optimized.graph, &inputs).unwrap()["sample"].clone();
+    let sample = Tensor::new(reference.shape.clone(), e.output("sample").unwrap()).unwrap();
+    let (worst, at) = worst_buffer(&e, &generated, &optimized.graph, &inputs);
+    let cfg32 = config("tiny-vae", None);
+    let plain = optimize(build_vae_decoder(&cfg32).unwrap(), &cfg32.passes.options()).unwrap();
+    let inputs32 = interpreter_inputs(&plain, &cfg32, &fixtures.join("diffusers"), io).unwrap();
+    let expected = interp::run(&plain.graph, &inputs32).unwrap()["sample"].clone();
+    let vs_interpreter = sample.rel_l2(&reference);
+    let (gpu_vs_fp32, interpreter_vs_fp32) =
+        (sample.rel_l2(&expected), reference.rel_l2(&expected));
+    let ratio = gpu_vs_fp32 / interpreter_vs_fp32;
+    println!(
+        "tiny-vae bf16 fp8 row ({quantized} convolutions): sample vs interpreter \
+         {vs_interpreter:.3e}; vs fp32: GPU {gpu_vs_fp32:.3e}, interpreter \
+         {interpreter_vs_fp32:.3e} (ratio {ratio:.3}); worst buffer {worst:.3e} ({at})"
+    );
+    assert!(
+        vs_interpreter <= FP8_VS_INTERPRETER,
+        "tiny-vae fp8: vs interpreter {vs_interpreter:e}"
+    );
+    assert!(
+        ratio <= FP8_ERROR_RATIO,
+        "tiny-vae fp8: error ratio {ratio}"
+    );
+}
+
 // --- the denoising pipeline ---------------------------------------------------
 
 /// The tiny pipeline (`tiny-schnell-pipeline.toml`: tiny-schnell + tiny-vae

@@ -142,6 +142,69 @@ fn optimized_tiny_vae_from_both_checkpoints() {
     }
 }
 
+/// The convolutions in fp8 per row (those whose channels cuBLASLt's fp8
+/// GEMMs take: the mid block's and the first three up blocks'): the
+/// interpreter's fp8 semantics (each patch row quantized by its own absmax,
+/// the weights per output channel) stay near diffusers' fp32 decode, and
+/// codegen turns each quantized convolution's im2col, row scale and
+/// quantization into one row kernel.
+#[test]
+fn tiny_vae_with_fp8_convolutions() {
+    let cfg = ModelConfig::load(&root().join("models/tiny-vae.toml")).unwrap();
+    let options = fluxc::passes::PassOptions {
+        fp8: fluxc::passes::Fp8Mode::DynamicRow,
+        fp8_policy: fluxc::passes::Fp8Policy {
+            include: vec![
+                "decoder.mid_block.resnets.*".into(),
+                "decoder.up_blocks.0.*".into(),
+                "decoder.up_blocks.1.*".into(),
+                "decoder.up_blocks.2.*".into(),
+            ],
+            ..fluxc::passes::Fp8Policy::default()
+        },
+        ..cfg.passes.options()
+    };
+    let o = fluxc::passes::pipeline::optimize(build_vae_decoder(&cfg).unwrap(), &options).unwrap();
+    let scaled = o
+        .graph
+        .node_ids()
+        .into_iter()
+        .filter(|&id| matches!(o.graph.node(id).op, fluxc::ir::Op::ScaledLinear { .. }))
+        .count();
+    assert_eq!(scaled, 20, "fp8 convolutions");
+    let map = NameMap::of(&cfg).unwrap();
+    let inputs =
+        load_derived_weights(&o.graph, &o.weights, &fixtures().join("diffusers"), map).unwrap();
+    let error = decode(&o.graph, inputs, "diffusers (fp8 convolutions)", 0.0);
+    // e4m3 keeps 3 mantissa bits: a few percent per GEMM, compounding over
+    // the 20 (9.8e-2 when written), not of order 1 as a wrong scale or
+    // patch layout gives.
+    assert!(error > TOLERANCE && error < 0.15, "{error:e}");
+
+    // Codegen takes fp8 in bf16 models only.
+    let text = std::fs::read_to_string(root().join("models/tiny-vae.toml")).unwrap();
+    let bf16 = ModelConfig::from_toml_str(
+        &text.replace("dtype = \"f32\"", "dtype = \"bf16\""),
+        std::path::Path::new("tiny-vae"),
+    )
+    .unwrap();
+    let o = fluxc::passes::pipeline::optimize(build_vae_decoder(&bf16).unwrap(), &options).unwrap();
+    let generated = fluxc::codegen::generate(
+        &o,
+        &fluxc::codegen::CodegenOptions {
+            model_name: "tiny-vae-fp8".into(),
+            layouts: vec![],
+            reuse_memory: true,
+        },
+    )
+    .unwrap();
+    let fused = generated
+        .kernels_cu
+        .matches("_dynamic_scale_im2col_quantize_f8e4m3(")
+        .count();
+    assert!(fused >= 1, "no fused im2col + quantize kernel");
+}
+
 /// The check above is only meaningful if a wrong model misses it: latents
 /// nudged by 0.01 must fail the tolerance.
 #[test]

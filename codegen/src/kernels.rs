@@ -173,11 +173,7 @@ pub(crate) fn pointwise_kernel(
         e.use_group_stats(node, temp);
     }
     // 64-bit indices where any tensor the kernel touches needs them.
-    let wide = nodes
-        .iter()
-        .chain(outputs)
-        .flat_map(|&n| std::iter::once(n).chain(graph.operands(n)))
-        .any(|n| graph.ty(n).shape.numel() > i32::MAX as usize);
+    let wide = needs_wide_indices(graph, nodes, outputs);
     if wide {
         e.use_wide_indices();
     }
@@ -273,15 +269,21 @@ pub struct RowShape {
 
 impl RowShape {
     /// A row of `c` elements read `width` at a time: the most threads (up to
-    /// 256) that split its chunks evenly, or 256 with a ragged last chunk.
+    /// 256) that split its chunks evenly, or, when that leaves a thread more
+    /// than 8 chunks, the fewest threads (a power of two up to 256) that
+    /// leave it at most 8, the last round ragged.
     pub fn for_width(c: usize, width: usize) -> RowShape {
         let chunks = c / width;
         let mut tpr = 1usize;
         while tpr < 256 && chunks % (tpr * 2) == 0 {
             tpr *= 2;
         }
-        if chunks / tpr > 8 {
-            tpr = 256;
+        // At most 8 chunks (64 registers) per thread: more threads per row,
+        // the fewest that suffice (a ragged last chunk round is cheaper than
+        // 256 threads on a row of 288 chunks, most of them idle the second
+        // time round).
+        while chunks.div_ceil(tpr) > 8 && tpr < 256 {
+            tpr *= 2;
         }
         RowShape {
             width: width as u32,
@@ -345,8 +347,17 @@ pub fn row_with(
     let x = r_operands[0];
     let dims = graph.ty(x).shape.dims().to_vec();
     let c = *dims.last().unwrap_or(&1);
-    let total = elements(graph, x)?;
+    let total = graph.ty(x).shape.numel();
     let rows = total / c;
+    // 64-bit element indices where a tensor the kernel touches needs them
+    // (an fp8 convolution's patch rows at 1024²); rows stay 32-bit.
+    let wide = needs_wide_indices(graph, nodes, outputs);
+    if rows > i32::MAX as usize {
+        return Err(CodegenError::TooLarge(format!(
+            "{} has {rows} rows; row kernels index rows with 32-bit integers",
+            graph.ty(x)
+        )));
+    }
     // A second reduction: a per-row scale of a value the epilogue computes.
     let second = nodes
         .iter()
@@ -412,6 +423,14 @@ pub fn row_with(
     }
 
     let mut e = Emitter::new(graph, nodes.iter().copied(), 1);
+    if wide {
+        e.use_wide_indices();
+    }
+    let first_element = if wide {
+        format!("const long long i0 = (long long)row * {c} + c0;")
+    } else {
+        format!("const int i0 = row * {c} + c0;")
+    };
     if tpr > 32 {
         e.line(format!("__shared__ float fx_scratch[{}];", block / 32));
     }
@@ -433,7 +452,7 @@ pub fn row_with(
     ));
     e.open(format!("if (active && chunk < {chunks})"));
     e.line(format!("const int c0 = chunk * {w};"));
-    e.line(format!("const int i0 = row * {c} + c0;"));
+    e.line(first_element.clone());
     for j in 0..prologue_outs.len() {
         e.line(format!("float po{j}[{w}];"));
     }
@@ -559,7 +578,7 @@ pub fn row_with(
         e.line("const float y_pair = __shfl_xor_sync(0xffffffffu, y[0], 1);");
     }
     e.open("if (ok)");
-    e.line(format!("const int i0 = row * {c} + c0;"));
+    e.line(first_element.clone());
     for j in 0..first_pass_outs.len() {
         e.line(format!("float eo{j}[{w}];"));
     }
@@ -606,7 +625,7 @@ pub fn row_with(
         e.line(format!("const int chunk = lane + k * {tpr};"));
         e.open(format!("if (active && chunk < {chunks})"));
         e.line(format!("const int c0 = chunk * {w};"));
-        e.line(format!("const int i0 = row * {c} + c0;"));
+        e.line(first_element.clone());
         for j in 0..second_pass_outs.len() {
             e.line(format!("float so{j}[{w}];"));
         }
@@ -809,12 +828,23 @@ pub fn tensor_scale_with(
     })
 }
 
+/// Whether a tensor a kernel over `nodes` touches (a node, an operand, an
+/// output) has more elements than 32-bit indices reach.
+fn needs_wide_indices(graph: &Graph, nodes: &[NodeId], outputs: &[NodeId]) -> bool {
+    nodes
+        .iter()
+        .chain(outputs)
+        .flat_map(|&n| std::iter::once(n).chain(graph.operands(n)))
+        .any(|n| graph.ty(n).shape.numel() > i32::MAX as usize)
+}
+
 /// Opens the per-element loop of a row chunk: `v` over the chunk, `i` the
 /// element's linear index and `c` its position in the row (`i % c` is `c`).
 fn element_loop_header(e: &mut Emitter, w: usize, c: usize) {
     e.line("#pragma unroll");
     e.open(format!("for (int v = 0; v < {w}; ++v)"));
-    e.line("const int i = i0 + v;");
+    let index = e.index_type();
+    e.line(format!("const {index} i = i0 + v;"));
     e.line("const int c = c0 + v;");
     e.alias_index(&format!("i % {c}"), "c");
 }
@@ -1028,6 +1058,19 @@ mod tests {
                 rows_per_block: 16
             }
         );
+        // A 3×3 convolution's patch row over 256 channels (fp8 im2col):
+        // 288 chunks, 64 threads with 4.5 chunks each, not 256 with 1.1.
+        assert_eq!(
+            RowShape::for_width(2304, 8),
+            RowShape {
+                width: 8,
+                tpr: 64,
+                chunks_per_thread: 5,
+                rows_per_block: 4
+            }
+        );
+        // The single blocks' concat row: 1920 chunks, 256 threads.
+        assert_eq!(RowShape::for_width(15360, 8).tpr, 256);
         // Scalar fallback over an odd width.
         let odd = RowShape::for_width(3000, 1);
         assert_eq!((odd.tpr, odd.chunks_per_thread), (256, 12));

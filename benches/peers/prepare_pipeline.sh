@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Compiles, on the dev machine, the pipelines benches/peers/run_pipeline_h200.sh
+# runs: one per variant in .dev/art/pipe-$MODEL-$variant, from model files
+# written to .dev/models/. Run benches/peers/prepare.sh first (it builds
+# .dev/bin/fluxc).
+#
+#   bf16     transformer and VAE decoder in bf16
+#   fp8      transformer in fp8 per row with fast accumulation and fp8
+#            attention; VAE decoder in bf16
+#   fp8-vae  the same, and the VAE decoder's up-block convolutions in fp8
+#            per row too (im2col patches quantized per patch row, weights
+#            per output channel): half the patch bytes and twice the GEMM
+#            rate, at a cost in image error the report shows (PSNR)
+#
+# MODEL (schnell or dev), TEXT_TOKENS (default 512) and VARIANTS (default
+# "fp8 bf16") as in run_pipeline_h200.sh; 1024×1024.
+set -euo pipefail
+MODEL=${MODEL:-schnell}
+TEXT_TOKENS=${TEXT_TOKENS:-512}
+VARIANTS=${VARIANTS:-fp8 bf16}
+test -x .dev/bin/fluxc || { echo "run benches/peers/prepare.sh first" >&2; exit 2; }
+mkdir -p .dev/models .dev/art
+case $MODEL in
+    schnell) schedule='scheduler = "schnell"'$'\n''steps = 4' ;;
+    dev) schedule='scheduler = "dev"'$'\n''steps = 28'$'\n''guidance_scale = 3.5' ;;
+    *) echo "unknown MODEL $MODEL" >&2; exit 2 ;;
+esac
+for variant in $VARIANTS; do
+    case $variant in
+        bf16) fp8=off; vae_fp8=0 ;;
+        fp8) fp8=dynamic-row; vae_fp8=0 ;;
+        fp8-vae) fp8=dynamic-row; vae_fp8=1 ;;
+        *) echo "unknown variant $variant" >&2; exit 2 ;;
+    esac
+    transformer=pipe-$MODEL-$variant-transformer.toml
+    sed -e "s/^text_tokens = .*/text_tokens = $TEXT_TOKENS/" "models/flux-$MODEL.toml" > ".dev/models/$transformer"
+    if [[ $fp8 != off ]]; then
+        printf '\n[passes]\nfp8 = "%s"\nfp8_fast_accumulation = true\nfp8_attention = true\n' "$fp8" >> ".dev/models/$transformer"
+    fi
+    vae=pipe-$MODEL-$variant-vae.toml
+    cp models/flux-vae.toml ".dev/models/$vae"
+    if [[ $vae_fp8 == 1 ]]; then
+        printf '\n[passes]\nfp8 = "dynamic-row"\nfp8_fast_accumulation = true\nfp8_include = ["decoder.up_blocks.*"]\n' >> ".dev/models/$vae"
+    fi
+    cat > ".dev/models/pipe-$MODEL-$variant.toml" <<TOML
+[model]
+name = "$MODEL-pipe-$variant"
+architecture = "flux-pipeline"
+
+[pipeline]
+transformer = "$transformer"
+vae = "$vae"
+$schedule
+
+[shapes]
+height = 1024
+width = 1024
+text_tokens = $TEXT_TOKENS
+TOML
+    rm -rf ".dev/art/pipe-$MODEL-$variant"
+    .dev/bin/fluxc compile ".dev/models/pipe-$MODEL-$variant.toml" -o ".dev/art/pipe-$MODEL-$variant"
+done
