@@ -861,6 +861,15 @@ fn tiny_vae_in_bf16_stays_within_bf16_error() {
     assert!(error <= 2e-2, "tiny-vae bf16: {error:e}");
 }
 
+/// GPU fp8 vs the interpreter's fp8 for the tiny VAE, relative L2: wider
+/// than [`FP8_VS_INTERPRETER`] because its 20 fp8 convolutions run back to
+/// back through residual blocks and GroupNorms, so the bf16-storage
+/// differences compound further; both are ~1e-1 from the fp32 decoder.
+/// Measured on the H200 (2026-11-29, `9be2661`): 1.002e-1 (GPU 9.24e-2 and
+/// interpreter 1.03e-1 from fp32). A wrong scale or patch layout gives
+/// errors of order 1; the error-ratio check guards the accuracy.
+const FP8_VAE_VS_INTERPRETER: f64 = 2e-1;
+
 /// The tiny VAE in bf16 with its convolutions in fp8 per row (the
 /// convolutions whose channel counts cuBLASLt's fp8 GEMMs take, multiples
 /// of 16: the mid block's and the first three up blocks'), on the GPU next
@@ -919,7 +928,7 @@ fn tiny_vae_in_fp8_matches_the_interpreter() {
          {interpreter_vs_fp32:.3e} (ratio {ratio:.3}); worst buffer {worst:.3e} ({at})"
     );
     assert!(
-        vs_interpreter <= FP8_VS_INTERPRETER,
+        vs_interpreter <= FP8_VAE_VS_INTERPRETER,
         "tiny-vae fp8: vs interpreter {vs_interpreter:e}"
     );
     assert!(

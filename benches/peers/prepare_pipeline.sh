@@ -10,7 +10,11 @@
 #   fp8-vae  the same, and the VAE decoder's up-block convolutions in fp8
 #            per row too (im2col patches quantized per patch row, weights
 #            per output channel): half the patch bytes and twice the GEMM
-#            rate, at a cost in image error the report shows (PSNR)
+#            rate, at a cost in image error the report shows (PSNR).
+#            Measured on the H200 (benches/results/2026-11-29_9be2661_pipeline_schnell_1024_t512.md):
+#            no faster than fp8 (0.356 against 0.357 s; the fused im2col +
+#            quantize row kernels are slower than the bf16 im2col kernels
+#            they replace) at 31.5 dB instead of 47.7: not worth it as it is
 #
 # MODEL (schnell or dev), TEXT_TOKENS (default 512) and VARIANTS (default
 # "fp8 bf16") as in run_pipeline_h200.sh; 1024×1024.
