@@ -8,6 +8,8 @@
 #   .dev/bin/gpu-fp8-tests  the runtime's fp8 GPU tests (crates/runtime/tests/gpu_fp8.rs)
 #   .dev/bin/gpu-gemm-search-tests  the cuBLASLt configuration search's GPU test
 #                         (crates/runtime/tests/gpu_gemm_search.rs)
+#   .dev/bin/launch-bench the criterion bench of a CUDA-graph launch's host
+#                         time (benches/launch.rs; run_h200.sh's `tests` step)
 #   .dev/attention/       the attention kernels as codegen renders them, for
 #                         benches/attention/check.py (run_h200.sh's attention step)
 #   .dev/art/$MODEL-${HEIGHT}x$WIDTH-t$TEXT_TOKENS-$variant
@@ -38,7 +40,9 @@ test_bin=$(cargo test --release -p fluxc-runtime --test gpu_fp8 --no-run 2>&1 | 
 cp "$test_bin" .dev/bin/gpu-fp8-tests
 test_bin=$(cargo test --release -p fluxc-runtime --test gpu_gemm_search --no-run 2>&1 | grep -o 'target/release/deps/gpu_gemm_search-[a-z0-9]*' | head -1)
 cp "$test_bin" .dev/bin/gpu-gemm-search-tests
-strip .dev/bin/fluxc .dev/bin/gpu-tests .dev/bin/gpu-fp8-tests .dev/bin/gpu-gemm-search-tests
+bench_bin=$(cargo bench --bench launch --no-run 2>&1 | grep -o 'target/release/deps/launch-[a-z0-9]*' | head -1)
+cp "$bench_bin" .dev/bin/launch-bench
+strip .dev/bin/fluxc .dev/bin/gpu-tests .dev/bin/gpu-fp8-tests .dev/bin/gpu-gemm-search-tests .dev/bin/launch-bench
 cargo run --release --example render_attention -- .dev/attention
 for variant in $VARIANTS; do
     extra=

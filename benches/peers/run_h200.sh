@@ -5,7 +5,8 @@
 # and diffusers' and torchao's wheels in .whl/. Steps (STEPS lists those
 # to run, default "tests forward"):
 #   tests    the GPU tests (every kernel kind vs the interpreter, tiny models
-#            vs diffusers, fp8 vs the interpreter's fp8)
+#            vs diffusers, fp8 vs the interpreter's fp8) and the criterion
+#            bench of a CUDA-graph launch's host time
 #   attention  the attention kernels alone (benches/attention/check.py on
 #            .dev/attention: odd lengths, then FLUX's shapes next to PyTorch's
 #            SDPA backends), report attention.json
@@ -68,6 +69,10 @@ if [[ " $STEPS " == *" tests "* ]]; then
     .dev/bin/gpu-fp8-tests --nocapture --test-threads=1 2>&1 | tee "$OUT/gpu_fp8_tests.log" || status=1
     .dev/bin/gpu-gemm-search-tests --nocapture 2>&1 | tee "$OUT/gpu_gemm_search_tests.log" || status=1
     .dev/bin/gpu-tests --nocapture --test-threads=1 2>&1 | tee "$OUT/gpu_tests.log" || status=1
+    # The host time of a CUDA-graph launch (criterion, benches/launch.rs).
+    if [[ -x .dev/bin/launch-bench ]]; then
+        .dev/bin/launch-bench --bench 2>&1 | tee "$OUT/launch_bench.log" || status=1
+    fi
 fi
 
 if [[ " $STEPS " == *" attention "* ]]; then
