@@ -4,6 +4,7 @@
 //! dispatches, and renders errors (`error: ...` on stderr, exit code 1; usage
 //! errors exit with 2 through clap).
 
+mod ab;
 mod attention_tuning;
 mod candidate_check;
 mod check;
@@ -123,6 +124,31 @@ enum Command {
         /// are channels-last and are permuted on the way in and out.
         #[arg(long)]
         nchw: bool,
+    },
+    /// Time two artifacts of the same model against each other on the GPU:
+    /// both loaded in one process with the same weights and inputs, timed in
+    /// alternating rounds so clock drift falls on both; prints the paired
+    /// difference B − A per round.
+    Ab {
+        /// The baseline artifact.
+        a: PathBuf,
+        /// The candidate artifact.
+        b: PathBuf,
+        /// The checkpoint both load: a diffusers directory or a .safetensors file.
+        #[arg(long, value_name = "CHECKPOINT")]
+        weights: PathBuf,
+        /// Safetensors file with every input (default: a deterministic pattern).
+        #[arg(long, value_name = "FILE")]
+        inputs: Option<PathBuf>,
+        /// Alternating rounds (A then B, B then A, ...).
+        #[arg(long, default_value_t = 8)]
+        rounds: usize,
+        /// Timed graph replays per artifact and round.
+        #[arg(long, default_value_t = 10)]
+        replays: usize,
+        /// Write the rounds and the verdict as JSON here.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
     },
     /// Generate an image with a compiled pipeline (`fluxc compile
     /// <pipeline.toml> -o DIR`): the denoising loop and the VAE decode run
@@ -246,6 +272,23 @@ fn main() -> ExitCode {
             profile,
             save_quantized,
             nchw,
+        }),
+        Command::Ab {
+            a,
+            b,
+            weights,
+            inputs,
+            rounds,
+            replays,
+            json,
+        } => ab::run(&ab::AbArgs {
+            a: &a,
+            b: &b,
+            weights: &weights,
+            inputs: inputs.as_deref(),
+            rounds,
+            replays,
+            json: json.as_deref(),
         }),
         Command::Generate {
             pipeline,

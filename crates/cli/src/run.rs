@@ -197,7 +197,7 @@ type Inputs = (BTreeMap<String, Vec<f32>>, BTreeMap<String, HostTensor>);
 /// The inputs in `path`, one per schedule input, checked against the
 /// schedule's shapes (4-D ones stored NCHW with `nchw`, and then permuted
 /// to the artifact's channels-last layout); and the file's other tensors.
-fn read_inputs(
+pub(crate) fn read_inputs(
     path: &Path,
     artifact: &Artifact,
     nchw: bool,
@@ -256,7 +256,7 @@ fn read_inputs(
 }
 
 /// `‖a − b‖ / ‖b‖`.
-fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+pub(crate) fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
     let (mut diff, mut norm) = (0f64, 0f64);
     for (&x, &y) in a.iter().zip(b) {
         diff += (f64::from(x) - f64::from(y)).powi(2);
@@ -311,7 +311,7 @@ fn print_timing(t: &Timing, args: &RunArgs, graph: bool) {
 }
 
 /// A deterministic, non-constant pattern in [-1, 1] for input `index`.
-fn pattern(index: usize, n: usize) -> Vec<f32> {
+pub(crate) fn pattern(index: usize, n: usize) -> Vec<f32> {
     (0..n)
         .map(|j| {
             ((j as f32 * 0.618_034 + index as f32 * 1.7).sin() * 0.5

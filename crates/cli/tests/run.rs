@@ -1,4 +1,4 @@
-//! `fluxc run` and `fluxc tune` without a GPU: artifact, input and cache
+//! `fluxc run`, `fluxc tune` and `fluxc ab` without a GPU: artifact, input and cache
 //! problems are reported before CUDA is touched, and a machine without CUDA
 //! gets an error saying so (never a panic), with the artifact unchanged.
 //! Running on the GPU is exercised on the H200.
@@ -310,4 +310,47 @@ fn vae_latents_are_read_channels_last_or_with_nchw() {
         stderr.contains("[1, 4, 6, 4] (NCHW, as --nchw says)"),
         "{stderr}"
     );
+}
+
+/// `fluxc ab`: two artifacts that take different inputs are refused before
+/// the GPU, naming both; bad counts are refused; a machine without CUDA
+/// gets an error saying so.
+#[test]
+fn ab_checks_its_artifacts_before_the_gpu() {
+    let (tmp, artifact, weights) = setup();
+    let vae = vae_artifact(tmp.path());
+    let stderr = fails(
+        "ab",
+        &[
+            artifact.as_os_str(),
+            vae.as_os_str(),
+            "--weights".as_ref(),
+            weights.as_os_str(),
+        ],
+    );
+    assert!(stderr.contains("take different inputs"), "{stderr}");
+    let stderr = fails(
+        "ab",
+        &[
+            artifact.as_os_str(),
+            artifact.as_os_str(),
+            "--weights".as_ref(),
+            weights.as_os_str(),
+            "--rounds".as_ref(),
+            "0".as_ref(),
+        ],
+    );
+    assert!(stderr.contains("--rounds"), "{stderr}");
+    if !fluxc_runtime::cuda::driver_library_present() {
+        let stderr = fails(
+            "ab",
+            &[
+                artifact.as_os_str(),
+                artifact.as_os_str(),
+                "--weights".as_ref(),
+                weights.as_os_str(),
+            ],
+        );
+        assert!(stderr.contains("CUDA is not available"), "{stderr}");
+    }
 }
