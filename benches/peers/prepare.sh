@@ -20,6 +20,10 @@
 #                         fp8-row-image: only linears of >= 1024 rows, i.e.
 #                         the text stream stays bf16; fp8-row-fast-attn:
 #                         fp8-row-fast with fp8 attention)
+#   .dev/base/<variant dir> with BASE=<git revision>: each variant's model
+#                         compiled by that revision's fluxc (built in a git
+#                         worktree under target/base-worktree), the baseline
+#                         run_h200.sh times the variant against with `fluxc ab`
 #
 # Then carry .dev and the diffusers wheels (.whl) to the GPU machine.
 set -euo pipefail
@@ -28,7 +32,19 @@ HEIGHT=${HEIGHT:-1024}
 WIDTH=${WIDTH:-1024}
 TEXT_TOKENS=${TEXT_TOKENS:-512}
 VARIANTS=${VARIANTS:-bf16 fp8-tensor fp8-row}
+BASE=${BASE:-}
 mkdir -p .dev/bin .dev/art .dev/models
+rm -rf .dev/base
+if [[ -n "$BASE" ]]; then
+    # The baseline's compiler, built once per revision in its own worktree.
+    base_tree=target/base-worktree
+    git worktree remove --force "$base_tree" 2>/dev/null || rm -rf "$base_tree"
+    git worktree add --detach "$base_tree" "$BASE"
+    (cd "$base_tree" && CARGO_TARGET_DIR="$PWD/../base-target" cargo build --release -p fluxc-cli)
+    base_fluxc=target/base-target/release/fluxc
+    mkdir -p .dev/base
+    git rev-parse --short "$BASE" > .dev/base/commit
+fi
 # The commit the binaries are built from, for the reports (the GPU
 # machine's copy of the tree has no .git); "-dirty" with local changes.
 { git rev-parse --short HEAD; git diff --quiet HEAD || echo -dirty; } | tr -d '\n' > .dev/commit
@@ -62,5 +78,11 @@ for variant in $VARIANTS; do
     printf '\n[passes]\nfp8 = "%s"\n%s\n' "$fp8" "$extra" >> ".dev/models/$name.toml"
     rm -rf ".dev/art/$name"
     .dev/bin/fluxc compile ".dev/models/$name.toml" -o ".dev/art/$name"
+    if [[ -n "$BASE" ]]; then
+        "$base_fluxc" compile ".dev/models/$name.toml" -o ".dev/base/$name"
+    fi
 done
+if [[ -n "$BASE" ]]; then
+    git worktree remove --force target/base-worktree
+fi
 du -sh .dev

@@ -18,7 +18,9 @@
 #            VARIANTS (timing, per-step profile; a variant named
 #            `<variant>-tuned` is <variant>'s model compiled there with
 #            `fluxc compile --tune`: kernel launches and GEMM algorithms
-#            measured on that GPU); the torch.compile peers listed in
+#            measured on that GPU; with .dev/base/ from prepare.sh's
+#            BASE, first `fluxc ab` of the baseline's build of the variant
+#            against this one); the torch.compile peers listed in
 #            TORCH_COMPILE (any of bf16, tensor, row; each compiles for
 #            minutes); and the comparison report
 # TIME_LIMIT (seconds, default none): the torch.compile peers get only what
@@ -122,6 +124,14 @@ if [[ " $STEPS " == *" forward "* ]]; then
                     | tee -a "$OUT/tune_$variant.log"
             done
         fi
+        base=".dev/base/$MODEL-${HEIGHT}x$WIDTH-t$TEXT_TOKENS-$variant"
+        if [[ -d "$base" ]]; then
+            # The same model compiled by the baseline revision (prepare.sh's
+            # BASE): both in one process, alternating rounds.
+            .dev/bin/fluxc ab "$base" "$artifact" --weights "$WORK/checkpoint" \
+                --inputs "$WORK/io.safetensors" --json "$OUT/ab_$variant.json" \
+                2>&1 | tee "$OUT/ab_$variant.log" || status=1
+        fi
         if .dev/bin/fluxc run "$artifact" --weights "$WORK/checkpoint" \
             --inputs "$WORK/io.safetensors" --output "$WORK/fluxc_$variant.safetensors" \
             --replays 30 --warmup 5 --profile --json "$OUT/fluxc_$variant.json" \
@@ -210,5 +220,5 @@ MERGE
 fi
 # The device returns only a few files: keep the reports, pack the logs.
 (cd "$OUT" && tar czf logs.tar.gz --remove-files \
-    $(ls | grep -v -e '^forward_.*\.\(md\|json\)$' -e '^attention\.json$' -e '^logs.tar.gz$' -e '^inductor_cache\.tgz\.part'))
+    $(ls | grep -v -e '^forward_.*\.\(md\|json\)$' -e '^attention\.json$' -e '^logs.tar.gz$' -e '^inductor_cache\.tgz\.part' -e '^ab_.*\.json$'))
 exit $status
