@@ -1,4 +1,9 @@
-//! Gated residuals folded into fp8 GEMMs. FLUX.1 ends each attention and
+//! Residuals folded into GEMMs. A GEMM whose whole tail is `r + y` takes r
+//! as cuBLASLt's C (β = 1) and writes the sum: y's round trip through
+//! memory and the add's launch go ([`find_residual`]; the FLUX VAE's ResNet
+//! shortcuts).
+//!
+//! Gated residuals in fp8 GEMMs. FLUX.1 ends each attention and
 //! MLP with `hidden + gate ⊙ linear(…)`: `gate` one value per output
 //! channel (a slice of the modulation product), the linear an fp8 GEMM
 //! with per-row scales and a bias. With `y = acc·sx·sw + b` (acc the fp8
@@ -120,6 +125,47 @@ pub fn find(
         residual,
         gate: gate_at,
     })
+}
+
+/// `tail` as a plain residual `r + y` (a VAE ResNet block's shortcut):
+/// the sum its only output and its only work, y read by nothing else, r a
+/// value of the sum's shape and type from outside the tail. Returns (sum,
+/// r).
+pub fn find_residual(
+    graph: &Graph,
+    product: NodeId,
+    tail: &[NodeId],
+    outputs: &[NodeId],
+) -> Option<(NodeId, NodeId)> {
+    let [sum] = outputs else { return None };
+    let sum = *sum;
+    if graph.node(sum).op != Op::Binary(BinaryOp::Add) {
+        return None;
+    }
+    if tail.iter().filter(|&&id| !is_reshape(graph, id)).count() != 1 {
+        return None;
+    }
+    let operands = graph.operands(sum);
+    let residual = match (
+        storage_of(graph, operands[0]),
+        storage_of(graph, operands[1]),
+    ) {
+        (p, r) if p == product => r,
+        (r, p) if p == product => r,
+        _ => return None,
+    };
+    let (r, s) = (graph.ty(residual), graph.ty(sum));
+    let only_user = graph
+        .users(product)
+        .iter()
+        .all(|&(u, _)| u == sum || (is_reshape(graph, u) && storage_of_user(graph, u, sum)));
+    (residual != product
+        && !tail.contains(&residual)
+        && r.shape == s.shape
+        && r.dtype == s.dtype
+        && s.dtype == graph.ty(product).dtype
+        && only_user)
+        .then_some((sum, residual))
 }
 
 fn is_reshape(graph: &Graph, id: NodeId) -> bool {

@@ -276,6 +276,7 @@ pub fn generate_with(
                 dtype,
                 out_dtype,
                 scales,
+                residual,
                 gated,
             } => Step::Gemm(Gemm {
                 name: describe(graph, *node, &number),
@@ -318,7 +319,7 @@ pub fn generate_with(
                 }),
                 fast_accumulation: scales.is_some() && optimized.fp8_fast_accumulation,
                 algo: None,
-                c: gated.map(|g| tensor(g.residual)),
+                c: residual.map(tensor),
             }),
             PendingStep::GateScale {
                 kernel,

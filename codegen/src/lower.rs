@@ -63,11 +63,10 @@ pub struct GemmScales {
     pub per_row: bool,
 }
 
-/// A gated residual a GEMM computes (see `gated.rs`).
+/// The gated scale and bias of a gated residual a GEMM computes (see
+/// `gated.rs`).
 #[derive(Clone, Copy, Debug)]
 pub struct Gated {
-    /// C, added with β = 1.
-    pub residual: NodeId,
     /// The gated per-channel scale, in place of the weight's.
     pub scale: Temp,
     /// The gated bias, in place of the linear's.
@@ -161,8 +160,11 @@ pub enum PendingStep {
         out_dtype: Option<DType>,
         /// The scales of an fp8 GEMM.
         scales: Option<GemmScales>,
-        /// A gated residual folded in (`gated.rs`): the weight scale and the
-        /// bias replaced by the gated ones, C = the residual, `out` the sum.
+        /// A residual folded in (`gated.rs`): C, added with β = 1 (`out`
+        /// is then the sum).
+        residual: Option<NodeId>,
+        /// A gate folded in too: the weight scale and the bias replaced by
+        /// the gated ones.
         gated: Option<Gated>,
     },
     /// The per-forward scale and bias of a gated residual (`gated.rs`).
@@ -254,19 +256,18 @@ impl PendingStep {
                 w,
                 bias,
                 scales,
+                residual,
                 gated,
                 ..
             } => {
-                let mut bufs: Vec<Buf> = [Some(*x), Some(*w), scales.map(|s| s.x)]
+                let mut bufs: Vec<Buf> = [Some(*x), Some(*w), scales.map(|s| s.x), *residual]
                     .into_iter()
                     .flatten()
                     .map(Buf::Node)
                     .collect();
                 match gated {
                     // The gated scale and bias replace the weight's and the linear's.
-                    Some(g) => {
-                        bufs.extend([Buf::Node(g.residual), Buf::Temp(g.scale), Buf::Temp(g.bias)])
-                    }
+                    Some(g) => bufs.extend([Buf::Temp(g.scale), Buf::Temp(g.bias)]),
                     None => bufs.extend(
                         bias.iter()
                             .chain(scales.map(|s| s.w).iter())
@@ -491,6 +492,30 @@ fn lower_gemm(
             .copied()
             .filter(|o| rest.contains(o))
             .collect();
+        // A GEMM whose whole tail is a residual add takes the residual as
+        // its C (`gated.rs`).
+        if gelu.is_none() && !outputs.contains(&anchor) {
+            if let Some((sum, residual)) = gated::find_residual(graph, anchor, &rest, &tail_outputs)
+            {
+                steps.push(PendingStep::Gemm {
+                    node: anchor,
+                    x,
+                    w,
+                    bias,
+                    out: sum,
+                    gelu: false,
+                    rows,
+                    k,
+                    n,
+                    dtype,
+                    out_dtype,
+                    scales,
+                    residual: Some(residual),
+                    gated: None,
+                });
+                return Ok(());
+            }
+        }
         // An fp8 GEMM with per-row scales and a bias whose whole tail is a
         // gated residual computes the sum itself (`gated.rs`).
         let folded = match (scales, bias, gelu) {
@@ -532,8 +557,8 @@ fn lower_gemm(
                 dtype,
                 out_dtype,
                 scales,
+                residual: Some(g.residual),
                 gated: Some(Gated {
-                    residual: g.residual,
                     scale,
                     bias: gated_bias,
                 }),
@@ -553,6 +578,7 @@ fn lower_gemm(
             dtype,
             out_dtype,
             scales,
+            residual: None,
             gated: None,
         });
     }
