@@ -50,7 +50,7 @@ use crate::attention_fp8::{
 use crate::buffers::{Buf, Temp, TempKind};
 use crate::kernels::{self, KernelSource};
 use crate::softmax::SoftmaxPlan;
-use crate::{gemv, group_norm, CodegenError};
+use crate::{gated, gemv, group_norm, CodegenError};
 
 /// The dequantization scales of an fp8 GEMM (see [`Op::ScaledLinear`]).
 #[derive(Clone, Copy, Debug)]
@@ -61,6 +61,16 @@ pub struct GemmScales {
     pub x: NodeId,
     /// Per output channel and per row (cuBLASLt's outer-vector mode).
     pub per_row: bool,
+}
+
+/// The gated scale and bias of a gated residual a GEMM computes (see
+/// `gated.rs`).
+#[derive(Clone, Copy, Debug)]
+pub struct Gated {
+    /// The gated per-channel scale, in place of the weight's.
+    pub scale: Temp,
+    /// The gated bias, in place of the linear's.
+    pub bias: Temp,
 }
 
 /// One operand of a [`Product`]: a buffer, an element offset into it and
@@ -150,6 +160,29 @@ pub enum PendingStep {
         out_dtype: Option<DType>,
         /// The scales of an fp8 GEMM.
         scales: Option<GemmScales>,
+        /// A residual folded in (`gated.rs`): C, added with β = 1 (`out`
+        /// is then the sum).
+        residual: Option<NodeId>,
+        /// A gate folded in too: the weight scale and the bias replaced by
+        /// the gated ones.
+        gated: Option<Gated>,
+    },
+    /// The per-forward scale and bias of a gated residual (`gated.rs`).
+    GateScale {
+        /// The kernel (`kernels/gate_scale.cu`).
+        kernel: FixedLaunch,
+        /// The weight's per-channel scale (f32 `[n, 1]`).
+        w_scale: NodeId,
+        /// The linear's bias (bf16 `[n]`).
+        bias: NodeId,
+        /// The buffer holding the gate and its first element there.
+        gate: (NodeId, u64),
+        /// The gated scale it writes (f32 `[n]`).
+        scale: Temp,
+        /// The gated bias it writes (bf16 `[n]`).
+        gated_bias: Temp,
+        /// Channels.
+        n: u64,
     },
     /// A matmul over any buffers.
     Product(Product),
@@ -219,18 +252,37 @@ impl PendingStep {
                 .map(|p| p.buf)
                 .collect(),
             PendingStep::Gemm {
-                x, w, bias, scales, ..
-            } => [
-                Some(*x),
-                Some(*w),
-                *bias,
-                scales.map(|s| s.w),
-                scales.map(|s| s.x),
-            ]
-            .into_iter()
-            .flatten()
-            .map(Buf::Node)
-            .collect(),
+                x,
+                w,
+                bias,
+                scales,
+                residual,
+                gated,
+                ..
+            } => {
+                let mut bufs: Vec<Buf> = [Some(*x), Some(*w), scales.map(|s| s.x), *residual]
+                    .into_iter()
+                    .flatten()
+                    .map(Buf::Node)
+                    .collect();
+                match gated {
+                    // The gated scale and bias replace the weight's and the linear's.
+                    Some(g) => bufs.extend([Buf::Temp(g.scale), Buf::Temp(g.bias)]),
+                    None => bufs.extend(
+                        bias.iter()
+                            .chain(scales.map(|s| s.w).iter())
+                            .copied()
+                            .map(Buf::Node),
+                    ),
+                }
+                bufs
+            }
+            PendingStep::GateScale {
+                w_scale,
+                bias,
+                gate,
+                ..
+            } => vec![Buf::Node(*w_scale), Buf::Node(*bias), Buf::Node(gate.0)],
             PendingStep::Product(p) => vec![p.a.buf, p.b.buf],
             PendingStep::Attention {
                 q, k, v, scales, ..
@@ -258,6 +310,9 @@ impl PendingStep {
                 .map(|p| p.buf)
                 .collect(),
             PendingStep::Gemm { out, .. } => vec![Buf::Node(*out)],
+            PendingStep::GateScale {
+                scale, gated_bias, ..
+            } => vec![Buf::Temp(*scale), Buf::Temp(*gated_bias)],
             PendingStep::Product(p) => vec![p.d.buf],
             PendingStep::Attention { node, .. } => vec![Buf::Node(*node)],
             PendingStep::Gemv { out, .. } => vec![Buf::Node(*out)],
@@ -432,6 +487,84 @@ fn lower_gemm(
             n,
         });
     } else {
+        let tail_outputs: Vec<NodeId> = outputs
+            .iter()
+            .copied()
+            .filter(|o| rest.contains(o))
+            .collect();
+        // A GEMM whose whole tail is a residual add takes the residual as
+        // its C (`gated.rs`).
+        if gelu.is_none() && !outputs.contains(&anchor) {
+            if let Some((sum, residual)) = gated::find_residual(graph, anchor, &rest, &tail_outputs)
+            {
+                steps.push(PendingStep::Gemm {
+                    node: anchor,
+                    x,
+                    w,
+                    bias,
+                    out: sum,
+                    gelu: false,
+                    rows,
+                    k,
+                    n,
+                    dtype,
+                    out_dtype,
+                    scales,
+                    residual: Some(residual),
+                    gated: None,
+                });
+                return Ok(());
+            }
+        }
+        // An fp8 GEMM with per-row scales and a bias whose whole tail is a
+        // gated residual computes the sum itself (`gated.rs`).
+        let folded = match (scales, bias, gelu) {
+            (Some(sc), Some(b), None) if sc.per_row && !outputs.contains(&anchor) => {
+                gated::find(graph, anchor, &rest, &tail_outputs, n).map(|g| (sc, b, g))
+            }
+            _ => None,
+        };
+        if let Some((sc, b, g)) = folded {
+            let temp = |what, dtype| Temp {
+                of: g.sum,
+                what,
+                dtype,
+                elements: n,
+            };
+            let (scale, gated_bias) = (
+                temp(TempKind::GatedScale, DType::F32),
+                temp(TempKind::GatedBias, DType::BF16),
+            );
+            steps.push(PendingStep::GateScale {
+                kernel: gated::render(n).map_err(CodegenError::Unsupported)?,
+                w_scale: sc.w,
+                bias: b,
+                gate: g.gate,
+                scale,
+                gated_bias,
+                n,
+            });
+            steps.push(PendingStep::Gemm {
+                node: anchor,
+                x,
+                w,
+                bias,
+                out: g.sum,
+                gelu: false,
+                rows,
+                k,
+                n,
+                dtype,
+                out_dtype,
+                scales,
+                residual: Some(g.residual),
+                gated: Some(Gated {
+                    scale,
+                    bias: gated_bias,
+                }),
+            });
+            return Ok(());
+        }
         steps.push(PendingStep::Gemm {
             node: anchor,
             x,
@@ -445,6 +578,8 @@ fn lower_gemm(
             dtype,
             out_dtype,
             scales,
+            residual: None,
+            gated: None,
         });
     }
     if !rest.is_empty() {

@@ -258,6 +258,11 @@ pub struct Gemm {
     /// (eight 64-bit words), when the compiler chose one; `None` means the
     /// runtime takes cuBLASLt's top heuristic.
     pub algo: Option<[u64; 8]>,
+    /// C, added to the product with β = 1 (cuBLASLt computes
+    /// `D = α·op(A)·op(B) + β·C`, then the bias): a residual in D's type
+    /// and layout (`ldd`); `None` is β = 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub c: Option<Tensor>,
 }
 
 impl Gemm {

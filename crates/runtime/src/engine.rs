@@ -900,6 +900,7 @@ fn build_ops(
                         a: at(g.a),
                         b: at(g.b),
                         d: at(g.d),
+                        c: g.c.map(at),
                         bias: g
                             .bias
                             .map(|t| (at(t), schedule.buffers[t.buffer as usize].dtype)),

@@ -397,11 +397,15 @@ fn check_gemm(schedule: &Schedule, g: &Gemm) -> Result<(), String> {
     }
     let (a_rows, a_cols) = g.a_dims();
     let (b_rows, b_cols) = g.b_dims();
+    let c = g.c.map(|c| ("C", c, d_dtype, g.m, g.n, g.ldd));
     for (what, t, dtype, rows, cols, ld) in [
         ("A", g.a, g.dtype, a_rows, a_cols, g.lda),
         ("B", g.b, g.dtype, b_rows, b_cols, g.ldb),
         ("D", g.d, d_dtype, g.m, g.n, g.ldd),
-    ] {
+    ]
+    .into_iter()
+    .chain(c)
+    {
         let b = buf(t);
         if b.dtype != dtype {
             return Err(format!(
@@ -616,6 +620,7 @@ mod tests {
             scales: None,
             fast_accumulation: false,
             algo: None,
+            c: None,
         }
     }
 
