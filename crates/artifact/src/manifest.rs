@@ -10,7 +10,8 @@ use crate::{BufferId, WeightSource};
 /// The artifact format this crate reads and writes. Bumped on every
 /// incompatible change; the runtime refuses other versions. 4: fp8
 /// attention (`AttentionOperands::Fp8TensorMaps`, `Attention::scales`).
-pub const FORMAT_VERSION: u32 = 4;
+/// 5: cuDNN convolutions (`Step::Conv`).
+pub const FORMAT_VERSION: u32 = 5;
 
 /// A checkpoint naming layout the artifact can load weights from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
