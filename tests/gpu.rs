@@ -937,6 +937,78 @@ fn tiny_vae_in_fp8_matches_the_interpreter() {
     );
 }
 
+/// The tiny VAE with its 3×3 convolutions through cuDNN (`[passes]
+/// cudnn_convolutions`): in f32 against diffusers (cuDNN's f32 FMA math, the
+/// bound of the im2col build) and every buffer against the interpreter; in
+/// bf16 against the interpreter within bf16 error.
+#[test]
+fn tiny_vae_with_cudnn_convolutions() {
+    require_gpu!("tiny_vae_with_cudnn_convolutions");
+    let fixtures = root().join("tests/fixtures/tiny-vae");
+    let (io, expected) = vae_fixture();
+    let mut failures = Vec::new();
+    for dtype in [None, Some("bf16")] {
+        let cfg = config("tiny-vae", dtype);
+        let passes = PassOptions {
+            cudnn_convolutions: true,
+            ..cfg.passes.options()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let artifact = dir.path().join("artifact");
+        let (optimized, generated) =
+            compile(build_vae_decoder(&cfg).unwrap(), &cfg, &passes, &artifact);
+        let convs = generated
+            .schedule
+            .steps
+            .iter()
+            .filter(|s| matches!(s, fluxc::artifact::Step::Conv(_)))
+            .count();
+        assert!(convs > 0, "no cuDNN convolution in the schedule");
+        let options = LoadOptions {
+            progress: false,
+            ..LoadOptions::default()
+        };
+        let mut e = match Engine::load(&artifact, &fixtures.join("diffusers"), &options) {
+            Ok(e) => e,
+            Err(err) => {
+                failures.push(format!("{dtype:?}: {err}"));
+                continue;
+            }
+        };
+        set_inputs(&mut e, &io);
+        e.run().unwrap();
+        let inputs =
+            interpreter_inputs(&optimized, &cfg, &fixtures.join("diffusers"), io.clone()).unwrap();
+        let reference = interp::run(&optimized.graph, &inputs).unwrap()["sample"].clone();
+        let sample = Tensor::new(reference.shape.clone(), e.output("sample").unwrap()).unwrap();
+        let vs_interpreter = sample.rel_l2(&reference);
+        let vs_diffusers = permute4(&sample, [0, 3, 1, 2]).rel_l2(&expected);
+        let (worst, at) = worst_buffer(&e, &generated, &optimized.graph, &inputs);
+        let case = format!(
+            "tiny-vae {} cuDNN ({convs} convolutions)",
+            dtype.unwrap_or("f32")
+        );
+        println!(
+            "{case}: sample vs interpreter {vs_interpreter:.3e}, vs diffusers {vs_diffusers:.3e}; \
+             worst buffer {worst:.3e} ({at})"
+        );
+        let (bound, worst_bound) = match dtype {
+            None => (1e-4, VAE_F32_BUFFER),
+            Some(_) => (2e-2, 3e-2),
+        };
+        if vs_interpreter.is_nan() || vs_interpreter > bound {
+            failures.push(format!("{case}: vs interpreter {vs_interpreter:e}"));
+        }
+        if dtype.is_none() && (vs_diffusers.is_nan() || vs_diffusers > bound) {
+            failures.push(format!("{case}: vs diffusers {vs_diffusers:e}"));
+        }
+        if worst.is_nan() || worst > worst_bound {
+            failures.push(format!("{case}: {worst:e} at {at}"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
 // --- the denoising pipeline ---------------------------------------------------
 
 /// The tiny pipeline (`tiny-schnell-pipeline.toml`: tiny-schnell + tiny-vae

@@ -28,8 +28,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use fluxc_artifact::{
     content_hash, Arg, Attention, AttentionOperands, AttentionScales, Binding, Buffer,
-    CheckpointLayout, ElemType, Gemm, GemmEpilogue, GemmScales as ScaleSpec, Launch, Manifest,
-    Region, ScaleMode, Schedule, Step, Tensor, WeightEntry, WeightSource, FORMAT_VERSION,
+    CheckpointLayout, Conv, ElemType, Gemm, GemmEpilogue, GemmScales as ScaleSpec, Launch,
+    Manifest, Region, ScaleMode, Schedule, Step, Tensor, WeightEntry, WeightSource, FORMAT_VERSION,
 };
 use fluxc_ir::{print_graph, DType, Graph, NodeId, Op};
 use fluxc_passes::pipeline::Optimized;
@@ -131,7 +131,7 @@ pub fn generate_with(
     choices: &Choices,
 ) -> Result<Generated, CodegenError> {
     let graph = &optimized.graph;
-    let mut pending = lower::lower(graph, &optimized.fusion)?;
+    let mut pending = lower::lower(graph, &optimized.fusion, optimized.cudnn_convolutions)?;
     for step in &mut pending {
         match step {
             PendingStep::Kernel(k) => {
@@ -350,6 +350,31 @@ pub fn generate_with(
                     ],
                 ))
             }
+            PendingStep::Conv {
+                node,
+                x,
+                w,
+                bias,
+                out,
+                dtype,
+                input,
+                filter,
+                padding,
+                stride,
+                output,
+            } => Step::Conv(Conv {
+                name: describe(graph, *node, &number),
+                dtype: elem_type(*dtype)?,
+                x: tensor(*x),
+                w: tensor(*w),
+                y: tensor(*out),
+                bias: bias.map(tensor),
+                input: *input,
+                filter: *filter,
+                padding: *padding,
+                stride: *stride,
+                output: *output,
+            }),
             PendingStep::Product(p) => {
                 let at = |o: &lower::Operand| -> Result<Tensor, CodegenError> {
                     Ok(Tensor {

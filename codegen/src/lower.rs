@@ -186,6 +186,31 @@ pub enum PendingStep {
     },
     /// A matmul over any buffers.
     Product(Product),
+    /// A cuDNN convolution (an im2col GEMM with `cudnn_convolutions`).
+    Conv {
+        /// The linear it replaces (for the report name).
+        node: NodeId,
+        /// The image `[n, h, w, c]` the im2col read.
+        x: NodeId,
+        /// The weight `[k, r·s·c]`.
+        w: NodeId,
+        /// Bias `[k]`.
+        bias: Option<NodeId>,
+        /// Output `[n, p, q, k]` (the linear's).
+        out: NodeId,
+        /// Element type.
+        dtype: DType,
+        /// `[n, h, w, c]`.
+        input: [u32; 4],
+        /// `[k, r, s]`.
+        filter: [u32; 3],
+        /// `[h, w]`.
+        padding: [u32; 2],
+        /// `[h, w]`.
+        stride: [u32; 2],
+        /// `[p, q]`.
+        output: [u32; 2],
+    },
     /// The attention kernel (bf16 or fp8).
     Attention {
         /// The attention node.
@@ -284,6 +309,11 @@ impl PendingStep {
                 ..
             } => vec![Buf::Node(*w_scale), Buf::Node(*bias), Buf::Node(gate.0)],
             PendingStep::Product(p) => vec![p.a.buf, p.b.buf],
+            PendingStep::Conv { x, w, bias, .. } => [Some(*x), Some(*w), *bias]
+                .into_iter()
+                .flatten()
+                .map(Buf::Node)
+                .collect(),
             PendingStep::Attention {
                 q, k, v, scales, ..
             } => {
@@ -314,6 +344,7 @@ impl PendingStep {
                 scale, gated_bias, ..
             } => vec![Buf::Temp(*scale), Buf::Temp(*gated_bias)],
             PendingStep::Product(p) => vec![p.d.buf],
+            PendingStep::Conv { out, .. } => vec![Buf::Node(*out)],
             PendingStep::Attention { node, .. } => vec![Buf::Node(*node)],
             PendingStep::Gemv { out, .. } => vec![Buf::Node(*out)],
             PendingStep::VLayout { vt, .. } => vec![Buf::Temp(*vt)],
@@ -330,11 +361,16 @@ pub fn storage_of(graph: &Graph, mut id: NodeId) -> NodeId {
     id
 }
 
-/// Lowers every group of `plan`, in order.
-pub fn lower(graph: &Graph, plan: &FusionPlan) -> Result<Vec<PendingStep>, CodegenError> {
+/// Lowers every group of `plan`, in order; with `cudnn_convolutions` the
+/// im2col GEMMs as cuDNN convolutions over the image the im2col reads.
+pub fn lower(
+    graph: &Graph,
+    plan: &FusionPlan,
+    cudnn_convolutions: bool,
+) -> Result<Vec<PendingStep>, CodegenError> {
     let mut steps = Vec::new();
     for g in 0..plan.groups.len() {
-        lower_group(graph, plan, g, &mut steps).map_err(|e| match e {
+        lower_group(graph, plan, g, cudnn_convolutions, &mut steps).map_err(|e| match e {
             CodegenError::Unsupported(what) => CodegenError::Unsupported(format!(
                 "{what} (group g{g}, anchor {})",
                 describe_node(graph, plan.groups[g].anchor)
@@ -354,11 +390,39 @@ fn lower_group(
     graph: &Graph,
     plan: &FusionPlan,
     g: usize,
+    cudnn: bool,
     steps: &mut Vec<PendingStep>,
 ) -> Result<(), CodegenError> {
     let group = &plan.groups[g];
     let outputs: Vec<NodeId> = plan.group_outputs(graph, g);
     match group.kind {
+        GroupKind::Pointwise if cudnn && outputs.iter().any(|&o| cudnn_patches(graph, o)) => {
+            // cuDNN reads the image, so the patches are not written: the
+            // kernel stores what the im2col would read (an upsampled image
+            // computed here), or nothing is left to do.
+            let nodes: Vec<NodeId> = group
+                .nodes
+                .iter()
+                .copied()
+                .filter(|&n| !cudnn_patches(graph, n))
+                .collect();
+            let mut kept: Vec<NodeId> = Vec::new();
+            for &o in &outputs {
+                let o = if cudnn_patches(graph, o) {
+                    storage_of(graph, graph.operands(o)[0])
+                } else {
+                    o
+                };
+                if nodes.contains(&o) && !kept.contains(&o) {
+                    kept.push(o);
+                }
+            }
+            if !kept.is_empty() {
+                steps.push(PendingStep::Kernel(kernels::pointwise(
+                    graph, &nodes, &kept,
+                )?));
+            }
+        }
         GroupKind::Pointwise | GroupKind::Table => steps.push(PendingStep::Kernel(
             kernels::pointwise(graph, &group.nodes, &outputs)?,
         )),
@@ -397,10 +461,29 @@ fn lower_group(
                 reduction,
             )?));
         }
-        GroupKind::Gemm => lower_gemm(graph, &group.nodes, group.anchor, &outputs, steps)?,
+        GroupKind::Gemm => lower_gemm(graph, &group.nodes, group.anchor, &outputs, cudnn, steps)?,
         GroupKind::Attention => steps.extend(lower_attention(graph, group.anchor)?),
     }
     Ok(())
+}
+
+/// Whether `id` is an im2col whose patches only feed linears (plain ones,
+/// on float values), which cuDNN then runs as convolutions over the image.
+fn cudnn_patches(graph: &Graph, id: NodeId) -> bool {
+    if !matches!(graph.node(id).op, Op::Im2col { .. }) || graph.ty(id).dtype.is_fp8() {
+        return false;
+    }
+    fn linear_reads(graph: &Graph, id: NodeId, patches: NodeId) -> bool {
+        graph
+            .users(id)
+            .iter()
+            .all(|&(u, at)| match graph.node(u).op {
+                Op::Reshape(_) => linear_reads(graph, u, patches),
+                Op::Linear => at == 0 && storage_of(graph, graph.operands(u)[0]) == patches,
+                _ => false,
+            })
+    }
+    !graph.users(id).is_empty() && linear_reads(graph, id, id)
 }
 
 fn lower_gemm(
@@ -408,6 +491,7 @@ fn lower_gemm(
     nodes: &[NodeId],
     anchor: NodeId,
     outputs: &[NodeId],
+    cudnn: bool,
     steps: &mut Vec<PendingStep>,
 ) -> Result<(), CodegenError> {
     let node = graph.node(anchor);
@@ -456,6 +540,10 @@ fn lower_gemm(
     });
     let product = gelu.unwrap_or(anchor);
     let rest: Vec<NodeId> = tail.into_iter().filter(|&t| Some(t) != gelu).collect();
+    if cudnn && node.op == Op::Linear && gelu.is_none() && cudnn_patches(graph, x) {
+        steps.push(conv_step(graph, anchor, x, w, bias)?);
+        return tail_kernel(graph, &rest, outputs, steps);
+    }
     let (dtype, out_dtype, scales) = match node.op {
         Op::ScaledLinear { out } => {
             // cuBLASLt's fp8 GEMMs add a bf16 or f16 bias only.
@@ -582,6 +670,16 @@ fn lower_gemm(
             gated: None,
         });
     }
+    tail_kernel(graph, &rest, outputs, steps)
+}
+
+/// The pointwise kernel of a GEMM's (or convolution's) tail `rest`, if any.
+fn tail_kernel(
+    graph: &Graph,
+    rest: &[NodeId],
+    outputs: &[NodeId],
+    steps: &mut Vec<PendingStep>,
+) -> Result<(), CodegenError> {
     if !rest.is_empty() {
         let tail_outputs: Vec<NodeId> = outputs
             .iter()
@@ -590,11 +688,60 @@ fn lower_gemm(
             .collect();
         steps.push(PendingStep::Kernel(kernels::pointwise(
             graph,
-            &rest,
+            rest,
             &tail_outputs,
         )?));
     }
     Ok(())
+}
+
+/// The cuDNN convolution that `linear(im2col(image), w, bias)` is: the
+/// image the im2col reads, the weight as the linear has it (`[k, r·s·c]`,
+/// cuDNN's NHWC filter layout), the output the linear writes.
+fn conv_step(
+    graph: &Graph,
+    linear: NodeId,
+    patches: NodeId,
+    w: NodeId,
+    bias: Option<NodeId>,
+) -> Result<PendingStep, CodegenError> {
+    let Op::Im2col {
+        kernel,
+        stride,
+        padding,
+    } = graph.node(patches).op
+    else {
+        return Err(CodegenError::Invalid(
+            "a convolution without an im2col".into(),
+        ));
+    };
+    let image = storage_of(graph, graph.operands(patches)[0]);
+    let u32s = |v: &[usize]| -> Result<Vec<u32>, CodegenError> {
+        v.iter()
+            .map(|&d| {
+                u32::try_from(d)
+                    .map_err(|_| CodegenError::TooLarge(format!("a convolution size {d}")))
+            })
+            .collect()
+    };
+    let input = u32s(graph.ty(graph.operands(patches)[0]).shape.dims())?;
+    let output = u32s(graph.ty(patches).shape.dims())?;
+    let k = u32s(&[graph.ty(w).shape.dims()[0]])?[0];
+    let [kh, kw] = [kernel[0], kernel[1]];
+    let geometry = u32s(&[kh, kw, padding[0], padding[1], stride[0], stride[1]])?;
+    Ok(PendingStep::Conv {
+        node: linear,
+        x: image,
+        w,
+        bias,
+        out: linear,
+        dtype: graph.ty(linear).dtype,
+        input: [input[0], input[1], input[2], input[3]],
+        filter: [k, geometry[0], geometry[1]],
+        padding: [geometry[2], geometry[3]],
+        stride: [geometry[4], geometry[5]],
+        output: [output[1], output[2]],
+    })
 }
 
 /// The scales of a scaled linear with `rows` input rows and `n` outputs:

@@ -93,6 +93,10 @@ pub struct PassOptions {
     /// fp8 accumulation, as torchao does by default. Not a graph rewrite:
     /// codegen records it on every fp8 GEMM.
     pub fp8_fast_accumulation: bool,
+    /// Run the convolutions `conv_im2col` rewrote through cuDNN: codegen
+    /// hands cuDNN the image the im2col reads (no patch matrix in memory).
+    /// Not a graph rewrite; off by default (the runtime then needs cuDNN 9).
+    pub cudnn_convolutions: bool,
 }
 
 impl Default for PassOptions {
@@ -107,6 +111,7 @@ impl Default for PassOptions {
             fp8: Fp8Mode::Off,
             fp8_policy: Fp8Policy::default(),
             fp8_fast_accumulation: false,
+            cudnn_convolutions: false,
         }
     }
 }
