@@ -33,8 +33,10 @@ WIDTH=${WIDTH:-1024}
 TEXT_TOKENS=${TEXT_TOKENS:-512}
 VARIANTS=${VARIANTS:-bf16 fp8-tensor fp8-row}
 BASE=${BASE:-}
+# Artifacts of earlier preparations would travel too (the carry is limited
+# to 64 MiB): start from none. prepare_pipeline.sh adds its own after this.
+rm -rf .dev/art .dev/models .dev/base
 mkdir -p .dev/bin .dev/art .dev/models
-rm -rf .dev/base
 if [[ -n "$BASE" ]]; then
     # The baseline's compiler, built once per revision in its own worktree.
     base_tree=target/base-worktree
