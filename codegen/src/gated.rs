@@ -70,7 +70,12 @@ pub fn find(
         (r, m) if binary(m, BinaryOp::Mul) && in_tail(m) && !in_tail(r) => (m, r),
         _ => return None,
     };
-    if graph.ty(residual).shape != graph.ty(sum).shape || graph.ty(residual).dtype != DType::BF16 {
+    // r must be a value of its own (not y itself: the GEMM writes the sum
+    // instead of y).
+    if residual == product
+        || graph.ty(residual).shape != graph.ty(sum).shape
+        || graph.ty(residual).dtype != DType::BF16
+    {
         return None;
     }
     let mul_operands = graph.operands(mul);
