@@ -85,13 +85,7 @@ pub fn find(
         _ => return None,
     };
     // y feeds only the product with the gate, which feeds only the sum.
-    let only_user = |id: NodeId, user: NodeId| {
-        graph
-            .users(id)
-            .iter()
-            .all(|&(u, _)| u == user || (is_reshape(graph, u) && storage_of_user(graph, u, user)))
-    };
-    if !only_user(product, mul) || !only_user(mul, sum) {
+    if !read_only_by(graph, product, mul) || !read_only_by(graph, mul, sum) {
         return None;
     }
     let g = graph.ty(gate);
@@ -160,10 +154,7 @@ pub fn find_residual(
         _ => return None,
     };
     let (r, s) = (graph.ty(residual), graph.ty(sum));
-    let only_user = graph
-        .users(product)
-        .iter()
-        .all(|&(u, _)| u == sum || (is_reshape(graph, u) && storage_of_user(graph, u, sum)));
+    let only_user = read_only_by(graph, product, sum);
     (residual != product
         && !tail.contains(&residual)
         && r.shape == s.shape
@@ -177,12 +168,12 @@ fn is_reshape(graph: &Graph, id: NodeId) -> bool {
     matches!(graph.node(id).op, Op::Reshape(_))
 }
 
-/// Whether every user of the reshape `id` (through further reshapes) is `user`.
-fn storage_of_user(graph: &Graph, id: NodeId, user: NodeId) -> bool {
+/// Whether `user` is the only reader of `id` (directly or through reshapes).
+fn read_only_by(graph: &Graph, id: NodeId, user: NodeId) -> bool {
     graph
         .users(id)
         .iter()
-        .all(|&(u, _)| u == user || (is_reshape(graph, u) && storage_of_user(graph, u, user)))
+        .all(|&(u, _)| u == user || (is_reshape(graph, u) && read_only_by(graph, u, user)))
 }
 
 /// The launch of the gate kernel over `n` channels.
