@@ -5,7 +5,10 @@
 //! weights, so the bench needs nothing but a GPU; without one it says so and
 //! measures nothing. CI only compiles it (`cargo bench --no-run`).
 
-use std::path::{Path, PathBuf};
+#[path = "../tests/common/repo.rs"]
+mod repo;
+
+use std::path::Path;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -15,18 +18,7 @@ use fluxc::models::checkpoint::{resolve_derived_sources, CheckpointFormat, NameM
 use fluxc::models::{flux, ModelConfig};
 use fluxc::passes::pipeline::optimize;
 use fluxc::runtime::{cuda, Engine, LoadOptions};
-
-/// The repository root: the current directory when it is one (the GPU
-/// machine runs the bench binary from a copy of the tree), else the source
-/// tree.
-fn root() -> PathBuf {
-    let cwd = std::env::current_dir().unwrap();
-    if cwd.join("models/tiny-schnell.toml").is_file() {
-        cwd
-    } else {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-    }
-}
+use repo::root;
 
 /// tiny-schnell in bf16, compiled into `dir` for diffusers-layout weights.
 fn compile_tiny(dir: &Path) {

@@ -37,8 +37,11 @@
 //!   seeded noise is the documented Philox stream (host mirror), standard
 //!   normal, and the same seed gives the same image bits.
 
+#[path = "common/repo.rs"]
+mod repo;
+
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use fluxc::artifact::{CheckpointLayout, Region, WeightSource};
 use fluxc::codegen::{generate, write_artifact, CodegenOptions, Generated};
@@ -56,17 +59,7 @@ use fluxc::passes::pipeline::{optimize, Optimized};
 use fluxc::passes::{Fp8Mode, Fp8Policy, PassOptions};
 use fluxc::runtime::pipeline::noise;
 use fluxc::runtime::{cuda, Engine, LoadOptions, Pipeline, Start};
-
-/// The repository root: the current directory when it is one (the GPU
-/// machine runs the binary from a copy of the tree), else the source tree.
-fn root() -> PathBuf {
-    let cwd = std::env::current_dir().unwrap();
-    if cwd.join("models/tiny-schnell.toml").is_file() {
-        cwd
-    } else {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-    }
-}
+use repo::root;
 
 /// Why GPU tests cannot run here, if they cannot.
 fn no_gpu() -> Option<String> {
@@ -835,28 +828,51 @@ fn tiny_vae_matches_diffusers_and_the_interpreter() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
+/// The tiny VAE as `cfg` and `passes` compile it, run on the GPU with the
+/// fixture's diffusers weights on `io`, next to the interpreter's value of
+/// the same optimized graph.
+struct TinyVaeRun {
+    optimized: Optimized,
+    /// The GPU's `sample` (NHWC).
+    sample: Tensor,
+    /// The interpreter's.
+    reference: Tensor,
+    /// The buffer furthest from the interpreter: its error and what it holds.
+    worst: (f64, String),
+}
+
+fn tiny_vae_on_gpu(
+    cfg: &ModelConfig,
+    passes: &PassOptions,
+    io: &HashMap<String, Tensor>,
+) -> TinyVaeRun {
+    let dir = tempfile::tempdir().unwrap();
+    let artifact = dir.path().join("artifact");
+    let (optimized, generated) = compile(build_vae_decoder(cfg).unwrap(), cfg, passes, &artifact);
+    let weights = root().join("tests/fixtures/tiny-vae/diffusers");
+    let mut e = engine(&artifact, &weights);
+    set_inputs(&mut e, io);
+    e.run().unwrap();
+    let inputs = interpreter_inputs(&optimized, cfg, &weights, io.clone()).unwrap();
+    let reference = interp::run(&optimized.graph, &inputs).unwrap()["sample"].clone();
+    let sample = Tensor::new(reference.shape.clone(), e.output("sample").unwrap()).unwrap();
+    let worst = worst_buffer(&e, &generated, &optimized.graph, &inputs);
+    TinyVaeRun {
+        optimized,
+        sample,
+        reference,
+        worst,
+    }
+}
+
 #[test]
 fn tiny_vae_in_bf16_stays_within_bf16_error() {
     require_gpu!("tiny_vae_in_bf16_stays_within_bf16_error");
     let cfg = config("tiny-vae", Some("bf16"));
-    let dir = tempfile::tempdir().unwrap();
-    let artifact = dir.path().join("artifact");
-    let (optimized, generated) = compile(
-        build_vae_decoder(&cfg).unwrap(),
-        &cfg,
-        &cfg.passes.options(),
-        &artifact,
-    );
-    let fixtures = root().join("tests/fixtures/tiny-vae");
-    let mut e = engine(&artifact, &fixtures.join("diffusers"));
     let (io, _) = vae_fixture();
-    set_inputs(&mut e, &io);
-    e.run().unwrap();
-    let inputs = interpreter_inputs(&optimized, &cfg, &fixtures.join("diffusers"), io).unwrap();
-    let reference = interp::run(&optimized.graph, &inputs).unwrap()["sample"].clone();
-    let sample = Tensor::new(reference.shape.clone(), e.output("sample").unwrap()).unwrap();
-    let error = sample.rel_l2(&reference);
-    let (worst, at) = worst_buffer(&e, &generated, &optimized.graph, &inputs);
+    let run = tiny_vae_on_gpu(&cfg, &cfg.passes.options(), &io);
+    let error = run.sample.rel_l2(&run.reference);
+    let (worst, at) = run.worst;
     println!("tiny-vae bf16: sample vs interpreter {error:.3e}; worst buffer {worst:.3e} ({at})");
     assert!(error <= 2e-2, "tiny-vae bf16: {error:e}");
 }
@@ -893,10 +909,13 @@ fn tiny_vae_in_fp8_matches_the_interpreter() {
         },
         ..cfg.passes.options()
     };
-    let dir = tempfile::tempdir().unwrap();
-    let artifact = dir.path().join("artifact");
-    let (optimized, generated) =
-        compile(build_vae_decoder(&cfg).unwrap(), &cfg, &passes, &artifact);
+    let (io, _) = vae_fixture();
+    let TinyVaeRun {
+        optimized,
+        sample,
+        reference,
+        worst: (worst, at),
+    } = tiny_vae_on_gpu(&cfg, &passes, &io);
     let quantized = optimized
         .graph
         .node_ids()
@@ -904,19 +923,10 @@ fn tiny_vae_in_fp8_matches_the_interpreter() {
         .filter(|&id| matches!(optimized.graph.node(id).op, Op::ScaledLinear { .. }))
         .count();
     assert!(quantized >= 10, "only {quantized} fp8 convolutions");
-    let fixtures = root().join("tests/fixtures/tiny-vae");
-    let mut e = engine(&artifact, &fixtures.join("diffusers"));
-    let (io, _) = vae_fixture();
-    set_inputs(&mut e, &io);
-    e.run().unwrap();
-    let inputs =
-        interpreter_inputs(&optimized, &cfg, &fixtures.join("diffusers"), io.clone()).unwrap();
-    let reference = interp::run(&optimized.graph, &inputs).unwrap()["sample"].clone();
-    let sample = Tensor::new(reference.shape.clone(), e.output("sample").unwrap()).unwrap();
-    let (worst, at) = worst_buffer(&e, &generated, &optimized.graph, &inputs);
     let cfg32 = config("tiny-vae", None);
     let plain = optimize(build_vae_decoder(&cfg32).unwrap(), &cfg32.passes.options()).unwrap();
-    let inputs32 = interpreter_inputs(&plain, &cfg32, &fixtures.join("diffusers"), io).unwrap();
+    let weights = root().join("tests/fixtures/tiny-vae/diffusers");
+    let inputs32 = interpreter_inputs(&plain, &cfg32, &weights, io).unwrap();
     let expected = interp::run(&plain.graph, &inputs32).unwrap()["sample"].clone();
     let vs_interpreter = sample.rel_l2(&reference);
     let (gpu_vs_fp32, interpreter_vs_fp32) =

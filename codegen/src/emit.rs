@@ -347,12 +347,25 @@ impl<'g> Emitter<'g> {
         self.open_block(header.as_ref(), Branch::Plain);
     }
 
-    /// Opens a data-dependent branch: `uniform` is its condition evaluated
+    /// Opens a data-dependent branch `keyword (cond)` (`keyword` alone for a
+    /// final `else`, `cond` `None`): `uniform` is its condition evaluated
     /// once for all lanes when it is the same for every lane, `None` when it
-    /// may differ.
-    fn open_branch(&mut self, header: &str, uniform: Option<String>, part: Option<ConcatPart>) {
+    /// may differ. A uniform branch tests that before-the-loop form, so the
+    /// per-element index in `cond` need not be computed (in the largest
+    /// im2col patch matrices, 64-bit divisions per element).
+    fn open_branch(
+        &mut self,
+        keyword: &str,
+        cond: Option<String>,
+        uniform: Option<String>,
+        part: Option<ConcatPart>,
+    ) {
+        let header = match cond.map(|c| uniform.clone().unwrap_or(c)) {
+            Some(test) => format!("{keyword} ({test})"),
+            None => keyword.to_string(),
+        };
         let branch = uniform.map_or(Branch::Divergent, |cond| Branch::Uniform { cond, part });
-        self.open_block(header, branch);
+        self.open_block(&header, branch);
     }
 
     fn open_block(&mut self, header: &str, branch: Branch) {
@@ -744,20 +757,10 @@ impl<'g> Emitter<'g> {
         for (n, &part) in parts.iter().enumerate() {
             let len = self.graph.ty(part).shape.dims()[axis];
             let uniform = self.lanes.uniform_range(&index[axis], offset, offset + len);
-            // A uniform part's test is its before-the-loop form: the same for
-            // every element, so the per-element index need not be computed.
-            let test = match &uniform {
-                Some(cond) => cond.clone(),
-                None => format!("{} < {}", index[axis], offset + len),
-            };
-            let header = if n == 0 {
-                format!("if ({test})")
-            } else if n + 1 == parts.len() {
-                "else".to_string()
-            } else {
-                format!("else if ({test})")
-            };
-            self.open_branch(&header, uniform, Some(ConcatPart { concat, part: n }));
+            let (keyword, cond) = chain_link(n, parts.len(), || {
+                format!("{} < {}", index[axis], offset + len)
+            });
+            self.open_branch(keyword, cond, uniform, Some(ConcatPart { concat, part: n }));
             let mut inner = index.clone();
             if offset > 0 {
                 inner[axis] = self.bind_index(format!("{} - {offset}", index[axis]));
@@ -848,11 +851,7 @@ impl<'g> Emitter<'g> {
         };
         let v = self.fresh("v");
         self.line(format!("float {v} = 0.0f;"));
-        // When the tap is the same for every element, test it once, in
-        // before-the-loop terms: the per-element window position (64-bit
-        // divisions in the largest patch matrices) is then never computed.
-        let test = uniform.clone().unwrap_or_else(|| inside(&iy, &ix));
-        self.open_branch(&format!("if ({test})"), uniform, None);
+        self.open_branch("if", Some(inside(&iy, &ix)), uniform, None);
         let value = self.value(x, &vec![index[0].clone(), iy, ix, channel])?;
         self.line(format!("{v} = {value};"));
         self.close();
@@ -897,14 +896,10 @@ impl<'g> Emitter<'g> {
         let mut first_pair = 0;
         for (axis, &dim) in axes_dim.iter().enumerate() {
             let pairs = dim / 2;
-            let header = if axis == 0 {
-                format!("if ({pair} < {})", first_pair + pairs)
-            } else if axis + 1 == axes_dim.len() {
-                "else".to_string()
-            } else {
-                format!("else if ({pair} < {})", first_pair + pairs)
-            };
-            self.open_branch(&header, None, None);
+            let (keyword, cond) = chain_link(axis, axes_dim.len(), || {
+                format!("{pair} < {}", first_pair + pairs)
+            });
+            self.open_branch(keyword, cond, None, None);
             let pos = self.value(ids, &vec![s.clone(), axis.to_string()])?;
             let mut line = String::new();
             write!(
@@ -921,6 +916,22 @@ impl<'g> Emitter<'g> {
             "const float {v} = (float)({which} == 0 ? cos({v}_angle) : sin({v}_angle));"
         ));
         Ok(v)
+    }
+}
+
+/// Link `n` of an `if` / `else if` / `else` chain of `len` links: its
+/// keyword and, except for the final `else`, its condition.
+fn chain_link(
+    n: usize,
+    len: usize,
+    cond: impl FnOnce() -> String,
+) -> (&'static str, Option<String>) {
+    if n == 0 {
+        ("if", Some(cond()))
+    } else if n + 1 == len {
+        ("else", None)
+    } else {
+        ("else if", Some(cond()))
     }
 }
 

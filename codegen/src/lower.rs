@@ -23,8 +23,8 @@
 //!   d = 512 would avoid it and is the better path later.
 //! - A scaled (fp8) attention group becomes two launches
 //!   (`attention_fp8.rs`): the V layout kernel, which quantizes the bf16 v
-//!   by its scale into a key-innermost e4m3 temporary (`vt`, `[batch, heads, head_dim, padded keys]`:
-//!   Hopper's fp8 wgmma takes its B operand K-major only, which for `P·V`
+//!   by its scale into a key-innermost e4m3 temporary (`vt`, `[batch,
+//!   heads, head_dim, padded keys]`: Hopper's fp8 wgmma takes its B operand K-major only, which for `P·V`
 //!   means keys innermost, while v is stored head-dim innermost), then the
 //!   fp8 attention kernel over q, k and vt as tensor maps with the three
 //!   per-tensor scales. Head width 128 only (the `fp8_attention` pass
@@ -771,7 +771,8 @@ fn gemm_scales(
             per_row: true,
         }),
         (xs, ws) => Err(CodegenError::Unsupported(format!(
-            "fp8 GEMM scales with {xs} input and {ws} weight values for {rows} rows and {n}              outputs (both per tensor, or per row and per output channel)"
+            "fp8 GEMM scales with {xs} input and {ws} weight values for {rows} rows and {n} \
+             outputs (both per tensor, or per row and per output channel)"
         ))),
     }
 }

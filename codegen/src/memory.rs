@@ -2,10 +2,11 @@
 //!
 //! Each buffer lives from the step that writes it to the last step that reads
 //! it (graph inputs from before the first step to after the last, so they
-//! survive a forward; graph outputs to after the last). Buffers are placed in order of first use at the lowest offset whose
-//! bytes are free for their whole lifetime (first fit over the live set),
-//! 256-byte aligned. A buffer read by a step never shares bytes with one
-//! written by the same step. Planning without reuse (every buffer its own
+//! survive a forward; graph outputs to after the last). Buffers are placed
+//! in order of first use at the lowest offset whose bytes are free for
+//! their whole lifetime (first fit over the live set), 256-byte aligned. A
+//! buffer read by a step never shares bytes with one written by the same
+//! step. Planning without reuse (every buffer its own
 //! bytes) keeps every intermediate value inspectable, for tests.
 
 /// Alignment of every buffer, in bytes (cuBLASLt wants 16, vector loads 16,

@@ -319,38 +319,23 @@ fn vae_latents_are_read_channels_last_or_with_nchw() {
 fn ab_checks_its_artifacts_before_the_gpu() {
     let (tmp, artifact, weights) = setup();
     let vae = vae_artifact(tmp.path());
-    let stderr = fails(
-        "ab",
-        &[
+    // `fluxc ab A B --weights <weights> <extra...>`, expected to fail.
+    let ab = |b: &Path, extra: &[&str]| {
+        let mut args = vec![
             artifact.as_os_str(),
-            vae.as_os_str(),
+            b.as_os_str(),
             "--weights".as_ref(),
             weights.as_os_str(),
-        ],
-    );
+        ];
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
+        fails("ab", &args)
+    };
+    let stderr = ab(&vae, &[]);
     assert!(stderr.contains("take different inputs"), "{stderr}");
-    let stderr = fails(
-        "ab",
-        &[
-            artifact.as_os_str(),
-            artifact.as_os_str(),
-            "--weights".as_ref(),
-            weights.as_os_str(),
-            "--rounds".as_ref(),
-            "0".as_ref(),
-        ],
-    );
+    let stderr = ab(&artifact, &["--rounds", "0"]);
     assert!(stderr.contains("--rounds"), "{stderr}");
     if !fluxc_runtime::cuda::driver_library_present() {
-        let stderr = fails(
-            "ab",
-            &[
-                artifact.as_os_str(),
-                artifact.as_os_str(),
-                "--weights".as_ref(),
-                weights.as_os_str(),
-            ],
-        );
+        let stderr = ab(&artifact, &[]);
         assert!(stderr.contains("CUDA is not available"), "{stderr}");
     }
 }

@@ -4,9 +4,10 @@
 //! and each is a memory-bound product (6.5 GB of weights per forward in
 //! all). Stacked, their weights stream through one launch at full
 //! bandwidth (1.4 ms on the H200 against 2.4 ms for 77 launches whose last
-//! waves leave the machine half idle). With one row there is no trade-off for the e-graph's cost
-//! model to weigh (the stacked product reads exactly the bytes the parts
-//! read), so every group of two or more is stacked, directly.
+//! waves leave the machine half idle). With one row there is no trade-off
+//! for the e-graph's cost model to weigh (the stacked product reads exactly
+//! the bytes the parts read), so every group of two or more is stacked,
+//! directly.
 
 use std::collections::BTreeMap;
 
