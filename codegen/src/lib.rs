@@ -131,7 +131,7 @@ pub fn generate_with(
     choices: &Choices,
 ) -> Result<Generated, CodegenError> {
     let graph = &optimized.graph;
-    let mut pending = lower::lower(graph, &optimized.fusion, optimized.cudnn_convolutions)?;
+    let mut pending = lower::lower(optimized)?;
     for step in &mut pending {
         match step {
             PendingStep::Kernel(k) => {

@@ -39,6 +39,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use fluxc_artifact::AttentionOperands;
 use fluxc_ir::{DType, Graph, NodeId, Op, OpClass};
 use fluxc_passes::fusion::{FusionPlan, GroupKind};
+use fluxc_passes::pipeline::Optimized;
 
 use crate::attention::{
     grid as attention_grid, render_attention, render_simt_attention, AttentionKernel,
@@ -361,16 +362,33 @@ pub fn storage_of(graph: &Graph, mut id: NodeId) -> NodeId {
     id
 }
 
-/// Lowers every group of `plan`, in order; with `cudnn_convolutions` the
-/// im2col GEMMs as cuDNN convolutions over the image the im2col reads.
-pub fn lower(
-    graph: &Graph,
-    plan: &FusionPlan,
-    cudnn_convolutions: bool,
-) -> Result<Vec<PendingStep>, CodegenError> {
+/// Lowering choices that are not graph rewrites (from the pass options).
+#[derive(Clone, Copy, Debug)]
+pub struct Lowering {
+    /// The im2col GEMMs as cuDNN convolutions over the image the im2col
+    /// reads.
+    pub cudnn_convolutions: bool,
+    /// GEMMs whose whole tail is a (gated) residual add compute the sum
+    /// themselves (`gated.rs`).
+    pub residual_in_gemm: bool,
+}
+
+impl Lowering {
+    /// The choices `optimized` was made with.
+    pub fn of(optimized: &Optimized) -> Self {
+        Lowering {
+            cudnn_convolutions: optimized.cudnn_convolutions,
+            residual_in_gemm: optimized.residual_in_gemm,
+        }
+    }
+}
+
+/// Lowers every group of `optimized`'s fusion plan, in order.
+pub fn lower(optimized: &Optimized) -> Result<Vec<PendingStep>, CodegenError> {
+    let (graph, plan, lowering) = (&optimized.graph, &optimized.fusion, Lowering::of(optimized));
     let mut steps = Vec::new();
     for g in 0..plan.groups.len() {
-        lower_group(graph, plan, g, cudnn_convolutions, &mut steps).map_err(|e| match e {
+        lower_group(graph, plan, g, lowering, &mut steps).map_err(|e| match e {
             CodegenError::Unsupported(what) => CodegenError::Unsupported(format!(
                 "{what} (group g{g}, anchor {})",
                 describe_node(graph, plan.groups[g].anchor)
@@ -390,9 +408,10 @@ fn lower_group(
     graph: &Graph,
     plan: &FusionPlan,
     g: usize,
-    cudnn: bool,
+    lowering: Lowering,
     steps: &mut Vec<PendingStep>,
 ) -> Result<(), CodegenError> {
+    let cudnn = lowering.cudnn_convolutions;
     let group = &plan.groups[g];
     let outputs: Vec<NodeId> = plan.group_outputs(graph, g);
     match group.kind {
@@ -461,7 +480,9 @@ fn lower_group(
                 reduction,
             )?));
         }
-        GroupKind::Gemm => lower_gemm(graph, &group.nodes, group.anchor, &outputs, cudnn, steps)?,
+        GroupKind::Gemm => {
+            lower_gemm(graph, &group.nodes, group.anchor, &outputs, lowering, steps)?
+        }
         GroupKind::Attention => steps.extend(lower_attention(graph, group.anchor)?),
     }
     Ok(())
@@ -491,7 +512,7 @@ fn lower_gemm(
     nodes: &[NodeId],
     anchor: NodeId,
     outputs: &[NodeId],
-    cudnn: bool,
+    lowering: Lowering,
     steps: &mut Vec<PendingStep>,
 ) -> Result<(), CodegenError> {
     let node = graph.node(anchor);
@@ -540,7 +561,11 @@ fn lower_gemm(
     });
     let product = gelu.unwrap_or(anchor);
     let rest: Vec<NodeId> = tail.into_iter().filter(|&t| Some(t) != gelu).collect();
-    if cudnn && node.op == Op::Linear && gelu.is_none() && cudnn_patches(graph, x) {
+    if lowering.cudnn_convolutions
+        && node.op == Op::Linear
+        && gelu.is_none()
+        && cudnn_patches(graph, x)
+    {
         steps.push(conv_step(graph, anchor, x, w, bias)?);
         return tail_kernel(graph, &rest, outputs, steps);
     }
@@ -582,7 +607,7 @@ fn lower_gemm(
             .collect();
         // A GEMM whose whole tail is a residual add takes the residual as
         // its C (`gated.rs`).
-        if gelu.is_none() && !outputs.contains(&anchor) {
+        if lowering.residual_in_gemm && gelu.is_none() && !outputs.contains(&anchor) {
             if let Some((sum, residual)) = gated::find_residual(graph, anchor, &rest, &tail_outputs)
             {
                 steps.push(PendingStep::Gemm {
@@ -607,7 +632,9 @@ fn lower_gemm(
         // An fp8 GEMM with per-row scales and a bias whose whole tail is a
         // gated residual computes the sum itself (`gated.rs`).
         let folded = match (scales, bias, gelu) {
-            (Some(sc), Some(b), None) if sc.per_row && !outputs.contains(&anchor) => {
+            (Some(sc), Some(b), None)
+                if lowering.residual_in_gemm && sc.per_row && !outputs.contains(&anchor) =>
+            {
                 gated::find(graph, anchor, &rest, &tail_outputs, n).map(|g| (sc, b, g))
             }
             _ => None,

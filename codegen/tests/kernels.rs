@@ -207,7 +207,12 @@ fn dump_mini_block() {
 }
 
 fn generated_fp8(graph: Graph, fp8: Fp8Mode) -> Generated {
-    let options = PassOptions {
+    generated_with(graph, &fp8_options(fp8))
+}
+
+/// Pass options quantizing every linear (not attention) with `fp8`.
+fn fp8_options(fp8: Fp8Mode) -> PassOptions {
+    PassOptions {
         fuse_qkv_min_rows: 1,
         fp8,
         fp8_policy: Fp8Policy {
@@ -218,8 +223,11 @@ fn generated_fp8(graph: Graph, fp8: Fp8Mode) -> Generated {
             attention: false,
         },
         ..PassOptions::default()
-    };
-    let optimized = optimize(graph, &options).unwrap();
+    }
+}
+
+fn generated_with(graph: Graph, options: &PassOptions) -> Generated {
+    let optimized = optimize(graph, options).unwrap();
     let opts = CodegenOptions {
         model_name: "mini".into(),
         layouts: Vec::new(),
@@ -480,6 +488,33 @@ fn residuals_fold_into_gemms() {
     assert!(launches(&tensor)
         .iter()
         .any(|l| l.kernel.contains("mul_add")));
+
+    // `residual_in_gemm = false` keeps both adds as kernels (the toggle A/B
+    // runs measure the fold with).
+    let unfolded = generated_with(
+        mini_block(DType::BF16),
+        &PassOptions {
+            residual_in_gemm: false,
+            ..fp8_options(Fp8Mode::DynamicRow)
+        },
+    );
+    unfolded.schedule.validate().unwrap();
+    assert!(unfolded
+        .schedule
+        .steps
+        .iter()
+        .all(|s| !matches!(s, Step::Gemm(gemm) if gemm.c.is_some())));
+    let names: Vec<&str> = launches(&unfolded)
+        .iter()
+        .map(|l| l.kernel.as_str())
+        .collect();
+    assert!(!names.contains(&"gate_scale"), "{names:?}");
+    assert!(names.iter().any(|n| n.contains("mul_add")), "{names:?}");
+    assert_eq!(
+        launches(&unfolded).len(),
+        launches(&g).len() + 1,
+        "the gated add's kernel replaces gate_scale, and fc2's add is one more: {names:?}"
+    );
 }
 
 #[test]

@@ -92,6 +92,8 @@ pub struct PassesConfig {
     /// Convolutions through cuDNN (no im2col patch matrix); the runtime
     /// then needs cuDNN 9.
     pub cudnn_convolutions: bool,
+    /// GEMMs compute their residual-add tails themselves (on by default).
+    pub residual_in_gemm: bool,
 }
 
 /// `[passes] fp8`.
@@ -140,6 +142,7 @@ impl PassesConfig {
             fp8_fast_accumulation: o.fp8_fast_accumulation,
             fp8_attention: o.fp8_policy.attention,
             cudnn_convolutions: o.cudnn_convolutions,
+            residual_in_gemm: o.residual_in_gemm,
         }
     }
 
@@ -167,6 +170,7 @@ impl PassesConfig {
             },
             fp8_fast_accumulation: self.fp8_fast_accumulation,
             cudnn_convolutions: self.cudnn_convolutions,
+            residual_in_gemm: self.residual_in_gemm,
         }
     }
 }

@@ -758,9 +758,10 @@ fn passes_map_onto_pass_options() {
     let text = format!(
         "{BASE}\n[passes]\ncse = false\nepilogue_fusion = false\nfuse_qkv_min_rows = 4\n\
          fp8 = \"dynamic-row\"\nfp8_exclude = [\"*.proj_out\"]\nfp8_fast_accumulation = true\nfp8_min_rows = 1024\n\
-         cudnn_convolutions = true\n"
+         cudnn_convolutions = true\nresidual_in_gemm = false\n"
     );
     let options = parse(&text).unwrap().passes.options();
+    assert!(!options.residual_in_gemm);
     assert!(!options.cse && !options.epilogue_fusion && options.simplify);
     assert!(options.fp8_fast_accumulation);
     assert!(options.cudnn_convolutions);

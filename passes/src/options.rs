@@ -97,6 +97,11 @@ pub struct PassOptions {
     /// hands cuDNN the image the im2col reads (no patch matrix in memory).
     /// Not a graph rewrite; off by default (the runtime then needs cuDNN 9).
     pub cudnn_convolutions: bool,
+    /// Let a GEMM whose whole tail is a residual add `r + y` (or, for fp8
+    /// GEMMs with per-row scales, a gated one `r + g ⊙ y`) compute the sum
+    /// itself, r as cuBLASLt's C (codegen's `gated.rs`). Not a graph
+    /// rewrite; on by default, off to measure it.
+    pub residual_in_gemm: bool,
 }
 
 impl Default for PassOptions {
@@ -112,6 +117,7 @@ impl Default for PassOptions {
             fp8_policy: Fp8Policy::default(),
             fp8_fast_accumulation: false,
             cudnn_convolutions: false,
+            residual_in_gemm: true,
         }
     }
 }

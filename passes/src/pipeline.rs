@@ -125,6 +125,8 @@ pub struct Optimized {
     pub fp8_fast_accumulation: bool,
     /// [`PassOptions::cudnn_convolutions`], for codegen.
     pub cudnn_convolutions: bool,
+    /// [`PassOptions::residual_in_gemm`], for codegen.
+    pub residual_in_gemm: bool,
 }
 
 /// Runs the whole pipeline on `graph`.
@@ -242,6 +244,7 @@ fn run(
             log,
             fp8_fast_accumulation: opts.fp8_fast_accumulation,
             cudnn_convolutions: opts.cudnn_convolutions,
+            residual_in_gemm: opts.residual_in_gemm,
         },
         dump,
     ))
