@@ -35,21 +35,20 @@ pub fn check_library() -> Result<(), RuntimeError> {
     ))
 }
 
-/// A cuDNN handle bound to one stream.
+/// A cuDNN handle. Each enqueue binds it to the stream the step goes to:
+/// the engine's own, or a pipeline's that records every engine's steps
+/// into one CUDA graph (a handle left on the engine's stream would run
+/// its convolutions outside that capture, once, at record time).
 #[derive(Debug)]
 pub(crate) struct CudnnHandle {
     raw: sys::cudnnHandle_t,
 }
 
 impl CudnnHandle {
-    /// A handle whose work goes to `stream`.
-    pub fn new(stream: cudarc::driver::sys::CUstream) -> Result<Self, RuntimeError> {
+    /// A handle on the current context.
+    pub fn new() -> Result<Self, RuntimeError> {
         let raw = dnn::create_handle().map_err(|e| cudnn_error("creating the cuDNN handle", e))?;
-        let handle = CudnnHandle { raw };
-        // SAFETY: the handle was just created; the stream is the engine's.
-        unsafe { dnn::set_stream(raw, stream as sys::cudaStream_t) }
-            .map_err(|e| cudnn_error("binding cuDNN to the stream", e))?;
-        Ok(handle)
+        Ok(CudnnHandle { raw })
     }
 }
 
@@ -254,17 +253,21 @@ impl ConvPlan {
         })
     }
 
-    /// Enqueues the convolution (and the bias) on the handle's stream.
+    /// Enqueues the convolution (and the bias) on `stream`.
     ///
     /// # Safety
     /// The addresses must be live device memory of the sizes the
-    /// descriptors describe and `workspace` must hold `workspace_size` bytes.
+    /// descriptors describe and `workspace` must hold `workspace_size` bytes;
+    /// `stream` must belong to the handle's context.
     pub unsafe fn enqueue(
         &self,
         handle: &CudnnHandle,
         workspace: u64,
         workspace_size: usize,
+        stream: cudarc::driver::sys::CUstream,
     ) -> Result<(), RuntimeError> {
+        dnn::set_stream(handle.raw, stream as sys::cudaStream_t)
+            .map_err(|e| cudnn_error("binding cuDNN to the stream", e))?;
         let (one, zero) = (1f32, 0f32);
         let ptr = |a: u64| a as *mut c_void;
         dnn::convolution_forward(

@@ -253,7 +253,7 @@ impl Engine {
         let dnn = if has_convs {
             ctx.bind_to_thread()
                 .map_err(RuntimeError::driver("binding the context"))?;
-            Some(CudnnHandle::new(cu_stream)?)
+            Some(CudnnHandle::new()?)
         } else {
             None
         };
@@ -732,9 +732,16 @@ impl Engine {
                     .as_ref()
                     .ok_or_else(|| RuntimeError::Device("no cuDNN handle".into()))?;
                 // SAFETY: the plan's addresses were checked against their
-                // buffers; the workspace holds what every plan needs. cuDNN
-                // runs on the engine's stream (the handle is bound to it).
-                unsafe { plan.enqueue(dnn, self.conv_workspace.ptr(), self.conv_workspace.bytes()) }
+                // buffers; the workspace holds what every plan needs; the
+                // stream is this engine's or a pipeline's on its context.
+                unsafe {
+                    plan.enqueue(
+                        dnn,
+                        self.conv_workspace.ptr(),
+                        self.conv_workspace.bytes(),
+                        stream,
+                    )
+                }
             }
         }
     }
