@@ -188,6 +188,74 @@ fn flux_vae_schedule_summary() {
     insta::assert_snapshot!(summary(&generated("flux-vae", true)));
 }
 
+/// With `cudnn_convolutions`, every 3×3 convolution of the VAE decoder is a
+/// cuDNN step over the image its im2col would have read: no im2col kernel
+/// and no patch buffer is left, an upsampling before a convolution is
+/// stored for cuDNN to read, and each step's tensors have the shapes its
+/// geometry says (the 1×1 convolutions and the attention stay GEMMs).
+#[test]
+fn vae_convolutions_through_cudnn() {
+    for preset in ["tiny-vae", "flux-vae"] {
+        let plain = generated_with(preset, Some("bf16"), |o| o);
+        let g = generated_with(preset, Some("bf16"), |o| PassOptions {
+            cudnn_convolutions: true,
+            ..o
+        });
+        g.schedule.validate().unwrap();
+        assert!(
+            !g.kernels_cu.contains("im2col"),
+            "{preset}: an im2col kernel is left"
+        );
+        assert!(g.kernels_cu.contains("upsample_nearest"), "{preset}");
+        let buffer = |t: fluxc::artifact::Tensor| &g.schedule.buffers[t.buffer as usize];
+        let mut convs = 0;
+        for step in &g.schedule.steps {
+            let Step::Conv(c) = step else { continue };
+            convs += 1;
+            let [n, h, w, ch] = c.input;
+            let [k, r, s] = c.filter;
+            let [p, q] = c.output;
+            assert_eq!((r, s), (3, 3), "{}", c.name);
+            let dims = |t| buffer(t).shape.clone();
+            assert_eq!(dims(c.x), [n, h, w, ch].map(u64::from), "{}", c.name);
+            assert_eq!(dims(c.y), [n, p, q, k].map(u64::from), "{}", c.name);
+            assert_eq!(
+                buffer(c.w).elements(),
+                u64::from(k * r * s * ch),
+                "{}",
+                c.name
+            );
+            assert_eq!(buffer(c.w).region, Region::Weights);
+            assert_eq!(c.padding, [1, 1]);
+            assert_eq!(
+                (h + 2 - r + 1, w + 2 - s + 1),
+                (p, q),
+                "stride 1 keeps the size"
+            );
+            assert_eq!(buffer(c.bias.unwrap()).elements(), u64::from(k));
+        }
+        // Every GEMM of the plain build over im2col patches became one.
+        let plain_gemms = plain
+            .schedule
+            .steps
+            .iter()
+            .filter(|s| matches!(s, Step::Gemm(_)))
+            .count();
+        let gemms = g
+            .schedule
+            .steps
+            .iter()
+            .filter(|s| matches!(s, Step::Gemm(_)))
+            .count();
+        assert_eq!(gemms + convs, plain_gemms, "{preset}");
+        assert!(convs >= 10, "{preset}: {convs} convolutions");
+        assert!(
+            g.schedule.arena_bytes < plain.schedule.arena_bytes,
+            "{preset}: no patch matrices, a smaller arena"
+        );
+    }
+}
+
 /// Step counts, kernels, memory and inputs of a schedule.
 fn summary(g: &Generated) -> String {
     let s = &g.schedule;
@@ -199,6 +267,7 @@ fn summary(g: &Generated) -> String {
             Step::Attention(a) if a.scales.is_some() => "fp8 attention",
             Step::Attention(_) => "attention",
             Step::Copy(_) => "copy",
+            Step::Conv(_) => "cudnn conv",
         };
         *steps.entry(kind).or_default() += 1;
     }

@@ -947,13 +947,90 @@ fn tiny_vae_in_fp8_matches_the_interpreter() {
     );
 }
 
+/// The tiny VAE with its 3×3 convolutions through cuDNN (`[passes]
+/// cudnn_convolutions`): in f32 against diffusers (cuDNN's f32 FMA math, the
+/// bound of the im2col build) and every buffer against the interpreter; in
+/// bf16 against the interpreter within bf16 error.
+#[test]
+fn tiny_vae_with_cudnn_convolutions() {
+    require_gpu!("tiny_vae_with_cudnn_convolutions");
+    let fixtures = root().join("tests/fixtures/tiny-vae");
+    let (io, expected) = vae_fixture();
+    let mut failures = Vec::new();
+    for dtype in [None, Some("bf16")] {
+        let cfg = config("tiny-vae", dtype);
+        let passes = PassOptions {
+            cudnn_convolutions: true,
+            ..cfg.passes.options()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let artifact = dir.path().join("artifact");
+        let (optimized, generated) =
+            compile(build_vae_decoder(&cfg).unwrap(), &cfg, &passes, &artifact);
+        let convs = generated
+            .schedule
+            .steps
+            .iter()
+            .filter(|s| matches!(s, fluxc::artifact::Step::Conv(_)))
+            .count();
+        assert!(convs > 0, "no cuDNN convolution in the schedule");
+        let options = LoadOptions {
+            progress: false,
+            ..LoadOptions::default()
+        };
+        let mut e = match Engine::load(&artifact, &fixtures.join("diffusers"), &options) {
+            Ok(e) => e,
+            Err(err) => {
+                failures.push(format!("{dtype:?}: {err}"));
+                continue;
+            }
+        };
+        set_inputs(&mut e, &io);
+        e.run().unwrap();
+        let inputs =
+            interpreter_inputs(&optimized, &cfg, &fixtures.join("diffusers"), io.clone()).unwrap();
+        let reference = interp::run(&optimized.graph, &inputs).unwrap()["sample"].clone();
+        let sample = Tensor::new(reference.shape.clone(), e.output("sample").unwrap()).unwrap();
+        let vs_interpreter = sample.rel_l2(&reference);
+        let vs_diffusers = permute4(&sample, [0, 3, 1, 2]).rel_l2(&expected);
+        let (worst, at) = worst_buffer(&e, &generated, &optimized.graph, &inputs);
+        let case = format!(
+            "tiny-vae {} cuDNN ({convs} convolutions)",
+            dtype.unwrap_or("f32")
+        );
+        println!(
+            "{case}: sample vs interpreter {vs_interpreter:.3e}, vs diffusers {vs_diffusers:.3e}; \
+             worst buffer {worst:.3e} ({at})"
+        );
+        let (bound, worst_bound) = match dtype {
+            None => (1e-4, VAE_F32_BUFFER),
+            Some(_) => (2e-2, 3e-2),
+        };
+        if vs_interpreter.is_nan() || vs_interpreter > bound {
+            failures.push(format!("{case}: vs interpreter {vs_interpreter:e}"));
+        }
+        if dtype.is_none() && (vs_diffusers.is_nan() || vs_diffusers > bound) {
+            failures.push(format!("{case}: vs diffusers {vs_diffusers:e}"));
+        }
+        if worst.is_nan() || worst > worst_bound {
+            failures.push(format!("{case}: {worst:e} at {at}"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
 // --- the denoising pipeline ---------------------------------------------------
 
 /// The tiny pipeline (`tiny-schnell-pipeline.toml`: tiny-schnell + tiny-vae
 /// at 64×48, 4 steps) with its sub-models in `dtype` (`None`: f32):
 /// compiled with memory reuse (so the engines' input bytes are reused, as
-/// in production) into `dir`, returning the f32 configuration and spec.
-fn compile_tiny_pipeline(dir: &Path, dtype: Option<&str>) -> PipelineConfig {
+/// in production) into `dir`, the VAE's convolutions through cuDNN with
+/// `cudnn_convolutions`; returns the f32 configuration and spec.
+fn compile_tiny_pipeline(
+    dir: &Path,
+    dtype: Option<&str>,
+    cudnn_convolutions: bool,
+) -> PipelineConfig {
     let presets = root().join("models");
     let work = tempfile::tempdir().unwrap();
     for preset in ["tiny-schnell", "tiny-vae", "tiny-schnell-pipeline"] {
@@ -972,7 +1049,11 @@ fn compile_tiny_pipeline(dir: &Path, dtype: Option<&str>) -> PipelineConfig {
         ),
         ("vae", &cfg.vae, build_vae_decoder(&cfg.vae).unwrap()),
     ] {
-        let optimized = optimize(graph, &model.passes.options()).unwrap();
+        let passes = PassOptions {
+            cudnn_convolutions: cudnn_convolutions && sub == "vae",
+            ..model.passes.options()
+        };
+        let optimized = optimize(graph, &passes).unwrap();
         let layouts = [(CheckpointFormat::Diffusers, "diffusers")]
             .into_iter()
             .map(|(format, name)| {
@@ -1132,10 +1213,12 @@ fn tiny_pipeline_inputs(p: &Pipeline) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
 #[test]
 fn tiny_pipeline_from_given_latents_matches_the_host_reference() {
     require_gpu!("tiny_pipeline_from_given_latents_matches_the_host_reference");
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = compile_tiny_pipeline(dir.path(), None);
     let mut failures = Vec::new();
-    for capture_graph in [true, false] {
+    // cuDNN's convolutions too: a pipeline records the engines' steps on its
+    // own stream, which the convolutions must follow into the graph.
+    for (cudnn, capture_graph) in [(false, true), (false, false), (true, true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = compile_tiny_pipeline(dir.path(), None, cudnn);
         let fixtures = root().join("tests/fixtures");
         let options = LoadOptions {
             progress: false,
@@ -1157,8 +1240,8 @@ fn tiny_pipeline_from_given_latents_matches_the_host_reference() {
         let latents_error = rel_l2(&p.final_latents().unwrap(), &host.latents);
         let image_error = rel_l2(&image.data, &host.image);
         println!(
-            "tiny pipeline f32 (graph {capture_graph}): final latents {latents_error:.3e}, image \
-             {image_error:.3e} vs the host reference"
+            "tiny pipeline f32 (graph {capture_graph}, cuDNN {cudnn}): final latents \
+             {latents_error:.3e}, image {image_error:.3e} vs the host reference"
         );
         assert_eq!(image.data.len(), 64 * 48 * 3);
         // A second run gives the same bits (the inputs are refreshed every step).
@@ -1166,11 +1249,15 @@ fn tiny_pipeline_from_given_latents_matches_the_host_reference() {
             .generate(&embeds, &pooled, Start::Latents(&start))
             .unwrap();
         if again.data != image.data {
-            failures.push(format!("graph {capture_graph}: a second run differs"));
+            failures.push(format!(
+                "graph {capture_graph}, cuDNN {cudnn}: a second run differs"
+            ));
         }
         for (what, e) in [("latents", latents_error), ("image", image_error)] {
             if e.is_nan() || e > 1e-4 {
-                failures.push(format!("graph {capture_graph}: {what} {e:e}"));
+                failures.push(format!(
+                    "graph {capture_graph}, cuDNN {cudnn}: {what} {e:e}"
+                ));
             }
         }
     }
@@ -1181,9 +1268,9 @@ fn tiny_pipeline_from_given_latents_matches_the_host_reference() {
 fn tiny_pipeline_in_bf16_stays_near_the_f32_reference() {
     require_gpu!("tiny_pipeline_in_bf16_stays_near_the_f32_reference");
     let reference_dir = tempfile::tempdir().unwrap();
-    let cfg = compile_tiny_pipeline(reference_dir.path(), None);
+    let cfg = compile_tiny_pipeline(reference_dir.path(), None, false);
     let dir = tempfile::tempdir().unwrap();
-    compile_tiny_pipeline(dir.path(), Some("bf16"));
+    compile_tiny_pipeline(dir.path(), Some("bf16"), false);
     let mut p = load_tiny_pipeline(dir.path());
     let (embeds, pooled, start) = tiny_pipeline_inputs(&p);
     let image = p
@@ -1204,7 +1291,7 @@ fn tiny_pipeline_in_bf16_stays_near_the_f32_reference() {
 fn tiny_pipeline_noise_is_seeded_standard_normal() {
     require_gpu!("tiny_pipeline_noise_is_seeded_standard_normal");
     let dir = tempfile::tempdir().unwrap();
-    let cfg = compile_tiny_pipeline(dir.path(), None);
+    let cfg = compile_tiny_pipeline(dir.path(), None, false);
     let mut p = load_tiny_pipeline(dir.path());
     let spec = p.spec().clone();
     let l = spec.latent;

@@ -24,6 +24,10 @@
 #                         compiled by that revision's fluxc (built in a git
 #                         worktree under target/base-worktree), the baseline
 #                         run_h200.sh times the variant against with `fluxc ab`
+#   .dev/base/<variant dir> with BASE_PASSES='<toml lines>' instead: each
+#                         variant's model compiled by this fluxc with those
+#                         [passes] lines added (e.g. 'residual_in_gemm = false'),
+#                         to A/B a toggle the same way
 #
 # Then carry .dev and the diffusers wheels (.whl) to the GPU machine.
 set -euo pipefail
@@ -33,9 +37,14 @@ WIDTH=${WIDTH:-1024}
 TEXT_TOKENS=${TEXT_TOKENS:-512}
 VARIANTS=${VARIANTS:-bf16 fp8-tensor fp8-row}
 BASE=${BASE:-}
+BASE_PASSES=${BASE_PASSES:-}
+if [[ -n "$BASE" && -n "$BASE_PASSES" ]]; then
+    echo "BASE and BASE_PASSES are two baselines: give one" >&2
+    exit 2
+fi
 # Artifacts of earlier preparations would travel too (the carry is limited
 # to 64 MiB): start from none. prepare_pipeline.sh adds its own after this.
-rm -rf .dev/art .dev/models .dev/base
+rm -rf .dev/art .dev/models .dev/base .dev/base-models
 mkdir -p .dev/bin .dev/art .dev/models
 if [[ -n "$BASE" ]]; then
     # The baseline's compiler, built once per revision in its own worktree.
@@ -82,6 +91,11 @@ for variant in $VARIANTS; do
     .dev/bin/fluxc compile ".dev/models/$name.toml" -o ".dev/art/$name"
     if [[ -n "$BASE" ]]; then
         "$base_fluxc" compile ".dev/models/$name.toml" -o ".dev/base/$name"
+    elif [[ -n "$BASE_PASSES" ]]; then
+        mkdir -p .dev/base .dev/base-models
+        printf '%s\n' "$BASE_PASSES" | cat ".dev/models/$name.toml" - > ".dev/base-models/$name.toml"
+        .dev/bin/fluxc compile ".dev/base-models/$name.toml" -o ".dev/base/$name"
+        echo "$(cat .dev/commit) with: $BASE_PASSES" > .dev/base/commit
     fi
 done
 if [[ -n "$BASE" ]]; then

@@ -15,6 +15,9 @@
 #            no faster than fp8 (0.356 against 0.357 s; the fused im2col +
 #            quantize row kernels are slower than the bf16 im2col kernels
 #            they replace) at 31.5 dB instead of 47.7: not worth it as it is
+#   fp8-cudnn, bf16-cudnn  fp8 / bf16 with the VAE decoder's 3×3
+#            convolutions through cuDNN (`cudnn_convolutions`: no im2col
+#            patch matrices); the GPU machine's cuDNN is PyTorch's
 #
 # MODEL (schnell or dev), TEXT_TOKENS (default 512) and VARIANTS (default
 # "fp8 bf16") as in run_pipeline_h200.sh; 1024×1024.
@@ -34,6 +37,8 @@ for variant in $VARIANTS; do
         bf16) fp8=off; vae_fp8=0 ;;
         fp8) fp8=dynamic-row; vae_fp8=0 ;;
         fp8-vae) fp8=dynamic-row; vae_fp8=1 ;;
+        fp8-cudnn) fp8=dynamic-row; vae_fp8=cudnn ;;
+        bf16-cudnn) fp8=off; vae_fp8=cudnn ;;
         *) echo "unknown variant $variant" >&2; exit 2 ;;
     esac
     transformer=pipe-$MODEL-$variant-transformer.toml
@@ -45,6 +50,8 @@ for variant in $VARIANTS; do
     cp models/flux-vae.toml ".dev/models/$vae"
     if [[ $vae_fp8 == 1 ]]; then
         printf '\n[passes]\nfp8 = "dynamic-row"\nfp8_fast_accumulation = true\nfp8_include = ["decoder.up_blocks.*"]\n' >> ".dev/models/$vae"
+    elif [[ $vae_fp8 == cudnn ]]; then
+        printf '\n[passes]\ncudnn_convolutions = true\n' >> ".dev/models/$vae"
     fi
     cat > ".dev/models/pipe-$MODEL-$variant.toml" <<TOML
 [model]

@@ -61,6 +61,9 @@ TORCH_COMPILE_CACHE_SAVE=${TORCH_COMPILE_CACHE_SAVE:-0}
 mkdir -p "$OUT"
 
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
+# cuDNN for artifacts compiled with cudnn_convolutions: the one in PyTorch's wheel.
+cudnn_lib=$(python3 -c 'import nvidia.cudnn, os; print(os.path.join(list(nvidia.cudnn.__path__)[0], "lib"))' 2>/dev/null || true)
+[[ -n "$cudnn_lib" ]] && export LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$cudnn_lib
 export FLUXC_CUDA_INCLUDE=/usr/local/cuda/include:/usr/local/cuda/include/cccl
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"

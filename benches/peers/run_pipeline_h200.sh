@@ -20,6 +20,9 @@ TEXT_TOKENS=${TEXT_TOKENS:-512}
 WORK=${WORK:-/tmp/fluxc-pipe}
 mkdir -p "$OUT"
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
+# cuDNN for artifacts compiled with cudnn_convolutions: the one in PyTorch's wheel.
+cudnn_lib=$(python3 -c 'import nvidia.cudnn, os; print(os.path.join(list(nvidia.cudnn.__path__)[0], "lib"))' 2>/dev/null || true)
+[[ -n "$cudnn_lib" ]] && export LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$cudnn_lib
 export FLUXC_CUDA_INCLUDE=/usr/local/cuda/include:/usr/local/cuda/include/cccl
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2> /dev/null

@@ -23,6 +23,10 @@ pub enum TempKind {
     /// fp8 attention: v laid out `[batch, heads, head_dim, padded keys]`
     /// (the V layout kernel writes it, the attention kernel reads it).
     VTransposed,
+    /// A gated residual's per-channel scale (`gated.rs`).
+    GatedScale,
+    /// A gated residual's bias (`gated.rs`).
+    GatedBias,
 }
 
 impl TempKind {
@@ -33,6 +37,8 @@ impl TempKind {
             TempKind::GroupStats => "statistics",
             TempKind::Scores => "scores",
             TempKind::VTransposed => "key-innermost v",
+            TempKind::GatedScale => "gated scales",
+            TempKind::GatedBias => "gated bias",
         }
     }
 }

@@ -104,7 +104,7 @@ pub struct TunableKernel {
 /// The distinct generated kernels of `optimized`, in order of first use.
 pub fn tunable_kernels(optimized: &Optimized) -> Result<Vec<TunableKernel>, CodegenError> {
     let graph = &optimized.graph;
-    let pending = lower::lower(graph, &optimized.fusion)?;
+    let pending = lower::lower(optimized)?;
     let mut out: Vec<TunableKernel> = Vec::new();
     for step in pending {
         let lower::PendingStep::Kernel(k) = step else {
@@ -176,7 +176,7 @@ pub struct TunableAttention {
 /// `optimized`, in order of first use (the CUDA-core and decomposed
 /// attentions have no tile configuration to tune).
 pub fn tunable_attention(optimized: &Optimized) -> Result<Vec<TunableAttention>, CodegenError> {
-    let pending = lower::lower(&optimized.graph, &optimized.fusion)?;
+    let pending = lower::lower(optimized)?;
     let mut out: Vec<TunableAttention> = Vec::new();
     for step in pending {
         let lower::PendingStep::Attention {

@@ -13,6 +13,7 @@ pub mod attention;
 pub mod attention_fp8;
 mod buffers;
 mod emit;
+mod gated;
 mod gemv;
 mod group_norm;
 mod kernels;
@@ -27,8 +28,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use fluxc_artifact::{
     content_hash, Arg, Attention, AttentionOperands, AttentionScales, Binding, Buffer,
-    CheckpointLayout, ElemType, Gemm, GemmEpilogue, GemmScales as ScaleSpec, Launch, Manifest,
-    Region, ScaleMode, Schedule, Step, Tensor, WeightEntry, WeightSource, FORMAT_VERSION,
+    CheckpointLayout, Conv, ElemType, Gemm, GemmEpilogue, GemmScales as ScaleSpec, Launch,
+    Manifest, Region, ScaleMode, Schedule, Step, Tensor, WeightEntry, WeightSource, FORMAT_VERSION,
 };
 use fluxc_ir::{print_graph, DType, Graph, NodeId, Op};
 use fluxc_passes::pipeline::Optimized;
@@ -130,7 +131,7 @@ pub fn generate_with(
     choices: &Choices,
 ) -> Result<Generated, CodegenError> {
     let graph = &optimized.graph;
-    let mut pending = lower::lower(graph, &optimized.fusion)?;
+    let mut pending = lower::lower(optimized)?;
     for step in &mut pending {
         match step {
             PendingStep::Kernel(k) => {
@@ -275,6 +276,8 @@ pub fn generate_with(
                 dtype,
                 out_dtype,
                 scales,
+                residual,
+                gated,
             } => Step::Gemm(Gemm {
                 name: describe(graph, *node, &number),
                 dtype: elem_type(*dtype)?,
@@ -289,7 +292,11 @@ pub fn generate_with(
                 ldb: *k,
                 d: tensor(*out),
                 ldd: *n,
-                bias: bias.map(tensor),
+                // A gated residual's bias replaces the linear's.
+                bias: match gated {
+                    Some(g) => Some(tensor_of(Buf::Temp(g.bias))),
+                    None => bias.map(tensor),
+                },
                 epilogue: match (bias, gelu) {
                     (Some(_), true) => GemmEpilogue::GeluBias,
                     (Some(_), false) => GemmEpilogue::Bias,
@@ -302,12 +309,71 @@ pub fn generate_with(
                     } else {
                         ScaleMode::Tensor
                     },
-                    // A is the weight (one scale per row of D), B the input.
-                    a: tensor(sc.w),
+                    // A is the weight (one scale per row of D), B the input;
+                    // a gated residual's scale replaces the weight's.
+                    a: match gated {
+                        Some(g) => tensor_of(Buf::Temp(g.scale)),
+                        None => tensor(sc.w),
+                    },
                     b: tensor(sc.x),
                 }),
                 fast_accumulation: scales.is_some() && optimized.fp8_fast_accumulation,
                 algo: None,
+                c: residual.map(tensor),
+            }),
+            PendingStep::GateScale {
+                kernel,
+                w_scale,
+                bias,
+                gate,
+                scale,
+                gated_bias,
+                n,
+            } => {
+                template_sources.insert(kernel.name.clone(), kernel.source.clone());
+                let n = i32::try_from(*n).map_err(|_| {
+                    CodegenError::TooLarge(format!("a gated residual over {n} channels"))
+                })?;
+                let gate_at = Tensor {
+                    offset: gate.1 * elem_type(graph.ty(gate.0).dtype)?.size_bytes(),
+                    ..tensor(gate.0)
+                };
+                Step::Launch(fixed_launch(
+                    kernel,
+                    vec![
+                        Arg::Ptr(tensor(*w_scale)),
+                        Arg::Ptr(tensor(*bias)),
+                        Arg::Ptr(gate_at),
+                        Arg::Ptr(tensor_of(Buf::Temp(*scale))),
+                        Arg::Ptr(tensor_of(Buf::Temp(*gated_bias))),
+                        Arg::I32(n),
+                    ],
+                ))
+            }
+            PendingStep::Conv {
+                node,
+                x,
+                w,
+                bias,
+                out,
+                dtype,
+                input,
+                filter,
+                padding,
+                stride,
+                output,
+            } => Step::Conv(Conv {
+                name: describe(graph, *node, &number),
+                dtype: elem_type(*dtype)?,
+                x: tensor(*x),
+                w: tensor(*w),
+                y: tensor(*out),
+                bias: bias.map(tensor),
+                input: *input,
+                filter: *filter,
+                padding: *padding,
+                stride: *stride,
+                output: *output,
             }),
             PendingStep::Product(p) => {
                 let at = |o: &lower::Operand| -> Result<Tensor, CodegenError> {
@@ -336,6 +402,7 @@ pub fn generate_with(
                     scales: None,
                     fast_accumulation: false,
                     algo: None,
+                    c: None,
                 })
             }
             PendingStep::Attention {

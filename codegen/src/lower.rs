@@ -39,6 +39,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use fluxc_artifact::AttentionOperands;
 use fluxc_ir::{DType, Graph, NodeId, Op, OpClass};
 use fluxc_passes::fusion::{FusionPlan, GroupKind};
+use fluxc_passes::pipeline::Optimized;
 
 use crate::attention::{
     grid as attention_grid, render_attention, render_simt_attention, AttentionKernel,
@@ -50,7 +51,7 @@ use crate::attention_fp8::{
 use crate::buffers::{Buf, Temp, TempKind};
 use crate::kernels::{self, KernelSource};
 use crate::softmax::SoftmaxPlan;
-use crate::{gemv, group_norm, CodegenError};
+use crate::{gated, gemv, group_norm, CodegenError};
 
 /// The dequantization scales of an fp8 GEMM (see [`Op::ScaledLinear`]).
 #[derive(Clone, Copy, Debug)]
@@ -61,6 +62,16 @@ pub struct GemmScales {
     pub x: NodeId,
     /// Per output channel and per row (cuBLASLt's outer-vector mode).
     pub per_row: bool,
+}
+
+/// The gated scale and bias of a gated residual a GEMM computes (see
+/// `gated.rs`).
+#[derive(Clone, Copy, Debug)]
+pub struct Gated {
+    /// The gated per-channel scale, in place of the weight's.
+    pub scale: Temp,
+    /// The gated bias, in place of the linear's.
+    pub bias: Temp,
 }
 
 /// One operand of a [`Product`]: a buffer, an element offset into it and
@@ -150,9 +161,57 @@ pub enum PendingStep {
         out_dtype: Option<DType>,
         /// The scales of an fp8 GEMM.
         scales: Option<GemmScales>,
+        /// A residual folded in (`gated.rs`): C, added with β = 1 (`out`
+        /// is then the sum).
+        residual: Option<NodeId>,
+        /// A gate folded in too: the weight scale and the bias replaced by
+        /// the gated ones.
+        gated: Option<Gated>,
+    },
+    /// The per-forward scale and bias of a gated residual (`gated.rs`).
+    GateScale {
+        /// The kernel (`kernels/gate_scale.cu`).
+        kernel: FixedLaunch,
+        /// The weight's per-channel scale (f32 `[n, 1]`).
+        w_scale: NodeId,
+        /// The linear's bias (bf16 `[n]`).
+        bias: NodeId,
+        /// The buffer holding the gate and its first element there.
+        gate: (NodeId, u64),
+        /// The gated scale it writes (f32 `[n]`).
+        scale: Temp,
+        /// The gated bias it writes (bf16 `[n]`).
+        gated_bias: Temp,
+        /// Channels.
+        n: u64,
     },
     /// A matmul over any buffers.
     Product(Product),
+    /// A cuDNN convolution (an im2col GEMM with `cudnn_convolutions`).
+    Conv {
+        /// The linear it replaces (for the report name).
+        node: NodeId,
+        /// The image `[n, h, w, c]` the im2col read.
+        x: NodeId,
+        /// The weight `[k, r·s·c]`.
+        w: NodeId,
+        /// Bias `[k]`.
+        bias: Option<NodeId>,
+        /// Output `[n, p, q, k]` (the linear's).
+        out: NodeId,
+        /// Element type.
+        dtype: DType,
+        /// `[n, h, w, c]`.
+        input: [u32; 4],
+        /// `[k, r, s]`.
+        filter: [u32; 3],
+        /// `[h, w]`.
+        padding: [u32; 2],
+        /// `[h, w]`.
+        stride: [u32; 2],
+        /// `[p, q]`.
+        output: [u32; 2],
+    },
     /// The attention kernel (bf16 or fp8).
     Attention {
         /// The attention node.
@@ -219,19 +278,43 @@ impl PendingStep {
                 .map(|p| p.buf)
                 .collect(),
             PendingStep::Gemm {
-                x, w, bias, scales, ..
-            } => [
-                Some(*x),
-                Some(*w),
-                *bias,
-                scales.map(|s| s.w),
-                scales.map(|s| s.x),
-            ]
-            .into_iter()
-            .flatten()
-            .map(Buf::Node)
-            .collect(),
+                x,
+                w,
+                bias,
+                scales,
+                residual,
+                gated,
+                ..
+            } => {
+                let mut bufs: Vec<Buf> = [Some(*x), Some(*w), scales.map(|s| s.x), *residual]
+                    .into_iter()
+                    .flatten()
+                    .map(Buf::Node)
+                    .collect();
+                match gated {
+                    // The gated scale and bias replace the weight's and the linear's.
+                    Some(g) => bufs.extend([Buf::Temp(g.scale), Buf::Temp(g.bias)]),
+                    None => bufs.extend(
+                        bias.iter()
+                            .chain(scales.map(|s| s.w).iter())
+                            .copied()
+                            .map(Buf::Node),
+                    ),
+                }
+                bufs
+            }
+            PendingStep::GateScale {
+                w_scale,
+                bias,
+                gate,
+                ..
+            } => vec![Buf::Node(*w_scale), Buf::Node(*bias), Buf::Node(gate.0)],
             PendingStep::Product(p) => vec![p.a.buf, p.b.buf],
+            PendingStep::Conv { x, w, bias, .. } => [Some(*x), Some(*w), *bias]
+                .into_iter()
+                .flatten()
+                .map(Buf::Node)
+                .collect(),
             PendingStep::Attention {
                 q, k, v, scales, ..
             } => {
@@ -258,7 +341,11 @@ impl PendingStep {
                 .map(|p| p.buf)
                 .collect(),
             PendingStep::Gemm { out, .. } => vec![Buf::Node(*out)],
+            PendingStep::GateScale {
+                scale, gated_bias, ..
+            } => vec![Buf::Temp(*scale), Buf::Temp(*gated_bias)],
             PendingStep::Product(p) => vec![p.d.buf],
+            PendingStep::Conv { out, .. } => vec![Buf::Node(*out)],
             PendingStep::Attention { node, .. } => vec![Buf::Node(*node)],
             PendingStep::Gemv { out, .. } => vec![Buf::Node(*out)],
             PendingStep::VLayout { vt, .. } => vec![Buf::Temp(*vt)],
@@ -275,11 +362,33 @@ pub fn storage_of(graph: &Graph, mut id: NodeId) -> NodeId {
     id
 }
 
-/// Lowers every group of `plan`, in order.
-pub fn lower(graph: &Graph, plan: &FusionPlan) -> Result<Vec<PendingStep>, CodegenError> {
+/// Lowering choices that are not graph rewrites (from the pass options).
+#[derive(Clone, Copy, Debug)]
+pub struct Lowering {
+    /// The im2col GEMMs as cuDNN convolutions over the image the im2col
+    /// reads.
+    pub cudnn_convolutions: bool,
+    /// GEMMs whose whole tail is a (gated) residual add compute the sum
+    /// themselves (`gated.rs`).
+    pub residual_in_gemm: bool,
+}
+
+impl Lowering {
+    /// The choices `optimized` was made with.
+    pub fn of(optimized: &Optimized) -> Self {
+        Lowering {
+            cudnn_convolutions: optimized.cudnn_convolutions,
+            residual_in_gemm: optimized.residual_in_gemm,
+        }
+    }
+}
+
+/// Lowers every group of `optimized`'s fusion plan, in order.
+pub fn lower(optimized: &Optimized) -> Result<Vec<PendingStep>, CodegenError> {
+    let (graph, plan, lowering) = (&optimized.graph, &optimized.fusion, Lowering::of(optimized));
     let mut steps = Vec::new();
     for g in 0..plan.groups.len() {
-        lower_group(graph, plan, g, &mut steps).map_err(|e| match e {
+        lower_group(graph, plan, g, lowering, &mut steps).map_err(|e| match e {
             CodegenError::Unsupported(what) => CodegenError::Unsupported(format!(
                 "{what} (group g{g}, anchor {})",
                 describe_node(graph, plan.groups[g].anchor)
@@ -299,11 +408,40 @@ fn lower_group(
     graph: &Graph,
     plan: &FusionPlan,
     g: usize,
+    lowering: Lowering,
     steps: &mut Vec<PendingStep>,
 ) -> Result<(), CodegenError> {
+    let cudnn = lowering.cudnn_convolutions;
     let group = &plan.groups[g];
     let outputs: Vec<NodeId> = plan.group_outputs(graph, g);
     match group.kind {
+        GroupKind::Pointwise if cudnn && outputs.iter().any(|&o| cudnn_patches(graph, o)) => {
+            // cuDNN reads the image, so the patches are not written: the
+            // kernel stores what the im2col would read (an upsampled image
+            // computed here), or nothing is left to do.
+            let nodes: Vec<NodeId> = group
+                .nodes
+                .iter()
+                .copied()
+                .filter(|&n| !cudnn_patches(graph, n))
+                .collect();
+            let mut kept: Vec<NodeId> = Vec::new();
+            for &o in &outputs {
+                let o = if cudnn_patches(graph, o) {
+                    storage_of(graph, graph.operands(o)[0])
+                } else {
+                    o
+                };
+                if nodes.contains(&o) && !kept.contains(&o) {
+                    kept.push(o);
+                }
+            }
+            if !kept.is_empty() {
+                steps.push(PendingStep::Kernel(kernels::pointwise(
+                    graph, &nodes, &kept,
+                )?));
+            }
+        }
         GroupKind::Pointwise | GroupKind::Table => steps.push(PendingStep::Kernel(
             kernels::pointwise(graph, &group.nodes, &outputs)?,
         )),
@@ -342,10 +480,31 @@ fn lower_group(
                 reduction,
             )?));
         }
-        GroupKind::Gemm => lower_gemm(graph, &group.nodes, group.anchor, &outputs, steps)?,
+        GroupKind::Gemm => {
+            lower_gemm(graph, &group.nodes, group.anchor, &outputs, lowering, steps)?
+        }
         GroupKind::Attention => steps.extend(lower_attention(graph, group.anchor)?),
     }
     Ok(())
+}
+
+/// Whether `id` is an im2col whose patches only feed linears (plain ones,
+/// on float values), which cuDNN then runs as convolutions over the image.
+fn cudnn_patches(graph: &Graph, id: NodeId) -> bool {
+    if !matches!(graph.node(id).op, Op::Im2col { .. }) || graph.ty(id).dtype.is_fp8() {
+        return false;
+    }
+    fn linear_reads(graph: &Graph, id: NodeId, patches: NodeId) -> bool {
+        graph
+            .users(id)
+            .iter()
+            .all(|&(u, at)| match graph.node(u).op {
+                Op::Reshape(_) => linear_reads(graph, u, patches),
+                Op::Linear => at == 0 && storage_of(graph, graph.operands(u)[0]) == patches,
+                _ => false,
+            })
+    }
+    !graph.users(id).is_empty() && linear_reads(graph, id, id)
 }
 
 fn lower_gemm(
@@ -353,6 +512,7 @@ fn lower_gemm(
     nodes: &[NodeId],
     anchor: NodeId,
     outputs: &[NodeId],
+    lowering: Lowering,
     steps: &mut Vec<PendingStep>,
 ) -> Result<(), CodegenError> {
     let node = graph.node(anchor);
@@ -401,6 +561,14 @@ fn lower_gemm(
     });
     let product = gelu.unwrap_or(anchor);
     let rest: Vec<NodeId> = tail.into_iter().filter(|&t| Some(t) != gelu).collect();
+    if lowering.cudnn_convolutions
+        && node.op == Op::Linear
+        && gelu.is_none()
+        && cudnn_patches(graph, x)
+    {
+        steps.push(conv_step(graph, anchor, x, w, bias)?);
+        return tail_kernel(graph, &rest, outputs, steps);
+    }
     let (dtype, out_dtype, scales) = match node.op {
         Op::ScaledLinear { out } => {
             // cuBLASLt's fp8 GEMMs add a bf16 or f16 bias only.
@@ -432,6 +600,86 @@ fn lower_gemm(
             n,
         });
     } else {
+        let tail_outputs: Vec<NodeId> = outputs
+            .iter()
+            .copied()
+            .filter(|o| rest.contains(o))
+            .collect();
+        // A GEMM whose whole tail is a residual add takes the residual as
+        // its C (`gated.rs`).
+        if lowering.residual_in_gemm && gelu.is_none() && !outputs.contains(&anchor) {
+            if let Some((sum, residual)) = gated::find_residual(graph, anchor, &rest, &tail_outputs)
+            {
+                steps.push(PendingStep::Gemm {
+                    node: anchor,
+                    x,
+                    w,
+                    bias,
+                    out: sum,
+                    gelu: false,
+                    rows,
+                    k,
+                    n,
+                    dtype,
+                    out_dtype,
+                    scales,
+                    residual: Some(residual),
+                    gated: None,
+                });
+                return Ok(());
+            }
+        }
+        // An fp8 GEMM with per-row scales and a bias whose whole tail is a
+        // gated residual computes the sum itself (`gated.rs`).
+        let folded = match (scales, bias, gelu) {
+            (Some(sc), Some(b), None)
+                if lowering.residual_in_gemm && sc.per_row && !outputs.contains(&anchor) =>
+            {
+                gated::find(graph, anchor, &rest, &tail_outputs, n).map(|g| (sc, b, g))
+            }
+            _ => None,
+        };
+        if let Some((sc, b, g)) = folded {
+            let temp = |what, dtype| Temp {
+                of: g.sum,
+                what,
+                dtype,
+                elements: n,
+            };
+            let (scale, gated_bias) = (
+                temp(TempKind::GatedScale, DType::F32),
+                temp(TempKind::GatedBias, DType::BF16),
+            );
+            steps.push(PendingStep::GateScale {
+                kernel: gated::render(n).map_err(CodegenError::Unsupported)?,
+                w_scale: sc.w,
+                bias: b,
+                gate: g.gate,
+                scale,
+                gated_bias,
+                n,
+            });
+            steps.push(PendingStep::Gemm {
+                node: anchor,
+                x,
+                w,
+                bias,
+                out: g.sum,
+                gelu: false,
+                rows,
+                k,
+                n,
+                dtype,
+                out_dtype,
+                scales,
+                residual: Some(g.residual),
+                gated: Some(Gated {
+                    scale,
+                    bias: gated_bias,
+                }),
+            });
+            return Ok(());
+        }
         steps.push(PendingStep::Gemm {
             node: anchor,
             x,
@@ -445,8 +693,20 @@ fn lower_gemm(
             dtype,
             out_dtype,
             scales,
+            residual: None,
+            gated: None,
         });
     }
+    tail_kernel(graph, &rest, outputs, steps)
+}
+
+/// The pointwise kernel of a GEMM's (or convolution's) tail `rest`, if any.
+fn tail_kernel(
+    graph: &Graph,
+    rest: &[NodeId],
+    outputs: &[NodeId],
+    steps: &mut Vec<PendingStep>,
+) -> Result<(), CodegenError> {
     if !rest.is_empty() {
         let tail_outputs: Vec<NodeId> = outputs
             .iter()
@@ -455,11 +715,60 @@ fn lower_gemm(
             .collect();
         steps.push(PendingStep::Kernel(kernels::pointwise(
             graph,
-            &rest,
+            rest,
             &tail_outputs,
         )?));
     }
     Ok(())
+}
+
+/// The cuDNN convolution that `linear(im2col(image), w, bias)` is: the
+/// image the im2col reads, the weight as the linear has it (`[k, r·s·c]`,
+/// cuDNN's NHWC filter layout), the output the linear writes.
+fn conv_step(
+    graph: &Graph,
+    linear: NodeId,
+    patches: NodeId,
+    w: NodeId,
+    bias: Option<NodeId>,
+) -> Result<PendingStep, CodegenError> {
+    let Op::Im2col {
+        kernel,
+        stride,
+        padding,
+    } = graph.node(patches).op
+    else {
+        return Err(CodegenError::Invalid(
+            "a convolution without an im2col".into(),
+        ));
+    };
+    let image = storage_of(graph, graph.operands(patches)[0]);
+    let u32s = |v: &[usize]| -> Result<Vec<u32>, CodegenError> {
+        v.iter()
+            .map(|&d| {
+                u32::try_from(d)
+                    .map_err(|_| CodegenError::TooLarge(format!("a convolution size {d}")))
+            })
+            .collect()
+    };
+    let input = u32s(graph.ty(graph.operands(patches)[0]).shape.dims())?;
+    let output = u32s(graph.ty(patches).shape.dims())?;
+    let k = u32s(&[graph.ty(w).shape.dims()[0]])?[0];
+    let [kh, kw] = [kernel[0], kernel[1]];
+    let geometry = u32s(&[kh, kw, padding[0], padding[1], stride[0], stride[1]])?;
+    Ok(PendingStep::Conv {
+        node: linear,
+        x: image,
+        w,
+        bias,
+        out: linear,
+        dtype: graph.ty(linear).dtype,
+        input: [input[0], input[1], input[2], input[3]],
+        filter: [k, geometry[0], geometry[1]],
+        padding: [geometry[2], geometry[3]],
+        stride: [geometry[4], geometry[5]],
+        output: [output[1], output[2]],
+    })
 }
 
 /// The scales of a scaled linear with `rows` input rows and `n` outputs:

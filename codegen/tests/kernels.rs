@@ -207,7 +207,12 @@ fn dump_mini_block() {
 }
 
 fn generated_fp8(graph: Graph, fp8: Fp8Mode) -> Generated {
-    let options = PassOptions {
+    generated_with(graph, &fp8_options(fp8))
+}
+
+/// Pass options quantizing every linear (not attention) with `fp8`.
+fn fp8_options(fp8: Fp8Mode) -> PassOptions {
+    PassOptions {
         fuse_qkv_min_rows: 1,
         fp8,
         fp8_policy: Fp8Policy {
@@ -218,8 +223,11 @@ fn generated_fp8(graph: Graph, fp8: Fp8Mode) -> Generated {
             attention: false,
         },
         ..PassOptions::default()
-    };
-    let optimized = optimize(graph, &options).unwrap();
+    }
+}
+
+fn generated_with(graph: Graph, options: &PassOptions) -> Generated {
+    let optimized = optimize(graph, options).unwrap();
     let opts = CodegenOptions {
         model_name: "mini".into(),
         layouts: Vec::new(),
@@ -396,12 +404,117 @@ fn fp8_gemms_carry_their_scales() {
             };
             assert_eq!(buffer(scales.a).elements(), a_len, "{}", gemm.name);
             assert_eq!(buffer(scales.b).elements(), b_len, "{}", gemm.name);
-            assert_eq!(buffer(scales.a).region, Region::Weights);
+            // The weight's scales, or with a gated residual folded in the
+            // gated ones computed each forward.
+            let weight_scales = if buffer(scales.a).name.starts_with("gated scales") {
+                Region::Arena
+            } else {
+                Region::Weights
+            };
+            assert_eq!(buffer(scales.a).region, weight_scales, "{}", gemm.name);
             assert_eq!(buffer(scales.b).region, Region::Arena);
         }
         // modulation, fused q/k/v, out, fc1, fc2
         assert_eq!(gemms, 5, "{mode:?}");
     }
+}
+
+/// Residual adds go into the GEMM before them (codegen's `gated.rs`):
+/// `x + fc2(f)` takes x as cuBLASLt's C, and `x + gate ⊙ out(o)` after an
+/// fp8 GEMM with per-row scales is the GEMM too, with C = x and the
+/// per-channel scales and the bias the gated ones a `gate_scale` launch
+/// writes just before from the weight's scales, the bias and the gate. No
+/// pointwise kernel adds. Per-tensor scales cannot carry a per-channel
+/// gate: there the gated tail stays a kernel.
+#[test]
+fn residuals_fold_into_gemms() {
+    let g = generated_fp8(mini_block(DType::BF16), Fp8Mode::DynamicRow);
+    g.schedule.validate().unwrap();
+    let buffer = |t: fluxc_artifact::Tensor| &g.schedule.buffers[t.buffer as usize];
+    let (mut gated, mut plain) = (0, 0);
+    for (i, step) in g.schedule.steps.iter().enumerate() {
+        let Step::Gemm(gemm) = step else { continue };
+        let Some(c) = gemm.c else { continue };
+        assert_eq!(buffer(c).dtype, ElemType::Bf16);
+        assert_eq!(buffer(c).elements(), gemm.m * gemm.n, "{}", gemm.name);
+        let scales = gemm.scales.unwrap();
+        let bias = gemm.bias.expect("a bias");
+        if !buffer(bias).name.starts_with("gated bias") {
+            // fc2: its own scales and bias.
+            plain += 1;
+            assert_eq!(buffer(scales.a).region, Region::Weights);
+            continue;
+        }
+        gated += 1;
+        assert!(
+            buffer(scales.a).name.starts_with("gated scales"),
+            "{}",
+            buffer(scales.a).name
+        );
+        // The launch before writes both.
+        let Step::Launch(l) = &g.schedule.steps[i - 1] else {
+            panic!("no gate launch before {}", gemm.name)
+        };
+        assert_eq!(l.kernel, "gate_scale");
+        let written: Vec<u32> = l.args[3..5]
+            .iter()
+            .map(|a| match a {
+                Arg::Ptr(t) => t.buffer,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(written, [scales.a.buffer, bias.buffer]);
+        assert_eq!(l.args[5], Arg::I32(gemm.m as i32));
+    }
+    // `out` (the attention's) ends in a gated residual, `fc2` in a plain one.
+    assert_eq!((gated, plain), (1, 1));
+    assert!(
+        launches(&g)
+            .iter()
+            .all(|l| !l.kernel.contains("mul_add") && !l.kernel.ends_with("_add_bf16")),
+        "a residual add left as a kernel"
+    );
+    assert!(g.kernels_cu.contains("gate_scale("));
+
+    // Per tensor: fc2's plain residual still folds, the gated one does not.
+    let tensor = generated_fp8(mini_block(DType::BF16), Fp8Mode::DynamicTensor);
+    let with_c = tensor
+        .schedule
+        .steps
+        .iter()
+        .filter(|s| matches!(s, Step::Gemm(gemm) if gemm.c.is_some()))
+        .count();
+    assert_eq!(with_c, 1);
+    assert!(launches(&tensor)
+        .iter()
+        .any(|l| l.kernel.contains("mul_add")));
+
+    // `residual_in_gemm = false` keeps both adds as kernels (the toggle A/B
+    // runs measure the fold with).
+    let unfolded = generated_with(
+        mini_block(DType::BF16),
+        &PassOptions {
+            residual_in_gemm: false,
+            ..fp8_options(Fp8Mode::DynamicRow)
+        },
+    );
+    unfolded.schedule.validate().unwrap();
+    assert!(unfolded
+        .schedule
+        .steps
+        .iter()
+        .all(|s| !matches!(s, Step::Gemm(gemm) if gemm.c.is_some())));
+    let names: Vec<&str> = launches(&unfolded)
+        .iter()
+        .map(|l| l.kernel.as_str())
+        .collect();
+    assert!(!names.contains(&"gate_scale"), "{names:?}");
+    assert!(names.iter().any(|n| n.contains("mul_add")), "{names:?}");
+    assert_eq!(
+        launches(&unfolded).len(),
+        launches(&g).len() + 1,
+        "the gated add's kernel replaces gate_scale, and fc2's add is one more: {names:?}"
+    );
 }
 
 #[test]

@@ -89,6 +89,11 @@ pub struct PassesConfig {
     /// 128-wide heads). On by default (measured faster on the H200 at the
     /// same error; see `Fp8Policy::attention`).
     pub fp8_attention: bool,
+    /// Convolutions through cuDNN (no im2col patch matrix); the runtime
+    /// then needs cuDNN 9.
+    pub cudnn_convolutions: bool,
+    /// GEMMs compute their residual-add tails themselves (on by default).
+    pub residual_in_gemm: bool,
 }
 
 /// `[passes] fp8`.
@@ -136,6 +141,8 @@ impl PassesConfig {
             fp8_min_rows: o.fp8_policy.min_rows,
             fp8_fast_accumulation: o.fp8_fast_accumulation,
             fp8_attention: o.fp8_policy.attention,
+            cudnn_convolutions: o.cudnn_convolutions,
+            residual_in_gemm: o.residual_in_gemm,
         }
     }
 
@@ -162,6 +169,8 @@ impl PassesConfig {
                 attention: self.fp8_attention,
             },
             fp8_fast_accumulation: self.fp8_fast_accumulation,
+            cudnn_convolutions: self.cudnn_convolutions,
+            residual_in_gemm: self.residual_in_gemm,
         }
     }
 }

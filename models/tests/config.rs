@@ -757,11 +757,14 @@ fn passes_default_to_all_on_with_fp8_off() {
 fn passes_map_onto_pass_options() {
     let text = format!(
         "{BASE}\n[passes]\ncse = false\nepilogue_fusion = false\nfuse_qkv_min_rows = 4\n\
-         fp8 = \"dynamic-row\"\nfp8_exclude = [\"*.proj_out\"]\nfp8_fast_accumulation = true\nfp8_min_rows = 1024\n"
+         fp8 = \"dynamic-row\"\nfp8_exclude = [\"*.proj_out\"]\nfp8_fast_accumulation = true\nfp8_min_rows = 1024\n\
+         cudnn_convolutions = true\nresidual_in_gemm = false\n"
     );
     let options = parse(&text).unwrap().passes.options();
+    assert!(!options.residual_in_gemm);
     assert!(!options.cse && !options.epilogue_fusion && options.simplify);
     assert!(options.fp8_fast_accumulation);
+    assert!(options.cudnn_convolutions);
     assert_eq!(options.fp8_policy.min_rows, 1024);
     assert_eq!(options.fuse_qkv_min_rows, 4);
     assert_eq!(options.fp8, fluxc_passes::Fp8Mode::DynamicRow);

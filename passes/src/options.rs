@@ -93,6 +93,15 @@ pub struct PassOptions {
     /// fp8 accumulation, as torchao does by default. Not a graph rewrite:
     /// codegen records it on every fp8 GEMM.
     pub fp8_fast_accumulation: bool,
+    /// Run the convolutions `conv_im2col` rewrote through cuDNN: codegen
+    /// hands cuDNN the image the im2col reads (no patch matrix in memory).
+    /// Not a graph rewrite; off by default (the runtime then needs cuDNN 9).
+    pub cudnn_convolutions: bool,
+    /// Let a GEMM whose whole tail is a residual add `r + y` (or, for fp8
+    /// GEMMs with per-row scales, a gated one `r + g ⊙ y`) compute the sum
+    /// itself, r as cuBLASLt's C (codegen's `gated.rs`). Not a graph
+    /// rewrite; on by default, off to measure it.
+    pub residual_in_gemm: bool,
 }
 
 impl Default for PassOptions {
@@ -107,6 +116,8 @@ impl Default for PassOptions {
             fp8: Fp8Mode::Off,
             fp8_policy: Fp8Policy::default(),
             fp8_fast_accumulation: false,
+            cudnn_convolutions: false,
+            residual_in_gemm: true,
         }
     }
 }

@@ -123,6 +123,10 @@ pub struct Optimized {
     pub log: Vec<String>,
     /// [`PassOptions::fp8_fast_accumulation`], for codegen.
     pub fp8_fast_accumulation: bool,
+    /// [`PassOptions::cudnn_convolutions`], for codegen.
+    pub cudnn_convolutions: bool,
+    /// [`PassOptions::residual_in_gemm`], for codegen.
+    pub residual_in_gemm: bool,
 }
 
 /// Runs the whole pipeline on `graph`.
@@ -239,6 +243,8 @@ fn run(
             fusion,
             log,
             fp8_fast_accumulation: opts.fp8_fast_accumulation,
+            cudnn_convolutions: opts.cudnn_convolutions,
+            residual_in_gemm: opts.residual_in_gemm,
         },
         dump,
     ))

@@ -10,7 +10,9 @@ use crate::{BufferId, WeightSource};
 /// The artifact format this crate reads and writes. Bumped on every
 /// incompatible change; the runtime refuses other versions. 4: fp8
 /// attention (`AttentionOperands::Fp8TensorMaps`, `Attention::scales`).
-pub const FORMAT_VERSION: u32 = 4;
+/// 5: a GEMM's C operand (`Gemm::c`; an older runtime would ignore it).
+/// 6: cuDNN convolutions (`Step::Conv`).
+pub const FORMAT_VERSION: u32 = 6;
 
 /// A checkpoint naming layout the artifact can load weights from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -258,6 +258,11 @@ pub struct Gemm {
     /// (eight 64-bit words), when the compiler chose one; `None` means the
     /// runtime takes cuBLASLt's top heuristic.
     pub algo: Option<[u64; 8]>,
+    /// C, added to the product with β = 1 (cuBLASLt computes
+    /// `D = α·op(A)·op(B) + β·C`, then the bias): a residual in D's type
+    /// and layout (`ldd`); `None` is β = 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub c: Option<Tensor>,
 }
 
 impl Gemm {
@@ -401,6 +406,38 @@ pub enum Step {
     Attention(Attention),
     /// A copy.
     Copy(Copy),
+    /// A cuDNN convolution.
+    Conv(Conv),
+}
+
+/// One cuDNN convolution, channels-last: `y[n, p, q, k] = Σ x[n, p·sh − ph
+/// + r', q·sw − pw + s', c] · w[k, r', s', c] (+ bias[k])`, zeros outside
+/// the image, f32 accumulation (`cudnnConvolutionForward`, then
+/// `cudnnAddTensor` for the bias).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Conv {
+    /// What it computes, for reports.
+    pub name: String,
+    /// Type of x, w, y and the bias.
+    pub dtype: ElemType,
+    /// The image, `[batch, height, width, in_channels]`.
+    pub x: Tensor,
+    /// The filter, `[out_channels, kernel_h, kernel_w, in_channels]`.
+    pub w: Tensor,
+    /// The output, `[batch, out_h, out_w, out_channels]`.
+    pub y: Tensor,
+    /// The bias, `[out_channels]`.
+    pub bias: Option<Tensor>,
+    /// `[batch, height, width, in_channels]`.
+    pub input: [u32; 4],
+    /// `[out_channels, kernel_h, kernel_w]`.
+    pub filter: [u32; 3],
+    /// Zero padding on each side, `[h, w]`.
+    pub padding: [u32; 2],
+    /// `[h, w]`.
+    pub stride: [u32; 2],
+    /// `[out_h, out_w]`.
+    pub output: [u32; 2],
 }
 
 /// `schedule.json`.
@@ -508,6 +545,10 @@ impl Step {
                 tensors
             }
             Step::Copy(c) => vec![c.src, c.dst],
+            Step::Conv(c) => [Some(c.x), Some(c.w), Some(c.y), c.bias]
+                .into_iter()
+                .flatten()
+                .collect(),
         }
     }
 

@@ -207,13 +207,20 @@ pub fn summary(generated: &Generated) -> String {
     let gemms = count(|st| matches!(st, ScheduleStep::Gemm(_)));
     let attention = count(|st| matches!(st, ScheduleStep::Attention(_)));
     let launches = count(|st| matches!(st, ScheduleStep::Launch(_)));
+    let convs = count(|st| matches!(st, ScheduleStep::Conv(_)));
     let kernels = generated
         .kernels_cu
         .matches("extern \"C\" __global__")
         .count();
+    // Convolutions only when cuDNN runs some (keeps the usual line as it was).
+    let convs = if convs > 0 {
+        format!("{convs} cuDNN convolutions, ")
+    } else {
+        String::new()
+    };
     format!(
-        "{} steps: {gemms} GEMMs, {attention} attention, {launches} launches of {kernels} kernels; \
-         arena {:.3} GB, weights {:.3} GB",
+        "{} steps: {gemms} GEMMs, {convs}{attention} attention, {launches} launches of {kernels} \
+         kernels; arena {:.3} GB, weights {:.3} GB",
         s.steps.len(),
         s.arena_bytes as f64 / 1e9,
         s.weight_bytes as f64 / 1e9

@@ -173,6 +173,7 @@ fn profile_rows(schedule: &fluxc_artifact::Schedule, ms: &[f64]) -> Vec<(String,
             Step::Attention(a) => a.kernel.clone(),
             Step::Launch(l) => l.kernel.clone(),
             Step::Copy(_) => "copy".to_string(),
+            Step::Conv(_) => "convolution (cuDNN)".to_string(),
         };
         let entry = by_kind.entry(kind).or_default();
         entry.0 += 1;

@@ -426,6 +426,7 @@ mod tests {
                 scales: None,
                 fast_accumulation: false,
                 algo: None,
+                c: None,
             })
         };
         Schedule {

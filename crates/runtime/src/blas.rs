@@ -7,7 +7,8 @@
 //! heuristic within the workspace limit, told how A, B and D are really
 //! aligned (cuBLASLt assumes 256 bytes unless told; operands at an offset,
 //! such as one head of decomposed attention, may be less). Running it is one `cublasLtMatmul`
-//! with `alpha = 1`, `beta = 0`, `C = D` — capturable into a CUDA graph.
+//! with `alpha = 1` and `beta = 0`, `C = D`, or `beta = 1` with the step's
+//! C (a residual) — capturable into a CUDA graph.
 //! Every raw handle is freed on drop; errors there are ignored.
 //!
 //! fp8 GEMMs (checked by `plan::check_step`: e4m3 A and B, TN, a bf16, f16
@@ -147,7 +148,7 @@ impl MatmulPref {
         for (attribute, value) in [
             (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, alignment.a),
             (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, alignment.b),
-            (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, alignment.d),
+            (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, alignment.c),
             (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, alignment.d),
         ] {
             // SAFETY: the preference is alive; the attribute is a uint32_t.
@@ -171,6 +172,7 @@ impl MatmulPref {
 struct Alignment {
     a: u32,
     b: u32,
+    c: u32,
     d: u32,
 }
 
@@ -186,6 +188,7 @@ impl Alignment {
         Alignment {
             a: bytes(addrs.a),
             b: bytes(addrs.b),
+            c: bytes(addrs.c.unwrap_or(addrs.d)),
             d: bytes(addrs.d),
         }
     }
@@ -256,8 +259,10 @@ pub(crate) struct GemmAddrs {
     pub a: u64,
     /// B.
     pub b: u64,
-    /// D (and C).
+    /// D (and C when the GEMM has none of its own).
     pub d: u64,
+    /// C, added with β = 1.
+    pub c: Option<u64>,
     /// The bias and its element type, for the bias epilogues.
     pub bias: Option<(u64, ElemType)>,
     /// A's and B's dequantization scales (f32), for fp8 GEMMs.
@@ -515,7 +520,7 @@ impl GemmPlan {
             algo,
             addrs,
             alpha: 1.0,
-            beta: 0.0,
+            beta: if addrs.c.is_some() { 1.0 } else { 0.0 },
         })
     }
 
@@ -542,7 +547,7 @@ impl GemmPlan {
             self.a_layout.raw,
             ptr(self.addrs.b),
             self.b_layout.raw,
-            ptr(self.addrs.d),
+            ptr(self.addrs.c.unwrap_or(self.addrs.d)),
             self.d_layout.raw,
             ptr(self.addrs.d),
             self.d_layout.raw,
@@ -576,6 +581,7 @@ mod tests {
             a: 0x7f00_0000_0000,
             b: 0x7f00_0000_0000 + 64,
             d: 0x7f00_0000_0000 + 1444,
+            c: None,
             bias: None,
             scales: None,
         };
@@ -584,8 +590,15 @@ mod tests {
             Alignment {
                 a: 256,
                 b: 64,
+                c: 4,
                 d: 4
             }
         );
+        // A C of its own has its own alignment.
+        let with_c = GemmAddrs {
+            c: Some(0x7f00_0000_0000 + 32),
+            ..addrs
+        };
+        assert_eq!(Alignment::of(&with_c).c, 32);
     }
 }

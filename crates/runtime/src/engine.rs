@@ -38,6 +38,7 @@ use fluxc_checkpoint::Checkpoint;
 use crate::artifact::Artifact;
 use crate::blas::{BlasHandle, GemmAddrs, GemmPlan};
 use crate::compile::{cached_named, compile_named, nvrtc_options, CubinOrigin, KERNELS_FILE};
+use crate::conv::{self, ConvAddrs, ConvPlan, CudnnHandle};
 use crate::convert::{decode, encode};
 use crate::cuda::{
     check_device, check_libraries, driver_version, Arch, DeviceBuffer, GraphExec, Module,
@@ -67,7 +68,12 @@ enum Op {
     Gemm(GemmPlan),
     /// A device-to-device copy.
     Copy { dst: u64, src: u64, bytes: usize },
+    /// A cuDNN convolution.
+    Conv(ConvPlan),
 }
+
+/// The most workspace a convolution's algorithm may take.
+const CONV_WORKSPACE_LIMIT: usize = 256 << 20;
 
 /// A compiled model on the GPU, ready to run.
 ///
@@ -78,9 +84,13 @@ pub struct Engine {
     graph: Option<GraphExec>,
     ops: Vec<Op>,
     blas: Option<BlasHandle>,
+    dnn: Option<CudnnHandle>,
     _module: Module,
     workspace: DeviceBuffer,
     workspace_bytes: usize,
+    /// cuDNN's workspace: what the convolutions' algorithms need, at most
+    /// [`CONV_WORKSPACE_LIMIT`].
+    conv_workspace: DeviceBuffer,
     weights: DeviceBuffer,
     scratch: DeviceBuffer,
     arena: DeviceBuffer,
@@ -155,6 +165,10 @@ impl Engine {
 
         // 2. CUDA, device, context, stream.
         check_libraries(schedule.steps.iter().any(|s| matches!(s, Step::Gemm(_))))?;
+        let has_convs = schedule.steps.iter().any(|s| matches!(s, Step::Conv(_)));
+        if has_convs {
+            conv::check_library()?;
+        }
         check_device(options.device)?;
         let ctx = CudaContext::new(options.device)
             .map_err(RuntimeError::driver("creating the CUDA context"))?;
@@ -236,14 +250,44 @@ impl Engine {
         } else {
             None
         };
-        let ops = build_ops(schedule, bases, &functions, blas.as_ref(), workspace_bytes)?;
+        let dnn = if has_convs {
+            ctx.bind_to_thread()
+                .map_err(RuntimeError::driver("binding the context"))?;
+            Some(CudnnHandle::new()?)
+        } else {
+            None
+        };
+        let ops = build_ops(
+            schedule,
+            bases,
+            &functions,
+            blas.as_ref(),
+            workspace_bytes,
+            dnn.as_ref(),
+        )?;
+        let conv_workspace_bytes = ops
+            .iter()
+            .map(|op| match op {
+                Op::Conv(plan) => plan.workspace_bytes,
+                _ => 0,
+            })
+            .max()
+            .unwrap_or(0);
+        let conv_workspace = DeviceBuffer::zeroed(
+            &ctx,
+            cu_stream,
+            conv_workspace_bytes as u64,
+            "the convolutions' workspace",
+        )?;
         let mut engine = Engine {
             graph: None,
             ops,
             blas,
+            dnn,
             _module: module,
             workspace,
             workspace_bytes,
+            conv_workspace,
             weights,
             scratch,
             arena,
@@ -682,6 +726,23 @@ impl Engine {
                 unsafe { drv::memcpy_dtod_async(*dst, *src, *bytes, stream) }
                     .map_err(RuntimeError::driver("copying device memory"))
             }
+            Op::Conv(plan) => {
+                let dnn = self
+                    .dnn
+                    .as_ref()
+                    .ok_or_else(|| RuntimeError::Device("no cuDNN handle".into()))?;
+                // SAFETY: the plan's addresses were checked against their
+                // buffers; the workspace holds what every plan needs; the
+                // stream is this engine's or a pipeline's on its context.
+                unsafe {
+                    plan.enqueue(
+                        dnn,
+                        self.conv_workspace.ptr(),
+                        self.conv_workspace.bytes(),
+                        stream,
+                    )
+                }
+            }
         }
     }
 }
@@ -860,6 +921,7 @@ fn build_ops(
     functions: &BTreeMap<String, sys::CUfunction>,
     blas: Option<&BlasHandle>,
     workspace_bytes: usize,
+    dnn: Option<&CudnnHandle>,
 ) -> Result<Vec<Op>, RuntimeError> {
     let at = |t| address(schedule, bases, t);
     schedule
@@ -894,12 +956,25 @@ fn build_ops(
                     src: at(c.src),
                     bytes: usize::try_from(c.bytes).map_err(|_| fail("copy too large".into()))?,
                 }),
+                Step::Conv(c) => {
+                    let dnn = dnn.ok_or_else(|| fail("no cuDNN handle".into()))?;
+                    let addrs = ConvAddrs {
+                        x: at(c.x),
+                        w: at(c.w),
+                        y: at(c.y),
+                        bias: c.bias.map(at),
+                    };
+                    ConvPlan::new(dnn, c, addrs, CONV_WORKSPACE_LIMIT)
+                        .map(Op::Conv)
+                        .map_err(fail)
+                }
                 Step::Gemm(g) => {
                     let blas = blas.ok_or_else(|| fail("no cuBLASLt handle".into()))?;
                     let addrs = GemmAddrs {
                         a: at(g.a),
                         b: at(g.b),
                         d: at(g.d),
+                        c: g.c.map(at),
                         bias: g
                             .bias
                             .map(|t| (at(t), schedule.buffers[t.buffer as usize].dtype)),

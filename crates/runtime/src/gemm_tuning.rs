@@ -246,6 +246,7 @@ struct Operands {
     a: DeviceBuffer,
     b: DeviceBuffer,
     d: DeviceBuffer,
+    c: Option<DeviceBuffer>,
     bias: Option<(DeviceBuffer, ElemType)>,
     scales: Option<(DeviceBuffer, DeviceBuffer)>,
 }
@@ -256,6 +257,7 @@ impl Operands {
             a: self.a.ptr(),
             b: self.b.ptr(),
             d: self.d.ptr(),
+            c: self.c.as_ref().map(DeviceBuffer::ptr),
             bias: self.bias.as_ref().map(|(b, t)| (b.ptr(), *t)),
             scales: self.scales.as_ref().map(|(a, b)| (a.ptr(), b.ptr())),
         }
@@ -319,6 +321,14 @@ impl Bench {
             d_bytes,
             "operand D",
         )?;
+        // A residual C as large as D: its read is part of the GEMM's time.
+        let c = match g.c {
+            Some(_) => {
+                let values = pseudo_random(count(d_bytes, d_type), seed + 5);
+                Some(self.upload(d_type, &values, "operand C")?)
+            }
+            None => None,
+        };
         let bias = match g.bias {
             Some(t) => {
                 let dtype = schedule.buffers[t.buffer as usize].dtype;
@@ -352,6 +362,7 @@ impl Bench {
             a,
             b,
             d,
+            c,
             bias,
             scales,
         })

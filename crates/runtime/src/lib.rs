@@ -52,6 +52,7 @@ pub mod attention_bench;
 pub mod bench;
 mod blas;
 pub mod compile;
+mod conv;
 pub mod convert;
 pub mod cuda;
 mod engine;

@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use std::ffi::c_void;
 
 use fluxc_artifact::{
-    Arg, Attention, AttentionOperands, Buffer, ElemType, Gemm, GemmEpilogue, Region, ScaleMode,
-    Schedule, Step, Tensor,
+    Arg, Attention, AttentionOperands, Buffer, Conv, ElemType, Gemm, GemmEpilogue, Region,
+    ScaleMode, Schedule, Step, Tensor,
 };
 
 use crate::tensor_map::{TensorMap, TensorMapSpec};
@@ -99,7 +99,7 @@ pub(crate) fn kernel_params(
                 .collect(),
         )),
         Step::Attention(a) => attention_params(schedule, bases, a, encode).map(Some),
-        Step::Gemm(_) | Step::Copy(_) => Ok(None),
+        Step::Gemm(_) | Step::Copy(_) | Step::Conv(_) => Ok(None),
     }
 }
 
@@ -190,6 +190,10 @@ pub(crate) fn describe_step(step: &Step) -> String {
             text
         }
         Step::Copy(c) => format!("copy of {} bytes", c.bytes),
+        Step::Conv(c) => format!(
+            "convolution `{}` {:?} → {}x{}x{}, filter {:?}",
+            c.name, c.input, c.output[0], c.output[1], c.filter[0], c.filter
+        ),
     }
 }
 
@@ -251,6 +255,62 @@ pub(crate) fn check_step(
                 return fail(reason);
             }
         }
+        Step::Conv(c) => {
+            if let Err(reason) = check_conv(schedule, c) {
+                return fail(reason);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks one convolution step: nonzero sizes, an output size that matches
+/// the input, filter, padding and stride, and each tensor's type and extent
+/// in its buffer. The reason, in words, when it cannot run.
+fn check_conv(schedule: &Schedule, c: &Conv) -> Result<(), String> {
+    let buf = |t: Tensor| &schedule.buffers[t.buffer as usize];
+    let [n, h, w, ch] = c.input;
+    let [k, r, s] = c.filter;
+    let [p, q] = c.output;
+    if [n, h, w, ch, k, r, s, c.stride[0], c.stride[1]].contains(&0) {
+        return Err("a convolution size or stride is zero".into());
+    }
+    let out = |size: u32, pad: u32, kernel: u32, stride: u32| {
+        (u64::from(size) + 2 * u64::from(pad))
+            .checked_sub(u64::from(kernel))
+            .map(|d| d / u64::from(stride) + 1)
+    };
+    if out(h, c.padding[0], r, c.stride[0]) != Some(u64::from(p))
+        || out(w, c.padding[1], s, c.stride[1]) != Some(u64::from(q))
+    {
+        return Err(format!(
+            "output {p}x{q} does not follow from input {h}x{w}, filter {r}x{s}, padding {:?} \
+             and stride {:?}",
+            c.padding, c.stride
+        ));
+    }
+    let count = |dims: &[u32]| {
+        dims.iter()
+            .fold(1u64, |a, &d| a.saturating_mul(u64::from(d)))
+    };
+    let bias = c.bias.map(|t| ("bias", t, count(&[k])));
+    for (what, t, elements) in [
+        ("x", c.x, count(&[n, h, w, ch])),
+        ("w", c.w, count(&[k, r, s, ch])),
+        ("y", c.y, count(&[n, p, q, k])),
+    ]
+    .into_iter()
+    .chain(bias)
+    {
+        let b = buf(t);
+        if b.dtype != c.dtype {
+            return Err(format!(
+                "{what} is buffer `{}` of {:?}, the convolution's is {:?}",
+                b.name, b.dtype, c.dtype
+            ));
+        }
+        fits(b, t.offset, elements.saturating_mul(c.dtype.size_bytes()))
+            .map_err(|e| format!("{what}: {e}"))?;
     }
     Ok(())
 }
@@ -397,11 +457,15 @@ fn check_gemm(schedule: &Schedule, g: &Gemm) -> Result<(), String> {
     }
     let (a_rows, a_cols) = g.a_dims();
     let (b_rows, b_cols) = g.b_dims();
+    let c = g.c.map(|c| ("C", c, d_dtype, g.m, g.n, g.ldd));
     for (what, t, dtype, rows, cols, ld) in [
         ("A", g.a, g.dtype, a_rows, a_cols, g.lda),
         ("B", g.b, g.dtype, b_rows, b_cols, g.ldb),
         ("D", g.d, d_dtype, g.m, g.n, g.ldd),
-    ] {
+    ]
+    .into_iter()
+    .chain(c)
+    {
         let b = buf(t);
         if b.dtype != dtype {
             return Err(format!(
@@ -616,6 +680,7 @@ mod tests {
             scales: None,
             fast_accumulation: false,
             algo: None,
+            c: None,
         }
     }
 
@@ -1003,6 +1068,49 @@ mod tests {
         assert_eq!(fp8_bias_type(ElemType::F32), ElemType::Bf16);
         assert_eq!(fp8_bias_type(ElemType::F16), ElemType::F16);
         assert_eq!(fp8_bias_type(ElemType::Bf16), ElemType::Bf16);
+    }
+
+    #[test]
+    fn convolutions_are_checked_against_their_buffers() {
+        let s = schedule(vec![]);
+        // A 1×1 convolution [1, 2, 2, 8] → [1, 2, 2, 16] over buffers 0..3.
+        let conv = Conv {
+            name: "conv".into(),
+            dtype: ElemType::Bf16,
+            x: Tensor::of(0),
+            w: Tensor::of(1),
+            y: Tensor::of(3),
+            bias: Some(Tensor::of(2)),
+            input: [1, 2, 2, 8],
+            filter: [16, 1, 1],
+            padding: [0, 0],
+            stride: [1, 1],
+            output: [2, 2],
+        };
+        check_step(&s, 0, &Step::Conv(conv.clone())).unwrap();
+        let msg = |c: Conv| check_step(&s, 0, &Step::Conv(c)).unwrap_err().to_string();
+        let m = msg(Conv {
+            output: [3, 3],
+            ..conv.clone()
+        });
+        assert!(m.contains("does not follow"), "{m}");
+        let m = msg(Conv {
+            x: Tensor::of(5),
+            ..conv.clone()
+        });
+        assert!(m.contains("x is buffer") && m.contains("F8e4m3"), "{m}");
+        let m = msg(Conv {
+            input: [1, 4, 4, 8],
+            output: [4, 4],
+            ..conv.clone()
+        });
+        assert!(m.contains("x:"), "{m}");
+        let m = msg(Conv {
+            stride: [0, 1],
+            ..conv.clone()
+        });
+        assert!(m.contains("zero"), "{m}");
+        assert!(describe_step(&Step::Conv(conv)).contains("convolution `conv`"));
     }
 
     #[test]

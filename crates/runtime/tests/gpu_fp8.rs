@@ -76,6 +76,7 @@ fn schedule() -> Schedule {
             scales: Some(scales),
             fast_accumulation: false,
             algo: None,
+            c: None,
         })
     };
     let outer = GemmScales {

@@ -59,6 +59,7 @@ fn schedule() -> Schedule {
             scales,
             fast_accumulation: false,
             algo: None,
+            c: None,
         })
     };
     let per_row = GemmScales {

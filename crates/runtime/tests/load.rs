@@ -81,6 +81,7 @@ fn schedule() -> Schedule {
                 scales: None,
                 fast_accumulation: false,
                 algo: None,
+                c: None,
             }),
             Step::Launch(Launch {
                 kernel: "scale_bf16".into(),
