@@ -54,7 +54,7 @@ use fluxc::models::checkpoint::{
 use fluxc::models::pipeline::PipelineConfig;
 use fluxc::models::scheduler::{pack_latents, unpack_latents, FlowMatchEuler};
 use fluxc::models::vae::build_vae_decoder;
-use fluxc::models::{flux, ModelConfig};
+use fluxc::models::{build_graph, flux, ModelConfig, Part};
 use fluxc::passes::pipeline::{optimize, Optimized};
 use fluxc::passes::{Fp8Mode, Fp8Policy, PassOptions};
 use fluxc::runtime::pipeline::noise;
@@ -1024,12 +1024,15 @@ fn tiny_vae_with_cudnn_convolutions() {
 /// The tiny pipeline (`tiny-schnell-pipeline.toml`: tiny-schnell + tiny-vae
 /// at 64×48, 4 steps) with its sub-models in `dtype` (`None`: f32):
 /// compiled with memory reuse (so the engines' input bytes are reused, as
-/// in production) into `dir`, the VAE's convolutions through cuDNN with
-/// `cudnn_convolutions`; returns the f32 configuration and spec.
+/// in production) into `dir` as `fluxc compile` does, the VAE's
+/// convolutions through cuDNN with `cudnn_convolutions`, the conditioning
+/// hoisted out of the loop with `hoist_conditioning`; returns the f32
+/// configuration and spec.
 fn compile_tiny_pipeline(
     dir: &Path,
     dtype: Option<&str>,
     cudnn_convolutions: bool,
+    hoist_conditioning: bool,
 ) -> PipelineConfig {
     let presets = root().join("models");
     let work = tempfile::tempdir().unwrap();
@@ -1040,17 +1043,29 @@ fn compile_tiny_pipeline(
         }
         std::fs::write(work.path().join(format!("{preset}.toml")), text).unwrap();
     }
-    let cfg = PipelineConfig::load(&work.path().join("tiny-schnell-pipeline.toml")).unwrap();
-    for (sub, model, graph) in [
-        (
-            "transformer",
-            &cfg.transformer,
-            flux::build_transformer(&cfg.transformer).unwrap(),
-        ),
-        ("vae", &cfg.vae, build_vae_decoder(&cfg.vae).unwrap()),
-    ] {
+    let mut cfg = PipelineConfig::load(&work.path().join("tiny-schnell-pipeline.toml")).unwrap();
+    cfg.hoist_conditioning = hoist_conditioning;
+    let part = |part| {
+        let mut model = cfg.transformer.clone();
+        model.part = part;
+        model
+    };
+    let mut parts = if hoist_conditioning {
+        vec![
+            (
+                "conditioning",
+                part(Part::Conditioning { steps: cfg.steps }),
+            ),
+            ("transformer", part(Part::Step)),
+        ]
+    } else {
+        vec![("transformer", cfg.transformer.clone())]
+    };
+    parts.push(("vae", cfg.vae.clone()));
+    for (sub, model) in &parts {
+        let graph = build_graph(model).unwrap();
         let passes = PassOptions {
-            cudnn_convolutions: cudnn_convolutions && sub == "vae",
+            cudnn_convolutions: cudnn_convolutions && *sub == "vae",
             ..model.passes.options()
         };
         let optimized = optimize(graph, &passes).unwrap();
@@ -1214,11 +1229,17 @@ fn tiny_pipeline_inputs(p: &Pipeline) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
 fn tiny_pipeline_from_given_latents_matches_the_host_reference() {
     require_gpu!("tiny_pipeline_from_given_latents_matches_the_host_reference");
     let mut failures = Vec::new();
-    // cuDNN's convolutions too: a pipeline records the engines' steps on its
-    // own stream, which the convolutions must follow into the graph.
-    for (cudnn, capture_graph) in [(false, true), (false, false), (true, true)] {
+    // Hoisted conditioning or not; cuDNN's convolutions too: a pipeline
+    // records the engines' steps on its own stream, which the convolutions
+    // must follow into the graph.
+    for (hoist, cudnn, capture_graph) in [
+        (true, false, true),
+        (true, false, false),
+        (false, false, true),
+        (true, true, true),
+    ] {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = compile_tiny_pipeline(dir.path(), None, cudnn);
+        let cfg = compile_tiny_pipeline(dir.path(), None, cudnn, hoist);
         let fixtures = root().join("tests/fixtures");
         let options = LoadOptions {
             progress: false,
@@ -1240,9 +1261,11 @@ fn tiny_pipeline_from_given_latents_matches_the_host_reference() {
         let latents_error = rel_l2(&p.final_latents().unwrap(), &host.latents);
         let image_error = rel_l2(&image.data, &host.image);
         println!(
-            "tiny pipeline f32 (graph {capture_graph}, cuDNN {cudnn}): final latents \
-             {latents_error:.3e}, image {image_error:.3e} vs the host reference"
+            "tiny pipeline f32 (graph {capture_graph}, cuDNN {cudnn}, hoisted conditioning \
+             {hoist}): final latents {latents_error:.3e}, image {image_error:.3e} vs the host \
+             reference"
         );
+        assert_eq!(p.conditioning().is_some(), hoist);
         assert_eq!(image.data.len(), 64 * 48 * 3);
         // A second run gives the same bits (the inputs are refreshed every step).
         let again = p
@@ -1250,13 +1273,13 @@ fn tiny_pipeline_from_given_latents_matches_the_host_reference() {
             .unwrap();
         if again.data != image.data {
             failures.push(format!(
-                "graph {capture_graph}, cuDNN {cudnn}: a second run differs"
+                "graph {capture_graph}, cuDNN {cudnn}, hoisted {hoist}: a second run differs"
             ));
         }
         for (what, e) in [("latents", latents_error), ("image", image_error)] {
             if e.is_nan() || e > 1e-4 {
                 failures.push(format!(
-                    "graph {capture_graph}, cuDNN {cudnn}: {what} {e:e}"
+                    "graph {capture_graph}, cuDNN {cudnn}, hoisted {hoist}: {what} {e:e}"
                 ));
             }
         }
@@ -1268,9 +1291,9 @@ fn tiny_pipeline_from_given_latents_matches_the_host_reference() {
 fn tiny_pipeline_in_bf16_stays_near_the_f32_reference() {
     require_gpu!("tiny_pipeline_in_bf16_stays_near_the_f32_reference");
     let reference_dir = tempfile::tempdir().unwrap();
-    let cfg = compile_tiny_pipeline(reference_dir.path(), None, false);
+    let cfg = compile_tiny_pipeline(reference_dir.path(), None, false, true);
     let dir = tempfile::tempdir().unwrap();
-    compile_tiny_pipeline(dir.path(), Some("bf16"), false);
+    compile_tiny_pipeline(dir.path(), Some("bf16"), false, true);
     let mut p = load_tiny_pipeline(dir.path());
     let (embeds, pooled, start) = tiny_pipeline_inputs(&p);
     let image = p
@@ -1291,7 +1314,7 @@ fn tiny_pipeline_in_bf16_stays_near_the_f32_reference() {
 fn tiny_pipeline_noise_is_seeded_standard_normal() {
     require_gpu!("tiny_pipeline_noise_is_seeded_standard_normal");
     let dir = tempfile::tempdir().unwrap();
-    let cfg = compile_tiny_pipeline(dir.path(), None, false);
+    let cfg = compile_tiny_pipeline(dir.path(), None, false, true);
     let mut p = load_tiny_pipeline(dir.path());
     let spec = p.spec().clone();
     let l = spec.latent;

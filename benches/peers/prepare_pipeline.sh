@@ -18,6 +18,9 @@
 #   fp8-cudnn, bf16-cudnn  fp8 / bf16 with the VAE decoder's 3×3
 #            convolutions through cuDNN (`cudnn_convolutions`: no im2col
 #            patch matrices); the GPU machine's cuDNN is PyTorch's
+#   <variant>-per-step  that variant with `hoist_conditioning = false`: the
+#            transformer computes its modulation vectors every step (reading
+#            their 6.4 GB of weights each time) instead of once per run
 #
 # MODEL (schnell or dev), TEXT_TOKENS (default 512) and VARIANTS (default
 # "fp8 bf16") as in run_pipeline_h200.sh; 1024×1024.
@@ -33,7 +36,9 @@ case $MODEL in
     *) echo "unknown MODEL $MODEL" >&2; exit 2 ;;
 esac
 for variant in $VARIANTS; do
-    case $variant in
+    hoist=true
+    [[ $variant == *-per-step ]] && hoist=false
+    case ${variant%-per-step} in
         bf16) fp8=off; vae_fp8=0 ;;
         fp8) fp8=dynamic-row; vae_fp8=0 ;;
         fp8-vae) fp8=dynamic-row; vae_fp8=1 ;;
@@ -62,6 +67,7 @@ architecture = "flux-pipeline"
 transformer = "$transformer"
 vae = "$vae"
 $schedule
+hoist_conditioning = $hoist
 
 [shapes]
 height = 1024

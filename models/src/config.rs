@@ -56,6 +56,27 @@ pub struct ModelConfig {
     /// its measurements.
     #[serde(default)]
     pub autotune: AutotuneConfig,
+    /// Which graph of the model to build: not a model.toml key; a pipeline
+    /// compile sets it for the transformer's two parts.
+    #[serde(skip)]
+    pub part: Part,
+}
+
+/// Which graph of a model [`crate::build_graph`] builds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Part {
+    /// The model's whole forward.
+    #[default]
+    Whole,
+    /// A transformer's conditioning for `steps` denoising steps at once
+    /// ([`crate::flux::build_conditioning`]).
+    Conditioning {
+        /// Denoising steps.
+        steps: usize,
+    },
+    /// A transformer's forward with the modulation vectors as input
+    /// ([`crate::flux::build_transformer_step`]).
+    Step,
 }
 
 /// `[passes]`: switches of the pass pipeline. Every key is optional; the

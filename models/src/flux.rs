@@ -21,6 +21,19 @@
 //! | `txt_ids` | `[T, axes]` | f32 |
 //!
 //! Output `sample`: `[B, N, out_channels]`.
+//!
+//! A denoising loop runs the transformer N times with the same weights and
+//! conditioning inputs known before the loop (every step's timestep, the
+//! guidance, the pooled embedding), so everything computed from them alone
+//! — `temb` and every block's modulation vectors, `linear(silu(temb))` over
+//! 6.4 GB of FLUX.1 weights per step — can be computed once for all steps.
+//! [`build_conditioning`] is that part for `steps` steps at once (inputs
+//! `timestep` and `guidance` `[steps·B]`, step-major, and
+//! `pooled_projections` `[B, P]`; output `modulation` `[steps·B, width]`),
+//! and [`build_transformer_step`] the rest, which takes one step's rows as
+//! input `modulation` `[B, width]` instead of `pooled_projections`,
+//! `timestep` and `guidance`. [`modulation_width`] is `width`: every
+//! AdaLayerNorm's vectors side by side, in the order the blocks use them.
 
 use fluxc_ir::{BinaryOp, DType, Graph, GraphBuilder, IrError, NodeId, TimestepParams};
 
@@ -37,13 +50,92 @@ const TIMESTEP_CHANNELS: usize = 256;
 /// a config without `[transformer]` or `shapes.text_tokens` is an
 /// [`IrError::Invalid`]).
 pub fn build_transformer(cfg: &ModelConfig) -> Result<Graph, IrError> {
+    build(cfg, false)
+}
+
+/// The transformer forward with the modulation vectors as input
+/// `modulation` `[B, modulation_width]` (see the module documentation).
+pub fn build_transformer_step(cfg: &ModelConfig) -> Result<Graph, IrError> {
+    build(cfg, true)
+}
+
+fn build(cfg: &ModelConfig, modulation_input: bool) -> Result<Graph, IrError> {
     let invalid = |e: MissingSection| IrError::Invalid(e.to_string());
     let t = cfg.transformer().map_err(invalid)?;
     let text_tokens = cfg.text_tokens().map_err(invalid)?;
     let mut f = Flux::new(cfg, t, text_tokens);
-    let sample = f.forward()?;
+    let sample = f.forward(modulation_input)?;
     f.b.output("sample", sample)?;
     f.b.finish()
+}
+
+/// Width of all modulation vectors of one forward: 6 per AdaLayerNormZero
+/// (two per double block), 3 per single block, 2 for `norm_out`, each
+/// `hidden_size` wide.
+pub fn modulation_width(t: &TransformerConfig) -> usize {
+    (12 * t.num_layers + 3 * t.num_single_layers + 2) * t.hidden_size
+}
+
+/// `temb` and every modulation vector for `steps` steps at once (see the
+/// module documentation): the rows of output `modulation` are step-major,
+/// row `s·B + b` the one step s's forward reads for image b.
+pub fn build_conditioning(cfg: &ModelConfig, steps: usize) -> Result<Graph, IrError> {
+    let invalid = |e: MissingSection| IrError::Invalid(e.to_string());
+    let t = cfg.transformer().map_err(invalid)?;
+    let text_tokens = cfg.text_tokens().map_err(invalid)?;
+    if steps == 0 {
+        return Err(IrError::Invalid("conditioning for 0 steps".into()));
+    }
+    let mut f = Flux::new(cfg, t, text_tokens);
+    let (batch, dt, hidden) = (f.batch, f.dtype, f.hidden);
+    let rows = steps * batch;
+    let timestep = f.b.input("timestep", dt, [rows])?;
+    let guidance = if t.guidance_embeds {
+        Some(f.b.input("guidance", dt, [rows])?)
+    } else {
+        None
+    };
+    let pooled =
+        f.b.input("pooled_projections", dt, [batch, t.pooled_projection_dim])?;
+    // time_text_embed with the pooled part computed once and broadcast over
+    // the steps (the same adds in the same order as one step's).
+    f.b.push_scope("time_text_embed");
+    let mut temb = f.timestep_embedder("timestep_embedder", timestep)?;
+    if let Some(g) = guidance {
+        let g = f.timestep_embedder("guidance_embedder", g)?;
+        temb = f.b.add(temb, g)?;
+    }
+    let p = f.text_embedder(pooled)?;
+    let temb = f.b.reshape(temb, [steps, batch, hidden])?;
+    let p = f.b.reshape(p, [1, batch, hidden])?;
+    let temb = f.b.add(temb, p)?;
+    let temb = f.b.reshape(temb, [rows, hidden])?;
+    f.b.pop_scope();
+    f.modulation = Modulation::Computed { temb };
+    let mut parts = Vec::new();
+    for (scope, chunks) in modulation_layout(t) {
+        f.b.push_scope(scope);
+        parts.push(f.modulation_linear(chunks)?);
+        f.b.pop_scope();
+    }
+    let all = f.b.concat(&parts, 1)?;
+    f.b.output("modulation", all)?;
+    f.b.finish()
+}
+
+/// Every AdaLayerNorm's scope and number of vectors, in the order the
+/// forward uses them (the layout of the `modulation` rows).
+fn modulation_layout(t: &TransformerConfig) -> Vec<(String, usize)> {
+    let mut layout = Vec::new();
+    for i in 0..t.num_layers {
+        layout.push((format!("transformer_blocks.{i}.norm1"), 6));
+        layout.push((format!("transformer_blocks.{i}.norm1_context"), 6));
+    }
+    for i in 0..t.num_single_layers {
+        layout.push((format!("single_transformer_blocks.{i}.norm"), 3));
+    }
+    layout.push(("norm_out".into(), 2));
+    layout
 }
 
 /// Builder state: the graph under construction plus the figures every
@@ -58,6 +150,19 @@ struct Flux<'a> {
     hidden: usize,
     heads: usize,
     head_dim: usize,
+    /// Where the modulation vectors come from.
+    modulation: Modulation,
+}
+
+/// Where the AdaLayerNorms' modulation vectors come from.
+enum Modulation {
+    /// Not set yet (the forward sets it before the first block).
+    Unset,
+    /// `linear(silu(temb))` of each AdaLayerNorm.
+    Computed { temb: NodeId },
+    /// Slices of the graph input `modulation`, `next` the first column
+    /// not yet used.
+    Input { all: NodeId, next: usize },
 }
 
 /// The values threaded through the blocks.
@@ -80,10 +185,11 @@ impl<'a> Flux<'a> {
             hidden: t.hidden_size,
             heads: t.num_attention_heads,
             head_dim: t.attention_head_dim,
+            modulation: Modulation::Unset,
         }
     }
 
-    fn forward(&mut self) -> Result<NodeId, IrError> {
+    fn forward(&mut self, modulation_input: bool) -> Result<NodeId, IrError> {
         let t = self.t;
         let (batch, n, txt) = (self.batch, self.image_tokens, self.text_tokens);
         let axes = t.axes_dims_rope.len();
@@ -97,20 +203,33 @@ impl<'a> Flux<'a> {
             dt,
             [batch, txt, t.joint_attention_dim],
         )?;
-        let pooled = self
-            .b
-            .input("pooled_projections", dt, [batch, t.pooled_projection_dim])?;
-        let timestep = self.b.input("timestep", dt, [batch])?;
-        let guidance = if t.guidance_embeds {
-            Some(self.b.input("guidance", dt, [batch])?)
-        } else {
+        // Inputs and the first nodes in the order of diffusers' forward.
+        let conditioning = if modulation_input {
+            let all = self
+                .b
+                .input("modulation", dt, [batch, modulation_width(t)])?;
+            self.modulation = Modulation::Input { all, next: 0 };
             None
+        } else {
+            let pooled =
+                self.b
+                    .input("pooled_projections", dt, [batch, t.pooled_projection_dim])?;
+            let timestep = self.b.input("timestep", dt, [batch])?;
+            let guidance = if t.guidance_embeds {
+                Some(self.b.input("guidance", dt, [batch])?)
+            } else {
+                None
+            };
+            Some((timestep, guidance, pooled))
         };
         let img_ids = self.b.input("img_ids", DType::F32, [n, axes])?;
         let txt_ids = self.b.input("txt_ids", DType::F32, [txt, axes])?;
 
         let image = self.linear("x_embedder", hidden_states, self.hidden)?;
-        let temb = self.time_text_embed(timestep, guidance, pooled)?;
+        if let Some((timestep, guidance, pooled)) = conditioning {
+            let temb = self.time_text_embed(timestep, guidance, pooled)?;
+            self.modulation = Modulation::Computed { temb };
+        }
         let text = self.linear("context_embedder", encoder_hidden_states, self.hidden)?;
 
         self.b.push_scope("pos_embed");
@@ -121,20 +240,18 @@ impl<'a> Flux<'a> {
         let mut streams = Streams { image, text };
         for i in 0..t.num_layers {
             self.b.push_scope(format!("transformer_blocks.{i}"));
-            streams = self.double_block(streams, temb, rope)?;
+            streams = self.double_block(streams, rope)?;
             self.b.pop_scope();
         }
         for i in 0..t.num_single_layers {
             self.b.push_scope(format!("single_transformer_blocks.{i}"));
-            streams = self.single_block(streams, temb, rope)?;
+            streams = self.single_block(streams, rope)?;
             self.b.pop_scope();
         }
 
         // AdaLayerNormContinuous: note diffusers' (scale, shift) order.
         self.b.push_scope("norm_out");
-        let emb = self.b.silu(temb)?;
-        let emb = self.linear("linear", emb, 2 * self.hidden)?;
-        let [scale, shift] = self.chunks::<2>(emb)?;
+        let [scale, shift] = self.modulation_params::<2>()?;
         let normed = self.b.layer_norm(streams.image, None, NORM_EPS)?;
         let image = self.modulate(normed, shift, scale)?;
         self.b.pop_scope();
@@ -155,14 +272,20 @@ impl<'a> Flux<'a> {
             let g = self.timestep_embedder("guidance_embedder", g)?;
             temb = self.b.add(temb, g)?;
         }
+        let p = self.text_embedder(pooled)?;
+        let temb = self.b.add(temb, p)?;
+        self.b.pop_scope();
+        Ok(temb)
+    }
+
+    /// `text_embedder`: the pooled embedding's MLP, `[B, hidden]`.
+    fn text_embedder(&mut self, pooled: NodeId) -> Result<NodeId, IrError> {
         self.b.push_scope("text_embedder");
         let p = self.linear("linear_1", pooled, self.hidden)?;
         let p = self.b.silu(p)?;
         let p = self.linear("linear_2", p, self.hidden)?;
         self.b.pop_scope();
-        let temb = self.b.add(temb, p)?;
-        self.b.pop_scope();
-        Ok(temb)
+        Ok(p)
     }
 
     /// `t·1000` → sinusoidal projection → `TimestepEmbedding` MLP.
@@ -189,11 +312,11 @@ impl<'a> Flux<'a> {
 
     /// `FluxTransformerBlock`: joint attention over text and image tokens with
     /// separate weights per stream, then per-stream MLPs.
-    fn double_block(&mut self, s: Streams, temb: NodeId, rope: NodeId) -> Result<Streams, IrError> {
+    fn double_block(&mut self, s: Streams, rope: NodeId) -> Result<Streams, IrError> {
         let [shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp] =
-            self.ada_norm_params::<6>("norm1", temb)?;
+            self.ada_norm_params::<6>("norm1")?;
         let [c_shift_msa, c_scale_msa, c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp] =
-            self.ada_norm_params::<6>("norm1_context", temb)?;
+            self.ada_norm_params::<6>("norm1_context")?;
         let norm_image = self.norm_modulate("norm1", s.image, shift_msa, scale_msa)?;
         let norm_text = self.norm_modulate("norm1_context", s.text, c_shift_msa, c_scale_msa)?;
 
@@ -232,9 +355,9 @@ impl<'a> Flux<'a> {
 
     /// `FluxSingleTransformerBlock`: one stream over `[text, image]` with
     /// attention and MLP in parallel, one output projection over both.
-    fn single_block(&mut self, s: Streams, temb: NodeId, rope: NodeId) -> Result<Streams, IrError> {
+    fn single_block(&mut self, s: Streams, rope: NodeId) -> Result<Streams, IrError> {
         let joint = self.b.concat(&[s.text, s.image], 1)?;
-        let [shift, scale, gate] = self.ada_norm_params::<3>("norm", temb)?;
+        let [shift, scale, gate] = self.ada_norm_params::<3>("norm")?;
         let normed = self.norm_modulate("norm", joint, shift, scale)?;
 
         // diffusers runs the MLP projection first; the order of these
@@ -261,19 +384,41 @@ impl<'a> Flux<'a> {
         })
     }
 
-    /// The modulation vectors of an AdaLayerNormZero(-Single):
-    /// `linear(silu(temb))` chunked into `N` pieces `[B, hidden]`.
-    fn ada_norm_params<const N: usize>(
-        &mut self,
-        module: &str,
-        temb: NodeId,
-    ) -> Result<[NodeId; N], IrError> {
+    /// The modulation vectors of an AdaLayerNormZero(-Single) `module`:
+    /// [`Self::modulation_params`] in its scope.
+    fn ada_norm_params<const N: usize>(&mut self, module: &str) -> Result<[NodeId; N], IrError> {
         self.b.push_scope(module);
-        let emb = self.b.silu(temb)?;
-        let emb = self.linear("linear", emb, N * self.hidden)?;
-        let chunks = self.chunks::<N>(emb)?;
+        let chunks = self.modulation_params::<N>()?;
         self.b.pop_scope();
         Ok(chunks)
+    }
+
+    /// The current scope's `N` modulation vectors `[B, hidden]`: its
+    /// `linear(silu(temb))` chunked, or the next `N·hidden` columns of the
+    /// `modulation` input.
+    fn modulation_params<const N: usize>(&mut self) -> Result<[NodeId; N], IrError> {
+        let width = N * self.hidden;
+        let emb = match self.modulation {
+            Modulation::Input { all, next } => {
+                self.modulation = Modulation::Input {
+                    all,
+                    next: next + width,
+                };
+                self.b.slice(all, 1, next, next + width)?
+            }
+            _ => self.modulation_linear(N)?,
+        };
+        self.chunks::<N>(emb)
+    }
+
+    /// `linear(silu(temb))` with `chunks·hidden` outputs in the current
+    /// scope (`{scope}.linear`).
+    fn modulation_linear(&mut self, chunks: usize) -> Result<NodeId, IrError> {
+        let Modulation::Computed { temb } = self.modulation else {
+            return Err(IrError::Invalid("a modulation linear without temb".into()));
+        };
+        let emb = self.b.silu(temb)?;
+        self.linear("linear", emb, chunks * self.hidden)
     }
 
     /// `LayerNorm(x) · (1 + scale[:, None]) + shift[:, None]` (no affine, eps 1e-6).

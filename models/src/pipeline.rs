@@ -14,6 +14,8 @@
 //! scheduler = "schnell"               # or "dev" (dynamic shift with mu)
 //! steps = 4
 //! # guidance_scale = 3.5              # required exactly when the transformer has guidance_embeds
+//! # hoist_conditioning = true         # default: the modulation vectors of
+//! #                                   # every step computed once per run
 //!
 //! [shapes]                            # overrides both sub-models' shapes
 //! height = 1024
@@ -29,7 +31,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use fluxc_artifact::{
-    ElemType, LatentShape, PipelineSpec, TransformerNames, VaeNames, PIPELINE_FORMAT_VERSION,
+    ElemType, HoistedConditioning, LatentShape, PipelineSpec, TransformerNames, VaeNames,
+    PIPELINE_FORMAT_VERSION,
 };
 use serde::Deserialize;
 
@@ -70,6 +73,12 @@ struct PipelineSection {
     steps: usize,
     #[serde(default)]
     guidance_scale: Option<f64>,
+    #[serde(default = "yes")]
+    hoist_conditioning: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `[shapes]` of a pipeline file.
@@ -131,6 +140,10 @@ pub struct PipelineConfig {
     pub steps: usize,
     /// The guidance scale (dev-like transformers only).
     pub guidance_scale: Option<f64>,
+    /// Compute every step's conditioning (temb and the modulation vectors)
+    /// once per run in its own artifact (`flux::build_conditioning`); the
+    /// transformer then takes them as input (`flux::build_transformer_step`).
+    pub hoist_conditioning: bool,
 }
 
 /// Whether the TOML text declares `[model] architecture = "flux-pipeline"`
@@ -300,6 +313,7 @@ impl PipelineConfig {
             scheduler: p.scheduler,
             steps: p.steps,
             guidance_scale: p.guidance_scale,
+            hoist_conditioning: p.hoist_conditioning,
         };
         config
             .spec()
@@ -376,6 +390,11 @@ impl PipelineConfig {
                 latents: "z".into(),
                 output: "sample".into(),
             },
+            conditioning: self.hoist_conditioning.then(|| HoistedConditioning {
+                output: "modulation".into(),
+                modulation: "modulation".into(),
+                width: u(crate::flux::modulation_width(t)),
+            }),
         })
     }
 }

@@ -30,8 +30,8 @@ pub use manifest::{
     content_hash, hash_parts, CheckpointLayout, Manifest, WeightEntry, FORMAT_VERSION,
 };
 pub use pipeline::{
-    LatentShape, PipelineError, PipelineSpec, TransformerNames, VaeNames, PIPELINE_FILE,
-    PIPELINE_FORMAT_VERSION, TRANSFORMER_DIR, VAE_DIR,
+    HoistedConditioning, LatentShape, PipelineError, PipelineSpec, TransformerNames, VaeNames,
+    CONDITIONING_DIR, PIPELINE_FILE, PIPELINE_FORMAT_VERSION, TRANSFORMER_DIR, VAE_DIR,
 };
 pub use schedule::{
     Arg, Attention, AttentionOperands, AttentionScales, Binding, Buffer, BufferId, Conv, Copy,

@@ -2,7 +2,8 @@
 //! everything about it that is fixed at compile time.
 //!
 //! A pipeline artifact is a directory with two ordinary artifacts,
-//! `transformer/` and `vae/`, and this file. It holds the scheduler's
+//! `transformer/` and `vae/` (and with hoisted conditioning a third,
+//! `conditioning/`), and this file. It holds the scheduler's
 //! numbers (sigmas, the transformer's `timestep` input per step, the
 //! guidance input), the latent geometry, the VAE's latent scaling, the
 //! position-id tables and the names of the sub-models' inputs and outputs,
@@ -16,7 +17,7 @@ use crate::ElemType;
 
 /// The `pipeline.json` format this crate reads and writes; bumped on every
 /// incompatible change (independent of the artifacts' `FORMAT_VERSION`).
-pub const PIPELINE_FORMAT_VERSION: u32 = 1;
+pub const PIPELINE_FORMAT_VERSION: u32 = 2;
 
 /// The file name of the spec inside a pipeline directory.
 pub const PIPELINE_FILE: &str = "pipeline.json";
@@ -24,6 +25,9 @@ pub const PIPELINE_FILE: &str = "pipeline.json";
 pub const TRANSFORMER_DIR: &str = "transformer";
 /// The VAE decoder's artifact directory inside a pipeline directory.
 pub const VAE_DIR: &str = "vae";
+/// The conditioning's artifact directory inside a pipeline directory
+/// (with [`PipelineSpec::conditioning`]).
+pub const CONDITIONING_DIR: &str = "conditioning";
 
 /// The unpacked latent tensor `[batch, channels, height, width]` (diffusers'
 /// layout before `_pack_latents`); packed, it is `[batch, (height/2)·(width/2),
@@ -57,7 +61,10 @@ impl LatentShape {
     }
 }
 
-/// The transformer's input and output names the loop drives.
+/// The transformer's input and output names the loop drives. With
+/// [`PipelineSpec::conditioning`], `pooled_projections`, `timestep` and
+/// `guidance` are the conditioning artifact's inputs instead (`timestep` and
+/// `guidance` then `[N·B]`, every step's, step-major).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransformerNames {
     /// Packed latents `[B, tokens, 4C]`.
@@ -76,6 +83,20 @@ pub struct TransformerNames {
     pub txt_ids: String,
     /// The velocity `[B, tokens, 4C]`.
     pub output: String,
+}
+
+/// Conditioning hoisted out of the loop: `conditioning/` computes every
+/// step's modulation vectors once per run (from every step's timestep, the
+/// guidance and the pooled embedding), and before step i the loop copies
+/// rows `i·B .. (i+1)·B` of its output into the transformer's input.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoistedConditioning {
+    /// The conditioning artifact's output `[N·B, width]`.
+    pub output: String,
+    /// The transformer's input `[B, width]`.
+    pub modulation: String,
+    /// Columns of both.
+    pub width: u64,
 }
 
 /// The VAE decoder's input and output names.
@@ -132,6 +153,9 @@ pub struct PipelineSpec {
     pub transformer: TransformerNames,
     /// The VAE decoder's bindings.
     pub vae: VaeNames,
+    /// Conditioning computed once per run (`conditioning/`), or `None`: the
+    /// transformer computes it each step.
+    pub conditioning: Option<HoistedConditioning>,
 }
 
 /// What is wrong with a [`PipelineSpec`].
@@ -297,6 +321,14 @@ impl PipelineSpec {
         if names.iter().any(|s| s.is_empty()) || t.guidance.as_deref() == Some("") {
             return fail("an input or output name is empty".into());
         }
+        if let Some(c) = &self.conditioning {
+            if c.output.is_empty() || c.modulation.is_empty() {
+                return fail("a conditioning name is empty".into());
+            }
+            if c.width == 0 {
+                return fail("the conditioning width must be positive".into());
+            }
+        }
         Ok(())
     }
 }
@@ -344,6 +376,11 @@ mod tests {
                 latents: "z".into(),
                 output: "sample".into(),
             },
+            conditioning: Some(HoistedConditioning {
+                output: "modulation".into(),
+                modulation: "modulation".into(),
+                width: 24,
+            }),
         }
     }
 
@@ -381,6 +418,14 @@ mod tests {
             (|s| s.vae_scaling_factor = 0.0, "vae_scaling_factor"),
             (|s| s.latent_dtype = ElemType::I32, "latent dtype"),
             (|s| s.vae.latents.clear(), "name is empty"),
+            (
+                |s| s.conditioning.as_mut().unwrap().width = 0,
+                "width must be positive",
+            ),
+            (
+                |s| s.conditioning.as_mut().unwrap().output.clear(),
+                "conditioning name is empty",
+            ),
         ];
         for (break_it, message) in cases {
             let mut s = spec();

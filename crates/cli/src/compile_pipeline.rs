@@ -1,7 +1,10 @@
 //! `fluxc compile pipeline.toml -o DIR` for a pipeline file
 //! (`architecture = "flux-pipeline"`): compiles the transformer and the VAE
 //! decoder it names, with the pipeline's shapes, into `DIR/transformer/`
-//! and `DIR/vae/`, and writes the loop's numbers to `DIR/pipeline.json`
+//! and `DIR/vae/` (with `hoist_conditioning`, the default, the transformer
+//! in two parts: every step's conditioning in `DIR/conditioning/`, the
+//! per-step forward that takes it as input in `DIR/transformer/`), and
+//! writes the loop's numbers to `DIR/pipeline.json`
 //! (`fluxc_artifact::PipelineSpec`).
 //!
 //! Everything is written into a staging directory next to `DIR` and moved
@@ -11,8 +14,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use fluxc_artifact::{PIPELINE_FILE, TRANSFORMER_DIR, VAE_DIR};
+use fluxc_artifact::{CONDITIONING_DIR, PIPELINE_FILE, TRANSFORMER_DIR, VAE_DIR};
 use fluxc_models::pipeline::PipelineConfig;
+use fluxc_models::{ModelConfig, Part};
 
 use crate::compile::{compile_model, CompileArgs};
 
@@ -34,12 +38,10 @@ pub fn run(args: &CompileArgs) -> Result<(), Box<dyn std::error::Error>> {
     spec.validate()?;
     let json = serde_json::to_string_pretty(&spec)? + "\n";
     eprintln!("{}", spec.summary());
+    let parts = parts(&cfg);
     let Some(out) = args.out else {
-        for (what, model, path) in [
-            ("transformer", &cfg.transformer, &cfg.transformer_path),
-            ("vae", &cfg.vae, &cfg.vae_path),
-        ] {
-            eprintln!("{what} `{}`:", path.display());
+        for (dir, what, model, path) in &parts {
+            eprintln!("{what} `{}` ({dir}):", path.display());
             compile_model(model, path, None, args)?;
         }
         return Ok(());
@@ -51,15 +53,10 @@ pub fn run(args: &CompileArgs) -> Result<(), Box<dyn std::error::Error>> {
         }
         fs::create_dir_all(&staging)
             .map_err(|e| format!("cannot create `{}`: {e}", staging.display()))?;
-        eprintln!("transformer `{}`:", cfg.transformer_path.display());
-        compile_model(
-            &cfg.transformer,
-            &cfg.transformer_path,
-            Some(&staging.join(TRANSFORMER_DIR)),
-            args,
-        )?;
-        eprintln!("vae `{}`:", cfg.vae_path.display());
-        compile_model(&cfg.vae, &cfg.vae_path, Some(&staging.join(VAE_DIR)), args)?;
+        for (dir, what, model, path) in &parts {
+            eprintln!("{what} `{}` ({dir}):", path.display());
+            compile_model(model, path, Some(&staging.join(dir)), args)?;
+        }
         fs::write(staging.join(PIPELINE_FILE), json)?;
         if out.exists() {
             fs::remove_dir_all(out)
@@ -80,6 +77,47 @@ pub fn run(args: &CompileArgs) -> Result<(), Box<dyn std::error::Error>> {
     written?;
     eprintln!("wrote {}", out.display());
     Ok(())
+}
+
+/// The artifacts of `cfg`: directory, what it is, its model and the file
+/// it comes from.
+fn parts(cfg: &PipelineConfig) -> Vec<(&'static str, &'static str, ModelConfig, &Path)> {
+    let mut parts = Vec::new();
+    let transformer = &cfg.transformer_path;
+    if cfg.hoist_conditioning {
+        let part = |part, suffix: &str| {
+            let mut model = cfg.transformer.clone();
+            model.part = part;
+            model.model.name = format!("{}-{suffix}", model.model.name);
+            model
+        };
+        parts.push((
+            CONDITIONING_DIR,
+            "every step's conditioning of the transformer",
+            part(Part::Conditioning { steps: cfg.steps }, "conditioning"),
+            transformer.as_path(),
+        ));
+        parts.push((
+            TRANSFORMER_DIR,
+            "the transformer's step",
+            part(Part::Step, "step"),
+            transformer.as_path(),
+        ));
+    } else {
+        parts.push((
+            TRANSFORMER_DIR,
+            "the transformer",
+            cfg.transformer.clone(),
+            transformer.as_path(),
+        ));
+    }
+    parts.push((
+        VAE_DIR,
+        "the VAE decoder",
+        cfg.vae.clone(),
+        cfg.vae_path.as_path(),
+    ));
+    parts
 }
 
 /// Refuses an output path that exists and is neither an empty directory nor

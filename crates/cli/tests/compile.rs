@@ -757,7 +757,7 @@ fn bad_budgets_are_clear_errors() {
 }
 
 #[test]
-fn pipeline_compiles_into_two_artifacts_and_a_spec() {
+fn pipeline_compiles_into_three_artifacts_and_a_spec() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("pipe");
     fluxc()
@@ -766,7 +766,7 @@ fn pipeline_compiles_into_two_artifacts_and_a_spec() {
         .arg(repo().join("models/tiny-schnell-pipeline.toml"))
         .assert()
         .success();
-    for sub in ["transformer", "vae"] {
+    for sub in ["conditioning", "transformer", "vae"] {
         assert!(out.join(sub).join("manifest.json").is_file(), "{sub}");
     }
     let json = std::fs::read_to_string(out.join("pipeline.json")).unwrap();
@@ -774,6 +774,32 @@ fn pipeline_compiles_into_two_artifacts_and_a_spec() {
     spec.validate().unwrap();
     assert_eq!(spec.steps, 4);
     assert_eq!(spec.latent.packed(), [1, 12, 16]);
+    // The conditioning of all 4 steps: 2 double blocks (12 vectors each), 2
+    // single ones (3 each), norm_out (2), of tiny-schnell's 32 channels.
+    let conditioning = spec.conditioning.as_ref().expect("hoisted by default");
+    assert_eq!(conditioning.width, (2 * 12 + 2 * 3 + 2) * 32);
+    let schedule = |sub: &str| -> fluxc_artifact::Schedule {
+        let text = std::fs::read_to_string(out.join(sub).join("schedule.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    };
+    let shape = |s: &fluxc_artifact::Schedule, b: &fluxc_artifact::Binding| {
+        s.buffers[b.buffer as usize].shape.clone()
+    };
+    let c = schedule("conditioning");
+    let outputs: Vec<_> = c
+        .outputs
+        .iter()
+        .map(|b| (b.name.as_str(), shape(&c, b)))
+        .collect();
+    assert_eq!(outputs, [("modulation", vec![4, conditioning.width])]);
+    let t = schedule("transformer");
+    let inputs: Vec<&str> = t.inputs.iter().map(|b| b.name.as_str()).collect();
+    assert!(
+        inputs.contains(&"modulation") && !inputs.contains(&"timestep"),
+        "{inputs:?}"
+    );
+    // The runtime's host checks find the three fit together.
+    fluxc_runtime::pipeline::check_dir(&out).unwrap();
     // The VAE is compiled at the pipeline's 64x48, not tiny-vae's 32x32.
     let schedule = std::fs::read_to_string(out.join("vae/schedule.json")).unwrap();
     let schedule: fluxc_artifact::Schedule = serde_json::from_str(&schedule).unwrap();

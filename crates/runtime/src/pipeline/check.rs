@@ -1,7 +1,7 @@
 //! Host checks of a pipeline directory before any GPU work: that the
-//! transformer's and the VAE's artifacts take and give exactly the tensors
-//! `pipeline.json` drives them with (names, shapes, dtypes), and nothing
-//! else.
+//! transformer's, the VAE's (and the conditioning's) artifacts take and give
+//! exactly the tensors `pipeline.json` drives them with (names, shapes,
+//! dtypes), and nothing else.
 
 use fluxc_artifact::{Buffer, ElemType, PipelineSpec};
 
@@ -67,11 +67,13 @@ fn only_inputs(artifact: &Artifact, expected: &[&str]) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks both artifacts against `spec`.
+/// Checks the artifacts against `spec` (`conditioning` is present exactly
+/// when the spec hoists it: the caller loads it then).
 pub(crate) fn check_artifacts(
     spec: &PipelineSpec,
     transformer: &Artifact,
     vae: &Artifact,
+    conditioning: Option<&Artifact>,
 ) -> Result<(), RuntimeError> {
     let l = &spec.latent;
     let packed = l.packed();
@@ -80,6 +82,45 @@ pub(crate) fn check_artifacts(
     let invalid = |artifact: &Artifact, reason: String| RuntimeError::InvalidArtifact {
         dir: artifact.dir.clone(),
         reason: format!("for pipeline `{}`: {reason}", spec.name),
+    };
+    // The timestep, guidance and pooled inputs: the conditioning's, for
+    // every step at once, or the transformer's.
+    let conditioned = |artifact: &Artifact, rows: u64| -> Result<Vec<String>, String> {
+        binding(
+            artifact,
+            "input",
+            &t.pooled_projections,
+            &[l.batch, spec.pooled_projection_dim],
+            None,
+        )?;
+        binding(artifact, "input", &t.timestep, &[rows], None)?;
+        if let Some(g) = &t.guidance {
+            binding(artifact, "input", g, &[rows], None)?;
+        }
+        let mut names = vec![t.pooled_projections.clone(), t.timestep.clone()];
+        names.extend(t.guidance.clone());
+        Ok(names)
+    };
+    let hoisted = match (&spec.conditioning, conditioning) {
+        (Some(c), Some(artifact)) => {
+            let rows = l.batch * u64::from(spec.steps);
+            let check = || -> Result<ElemType, String> {
+                let names = conditioned(artifact, rows)?;
+                let out = binding(artifact, "output", &c.output, &[rows, c.width], None)?;
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                only_inputs(artifact, &names)?;
+                Ok(out.dtype)
+            };
+            let dtype = check().map_err(|r| invalid(artifact, format!("the conditioning {r}")))?;
+            Some((c, dtype))
+        }
+        (None, None) => None,
+        _ => {
+            return Err(invalid(
+                transformer,
+                "the pipeline's conditioning artifact and its spec disagree".into(),
+            ))
+        }
     };
     let check_transformer = || -> Result<(), String> {
         let tokens = l.tokens();
@@ -91,17 +132,25 @@ pub(crate) fn check_artifacts(
             &[l.batch, spec.text_tokens, spec.joint_attention_dim],
             None,
         )?;
-        binding(
-            transformer,
-            "input",
-            &t.pooled_projections,
-            &[l.batch, spec.pooled_projection_dim],
-            None,
-        )?;
-        binding(transformer, "input", &t.timestep, &[l.batch], None)?;
-        if let Some(g) = &t.guidance {
-            binding(transformer, "input", g, &[l.batch], None)?;
-        }
+        let conditioning_names = match hoisted {
+            Some((c, dtype)) => {
+                let input = binding(
+                    transformer,
+                    "input",
+                    &c.modulation,
+                    &[l.batch, c.width],
+                    None,
+                )?;
+                if input.dtype != dtype {
+                    return Err(format!(
+                        "input `{}` is {:?}, the conditioning's output {dtype:?}",
+                        c.modulation, input.dtype
+                    ));
+                }
+                vec![c.modulation.clone()]
+            }
+            None => conditioned(transformer, l.batch)?,
+        };
         binding(transformer, "input", &t.img_ids, &[tokens, 3], None)?;
         binding(
             transformer,
@@ -114,12 +163,10 @@ pub(crate) fn check_artifacts(
         let mut names = vec![
             t.hidden_states.as_str(),
             &t.encoder_hidden_states,
-            &t.pooled_projections,
-            &t.timestep,
             &t.img_ids,
             &t.txt_ids,
         ];
-        names.extend(t.guidance.as_deref());
+        names.extend(conditioning_names.iter().map(String::as_str));
         only_inputs(transformer, &names)
     };
     check_transformer().map_err(|r| invalid(transformer, format!("the transformer {r}")))?;
@@ -141,14 +188,16 @@ pub(crate) fn check_artifacts(
         only_inputs(vae, &[spec.vae.latents.as_str()])
     };
     check_vae().map_err(|r| invalid(vae, format!("the VAE decoder {r}")))?;
-    if transformer.manifest.arch != vae.manifest.arch {
-        return Err(invalid(
-            vae,
-            format!(
-                "compiled for {}, the transformer for {}",
-                vae.manifest.arch, transformer.manifest.arch
-            ),
-        ));
+    for other in std::iter::once(vae).chain(conditioning) {
+        if transformer.manifest.arch != other.manifest.arch {
+            return Err(invalid(
+                other,
+                format!(
+                    "compiled for {}, the transformer for {}",
+                    other.manifest.arch, transformer.manifest.arch
+                ),
+            ));
+        }
     }
     Ok(())
 }

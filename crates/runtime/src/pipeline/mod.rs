@@ -2,9 +2,10 @@
 //! pipeline.toml -o DIR`) on the GPU, its whole denoising loop and the VAE
 //! decode recorded as one CUDA graph.
 //!
-//! [`Pipeline::load`] reads `DIR/pipeline.json` and checks both artifacts
-//! against it on the host (`check`), loads `DIR/transformer` and `DIR/vae`
-//! as [`Engine`]s (without graphs of their own), compiles the runtime's
+//! [`Pipeline::load`] reads `DIR/pipeline.json` and checks the artifacts
+//! against it on the host (`check`), loads `DIR/transformer`, `DIR/vae`
+//! (and with hoisted conditioning `DIR/conditioning`) as [`Engine`]s
+//! (without graphs of their own), compiles the runtime's
 //! `kernels/pipeline.cu` with NVRTC (cached like `kernels.cu`), uploads
 //! the constant tables (position ids, every step's timestep, the guidance)
 //! once, and records on one stream of the device's primary context, which
@@ -13,13 +14,17 @@
 //! 1. the starting latents: seeded Gaussian noise drawn on the GPU, or the
 //!    latents given (`fluxc_pipe_init_*`; the seed and the choice are read
 //!    from device memory, so one graph serves every seed);
-//! 2. per step i: copies of the latents, the prompt embeddings, the id
-//!    tables, the step's timestep and the guidance into the transformer's
-//!    input buffers (its arena may reuse their bytes, so the pipeline keeps
-//!    its own copies and refreshes the inputs every step), the
-//!    transformer's steps, and the Euler update `x ← x + dt_i·v` into the
-//!    pipeline's latents (`fluxc_pipe_euler_*`);
-//! 3. `_unpack_latents` and `latents / scaling + shift` into the VAE's
+//! 2. with hoisted conditioning: every step's timestep, the guidance and
+//!    the pooled embedding into the conditioning's inputs, and its steps
+//!    (every step's modulation vectors, in one pass over their weights);
+//! 3. per step i: copies of the latents, the prompt embeddings, the id
+//!    tables, and the step's conditioning (its rows of the modulation
+//!    vectors, or its timestep, the guidance and the pooled embedding) into
+//!    the transformer's input buffers (its arena may reuse their bytes, so
+//!    the pipeline keeps its own copies and refreshes the inputs every
+//!    step), the transformer's steps, and the Euler update `x ← x + dt_i·v`
+//!    into the pipeline's latents (`fluxc_pipe_euler_*`);
+//! 4. `_unpack_latents` and `latents / scaling + shift` into the VAE's
 //!    channels-last input (`fluxc_pipe_to_vae_*`), and the VAE's steps.
 //!
 //! [`Pipeline::generate`] copies the prompt embeddings and the seed (or
@@ -41,7 +46,9 @@ use std::time::Instant;
 use cudarc::driver::result as drv;
 use cudarc::driver::sys;
 use cudarc::driver::CudaStream;
-use fluxc_artifact::{ElemType, PipelineSpec, PIPELINE_FILE, TRANSFORMER_DIR, VAE_DIR};
+use fluxc_artifact::{
+    ElemType, PipelineSpec, CONDITIONING_DIR, PIPELINE_FILE, TRANSFORMER_DIR, VAE_DIR,
+};
 
 use crate::convert::{decode, encode};
 use crate::cuda::{DeviceBuffer, GraphExec, Module};
@@ -80,6 +87,17 @@ struct Upload {
     bytes: usize,
 }
 
+/// The conditioning engine of a pipeline that hoists it out of the loop.
+struct Hoisted {
+    engine: Engine,
+    /// Its output `[N·B, width]`.
+    output: u64,
+    /// Bytes of one step's rows.
+    step_bytes: usize,
+    /// The transformer's `modulation` input.
+    dst: u64,
+}
+
 /// The three kernels of one latent dtype.
 struct Kernels {
     init: sys::CUfunction,
@@ -102,17 +120,22 @@ pub struct Pipeline {
     /// Every step's `timestep` input, one after the other.
     timesteps: DeviceBuffer,
     /// `guidance`, `img_ids`, `txt_ids` (constant) and the prompt
-    /// embeddings (set per run), each with its engine input.
+    /// embeddings (set per run), each with its engine input (`guidance` and
+    /// `pooled` the conditioning's with hoisting).
     guidance: Option<Upload>,
     img_ids: Upload,
     txt_ids: Upload,
     embeds: Upload,
     pooled: Upload,
+    /// The `timestep` input: the transformer's (step i copies bytes
+    /// `i·timestep_bytes ..` of the table), or the conditioning's (one copy
+    /// of the whole table per run).
     timestep_dst: u64,
     timestep_bytes: usize,
     hidden_dst: u64,
     velocity: u64,
     z: u64,
+    conditioning: Option<Hoisted>,
     transformer: Engine,
     vae: Engine,
     stream: Arc<CudaStream>,
@@ -153,14 +176,18 @@ pub fn read_spec(dir: &Path) -> Result<PipelineSpec, RuntimeError> {
     Ok(spec)
 }
 
-/// Reads the pipeline directory's spec and both artifacts and checks they
+/// Reads the pipeline directory's spec and its artifacts and checks they
 /// fit together, without a GPU (what [`Pipeline::load`] does first; apps
 /// and the CLI call it to fail early).
 pub fn check_dir(dir: &Path) -> Result<PipelineSpec, RuntimeError> {
     let spec = read_spec(dir)?;
     let transformer = Artifact::load(&dir.join(TRANSFORMER_DIR))?;
     let vae = Artifact::load(&dir.join(VAE_DIR))?;
-    check::check_artifacts(&spec, &transformer, &vae)?;
+    let conditioning = match spec.conditioning {
+        Some(_) => Some(Artifact::load(&dir.join(CONDITIONING_DIR))?),
+        None => None,
+    };
+    check::check_artifacts(&spec, &transformer, &vae, conditioning.as_ref())?;
     Ok(spec)
 }
 
@@ -207,6 +234,16 @@ impl Pipeline {
             &engine_options,
         )?;
         let vae = Engine::load(&dir.join(VAE_DIR), vae_weights, &engine_options)?;
+        let conditioning = match &spec.conditioning {
+            Some(_) => Some(Engine::load(
+                &dir.join(CONDITIONING_DIR),
+                transformer_weights,
+                &engine_options,
+            )?),
+            None => None,
+        };
+        // The engine that takes the timestep, guidance and pooled inputs.
+        let conditioned = conditioning.as_ref().unwrap_or(&transformer);
         let ctx = transformer.context().clone();
         ctx.bind_to_thread()
             .map_err(RuntimeError::driver("binding the CUDA context"))?;
@@ -252,7 +289,7 @@ impl Pipeline {
         let (hidden_dst, _) = transformer.input_address(&t.hidden_states)?;
         let (velocity, _) = transformer.output_address(&t.output)?;
         let (z, _) = vae.input_address(&spec.vae.latents)?;
-        let (timestep_dst, timestep_buffer) = transformer.input_address(&t.timestep)?;
+        let (timestep_dst, timestep_buffer) = conditioned.input_address(&t.timestep)?;
         let batch = spec.latent.batch as usize;
         let per_step: Vec<f32> = spec
             .timesteps
@@ -266,10 +303,11 @@ impl Pipeline {
         // stream is synchronized further down.
         unsafe { drv::memcpy_htod_async(timesteps.ptr(), &table, cu) }
             .map_err(RuntimeError::driver("uploading the timestep table"))?;
-        let upload = |name: &str,
+        let upload = |engine: &Engine,
+                      name: &str,
                       values: Option<&[f32]>|
          -> Result<(Upload, Vec<u8>, ElemType), RuntimeError> {
-            let (dst, buffer) = transformer.input_address(name)?;
+            let (dst, buffer) = engine.input_address(name)?;
             let bytes = bytes_of(buffer.bytes)?;
             let copy = zeroed(buffer.bytes, &format!("the pipeline's copy of `{name}`"))?;
             let host = values.map(|v| encode(buffer.dtype, v)).unwrap_or_default();
@@ -289,18 +327,47 @@ impl Pipeline {
                 buffer.dtype,
             ))
         };
-        let guidance_values = spec.guidance.map(|g| vec![g; batch]);
+        // The conditioning takes every step's guidance at once.
+        let guidance_rows = match conditioning {
+            Some(_) => per_step.len(),
+            None => batch,
+        };
+        let guidance_values = spec.guidance.map(|g| vec![g; guidance_rows]);
         let (guidance, _g_host) = match (&t.guidance, &guidance_values) {
             (Some(name), Some(values)) => {
-                let (u, host, _) = upload(name, Some(values))?;
+                let (u, host, _) = upload(conditioned, name, Some(values))?;
                 (Some(u), host)
             }
             _ => (None, Vec::new()),
         };
-        let (img_ids, _img_host, _) = upload(&t.img_ids, Some(&spec.img_ids))?;
-        let (txt_ids, _txt_host, _) = upload(&t.txt_ids, Some(&spec.txt_ids))?;
-        let (embeds, _, embeds_dtype) = upload(&t.encoder_hidden_states, None)?;
-        let (pooled, _, pooled_dtype) = upload(&t.pooled_projections, None)?;
+        let (img_ids, _img_host, _) = upload(&transformer, &t.img_ids, Some(&spec.img_ids))?;
+        let (txt_ids, _txt_host, _) = upload(&transformer, &t.txt_ids, Some(&spec.txt_ids))?;
+        let (embeds, _, embeds_dtype) = upload(&transformer, &t.encoder_hidden_states, None)?;
+        let (pooled, _, pooled_dtype) = upload(conditioned, &t.pooled_projections, None)?;
+        let conditioning = match (conditioning, &spec.conditioning) {
+            (Some(engine), Some(c)) => {
+                let (output, buffer) = engine.output_address(&c.output)?;
+                let (dst, modulation) = transformer.input_address(&c.modulation)?;
+                let step_bytes = bytes_of(modulation.bytes)?;
+                if buffer.bytes != modulation.bytes * u64::from(spec.steps) {
+                    return Err(RuntimeError::InvalidArtifact {
+                        dir: dir.join(CONDITIONING_DIR),
+                        reason: format!(
+                            "output `{}` holds {} bytes, not {} steps of the transformer's \
+                             `{}` ({} bytes)",
+                            c.output, buffer.bytes, spec.steps, c.modulation, modulation.bytes
+                        ),
+                    });
+                }
+                Some(Hoisted {
+                    engine,
+                    output,
+                    step_bytes,
+                    dst,
+                })
+            }
+            _ => None,
+        };
         stream
             .synchronize()
             .map_err(RuntimeError::driver("uploading the pipeline's tables"))?;
@@ -323,6 +390,7 @@ impl Pipeline {
             hidden_dst,
             velocity,
             z,
+            conditioning,
             transformer,
             vae,
             stream,
@@ -367,6 +435,12 @@ impl Pipeline {
     /// The VAE decoder's engine.
     pub fn vae(&self) -> &Engine {
         &self.vae
+    }
+
+    /// The engine computing every step's conditioning once per run, when
+    /// the pipeline hoists it out of the loop.
+    pub fn conditioning(&self) -> Option<&Engine> {
+        self.conditioning.as_ref().map(|h| &h.engine)
     }
 
     /// Whether the loop was recorded as a CUDA graph.
@@ -605,26 +679,44 @@ impl Pipeline {
             "drawing the starting latents",
         )?;
         let latent_bytes = bytes_of(n * self.spec.latent_dtype.size_bytes())?;
-        let dt = self.spec.dt();
-        for (i, &dt) in dt.iter().enumerate() {
-            let timestep = self.timesteps.ptr() + (i * self.timestep_bytes) as u64;
-            let mut copies = vec![
-                (self.hidden_dst, self.latents.ptr(), latent_bytes),
-                (self.timestep_dst, timestep, self.timestep_bytes),
-            ];
-            for u in [&self.embeds, &self.pooled, &self.img_ids, &self.txt_ids]
+        let copy = |copies: Vec<(u64, u64, usize)>, what: &str| -> Result<(), RuntimeError> {
+            for (dst, src, bytes) in copies {
+                // SAFETY: every source is a pipeline buffer or a range of the
+                // conditioning's output, every destination an engine input
+                // of that size (checked against the spec at load).
+                unsafe { drv::memcpy_dtod_async(dst, src, bytes, cu) }
+                    .map_err(RuntimeError::driver(format!("{what}: copying an input")))?;
+            }
+            Ok(())
+        };
+        let conditioning_inputs = || {
+            [&self.pooled]
                 .into_iter()
                 .chain(self.guidance.as_ref())
-            {
+                .map(|u| (u.dst, u.buffer.ptr(), u.bytes))
+        };
+        if let Some(h) = &self.conditioning {
+            // Every step's timestep at once (the whole table).
+            let mut copies = vec![(self.timestep_dst, self.timesteps.ptr(), self.timestep_bytes)];
+            copies.extend(conditioning_inputs());
+            copy(copies, "the conditioning")?;
+            h.engine.enqueue_all_on(cu)?;
+        }
+        let dt = self.spec.dt();
+        for (i, &dt) in dt.iter().enumerate() {
+            let mut copies = vec![(self.hidden_dst, self.latents.ptr(), latent_bytes)];
+            for u in [&self.embeds, &self.img_ids, &self.txt_ids] {
                 copies.push((u.dst, u.buffer.ptr(), u.bytes));
             }
-            for (dst, src, bytes) in copies {
-                // SAFETY: every source is a pipeline buffer and every
-                // destination an engine input of the same size (checked
-                // against the spec at load).
-                unsafe { drv::memcpy_dtod_async(dst, src, bytes, cu) }
-                    .map_err(RuntimeError::driver(format!("step {i}: copying an input")))?;
+            match &self.conditioning {
+                Some(h) => copies.push((h.dst, h.output + (i * h.step_bytes) as u64, h.step_bytes)),
+                None => {
+                    let timestep = self.timesteps.ptr() + (i * self.timestep_bytes) as u64;
+                    copies.push((self.timestep_dst, timestep, self.timestep_bytes));
+                    copies.extend(conditioning_inputs());
+                }
             }
+            copy(copies, &format!("step {i}"))?;
             self.transformer.enqueue_all_on(cu)?;
             self.kernel(
                 self.kernels.euler,
