@@ -54,7 +54,7 @@ use fluxc::models::checkpoint::{
 use fluxc::models::pipeline::PipelineConfig;
 use fluxc::models::scheduler::{pack_latents, unpack_latents, FlowMatchEuler};
 use fluxc::models::vae::build_vae_decoder;
-use fluxc::models::{build_graph, flux, ModelConfig, Part};
+use fluxc::models::{build_graph, flux, ModelConfig};
 use fluxc::passes::pipeline::{optimize, Optimized};
 use fluxc::passes::{Fp8Mode, Fp8Policy, PassOptions};
 use fluxc::runtime::pipeline::noise;
@@ -1045,18 +1045,10 @@ fn compile_tiny_pipeline(
     }
     let mut cfg = PipelineConfig::load(&work.path().join("tiny-schnell-pipeline.toml")).unwrap();
     cfg.hoist_conditioning = hoist_conditioning;
-    let part = |part| {
-        let mut model = cfg.transformer.clone();
-        model.part = part;
-        model
-    };
     let mut parts = if hoist_conditioning {
         vec![
-            (
-                "conditioning",
-                part(Part::Conditioning { steps: cfg.steps }),
-            ),
-            ("transformer", part(Part::Step)),
+            ("conditioning", cfg.conditioning_model()),
+            ("transformer", cfg.step_model()),
         ]
     } else {
         vec![("transformer", cfg.transformer.clone())]

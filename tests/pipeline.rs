@@ -265,9 +265,14 @@ fn hoisted_conditioning_matches_the_whole_forward() {
         let cfg = config(preset);
         let options = cfg.passes.options();
         let whole = optimize(flux::build_transformer(&cfg).unwrap(), &options).unwrap();
+        // Without the q/k/v fusion, as a pipeline compiles it
+        // (`PipelineConfig::conditioning_model`).
         let conditioning = optimize(
             flux::build_conditioning(&cfg, timesteps.len()).unwrap(),
-            &options,
+            &PassOptions {
+                fuse_qkv: false,
+                ..options.clone()
+            },
         )
         .unwrap();
         let step = optimize(flux::build_transformer_step(&cfg).unwrap(), &options).unwrap();

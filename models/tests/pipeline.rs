@@ -9,6 +9,7 @@ use fluxc_ir::DType;
 use fluxc_models::config::{preset_path, ConfigError, PIPELINE_PRESETS};
 use fluxc_models::pipeline::{is_pipeline_file, is_pipeline_source, PipelineConfig};
 use fluxc_models::scheduler::{FlowMatchEuler, TorchDevice};
+use fluxc_models::Part;
 
 #[test]
 fn every_pipeline_preset_loads_and_its_spec_validates() {
@@ -170,4 +171,33 @@ fn pipeline_sources_are_recognized() {
     ));
     assert!(!is_pipeline_source("not toml ["));
     assert!(!is_pipeline_file(Path::new("/nonexistent.toml")));
+}
+
+/// `hoist_conditioning` is on by default: the spec names the conditioning
+/// (one step's width: 12 vectors per double block, 3 per single block, 2 for
+/// norm_out), and the two transformer parts are the conditioning of every
+/// step, without the q/k/v fusion, and the per-step forward. Off, neither.
+#[test]
+fn conditioning_is_hoisted_unless_turned_off() {
+    let p = load(TINY).unwrap();
+    assert!(p.hoist_conditioning);
+    let c = p.spec().unwrap().conditioning.expect("hoisted");
+    assert_eq!(c.width, (2 * 12 + 2 * 3 + 2) * 32);
+    assert_eq!(
+        (c.output.as_str(), c.modulation.as_str()),
+        ("modulation", "modulation")
+    );
+    let conditioning = p.conditioning_model();
+    assert_eq!(conditioning.part, Part::Conditioning { steps: 4 });
+    assert_eq!(conditioning.model.name, "tiny-schnell-conditioning");
+    assert!(!conditioning.passes.fuse_qkv);
+    let step = p.step_model();
+    assert_eq!(step.part, Part::Step);
+    assert_eq!(step.passes, p.transformer.passes);
+    assert_eq!(p.transformer.part, Part::Whole);
+
+    let off = TINY.replace("steps = 4", "steps = 4\nhoist_conditioning = false");
+    let p = load(&off).unwrap();
+    assert!(!p.hoist_conditioning);
+    assert_eq!(p.spec().unwrap().conditioning, None);
 }

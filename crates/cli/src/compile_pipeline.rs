@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use fluxc_artifact::{CONDITIONING_DIR, PIPELINE_FILE, TRANSFORMER_DIR, VAE_DIR};
 use fluxc_models::pipeline::PipelineConfig;
-use fluxc_models::{ModelConfig, Part};
+use fluxc_models::ModelConfig;
 
 use crate::compile::{compile_model, CompileArgs};
 
@@ -85,22 +85,16 @@ fn parts(cfg: &PipelineConfig) -> Vec<(&'static str, &'static str, ModelConfig, 
     let mut parts = Vec::new();
     let transformer = &cfg.transformer_path;
     if cfg.hoist_conditioning {
-        let part = |part, suffix: &str| {
-            let mut model = cfg.transformer.clone();
-            model.part = part;
-            model.model.name = format!("{}-{suffix}", model.model.name);
-            model
-        };
         parts.push((
             CONDITIONING_DIR,
             "every step's conditioning of the transformer",
-            part(Part::Conditioning { steps: cfg.steps }, "conditioning"),
+            cfg.conditioning_model(),
             transformer.as_path(),
         ));
         parts.push((
             TRANSFORMER_DIR,
             "the transformer's step",
-            part(Part::Step, "step"),
+            cfg.step_model(),
             transformer.as_path(),
         ));
     } else {
