@@ -196,7 +196,10 @@ fn flux_vae_schedule_summary() {
 #[test]
 fn vae_convolutions_through_cudnn() {
     for preset in ["tiny-vae", "flux-vae"] {
-        let plain = generated_with(preset, Some("bf16"), |o| o);
+        let plain = generated_with(preset, Some("bf16"), |o| PassOptions {
+            cudnn_convolutions: false,
+            ..o
+        });
         let g = generated_with(preset, Some("bf16"), |o| PassOptions {
             cudnn_convolutions: true,
             ..o

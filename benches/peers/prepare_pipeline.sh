@@ -7,7 +7,11 @@
 #   bf16     transformer and VAE decoder in bf16
 #   fp8      transformer in fp8 per row with fast accumulation and fp8
 #            attention; VAE decoder in bf16
-#   fp8-vae  the same, and the VAE decoder's up-block convolutions in fp8
+#            (both with models/flux-vae.toml's cuDNN convolutions; reports
+#            before 2026-11-29's f807056 call these fp8-cudnn, bf16-cudnn)
+#   fp8-im2col, bf16-im2col  the VAE decoder's convolutions as fluxc's
+#            im2col kernels and cuBLASLt GEMMs (`cudnn_convolutions = false`)
+#   fp8-vae  fp8-im2col with the VAE decoder's up-block convolutions in fp8
 #            per row too (im2col patches quantized per patch row, weights
 #            per output channel): half the patch bytes and twice the GEMM
 #            rate, at a cost in image error the report shows (PSNR).
@@ -15,9 +19,6 @@
 #            no faster than fp8 (0.356 against 0.357 s; the fused im2col +
 #            quantize row kernels are slower than the bf16 im2col kernels
 #            they replace) at 31.5 dB instead of 47.7: not worth it as it is
-#   fp8-cudnn, bf16-cudnn  fp8 / bf16 with the VAE decoder's 3×3
-#            convolutions through cuDNN (`cudnn_convolutions`: no im2col
-#            patch matrices); the GPU machine's cuDNN is PyTorch's
 #   <variant>-per-step  that variant with `hoist_conditioning = false`: the
 #            transformer computes its modulation vectors every step (reading
 #            their 6.4 GB of weights each time) instead of once per run
@@ -39,11 +40,11 @@ for variant in $VARIANTS; do
     hoist=true
     [[ $variant == *-per-step ]] && hoist=false
     case ${variant%-per-step} in
-        bf16) fp8=off; vae_fp8=0 ;;
-        fp8) fp8=dynamic-row; vae_fp8=0 ;;
-        fp8-vae) fp8=dynamic-row; vae_fp8=1 ;;
-        fp8-cudnn) fp8=dynamic-row; vae_fp8=cudnn ;;
-        bf16-cudnn) fp8=off; vae_fp8=cudnn ;;
+        bf16) fp8=off; vae=preset ;;
+        fp8) fp8=dynamic-row; vae=preset ;;
+        bf16-im2col) fp8=off; vae=im2col ;;
+        fp8-im2col) fp8=dynamic-row; vae=im2col ;;
+        fp8-vae) fp8=dynamic-row; vae=fp8 ;;
         *) echo "unknown variant $variant" >&2; exit 2 ;;
     esac
     transformer=pipe-$MODEL-$variant-transformer.toml
@@ -51,12 +52,16 @@ for variant in $VARIANTS; do
     if [[ $fp8 != off ]]; then
         printf '\n[passes]\nfp8 = "%s"\nfp8_fast_accumulation = true\nfp8_attention = true\n' "$fp8" >> ".dev/models/$transformer"
     fi
-    vae=pipe-$MODEL-$variant-vae.toml
-    cp models/flux-vae.toml ".dev/models/$vae"
-    if [[ $vae_fp8 == 1 ]]; then
-        printf '\n[passes]\nfp8 = "dynamic-row"\nfp8_fast_accumulation = true\nfp8_include = ["decoder.up_blocks.*"]\n' >> ".dev/models/$vae"
-    elif [[ $vae_fp8 == cudnn ]]; then
-        printf '\n[passes]\ncudnn_convolutions = true\n' >> ".dev/models/$vae"
+    vae_file=pipe-$MODEL-$variant-vae.toml
+    # flux-vae.toml ends in its [passes] table: keys appended land there.
+    grep -q '^cudnn_convolutions = true$' models/flux-vae.toml
+    if [[ $vae == preset ]]; then
+        cp models/flux-vae.toml ".dev/models/$vae_file"
+    else
+        sed -e 's/^cudnn_convolutions = true$/cudnn_convolutions = false/' models/flux-vae.toml > ".dev/models/$vae_file"
+    fi
+    if [[ $vae == fp8 ]]; then
+        printf 'fp8 = "dynamic-row"\nfp8_fast_accumulation = true\nfp8_include = ["decoder.up_blocks.*"]\n' >> ".dev/models/$vae_file"
     fi
     cat > ".dev/models/pipe-$MODEL-$variant.toml" <<TOML
 [model]
@@ -65,7 +70,7 @@ architecture = "flux-pipeline"
 
 [pipeline]
 transformer = "$transformer"
-vae = "$vae"
+vae = "$vae_file"
 $schedule
 hoist_conditioning = $hoist
 
