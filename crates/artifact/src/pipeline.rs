@@ -9,7 +9,7 @@
 //! position-id tables and the names of the sub-models' inputs and outputs,
 //! so the runtime needs nothing of the compiler to run the loop.
 //! [`PipelineSpec::validate`] checks it is self-consistent; the runtime
-//! then checks it against the two artifacts' buffers.
+//! then checks it against the artifacts' buffers.
 
 use serde::{Deserialize, Serialize};
 
