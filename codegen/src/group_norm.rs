@@ -429,6 +429,7 @@ pub fn apply(
         config,
         Recipe::GroupNormApply(plan.clone()),
         &[(plan.norm, plan.stats)],
+        None,
     )
 }
 

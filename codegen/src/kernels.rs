@@ -41,12 +41,16 @@ pub struct LaunchConfig {
 /// another [`LaunchConfig`].
 #[derive(Clone, Debug, PartialEq)]
 pub enum Recipe {
-    /// [`pointwise`] over `nodes`, writing `outputs`.
+    /// [`pointwise`] over `nodes`, writing `outputs` (and, with
+    /// `tensor_scale`, that whole-tensor fp8 scale of one of them:
+    /// [`pointwise_with_tensor_scale`]).
     Pointwise {
         /// The group's nodes.
         nodes: Vec<NodeId>,
         /// What it writes.
         outputs: Vec<NodeId>,
+        /// A `dynamic_scale` (per tensor) of one of `outputs`.
+        tensor_scale: Option<NodeId>,
     },
     /// [`row`] over `nodes` around `reduction`.
     Row {
@@ -78,7 +82,14 @@ pub fn render(
     config: Option<LaunchConfig>,
 ) -> Result<KernelSource, CodegenError> {
     match recipe {
-        Recipe::Pointwise { nodes, outputs } => pointwise_with(graph, nodes, outputs, config),
+        Recipe::Pointwise {
+            nodes,
+            outputs,
+            tensor_scale,
+        } => {
+            let recipe = recipe.clone();
+            pointwise_kernel(graph, nodes, outputs, config, recipe, &[], *tensor_scale)
+        }
         Recipe::Row {
             nodes,
             outputs,
@@ -146,8 +157,43 @@ pub fn pointwise_with(
     let recipe = Recipe::Pointwise {
         nodes: nodes.to_vec(),
         outputs: outputs.to_vec(),
+        tensor_scale: None,
     };
-    pointwise_kernel(graph, nodes, outputs, config, recipe, &[])
+    pointwise_kernel(graph, nodes, outputs, config, recipe, &[], None)
+}
+
+/// [`pointwise`] that also computes `scale`, a whole-tensor `dynamic_scale`
+/// of one of `outputs`, from the values it stores: each thread's absmax,
+/// the block's, then across blocks with atomics, the last block to finish
+/// writing the scale (as [`tensor_scale`] does, whose launch and second
+/// read of the tensor this saves). The quantization's producer computes
+/// its absmax, with no host sync. Fails unless [`can_fuse_tensor_scale`].
+pub fn pointwise_with_tensor_scale(
+    graph: &Graph,
+    nodes: &[NodeId],
+    outputs: &[NodeId],
+    scale: NodeId,
+) -> Result<KernelSource, CodegenError> {
+    let recipe = Recipe::Pointwise {
+        nodes: nodes.to_vec(),
+        outputs: outputs.to_vec(),
+        tensor_scale: Some(scale),
+    };
+    pointwise_kernel(graph, nodes, outputs, None, recipe, &[], Some(scale))
+}
+
+/// Whether a pointwise kernel writing `outputs` can compute `scale` (a
+/// whole-tensor `dynamic_scale`) itself: the scaled tensor is one of the
+/// outputs, stored in bf16 or f32 by the kernel's vector path.
+pub fn can_fuse_tensor_scale(graph: &Graph, outputs: &[NodeId], scale: NodeId) -> bool {
+    let Op::DynamicScale { per_row: false, .. } = graph.node(scale).op else {
+        return false;
+    };
+    let x = crate::lower::storage_of(graph, graph.operands(scale)[0]);
+    let total = graph.ty(outputs[0]).shape.numel();
+    outputs.contains(&x)
+        && matches!(graph.ty(x).dtype, DType::BF16 | DType::F32)
+        && vector_width(graph, outputs).is_some_and(|w| total % w == 0)
 }
 
 /// [`pointwise_with`] rendering `recipe`, computing each GroupNorm of
@@ -159,8 +205,16 @@ pub(crate) fn pointwise_kernel(
     config: Option<LaunchConfig>,
     recipe: Recipe,
     stats: &[(NodeId, Temp)],
+    tensor_scale: Option<NodeId>,
 ) -> Result<KernelSource, CodegenError> {
     let block = config.map_or(BLOCK_THREADS, |c| c.block_threads);
+    if let Some(scale) = tensor_scale {
+        if !can_fuse_tensor_scale(graph, outputs, scale) {
+            return Err(CodegenError::Invalid(
+                "a tensor scale a pointwise kernel cannot compute".into(),
+            ));
+        }
+    }
     check_block(block)?;
     let config = LaunchConfig {
         block_threads: block,
@@ -172,8 +226,11 @@ pub(crate) fn pointwise_kernel(
     for &(node, temp) in stats {
         e.use_group_stats(node, temp);
     }
-    // 64-bit indices where any tensor the kernel touches needs them.
-    let wide = needs_wide_indices(graph, nodes, outputs);
+    // 64-bit indices where any tensor the kernel touches needs them (or a
+    // tensor scale's grid-stride loop would step past 32 bits).
+    let stride = TENSOR_SCALE_MAX_BLOCKS * block as usize * 16;
+    let wide = needs_wide_indices(graph, nodes, outputs)
+        || (tensor_scale.is_some() && total + stride > i32::MAX as usize);
     if wide {
         e.use_wide_indices();
     }
@@ -202,10 +259,28 @@ pub(crate) fn pointwise_kernel(
     // Vectorized: each thread computes `w` consecutive elements; operands
     // read at the element's own index come in one 16-byte load, outputs go
     // out in one 16-byte store.
-    e.line(format!(
-        "const {index} i0 = ({first} * {block} + threadIdx.x) * {w};"
-    ));
-    e.line(format!("if (i0 >= {total}) return;"));
+    let scaled = tensor_scale.map(|scale| {
+        let x = crate::lower::storage_of(graph, graph.operands(scale)[0]);
+        let k = outputs.iter().position(|&o| o == x).unwrap_or(0);
+        (scale, k, graph.ty(x).dtype)
+    });
+    let mut grid = grid_for(total / w, block as usize)?;
+    if scaled.is_some() {
+        // A tensor scale: grid-stride over at most TENSOR_SCALE_MAX_BLOCKS
+        // blocks (each block ends in two atomics on the same words), and
+        // every thread reaches the block's reduction.
+        grid = grid.min(TENSOR_SCALE_MAX_BLOCKS as u32);
+        e.line("float amax = 0.0f;");
+        e.open(format!(
+            "for ({index} i0 = ({first} * {block} + threadIdx.x) * {w}; i0 < {total}; \
+             i0 += ({index})gridDim.x * {block} * {w})"
+        ));
+    } else {
+        e.line(format!(
+            "const {index} i0 = ({first} * {block} + threadIdx.x) * {w};"
+        ));
+        e.line(format!("if (i0 >= {total}) return;"));
+    }
     for k in 0..outputs.len() {
         e.line(format!("float o{k}[{w}];"));
     }
@@ -220,6 +295,9 @@ pub(crate) fn pointwise_kernel(
         let v = e.stored_value(out, &index)?;
         e.line(format!("o{k}[v] = {v};"));
     }
+    if let Some((_, k, _)) = scaled {
+        e.line(format!("amax = fmaxf(amax, fabsf(o{k}[v]));"));
+    }
     e.close();
     let loads = e.take_vector_loads();
     e.insert(mark, loads);
@@ -227,8 +305,57 @@ pub(crate) fn pointwise_kernel(
         let p = e.param(out, true);
         e.line(format!("fx_vstore<{w}>(p{p}, i0, o{k});"));
     }
-    let grid = grid_for(total / w, block as usize)?;
-    finish(graph, e, nodes, "", [grid, 1, 1], config, recipe)
+    let Some((scale, _, x_dtype)) = scaled else {
+        return finish(graph, e, nodes, "", [grid, 1, 1], config, recipe);
+    };
+    e.close();
+    tensor_scale_epilogue(graph, &mut e, scale, x_dtype, block)?;
+    let kind = "dynamic_scale";
+    finish_with_scratch(graph, e, nodes, kind, [grid, 1, 1], config, recipe, 2)
+}
+
+/// The end of a kernel that reduced its threads' `amax` for `scale` (a
+/// whole-tensor `dynamic_scale` of values stored as `x_dtype`): the block's
+/// absmax, then the grid's through the scratch words `s0` (the maximum's
+/// bits, then a count of finished blocks), the last block writing
+/// `max(amax, MIN_AMAX) / max_finite` and resetting the scratch for the
+/// next launch. The stored values are rounded to `x_dtype`, and rounding is
+/// monotonic, so the maximum is rounded once, here.
+fn tensor_scale_epilogue(
+    graph: &Graph,
+    e: &mut Emitter,
+    scale: NodeId,
+    x_dtype: DType,
+    block: u32,
+) -> Result<(), CodegenError> {
+    let Op::DynamicScale { dtype, .. } = graph.node(scale).op else {
+        return Err(CodegenError::Invalid(
+            "a tensor scale without its op".into(),
+        ));
+    };
+    let max = dtype
+        .max_finite()
+        .ok_or_else(|| CodegenError::Invalid(format!("a {dtype} quantization scale")))?;
+    if x_dtype == DType::BF16 {
+        e.line("amax = fx_round_bf16(amax);");
+    }
+    let p = e.param(scale, true);
+    e.line(format!("__shared__ float fx_scratch[{}];", block / 32));
+    e.line(format!("amax = fx_row_max(amax, {block}, fx_scratch);"));
+    e.open("if (threadIdx.x == 0)");
+    e.line("atomicMax(s0, __float_as_uint(amax));");
+    e.line("__threadfence();");
+    e.open("if (atomicAdd(s0 + 1, 1u) == gridDim.x - 1)");
+    e.line("const float total_amax = __uint_as_float(atomicExch(s0, 0u));");
+    e.line("atomicExch(s0 + 1, 0u);");
+    e.line(format!(
+        "p{p}[0] = fmaxf(total_amax, {}) / {};",
+        float_literal(MIN_AMAX),
+        float_literal(max)
+    ));
+    e.close();
+    e.close();
+    Ok(())
 }
 
 /// Elements per vector access: 8 for bf16/f16, 4 for f32 when every output

@@ -386,9 +386,14 @@ impl Lowering {
 /// Lowers every group of `optimized`'s fusion plan, in order.
 pub fn lower(optimized: &Optimized) -> Result<Vec<PendingStep>, CodegenError> {
     let (graph, plan, lowering) = (&optimized.graph, &optimized.fusion, Lowering::of(optimized));
+    let fused = fused_tensor_scales(graph, plan, lowering);
     let mut steps = Vec::new();
     for g in 0..plan.groups.len() {
-        lower_group(graph, plan, g, lowering, &mut steps).map_err(|e| match e {
+        if fused.values().any(|&(h, _)| h == g) {
+            continue; // its scale comes from the kernel that stores the tensor
+        }
+        let scale = fused.get(&g).map(|&(_, scale)| scale);
+        lower_group(graph, plan, g, lowering, scale, &mut steps).map_err(|e| match e {
             CodegenError::Unsupported(what) => CodegenError::Unsupported(format!(
                 "{what} (group g{g}, anchor {})",
                 describe_node(graph, plan.groups[g].anchor)
@@ -397,6 +402,42 @@ pub fn lower(optimized: &Optimized) -> Result<Vec<PendingStep>, CodegenError> {
         })?;
     }
     Ok(steps)
+}
+
+/// The whole-tensor fp8 scales (groups of one `dynamic_scale`, per tensor)
+/// whose tensor a pointwise group stores: pointwise group → (the scale's
+/// group, the scale). That kernel computes the scale as it stores the
+/// values (`kernels::pointwise_with_tensor_scale`), instead of a second
+/// kernel reading them all again.
+fn fused_tensor_scales(
+    graph: &Graph,
+    plan: &FusionPlan,
+    lowering: Lowering,
+) -> HashMap<usize, (usize, NodeId)> {
+    let mut fused = HashMap::new();
+    for (h, group) in plan.groups.iter().enumerate() {
+        let scale = group.anchor;
+        if group.kind != GroupKind::Reduction
+            || group.nodes != [scale]
+            || !matches!(
+                graph.node(scale).op,
+                Op::DynamicScale { per_row: false, .. }
+            )
+        {
+            continue;
+        }
+        let x = storage_of(graph, graph.operands(scale)[0]);
+        let Some(g) = plan.group_of(x) else { continue };
+        if g >= h || plan.groups[g].kind != GroupKind::Pointwise || fused.contains_key(&g) {
+            continue;
+        }
+        let outputs = plan.group_outputs(graph, g);
+        let cudnn = lowering.cudnn_convolutions && outputs.iter().any(|&o| cudnn_patches(graph, o));
+        if !cudnn && kernels::can_fuse_tensor_scale(graph, &outputs, scale) {
+            fused.insert(g, (h, scale));
+        }
+    }
+    fused
 }
 
 fn describe_node(graph: &Graph, id: NodeId) -> String {
@@ -409,6 +450,7 @@ fn lower_group(
     plan: &FusionPlan,
     g: usize,
     lowering: Lowering,
+    tensor_scale: Option<NodeId>,
     steps: &mut Vec<PendingStep>,
 ) -> Result<(), CodegenError> {
     let cudnn = lowering.cudnn_convolutions;
@@ -442,9 +484,17 @@ fn lower_group(
                 )?));
             }
         }
-        GroupKind::Pointwise | GroupKind::Table => steps.push(PendingStep::Kernel(
-            kernels::pointwise(graph, &group.nodes, &outputs)?,
-        )),
+        GroupKind::Pointwise => steps.push(PendingStep::Kernel(match tensor_scale {
+            Some(scale) => {
+                kernels::pointwise_with_tensor_scale(graph, &group.nodes, &outputs, scale)?
+            }
+            None => kernels::pointwise(graph, &group.nodes, &outputs)?,
+        })),
+        GroupKind::Table => steps.push(PendingStep::Kernel(kernels::pointwise(
+            graph,
+            &group.nodes,
+            &outputs,
+        )?)),
         GroupKind::Reduction
             if matches!(
                 graph.node(group.anchor).op,

@@ -301,6 +301,34 @@ fn fp8_attention_lowers_to_the_layout_kernel_and_the_fp8_kernel() {
         [ElemType::F32; 3]
     );
     assert!(!g.kernels_cu.contains("attention_d128_bf16"));
+    // v's whole-tensor scale comes from the kernel that stores v (a copy of
+    // the fused q/k/v output's slice), not from a kernel reading v again:
+    // the launch writing v writes its scale too (the layout kernel right
+    // before the attention only reads them).
+    let writes = |l: &fluxc_artifact::Launch, t: fluxc_artifact::Tensor| {
+        l.args.iter().any(|arg| *arg == Arg::Ptr(t))
+    };
+    let producers: Vec<&str> = steps[..i - 1]
+        .iter()
+        .filter_map(|s| match s {
+            Step::Launch(l) if writes(l, scales.v) => Some(l.kernel.as_str()),
+            _ => None,
+        })
+        .collect();
+    let [producer] = producers[..] else {
+        panic!("v's scale written by {producers:?}")
+    };
+    assert!(producer.contains("dynamic_scale_slice"), "{producer}");
+    assert!(
+        steps[..i]
+            .iter()
+            .any(|s| matches!(s, Step::Launch(l) if l.kernel == producer && writes(l, v))),
+        "{producer} does not store v"
+    );
+    assert!(
+        !g.kernels_cu.contains("_dynamic_scale_f32("),
+        "a kernel only computing a tensor scale is left"
+    );
     if let Some(why) = common::nvrtc_unavailable() {
         println!("SKIP compiling the fp8 attention block: {why}");
         return;
