@@ -17,7 +17,12 @@
 //!
 //! Linears with fewer input rows than the e-graph considers are handled by
 //! [`stack_one_row_linears`] (`one_row.rs`): one-row linears sharing an
-//! input are always stacked, without a cost model.
+//! input are always stacked, without a cost model. So are more than
+//! [`MAX_EGRAPH_FAN_OUT`] linears on one input: the e-graph would hold a
+//! fused linear for every run of them, and each linear's own cheapest
+//! extraction picks a different, overlapping run (a 28-step pipeline's
+//! conditioning, 115 linears on one input, once came out as 32.7 GB of
+//! stacked weight copies out of 6.5 GB, after a long saturation).
 
 mod cost;
 mod lang;
@@ -40,6 +45,9 @@ const ITER_LIMIT: usize = 8;
 const NODE_LIMIT: usize = 200_000;
 /// Wall-clock bound on saturation.
 const TIME_LIMIT: Duration = Duration::from_secs(10);
+/// The most linears on one input the e-graph fuses; larger groups are
+/// stacked whole (FLUX's largest group is a single block's q/k/v/mlp: 4).
+pub const MAX_EGRAPH_FAN_OUT: usize = 6;
 
 /// What the pass did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -58,11 +66,14 @@ pub fn fuse_shared_input_linears(
     graph: &mut Graph,
     min_rows: usize,
 ) -> Result<FuseReport, IrError> {
-    let linears = biased_linears(graph)?;
     let mut report = FuseReport {
         linears_before: count_linears(graph),
         ..FuseReport::default()
     };
+    one_row::stack_linears(graph, |rows, count| {
+        rows >= min_rows.max(1) && count > MAX_EGRAPH_FAN_OUT
+    })?;
+    let linears = biased_linears(graph)?;
     if linears.is_empty() {
         report.linears_after = report.linears_before;
         return Ok(report);

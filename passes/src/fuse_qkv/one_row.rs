@@ -20,22 +20,30 @@ use super::{biased_linears, common_scope};
 /// column slice of the stacked linear. Returns how many linears were
 /// stacked.
 pub fn stack_one_row_linears(graph: &mut Graph) -> Result<usize, IrError> {
+    stack_linears(graph, |rows, count| rows == 1 && count >= 2)
+}
+
+/// [`stack_one_row_linears`] for the groups (input rows, linears in the
+/// group) that `pick` selects.
+pub(super) fn stack_linears(
+    graph: &mut Graph,
+    pick: impl Fn(usize, usize) -> bool,
+) -> Result<usize, IrError> {
     // Candidates by (input, weight dtype, bias dtype), in topological order.
     let mut groups: BTreeMap<(NodeId, DType, DType), Vec<NodeId>> = BTreeMap::new();
     for l in biased_linears(graph)? {
         let [x, w, b] = <[NodeId; 3]>::try_from(graph.operands(l)).expect("biased linear");
-        let x_ty = graph.ty(x);
-        let width = *x_ty.shape.dims().last().unwrap_or(&0);
-        let one_row = width > 0 && x_ty.shape.numel() == width;
-        let weights = graph.node(w).op.is_weight() && graph.node(b).op.is_weight();
-        if one_row && weights {
+        if graph.node(w).op.is_weight() && graph.node(b).op.is_weight() {
             let key = (x, graph.ty(w).dtype, graph.ty(b).dtype);
             groups.entry(key).or_default().push(l);
         }
     }
     let mut stacked = 0;
     for ((x, _, _), linears) in groups {
-        if linears.len() < 2 {
+        let x_ty = graph.ty(x);
+        let width = *x_ty.shape.dims().last().unwrap_or(&0);
+        let rows = x_ty.shape.numel() / width.max(1);
+        if width == 0 || !pick(rows, linears.len()) {
             continue;
         }
         let weights: Vec<NodeId> = linears.iter().map(|&l| graph.operands(l)[1]).collect();
