@@ -305,9 +305,8 @@ fn fp8_attention_lowers_to_the_layout_kernel_and_the_fp8_kernel() {
     // the fused q/k/v output's slice), not from a kernel reading v again:
     // the launch writing v writes its scale too (the layout kernel right
     // before the attention only reads them).
-    let writes = |l: &fluxc_artifact::Launch, t: fluxc_artifact::Tensor| {
-        l.args.iter().any(|arg| *arg == Arg::Ptr(t))
-    };
+    let writes =
+        |l: &fluxc_artifact::Launch, t: fluxc_artifact::Tensor| l.args.contains(&Arg::Ptr(t));
     let producers: Vec<&str> = steps[..i - 1]
         .iter()
         .filter_map(|s| match s {
