@@ -23,13 +23,28 @@ pub fn run(path: &Path) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// `fluxc check` of a pipeline file: the loop's numbers, then the summary
-/// of its transformer and of its VAE at the pipeline's shapes.
+/// `fluxc check` of a pipeline file: the loop's numbers and where its
+/// conditioning is computed, then the summary of its transformer and of its
+/// VAE at the pipeline's shapes.
 fn run_pipeline(path: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let cfg = fluxc_models::pipeline::PipelineConfig::load(path)?;
     let spec = cfg.spec()?;
     spec.validate()?;
     println!("{}", spec.summary());
+    match &spec.conditioning {
+        Some(c) => {
+            let graph = build_graph(&cfg.conditioning_model())
+                .map_err(|e| format!("building the pipeline's conditioning failed: {e}"))?;
+            println!(
+                "  conditioning     hoisted: {} steps' modulation vectors ({} wide) in one pass \
+                 over {} of weights per image",
+                spec.steps,
+                c.width,
+                si(GraphStats::of(&graph).weight_bytes as f64, "B")
+            );
+        }
+        None => println!("  conditioning     per step ([pipeline] hoist_conditioning = false)"),
+    }
     for (model, model_path) in [
         (&cfg.transformer, &cfg.transformer_path),
         (&cfg.vae, &cfg.vae_path),

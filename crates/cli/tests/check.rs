@@ -65,6 +65,10 @@ fn a_pipeline_file_reports_its_loop_and_both_models() {
         .stdout(predicate::str::contains(
             "pipeline `tiny-schnell-pipeline`: 4 schnell steps",
         ))
+        // tiny-schnell: (2 double × 12 + 2 single × 3 + 2) × 32 channels.
+        .stdout(predicate::str::contains(
+            "conditioning     hoisted: 4 steps' modulation vectors (1024 wide)",
+        ))
         .stdout(predicate::str::contains("FLUX.1 transformer"))
         .stdout(predicate::str::contains("conv FLOPs"));
 }
