@@ -65,6 +65,16 @@ fn build(cfg: &ModelConfig, modulation_input: bool) -> Result<Graph, IrError> {
     let text_tokens = cfg.text_tokens().map_err(invalid)?;
     let mut f = Flux::new(cfg, t, text_tokens);
     let sample = f.forward(modulation_input)?;
+    // The blocks read the `modulation` input's columns in the order
+    // `build_conditioning` writes them, all of them.
+    if let Modulation::Input { next, .. } = f.modulation {
+        if next != modulation_width(t) {
+            return Err(IrError::Invalid(format!(
+                "the forward read {next} modulation columns of {}",
+                modulation_width(t)
+            )));
+        }
+    }
     f.b.output("sample", sample)?;
     f.b.finish()
 }
