@@ -257,7 +257,8 @@ fn flux_schnell_gemm_count_after_fusion() {
 /// once for every step, then `flux::build_transformer_step` per step with
 /// that step's rows of `modulation`) computes what the whole forward does,
 /// step by step, after the passes: on both tiny models (tiny-dev with its
-/// guidance), for three different timesteps.
+/// guidance), for three different timesteps, with weights from either
+/// checkpoint layout.
 #[test]
 fn hoisted_conditioning_matches_the_whole_forward() {
     let timesteps = [1.0f32, 0.625, 0.25];
@@ -285,6 +286,22 @@ fn hoisted_conditioning_matches_the_whole_forward() {
             )
             .unwrap()
         };
+        // BFL's checkpoint gives the split graphs the same weights (its fused
+        // tensors sliced), so a pipeline loads from either layout.
+        for o in [&conditioning, &step] {
+            let bfl = load_derived_weights(
+                &o.graph,
+                &o.weights,
+                &fixtures(preset).join("bfl.safetensors"),
+                NameMap::of(&cfg).unwrap(),
+            )
+            .unwrap();
+            let diffusers = weights(o);
+            assert_eq!(bfl.len(), diffusers.len(), "{preset}");
+            for (name, t) in &diffusers {
+                assert_eq!(bfl[name].data, t.data, "{preset}: {name}");
+            }
+        }
         let (io, _) = io(preset);
         let batch = io["timestep"].data.len();
         let repeat = |per_step: &dyn Fn(f32) -> f32| {
