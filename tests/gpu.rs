@@ -46,7 +46,7 @@ use std::path::Path;
 use fluxc::artifact::{CheckpointLayout, Region, WeightSource};
 use fluxc::codegen::{generate, write_artifact, CodegenOptions, Generated};
 use fluxc::ir::interp::{self, Tensor};
-use fluxc::ir::{DType, Graph, GraphBuilder, NodeId, Op};
+use fluxc::ir::{DType, Graph, GraphBuilder, NodeId};
 use fluxc::models::checkpoint::{
     load_derived_weights, read_safetensors, resolve_derived_sources, BflDims, CheckpointFormat,
     NameMap,
@@ -76,6 +76,15 @@ macro_rules! require_gpu {
             return;
         }
     };
+}
+
+/// Nodes of `graph` whose op is `kind` (its name in IR dumps).
+fn count_ops(graph: &Graph, kind: &str) -> usize {
+    graph
+        .node_ids()
+        .into_iter()
+        .filter(|&id| graph.node(id).op.kind_name() == kind)
+        .count()
 }
 
 fn config(preset: &str, dtype: Option<&str>) -> ModelConfig {
@@ -656,12 +665,7 @@ fn fp8_attention_matches_the_interpreter() {
             },
         )
         .unwrap();
-        let scaled = optimized
-            .graph
-            .node_ids()
-            .into_iter()
-            .filter(|&id| matches!(optimized.graph.node(id).op, Op::ScaledAttention { .. }))
-            .count();
+        let scaled = count_ops(&optimized.graph, "scaled_attention");
         assert_eq!(scaled, 1, "sq {sq} sk {sk}");
         let dir = tempfile::tempdir().unwrap();
         // No weights: any checkpoint file serves the one (empty) layout.
@@ -916,12 +920,7 @@ fn tiny_vae_in_fp8_matches_the_interpreter() {
         reference,
         worst: (worst, at),
     } = tiny_vae_on_gpu(&cfg, &passes, &io);
-    let quantized = optimized
-        .graph
-        .node_ids()
-        .into_iter()
-        .filter(|&id| matches!(optimized.graph.node(id).op, Op::ScaledLinear { .. }))
-        .count();
+    let quantized = count_ops(&optimized.graph, "scaled_linear");
     assert!(quantized >= 10, "only {quantized} fp8 convolutions");
     let cfg32 = config("tiny-vae", None);
     let plain = optimize(build_vae_decoder(&cfg32).unwrap(), &cfg32.passes.options()).unwrap();
@@ -1045,15 +1044,7 @@ fn compile_tiny_pipeline(
     }
     let mut cfg = PipelineConfig::load(&work.path().join("tiny-schnell-pipeline.toml")).unwrap();
     cfg.hoist_conditioning = hoist_conditioning;
-    let mut parts = if hoist_conditioning {
-        vec![
-            ("conditioning", cfg.conditioning_model()),
-            ("transformer", cfg.step_model()),
-        ]
-    } else {
-        vec![("transformer", cfg.transformer.clone())]
-    };
-    parts.push(("vae", cfg.vae.clone()));
+    let parts = cfg.artifacts();
     for (sub, model) in &parts {
         let graph = build_graph(model).unwrap();
         let passes = PassOptions {

@@ -59,6 +59,10 @@ fi
 # The commit the binaries are built from, for the reports (the GPU
 # machine's copy of the tree has no .git); "-dirty" with local changes.
 { git rev-parse --short HEAD; git diff --quiet HEAD || echo -dirty; } | tr -d '\n' > .dev/commit
+if [[ -n "$BASE_PASSES" ]]; then
+    mkdir -p .dev/base .dev/base-models
+    echo "$(cat .dev/commit) with: $BASE_PASSES" > .dev/base/commit
+fi
 cargo build --release -p fluxc-cli
 cp target/release/fluxc .dev/bin/
 test_bin=$(cargo test --release --test gpu --no-run 2>&1 | grep -o 'target/release/deps/gpu-[a-z0-9]*' | head -1)
@@ -92,10 +96,8 @@ for variant in $VARIANTS; do
     if [[ -n "$BASE" ]]; then
         "$base_fluxc" compile ".dev/models/$name.toml" -o ".dev/base/$name"
     elif [[ -n "$BASE_PASSES" ]]; then
-        mkdir -p .dev/base .dev/base-models
         printf '%s\n' "$BASE_PASSES" | cat ".dev/models/$name.toml" - > ".dev/base-models/$name.toml"
         .dev/bin/fluxc compile ".dev/base-models/$name.toml" -o ".dev/base/$name"
-        echo "$(cat .dev/commit) with: $BASE_PASSES" > .dev/base/commit
     fi
 done
 if [[ -n "$BASE" ]]; then

@@ -333,29 +333,43 @@ fn tensor_scale_epilogue(
             "a tensor scale without its op".into(),
         ));
     };
-    let max = dtype
-        .max_finite()
-        .ok_or_else(|| CodegenError::Invalid(format!("a {dtype} quantization scale")))?;
     if x_dtype == DType::BF16 {
         e.line("amax = fx_round_bf16(amax);");
     }
     let p = e.param(scale, true);
     e.line(format!("__shared__ float fx_scratch[{}];", block / 32));
-    e.line(format!("amax = fx_row_max(amax, {block}, fx_scratch);"));
-    e.open("if (threadIdx.x == 0)");
-    e.line("atomicMax(s0, __float_as_uint(amax));");
-    e.line("__threadfence();");
-    e.open("if (atomicAdd(s0 + 1, 1u) == gridDim.x - 1)");
-    e.line("const float total_amax = __uint_as_float(atomicExch(s0, 0u));");
-    e.line("atomicExch(s0 + 1, 0u);");
-    e.line(format!(
-        "p{p}[0] = fmaxf(total_amax, {}) / {};",
-        float_literal(MIN_AMAX),
-        float_literal(max)
-    ));
-    e.close();
-    e.close();
+    for line in grid_amax_scale(&format!("p{p}"), block, dtype)?.lines() {
+        // The lines are indented for a function body, as `e` is here.
+        e.line(line.strip_prefix("    ").unwrap_or(line));
+    }
     Ok(())
+}
+
+/// The end of a kernel whose threads each hold an `amax` (and which
+/// declared `fx_scratch`): the block's maximum, then the grid's through the
+/// scratch words `s0` (the maximum's bits, then a count of finished
+/// blocks), the last block writing `max(amax, MIN_AMAX) / max_finite(dtype)`
+/// to `scale[0]` and resetting the scratch for the next launch. Lines
+/// indented for a function body.
+fn grid_amax_scale(scale: &str, block: u32, dtype: DType) -> Result<String, CodegenError> {
+    let max = dtype
+        .max_finite()
+        .ok_or_else(|| CodegenError::Invalid(format!("a {dtype} quantization scale")))?;
+    Ok(format!(
+        r#"    amax = fx_row_max(amax, {block}, fx_scratch);
+    if (threadIdx.x == 0) {{
+        atomicMax(s0, __float_as_uint(amax));
+        __threadfence();
+        if (atomicAdd(s0 + 1, 1u) == gridDim.x - 1) {{
+            const float total_amax = __uint_as_float(atomicExch(s0, 0u));
+            atomicExch(s0 + 1, 0u);
+            {scale}[0] = fmaxf(total_amax, {min_amax}) / {max};
+        }}
+    }}
+"#,
+        min_amax = float_literal(MIN_AMAX),
+        max = float_literal(max),
+    ))
 }
 
 /// Elements per vector access: 8 for bf16/f16, 4 for f32 when every output
@@ -891,9 +905,6 @@ pub fn tensor_scale_with(
             "tensor_scale of something other than a whole-tensor scale".into(),
         ));
     };
-    let max = dtype
-        .max_finite()
-        .ok_or_else(|| CodegenError::Invalid(format!("a {dtype} quantization scale")))?;
     let x = crate::lower::storage_of(graph, graph.operands(node)[0]);
     let total = elements(graph, x)?;
     let x_type = c_type(graph.ty(x).dtype)?;
@@ -912,22 +923,11 @@ pub fn tensor_scale_with(
         #pragma unroll
         for (int v = 0; v < {w}; ++v) amax = fmaxf(amax, fabsf(fx_vget<{w}>(r, v)));
     }}
-    amax = fx_row_max(amax, {threads}, fx_scratch);
-    if (threadIdx.x == 0) {{
-        atomicMax(s0, __float_as_uint(amax));
-        __threadfence();
-        if (atomicAdd(s0 + 1, 1u) == gridDim.x - 1) {{
-            const float total_amax = __uint_as_float(atomicExch(s0, 0u));
-            atomicExch(s0 + 1, 0u);
-            p1[0] = fmaxf(total_amax, {min_amax}) / {max};
-        }}
-    }}
-}}
+{finish}}}
 "#,
         threads = block,
         warps = block / 32,
-        min_amax = float_literal(MIN_AMAX),
-        max = float_literal(max),
+        finish = grid_amax_scale("p1", block, dtype)?,
     );
     Ok(KernelSource {
         source,

@@ -330,15 +330,11 @@ pub fn generate_with(
                 gated_bias,
                 n,
             } => {
-                template_sources.insert(kernel.name.clone(), kernel.source.clone());
-                let n = i32::try_from(*n).map_err(|_| {
-                    CodegenError::TooLarge(format!("a gated residual over {n} channels"))
-                })?;
                 let gate_at = Tensor {
                     offset: gate.1 * elem_type(graph.ty(gate.0).dtype)?.size_bytes(),
                     ..tensor(gate.0)
                 };
-                Step::Launch(fixed_launch(
+                fixed_launch(
                     kernel,
                     vec![
                         Arg::Ptr(tensor(*w_scale)),
@@ -346,9 +342,10 @@ pub fn generate_with(
                         Arg::Ptr(gate_at),
                         Arg::Ptr(tensor_of(Buf::Temp(*scale))),
                         Arg::Ptr(tensor_of(Buf::Temp(*gated_bias))),
-                        Arg::I32(n),
+                        int_arg(*n, "a gated residual's channels")?,
                     ],
-                ))
+                    &mut template_sources,
+                )
             }
             PendingStep::Conv {
                 node,
@@ -447,23 +444,17 @@ pub fn generate_with(
                 vt,
                 seq_kv,
                 heads,
-            } => {
-                template_sources.insert(kernel.name.clone(), kernel.source.clone());
-                let int = |v: u32| {
-                    i32::try_from(v)
-                        .map_err(|_| CodegenError::TooLarge(format!("V layout parameter {v}")))
-                };
-                Step::Launch(fixed_launch(
-                    kernel,
-                    vec![
-                        Arg::Ptr(tensor(*v)),
-                        Arg::Ptr(tensor(*scale)),
-                        Arg::Ptr(tensor_of(Buf::Temp(*vt))),
-                        Arg::I32(int(*seq_kv)?),
-                        Arg::I32(int(*heads)?),
-                    ],
-                ))
-            }
+            } => fixed_launch(
+                kernel,
+                vec![
+                    Arg::Ptr(tensor(*v)),
+                    Arg::Ptr(tensor(*scale)),
+                    Arg::Ptr(tensor_of(Buf::Temp(*vt))),
+                    int_arg(*seq_kv, "a V layout's keys")?,
+                    int_arg(*heads, "a V layout's heads")?,
+                ],
+                &mut template_sources,
+            ),
             PendingStep::Gemv {
                 kernel,
                 x,
@@ -471,23 +462,18 @@ pub fn generate_with(
                 bias,
                 out,
                 n,
-            } => {
-                template_sources.insert(kernel.name.clone(), kernel.source.clone());
-                let n = i32::try_from(*n).map_err(|_| {
-                    CodegenError::TooLarge(format!("one-row linear of {n} outputs"))
-                })?;
-                Step::Launch(fixed_launch(
-                    kernel,
-                    vec![
-                        Arg::Ptr(tensor(*x)),
-                        Arg::Ptr(tensor(*w)),
-                        // Without a bias the kernel never reads its pointer.
-                        Arg::Ptr(tensor(bias.unwrap_or(*x))),
-                        Arg::Ptr(tensor(*out)),
-                        Arg::I32(n),
-                    ],
-                ))
-            }
+            } => fixed_launch(
+                kernel,
+                vec![
+                    Arg::Ptr(tensor(*x)),
+                    Arg::Ptr(tensor(*w)),
+                    // Without a bias the kernel never reads its pointer.
+                    Arg::Ptr(tensor(bias.unwrap_or(*x))),
+                    Arg::Ptr(tensor(*out)),
+                    int_arg(*n, "a one-row linear's outputs")?,
+                ],
+                &mut template_sources,
+            ),
         });
     }
 
@@ -594,15 +580,33 @@ fn with_weights(
     manifest
 }
 
-/// The launch of a kernel rendered from a template, with `args`.
-fn fixed_launch(kernel: &FixedLaunch, args: Vec<Arg>) -> Launch {
-    Launch {
+/// The launch of a kernel rendered from a template, with `args`; its
+/// source goes into `templates` (once per name).
+fn fixed_launch(
+    kernel: &FixedLaunch,
+    args: Vec<Arg>,
+    templates: &mut BTreeMap<String, String>,
+) -> Step {
+    templates.insert(kernel.name.clone(), kernel.source.clone());
+    Step::Launch(Launch {
         kernel: kernel.name.clone(),
         grid: kernel.grid,
         block: [kernel.threads, 1, 1],
         shared_bytes: kernel.shared_bytes,
         args,
-    }
+    })
+}
+
+/// `value` as a kernel's `int` argument, or [`CodegenError::TooLarge`]
+/// naming `what` it is.
+fn int_arg(
+    value: impl Copy + TryInto<i32> + std::fmt::Display,
+    what: &str,
+) -> Result<Arg, CodegenError> {
+    value
+        .try_into()
+        .map(Arg::I32)
+        .map_err(|_| CodegenError::TooLarge(format!("{what}: {value}")))
 }
 
 /// `kernels.cu`: the prelude, the kernels rendered from hand-written

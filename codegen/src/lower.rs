@@ -387,9 +387,10 @@ impl Lowering {
 pub fn lower(optimized: &Optimized) -> Result<Vec<PendingStep>, CodegenError> {
     let (graph, plan, lowering) = (&optimized.graph, &optimized.fusion, Lowering::of(optimized));
     let fused = fused_tensor_scales(graph, plan, lowering);
+    let absorbed: HashSet<usize> = fused.values().map(|&(h, _)| h).collect();
     let mut steps = Vec::new();
     for g in 0..plan.groups.len() {
-        if fused.values().any(|&(h, _)| h == g) {
+        if absorbed.contains(&g) {
             continue; // its scale comes from the kernel that stores the tensor
         }
         let scale = fused.get(&g).map(|&(_, scale)| scale);
@@ -655,27 +656,30 @@ fn lower_gemm(
             .copied()
             .filter(|o| rest.contains(o))
             .collect();
+        // The GEMM step writing `out`, with the GELU epilogue or a folded
+        // (gated) residual.
+        let gemm = |out, gelu, residual, gated| PendingStep::Gemm {
+            node: anchor,
+            x,
+            w,
+            bias,
+            out,
+            gelu,
+            rows,
+            k,
+            n,
+            dtype,
+            out_dtype,
+            scales,
+            residual,
+            gated,
+        };
         // A GEMM whose whole tail is a residual add takes the residual as
         // its C (`gated.rs`).
         if lowering.residual_in_gemm && gelu.is_none() && !outputs.contains(&anchor) {
             if let Some((sum, residual)) = gated::find_residual(graph, anchor, &rest, &tail_outputs)
             {
-                steps.push(PendingStep::Gemm {
-                    node: anchor,
-                    x,
-                    w,
-                    bias,
-                    out: sum,
-                    gelu: false,
-                    rows,
-                    k,
-                    n,
-                    dtype,
-                    out_dtype,
-                    scales,
-                    residual: Some(residual),
-                    gated: None,
-                });
+                steps.push(gemm(sum, false, Some(residual), None));
                 return Ok(());
             }
         }
@@ -709,43 +713,14 @@ fn lower_gemm(
                 gated_bias,
                 n,
             });
-            steps.push(PendingStep::Gemm {
-                node: anchor,
-                x,
-                w,
-                bias,
-                out: g.sum,
-                gelu: false,
-                rows,
-                k,
-                n,
-                dtype,
-                out_dtype,
-                scales,
-                residual: Some(g.residual),
-                gated: Some(Gated {
-                    scale,
-                    bias: gated_bias,
-                }),
-            });
+            let gated = Gated {
+                scale,
+                bias: gated_bias,
+            };
+            steps.push(gemm(g.sum, false, Some(g.residual), Some(gated)));
             return Ok(());
         }
-        steps.push(PendingStep::Gemm {
-            node: anchor,
-            x,
-            w,
-            bias,
-            out: product,
-            gelu: gelu.is_some(),
-            rows,
-            k,
-            n,
-            dtype,
-            out_dtype,
-            scales,
-            residual: None,
-            gated: None,
-        });
+        steps.push(gemm(product, gelu.is_some(), None, None));
     }
     tail_kernel(graph, &rest, outputs, steps)
 }

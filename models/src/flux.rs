@@ -60,10 +60,8 @@ pub fn build_transformer_step(cfg: &ModelConfig) -> Result<Graph, IrError> {
 }
 
 fn build(cfg: &ModelConfig, modulation_input: bool) -> Result<Graph, IrError> {
-    let invalid = |e: MissingSection| IrError::Invalid(e.to_string());
-    let t = cfg.transformer().map_err(invalid)?;
-    let text_tokens = cfg.text_tokens().map_err(invalid)?;
-    let mut f = Flux::new(cfg, t, text_tokens);
+    let mut f = Flux::for_config(cfg)?;
+    let t = f.t;
     let sample = f.forward(modulation_input)?;
     // The blocks read the `modulation` input's columns in the order
     // `build_conditioning` writes them, all of them.
@@ -90,40 +88,15 @@ pub fn modulation_width(t: &TransformerConfig) -> usize {
 /// module documentation): the rows of output `modulation` are step-major,
 /// row `s·B + b` the one step s's forward reads for image b.
 pub fn build_conditioning(cfg: &ModelConfig, steps: usize) -> Result<Graph, IrError> {
-    let invalid = |e: MissingSection| IrError::Invalid(e.to_string());
-    let t = cfg.transformer().map_err(invalid)?;
-    let text_tokens = cfg.text_tokens().map_err(invalid)?;
     if steps == 0 {
         return Err(IrError::Invalid("conditioning for 0 steps".into()));
     }
-    let mut f = Flux::new(cfg, t, text_tokens);
-    let (batch, dt, hidden) = (f.batch, f.dtype, f.hidden);
-    let rows = steps * batch;
-    let timestep = f.b.input("timestep", dt, [rows])?;
-    let guidance = if t.guidance_embeds {
-        Some(f.b.input("guidance", dt, [rows])?)
-    } else {
-        None
-    };
-    let pooled =
-        f.b.input("pooled_projections", dt, [batch, t.pooled_projection_dim])?;
-    // time_text_embed with the pooled part computed once and broadcast over
-    // the steps (the same adds in the same order as one step's).
-    f.b.push_scope("time_text_embed");
-    let mut temb = f.timestep_embedder("timestep_embedder", timestep)?;
-    if let Some(g) = guidance {
-        let g = f.timestep_embedder("guidance_embedder", g)?;
-        temb = f.b.add(temb, g)?;
-    }
-    let p = f.text_embedder(pooled)?;
-    let temb = f.b.reshape(temb, [steps, batch, hidden])?;
-    let p = f.b.reshape(p, [1, batch, hidden])?;
-    let temb = f.b.add(temb, p)?;
-    let temb = f.b.reshape(temb, [rows, hidden])?;
-    f.b.pop_scope();
+    let mut f = Flux::for_config(cfg)?;
+    let (pooled, timestep, guidance) = f.conditioning_inputs(steps)?;
+    let temb = f.time_text_embed(timestep, guidance, pooled, steps)?;
     f.modulation = Modulation::Computed { temb };
     let mut parts = Vec::new();
-    for (scope, chunks) in modulation_layout(t) {
+    for (scope, chunks) in modulation_layout(f.t) {
         f.b.push_scope(scope);
         parts.push(f.modulation_linear(chunks)?);
         f.b.pop_scope();
@@ -184,6 +157,37 @@ struct Streams {
 }
 
 impl<'a> Flux<'a> {
+    /// The builder for `cfg` (a config without `[transformer]` or
+    /// `shapes.text_tokens` is an [`IrError::Invalid`]).
+    fn for_config(cfg: &'a ModelConfig) -> Result<Self, IrError> {
+        let invalid = |e: MissingSection| IrError::Invalid(e.to_string());
+        let t = cfg.transformer().map_err(invalid)?;
+        let text_tokens = cfg.text_tokens().map_err(invalid)?;
+        Ok(Flux::new(cfg, t, text_tokens))
+    }
+
+    /// The inputs the conditioning is computed from, for `steps` steps at
+    /// once: `pooled_projections` `[B, P]`, then `timestep` and (with a
+    /// guidance embedding) `guidance`, `[steps·B]` step-major.
+    fn conditioning_inputs(
+        &mut self,
+        steps: usize,
+    ) -> Result<(NodeId, NodeId, Option<NodeId>), IrError> {
+        let (dt, rows) = (self.dtype, steps * self.batch);
+        let pooled = self.b.input(
+            "pooled_projections",
+            dt,
+            [self.batch, self.t.pooled_projection_dim],
+        )?;
+        let timestep = self.b.input("timestep", dt, [rows])?;
+        let guidance = if self.t.guidance_embeds {
+            Some(self.b.input("guidance", dt, [rows])?)
+        } else {
+            None
+        };
+        Ok((pooled, timestep, guidance))
+    }
+
     fn new(cfg: &ModelConfig, t: &'a TransformerConfig, text_tokens: usize) -> Self {
         Flux {
             b: GraphBuilder::new(),
@@ -221,23 +225,14 @@ impl<'a> Flux<'a> {
             self.modulation = Modulation::Input { all, next: 0 };
             None
         } else {
-            let pooled =
-                self.b
-                    .input("pooled_projections", dt, [batch, t.pooled_projection_dim])?;
-            let timestep = self.b.input("timestep", dt, [batch])?;
-            let guidance = if t.guidance_embeds {
-                Some(self.b.input("guidance", dt, [batch])?)
-            } else {
-                None
-            };
-            Some((timestep, guidance, pooled))
+            Some(self.conditioning_inputs(1)?)
         };
         let img_ids = self.b.input("img_ids", DType::F32, [n, axes])?;
         let txt_ids = self.b.input("txt_ids", DType::F32, [txt, axes])?;
 
         let image = self.linear("x_embedder", hidden_states, self.hidden)?;
-        if let Some((timestep, guidance, pooled)) = conditioning {
-            let temb = self.time_text_embed(timestep, guidance, pooled)?;
+        if let Some((pooled, timestep, guidance)) = conditioning {
+            let temb = self.time_text_embed(timestep, guidance, pooled, 1)?;
             self.modulation = Modulation::Computed { temb };
         }
         let text = self.linear("context_embedder", encoder_hidden_states, self.hidden)?;
@@ -268,13 +263,16 @@ impl<'a> Flux<'a> {
         self.linear("proj_out", image, self.t.out_channels())
     }
 
-    /// `CombinedTimestep(Guidance)TextProjEmbeddings`: the conditioning vector
-    /// `temb` `[B, hidden]`.
+    /// `CombinedTimestep(Guidance)TextProjEmbeddings` of `steps` steps at
+    /// once: the conditioning vector `temb` `[steps·B, hidden]`. The pooled
+    /// embedding's part, one row per image, is added to every step's rows
+    /// (the same adds in the same order as one step's).
     fn time_text_embed(
         &mut self,
         timestep: NodeId,
         guidance: Option<NodeId>,
         pooled: NodeId,
+        steps: usize,
     ) -> Result<NodeId, IrError> {
         self.b.push_scope("time_text_embed");
         let mut temb = self.timestep_embedder("timestep_embedder", timestep)?;
@@ -282,20 +280,22 @@ impl<'a> Flux<'a> {
             let g = self.timestep_embedder("guidance_embedder", g)?;
             temb = self.b.add(temb, g)?;
         }
-        let p = self.text_embedder(pooled)?;
-        let temb = self.b.add(temb, p)?;
-        self.b.pop_scope();
-        Ok(temb)
-    }
-
-    /// `text_embedder`: the pooled embedding's MLP, `[B, hidden]`.
-    fn text_embedder(&mut self, pooled: NodeId) -> Result<NodeId, IrError> {
         self.b.push_scope("text_embedder");
         let p = self.linear("linear_1", pooled, self.hidden)?;
         let p = self.b.silu(p)?;
         let p = self.linear("linear_2", p, self.hidden)?;
         self.b.pop_scope();
-        Ok(p)
+        let temb = if steps == 1 {
+            self.b.add(temb, p)?
+        } else {
+            let (batch, hidden) = (self.batch, self.hidden);
+            let temb = self.b.reshape(temb, [steps, batch, hidden])?;
+            let p = self.b.reshape(p, [1, batch, hidden])?;
+            let temb = self.b.add(temb, p)?;
+            self.b.reshape(temb, [steps * batch, hidden])?
+        };
+        self.b.pop_scope();
+        Ok(temb)
     }
 
     /// `t·1000` → sinusoidal projection → `TimestepEmbedding` MLP.

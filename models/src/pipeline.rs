@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 
 use fluxc_artifact::{
     ElemType, HoistedConditioning, LatentShape, PipelineSpec, TransformerNames, VaeNames,
-    PIPELINE_FORMAT_VERSION,
+    CONDITIONING_DIR, PIPELINE_FORMAT_VERSION, TRANSFORMER_DIR, VAE_DIR,
 };
 use serde::Deserialize;
 
@@ -319,6 +319,22 @@ impl PipelineConfig {
             .spec()
             .map_err(|e| invalid("pipeline", format!("computing the schedule: {e}")))?;
         Ok(config)
+    }
+
+    /// What a compile of this pipeline writes, by directory: every step's
+    /// conditioning and the per-step transformer (with `hoist_conditioning`)
+    /// or the whole transformer, then the VAE decoder.
+    pub fn artifacts(&self) -> Vec<(&'static str, ModelConfig)> {
+        let mut artifacts = if self.hoist_conditioning {
+            vec![
+                (CONDITIONING_DIR, self.conditioning_model()),
+                (TRANSFORMER_DIR, self.step_model()),
+            ]
+        } else {
+            vec![(TRANSFORMER_DIR, self.transformer.clone())]
+        };
+        artifacts.push((VAE_DIR, self.vae.clone()));
+        artifacts
     }
 
     /// The transformer's part computing every step's conditioning at once

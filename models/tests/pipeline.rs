@@ -195,9 +195,13 @@ fn conditioning_is_hoisted_unless_turned_off() {
     assert_eq!(step.part, Part::Step);
     assert_eq!(step.passes, p.transformer.passes);
     assert_eq!(p.transformer.part, Part::Whole);
+    let dirs = |p: &PipelineConfig| -> Vec<&str> { p.artifacts().iter().map(|a| a.0).collect() };
+    assert_eq!(dirs(&p), ["conditioning", "transformer", "vae"]);
 
     let off = TINY.replace("steps = 4", "steps = 4\nhoist_conditioning = false");
     let p = load(&off).unwrap();
     assert!(!p.hoist_conditioning);
     assert_eq!(p.spec().unwrap().conditioning, None);
+    assert_eq!(dirs(&p), ["transformer", "vae"]);
+    assert_eq!(p.artifacts()[0].1.part, Part::Whole);
 }

@@ -14,7 +14,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use fluxc_artifact::{CONDITIONING_DIR, PIPELINE_FILE, TRANSFORMER_DIR, VAE_DIR};
+use fluxc_artifact::{CONDITIONING_DIR, PIPELINE_FILE, TRANSFORMER_DIR};
 use fluxc_models::pipeline::PipelineConfig;
 use fluxc_models::ModelConfig;
 
@@ -82,36 +82,23 @@ pub fn run(args: &CompileArgs) -> Result<(), Box<dyn std::error::Error>> {
 /// The artifacts of `cfg`: directory, what it is, its model and the file
 /// it comes from.
 fn parts(cfg: &PipelineConfig) -> Vec<(&'static str, &'static str, ModelConfig, &Path)> {
-    let mut parts = Vec::new();
-    let transformer = &cfg.transformer_path;
-    if cfg.hoist_conditioning {
-        parts.push((
-            CONDITIONING_DIR,
-            "every step's conditioning of the transformer",
-            cfg.conditioning_model(),
-            transformer.as_path(),
-        ));
-        parts.push((
-            TRANSFORMER_DIR,
-            "the transformer's step",
-            cfg.step_model(),
-            transformer.as_path(),
-        ));
-    } else {
-        parts.push((
-            TRANSFORMER_DIR,
-            "the transformer",
-            cfg.transformer.clone(),
-            transformer.as_path(),
-        ));
-    }
-    parts.push((
-        VAE_DIR,
-        "the VAE decoder",
-        cfg.vae.clone(),
-        cfg.vae_path.as_path(),
-    ));
-    parts
+    cfg.artifacts()
+        .into_iter()
+        .map(|(dir, model)| {
+            let (what, path) = match dir {
+                CONDITIONING_DIR => (
+                    "every step's conditioning of the transformer",
+                    &cfg.transformer_path,
+                ),
+                TRANSFORMER_DIR if cfg.hoist_conditioning => {
+                    ("the transformer's step", &cfg.transformer_path)
+                }
+                TRANSFORMER_DIR => ("the transformer", &cfg.transformer_path),
+                _ => ("the VAE decoder", &cfg.vae_path),
+            };
+            (dir, what, model, path.as_path())
+        })
+        .collect()
 }
 
 /// Refuses an output path that exists and is neither an empty directory nor
