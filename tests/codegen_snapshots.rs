@@ -130,15 +130,24 @@ fn fp8_attention_schedule() {
     let Step::Attention(a) = &s.steps[n - 1] else {
         panic!("the last step should be the attention")
     };
-    let AttentionOperands::Fp8TensorMaps { vt_keys, .. } = a.operands else {
+    let AttentionOperands::Fp8TensorMaps {
+        kv_rows,
+        vt_rows,
+        vt_keys,
+        ..
+    } = a.operands
+    else {
         panic!("{:?}", a.operands)
     };
+    // 256-key tiles, each two vt boxes of 128 keys.
+    assert_eq!((kv_rows, vt_rows), (256, 128));
     assert_eq!(vt_keys, 336, "333 keys padded to a multiple of 16");
     assert_eq!(
         (a.batch, a.heads, a.seq_q, a.seq_kv, a.head_dim),
         (1, 2, 200, 333, 128)
     );
-    assert!((a.scale - 1.0 / 128f32.sqrt()).abs() < 1e-9);
+    // 1/√128, times 28 for q and for k (quantized into ±16).
+    assert!((a.scale / (28.0 * 28.0 / 128f32.sqrt()) - 1.0).abs() < 1e-6);
     let buffer = |t: fluxc::artifact::Tensor| &s.buffers[t.buffer as usize];
     // vt: written by the layout kernel (its third argument), read as v.
     assert_eq!(layout.args[2], Arg::Ptr(a.v));

@@ -1,19 +1,23 @@
 // fluxc flash-attention forward kernel template, fp8 version: Q, K and V in
-// e4m3 with per-tensor scales, P converted to e4m3 for the P.V product, f32
-// accumulation, bf16 output. Hopper (sm_90a) only; the structure is the bf16
-// kernel's (attention.cu: a TMA producer warp, mbarrier rings, two consumer
-// warpgroups on wgmma in ping-pong), with k32 fp8 wgmmas.
+// e4m3 with per-tensor scales, Q.K^T accumulated in f16, P converted to e4m3
+// for the P.V product, f32 accumulation of O, bf16 output. Hopper (sm_90a)
+// only; the structure is the bf16 kernel's (attention.cu: a TMA producer
+// warp, mbarrier rings, two consumer warpgroups on wgmma in ping-pong), with
+// k32 fp8 wgmmas.
 //
 // Rendered by codegen/src/attention_fp8.rs, which replaces these placeholders
 // (each written in the source as its name in double curly braces):
 //   NAME         kernel symbol, e.g. attention_fp8_d128
 //   COMMON       the helpers shared with the bf16 kernel (attention_common.cuh)
 //   STAGES       K and V buffers each (2 or 3)
+//   BLOCK_N      keys per tile (128 or 256)
 //   SHARED_BYTES dynamic shared memory the runtime passes at launch
 //
 // out[b, s, h, :] = softmax(q[b, s, h, :] . k[b, :, h, :]^T * scale) . v[b, :, h, :]
 // with q = q8 * q_scale[0], k = k8 * k_scale[0], v = v8 * v_scale[0];
-// non-causal, no mask; D = 128.
+// non-causal, no mask; D = 128. Every dot product q8 . k8 must stay within
+// f16's range (|.| <= 65504): fluxc quantizes q and k into +-16, and
+// 16 * 16 * 128 = 32768.
 //
 // ABI:
 //   (const __grid_constant__ FaTensorMap tq, tk, tvt, __nv_bfloat16* o,
@@ -22,11 +26,12 @@
 // tq / tk: q8 and k8, contiguous e4m3 [batch, seq, heads, 128], as 4-D u8
 // tensor maps with dims innermost first [128, heads, seq, batch], byte
 // strides [128, 128 heads, 128 seq heads], boxes [128, 1, 128, 1] (q) and
-// [128, 1, 128, 1] (k), 128-byte swizzle, out-of-bounds elements zero.
+// [128, 1, BLOCK_N, 1] (k), 128-byte swizzle, out-of-bounds elements zero.
 // tvt: V transposed by attention_fp8_v.cu, e4m3 [batch, heads, 128, Sp] with
 // Sp = seq_kv rounded up to 16 and the keys of every 16-key group stored in
 // the order the P fragments hold them (below); dims [Sp, 128, heads, batch],
-// byte strides [Sp, 128 Sp, 128 Sp heads], box [128, 128, 1, 1], 128-byte
+// byte strides [Sp, 128 Sp, 128 Sp heads], box [128, 128, 1, 1] (a key tile
+// is BLOCK_N / 128 boxes: the 128-byte swizzle allows no wider one), 128-byte
 // swizzle, out-of-bounds zero. o: contiguous bf16 [batch, seq_q, heads, 128].
 // grid = (ceil(seq_q / 128), heads, batch), block = 384 threads, dynamic
 // shared memory = SHARED_BYTES (> 48 KiB: raise the attribute).
@@ -37,17 +42,29 @@
 //
 // Why the keys are permuted: the k32 A fragment of an 8-bit wgmma gives
 // thread t of a quad the bytes k = 4t..4t+3 (and 16+4t..16+4t+3) of its rows,
-// while the f32 S accumulator gives it the columns 2t, 2t+1, 8+2t, 9+2t (and
+// while the S accumulator gives it the columns 2t, 2t+1, 8+2t, 9+2t (and
 // +16). Packing a thread's own four S values into one A register therefore
 // puts S column c at A position L with
 //   c = 8 ((L & 3) >> 1) + 2 (L >> 2) + (L & 1)      (within each 16 keys)
 // and P.V is right when V's key rows are stored in the same order: position
 // L of every 16-key group holds key c(L). No shuffles in the kernel.
 //
-// Softmax: the scores get one FFMA each, with the scale, log2(e) and
-// q_scale * k_scale folded into one factor; P = exp2(S' - max + 8), i.e.
-// 256 times the probability, so that it uses e4m3's range (at most 256 of
-// 448) instead of underflowing below 2^-9. The row sums l come from the
+// Why S is f16: the softmax, not the tensor cores, bounds an fp8 attention
+// at D = 128 (per score one exponential and half an e4m3 conversion on the
+// SM's quarter-rate unit, as many cycles as the tile's fp8 wgmmas). With an
+// f16 accumulator every softmax instruction (max, FMA, ex2, conversion to
+// e4m3) works on a pair of scores, and S takes half the registers, which
+// leaves room for 256-key tiles (half the per-tile row maxima, shuffles and
+// O rescales). f16 keeps 11 significant bits: the scores move by 2^-11 of
+// their size, far less than e4m3's rounding of q, k and P.
+//
+// Softmax: the scores get one f16x2 FMA per pair, with the scale, log2(e)
+// and q_scale * k_scale folded into one f16 factor, and the running max
+// folded into the addend: P = exp2(S' - max + 8), i.e. 256 times the
+// probability, so that it uses e4m3's range (at most 256 of 448) instead of
+// underflowing below 2^-9. The addend 8 - max is rounded down to an f16 (so
+// no P passes 256) and kept exact in f32, so the rescale factors of O and l
+// use the very value the exponentials did. The row sums l come from the
 // tensor cores: with the same P registers, m64n8k32 wgmmas against a tile of
 // e4m3 ones (8 rows of 128 keys) sum each row of P as rounded to e4m3, like
 // the numerator. Their accumulator starts fresh on every key tile: summed
@@ -58,11 +75,12 @@
 // epilogue.
 //
 // Shared memory (from a 1024-byte aligned base; 1024 bytes of slack): sQ
-// 128 x 128 bytes; sK[STAGES] 128 keys x 128 bytes; sVt[STAGES] 128 rows of
-// D x 128 keys; sO 128 x 256 bytes (the bf16 output tile, two 64-column
-// blocks); sOnes 8 x 128 bytes of e4m3 ones; the mbarriers. Every tile is rows of 128 bytes with the 128-byte
-// swizzle (chunk j of row r at j ^ (r & 7)), 8-row groups 1024 bytes apart:
-// K-major for all three wgmma operands read from shared memory.
+// 128 x 128 bytes; sK[STAGES] BLOCK_N keys x 128 bytes; sVt[STAGES]
+// BLOCK_N / 128 boxes of 128 rows of D x 128 keys; sO 128 x 256 bytes (the
+// bf16 output tile, two 64-column blocks); sOnes 8 x 128 bytes of e4m3 ones;
+// the mbarriers. Every tile is rows of 128 bytes with the 128-byte swizzle
+// (chunk j of row r at j ^ (r & 7)), 8-row groups 1024 bytes apart: K-major
+// for all three wgmma operands read from shared memory.
 
 #include <cuda_bf16.h>
 
@@ -71,40 +89,84 @@
 #ifndef FLUXC_FA_FP8_HELPERS
 #define FLUXC_FA_FP8_HELPERS
 
-// Four floats to four e4m3 bytes (a in the lowest byte), saturating.
-static __device__ __forceinline__ unsigned int fp8_pack4(float a, float b, float c, float d) {
-    unsigned int r;
-    asm("{\n.reg .b16 lo, hi;\n"
-        "cvt.rn.satfinite.e4m3x2.f32 lo, %2, %1;\n"
-        "cvt.rn.satfinite.e4m3x2.f32 hi, %4, %3;\n"
-        "mov.b32 %0, {lo, hi};\n}\n"
-        : "=r"(r)
-        : "f"(a), "f"(b), "f"(c), "f"(d));
-    return r;
-}
-
-// d[0..64) (+)= A(64x32, smem desc) * B(32x128, smem desc); both K-major.
-static __device__ __forceinline__ void fp8_wgmma_ss_n128(float* d, unsigned long long desc_a,
-                                                         unsigned long long desc_b, int scale_d) {
+// d[0..32) (= or +=, scale_d) A(64x32, smem desc) * B(32x128, smem desc),
+// both K-major, f16 accumulators: register i holds the f32 layout's
+// elements 2i (low half) and 2i + 1 (high half).
+static __device__ __forceinline__ void fp8_wgmma_ss_n128_f16(unsigned int* d,
+                                                             unsigned long long desc_a,
+                                                             unsigned long long desc_b,
+                                                             int scale_d) {
     asm volatile(
         "{\n.reg .pred p;\n"
-        "setp.ne.b32 p, %66, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 "
+        "setp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k32.f16.e4m3.e4m3 "
         "{"
         "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-        "}, %64, %65, p, 1, 1;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+        "}, %32, %33, p, 1, 1;\n}\n"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]),
+          "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]),
+          "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]),
+          "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31])
         : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+}
+
+// Packed f16 pairs (low half first) in 32-bit registers.
+static __device__ __forceinline__ unsigned int h2_max(unsigned int a, unsigned int b) {
+    unsigned int r;
+    asm("max.f16x2 %0, %1, %2;\n" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+static __device__ __forceinline__ unsigned int h2_min(unsigned int a, unsigned int b) {
+    unsigned int r;
+    asm("min.f16x2 %0, %1, %2;\n" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+// exp2(a * b + c) on both halves: one f16x2 FMA and one f16x2 exponential.
+static __device__ __forceinline__ unsigned int h2_exp2_fma(unsigned int a, unsigned int b,
+                                                           unsigned int c) {
+    unsigned int r;
+    asm("{\n.reg .b32 x;\n"
+        "fma.rn.f16x2 x, %1, %2, %3;\n"
+        "ex2.approx.f16x2 %0, x;\n}\n"
+        : "=r"(r)
+        : "r"(a), "r"(b), "r"(c));
+    return r;
+}
+// The larger (or smaller) half of a pair, as f32.
+static __device__ __forceinline__ float h2_reduce_f32(unsigned int a, bool larger) {
+    float lo, hi;
+    asm("{\n.reg .b16 l, h;\n"
+        "mov.b32 {l, h}, %2;\n"
+        "cvt.f32.f16 %0, l;\n"
+        "cvt.f32.f16 %1, h;\n}\n"
+        : "=f"(lo), "=f"(hi)
+        : "r"(a));
+    return larger ? fmaxf(lo, hi) : fminf(lo, hi);
+}
+// x rounded to f16 (toward -inf when down, else to nearest), as the f16
+// and as its f32 value.
+static __device__ __forceinline__ unsigned short f16_of(float x, bool down, float* exact) {
+    unsigned short h;
+    if (down) {
+        asm("cvt.rm.f16.f32 %0, %1;\n" : "=h"(h) : "f"(x));
+    } else {
+        asm("cvt.rn.f16.f32 %0, %1;\n" : "=h"(h) : "f"(x));
+    }
+    asm("cvt.f32.f16 %0, %1;\n" : "=f"(*exact) : "h"(h));
+    return h;
+}
+// Two f16 pairs to four e4m3 bytes (a's low half in the lowest byte),
+// saturating.
+static __device__ __forceinline__ unsigned int fp8_pack_h2(unsigned int a, unsigned int b) {
+    unsigned int r;
+    asm("{\n.reg .b16 lo, hi;\n"
+        "cvt.rn.satfinite.e4m3x2.f16x2 lo, %1;\n"
+        "cvt.rn.satfinite.e4m3x2.f16x2 hi, %2;\n"
+        "mov.b32 %0, {lo, hi};\n}\n"
+        : "=r"(r)
+        : "r"(a), "r"(b));
+    return r;
 }
 
 // d[0..64) += A(64x32, registers a0..a3) * B(32x128, smem desc), B K-major.
@@ -158,18 +220,21 @@ extern "C" __global__ void __launch_bounds__(384, 1)
     constexpr int D = 128;
     constexpr int STAGES = {{STAGES}};
     constexpr int BLOCK_M = 128;          // two consumer warpgroups x 64 rows
-    constexpr int BLOCK_N = 128;          // keys per tile
+    constexpr int BLOCK_N = {{BLOCK_N}};  // keys per tile
+    constexpr int VT_BOX = 128;           // keys per Vt box (one 128-byte swizzle row)
     constexpr int QB = BLOCK_M * D;       // bytes of the Q tile
     constexpr int KVB = BLOCK_N * D;      // bytes of one K or Vt tile
+    constexpr int VT_HALF = VT_BOX * D;   // bytes of one Vt box
     constexpr int OB = BLOCK_M * D * 2;   // bytes of the bf16 output tile
-    constexpr int ONESB = 8 * BLOCK_N;    // bytes of the ones tile
-    constexpr int NS = BLOCK_N / 2;       // S accumulator floats per thread
+    constexpr int ONESB = 8 * 128;        // bytes of the ones tile
+    constexpr int NS = BLOCK_N / 4;       // S registers per thread (f16 pairs)
     constexpr int NO = D / 2;             // O accumulator floats per thread
     constexpr int KSTEPS_QK = D / 32;
     constexpr int KSTEPS_PV = BLOCK_N / 32;
     constexpr int NP = KSTEPS_PV * 4;     // packed e4m3x4 registers of P
     constexpr int CPR = D * 2 / 16;       // 16-byte chunks per output row
     static_assert(STAGES == 2 || STAGES == 3, "2 or 3 K/V buffers");
+    static_assert(BLOCK_N == 128 || BLOCK_N == 256, "128 or 256 keys per tile");
     // Barriers: q_full, k_full[S], v_full[S], k_empty[S], v_empty[S].
     constexpr int BAR_BYTES = 8 * (1 + 4 * STAGES);
     static_assert(QB + 2 * STAGES * KVB + OB + ONESB + BAR_BYTES + 1024 <= {{SHARED_BYTES}},
@@ -233,7 +298,11 @@ extern "C" __global__ void __launch_bounds__(384, 1)
                 ws_tma_load_4d(sK + st * KVB, &tk, k_full(st), 0, h, j * BLOCK_N, b);
                 ws_mbar_wait(v_empty(st), free_parity);
                 ws_mbar_expect_tx(v_full(st), KVB);
-                ws_tma_load_4d(sV + st * KVB, &tvt, v_full(st), j * BLOCK_N, 0, h, b);
+#pragma unroll
+                for (int half = 0; half < BLOCK_N / VT_BOX; ++half) {
+                    ws_tma_load_4d(sV + st * KVB + half * VT_HALF, &tvt, v_full(st),
+                                   j * BLOCK_N + half * VT_BOX, 0, h, b);
+                }
             }
         }
         return;
@@ -263,12 +332,21 @@ extern "C" __global__ void __launch_bounds__(384, 1)
 #pragma unroll
     for (int i = 0; i < NO; ++i) acc_o[i] = 0.0f;
     float acc_l[4];  // this tile's row sums of P: rows g (0, 1) and g + 8 (2, 3)
-    float s[NS];
+    // S (then P) as f16 pairs: s[2 n + r] holds row g + 8 r, keys
+    // 8 n + 2 t (low half) and 8 n + 2 t + 1 (high half).
+    unsigned int s[NS];
     unsigned int pa[NP];
     const float NEG_INF = __int_as_float(0xff800000);
-    float row_max[2] = {NEG_INF, NEG_INF};
+    const float POS_INF = __int_as_float(0x7f800000);
+    // -(running max) + 8 per row, an exact f16 value (+inf before tile 0).
+    float neg_max[2] = {POS_INF, POS_INF};
     float row_sum[2] = {0.0f, 0.0f};
-    const float scale_log2 = scale * 1.4426950408889634f * q_scale[0] * k_scale[0];
+    // The score factor in f16 (clamped to its range), and its exact value.
+    float score_factor;
+    const unsigned short factor_h = f16_of(
+        fminf(fmaxf(scale * 1.4426950408889634f * q_scale[0] * k_scale[0], -65504.0f), 65504.0f),
+        false, &score_factor);
+    const unsigned int factor2 = (unsigned int)factor_h * 0x10001u;
     const float out_scale = v_scale[0];
 
     // Descriptors computed (and pinned in registers) before a group's first
@@ -278,7 +356,7 @@ extern "C" __global__ void __launch_bounds__(384, 1)
         unsigned long long q[KSTEPS_QK], k[KSTEPS_QK];
     };
     struct PvDescs {
-        unsigned long long v[KSTEPS_PV], ones[KSTEPS_PV];
+        unsigned long long v[KSTEPS_PV], ones[4];
     };
     auto qk_descs = [&](int buf) {
         QkDescs d;
@@ -297,17 +375,26 @@ extern "C" __global__ void __launch_bounds__(384, 1)
         const unsigned long long dv = desc_v0 + (unsigned long long)buf * KV_STEP;
 #pragma unroll
         for (int kk = 0; kk < KSTEPS_PV; ++kk) {
-            d.v[kk] = dv + ((kk * 32) >> 4);
-            d.ones[kk] = desc_ones + ((kk * 32) >> 4);
+            d.v[kk] = dv + (((kk / 4) * VT_HALF + (kk % 4) * 32) >> 4);
             ws_reg_fence(d.v[kk]);
+        }
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+            d.ones[kk] = desc_ones + ((kk * 32) >> 4);
             ws_reg_fence(d.ones[kk]);
         }
         return d;
     };
+    // S = Q K^T: per k32 step one m64n128 wgmma per 128 keys (rows 128..255
+    // of the K tile are 16 KiB further).
     auto issue_qk = [&](const QkDescs& d) {
 #pragma unroll
         for (int kk = 0; kk < KSTEPS_QK; ++kk) {
-            fp8_wgmma_ss_n128(s, d.q[kk], d.k[kk], kk > 0 ? 1 : 0);
+#pragma unroll
+            for (int part = 0; part < BLOCK_N / 128; ++part) {
+                fp8_wgmma_ss_n128_f16(s + 32 * part, d.q[kk], d.k[kk] + ((part * 128 * 128) >> 4),
+                                      kk > 0 ? 1 : 0);
+            }
         }
     };
     auto issue_pv = [&](const PvDescs& d, const unsigned int* p) {
@@ -319,67 +406,63 @@ extern "C" __global__ void __launch_bounds__(384, 1)
 #pragma unroll
         for (int kk = 0; kk < KSTEPS_PV; ++kk) {
             fp8_wgmma_rs_n8(acc_l, p[4 * kk], p[4 * kk + 1], p[4 * kk + 2], p[4 * kk + 3],
-                            d.ones[kk], kk > 0 ? 1 : 0);
+                            d.ones[kk % 4], kk > 0 ? 1 : 0);
         }
     };
-    // Online softmax of tile j in s (as the bf16 kernel's), P scaled by
-    // 2^8 through the exponent: P = exp2(S * scale_log2 - max + 8).
+    // Masks the keys of tile j past seq_kv (both halves of a pair, or the
+    // high one) with `fill` (an f16 pair pattern).
+    auto mask_tail = [&](int kv0, unsigned int fill) {
+#pragma unroll
+        for (int n = 0; n < NS / 2; ++n) {
+            const int key = kv0 + n * 8 + 2 * t;
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                unsigned int& x = s[2 * n + r];
+                if (key >= seq_kv) {
+                    x = fill;
+                } else if (key + 1 >= seq_kv) {
+                    x = (x & 0xffffu) | (fill & 0xffff0000u);
+                }
+            }
+        }
+    };
+    // Online softmax of tile j in s, in f16 pairs: P = exp2(S * factor +
+    // neg_max), i.e. 2^8 times the probability relative to the running max.
     auto softmax = [&](int j, float* alpha) {
         const int kv0 = j * BLOCK_N;
         const bool tail = kv0 + BLOCK_N > seq_kv;
-        const bool pos = scale_log2 >= 0.0f;
-        if (tail) {
-            const float fill = pos ? NEG_INF : -NEG_INF;
-#pragma unroll
-            for (int n = 0; n < NS / 4; ++n) {
-                const int key = kv0 + n * 8 + 2 * t;
-                if (key >= seq_kv) s[4 * n] = s[4 * n + 2] = fill;
-                if (key + 1 >= seq_kv) s[4 * n + 1] = s[4 * n + 3] = fill;
-            }
-        }
-        // Both rows at once, with four partial maxima and sums per row:
-        // short dependency chains for a warp that has few others to hide
-        // latency behind.
+        const bool pos = score_factor >= 0.0f;
+        if (tail) mask_tail(kv0, pos ? 0xfc00fc00u : 0x7c007c00u);
+        // Both rows at once, with four partial maxima per row: short
+        // dependency chains for a warp that has few others to hide latency
+        // behind.
         float mx[2];
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-            float part[4] = {s[2 * r], s[2 * r], s[2 * r], s[2 * r]};
-            if (pos) {
+            unsigned int part[4] = {s[r], s[r], s[r], s[r]};
 #pragma unroll
-                for (int n = 0; n < NS / 4; ++n) {
-                    part[n & 3] = fmaxf(part[n & 3], fmaxf(s[4 * n + 2 * r], s[4 * n + 2 * r + 1]));
-                }
-                mx[r] = fmaxf(fmaxf(part[0], part[1]), fmaxf(part[2], part[3]));
-            } else {
-#pragma unroll
-                for (int n = 0; n < NS / 4; ++n) {
-                    part[n & 3] = fminf(part[n & 3], fminf(s[4 * n + 2 * r], s[4 * n + 2 * r + 1]));
-                }
-                mx[r] = fminf(fminf(part[0], part[1]), fminf(part[2], part[3]));
+            for (int n = 0; n < NS / 2; ++n) {
+                part[n & 3] = pos ? h2_max(part[n & 3], s[2 * n + r]) : h2_min(part[n & 3], s[2 * n + r]);
             }
+            const unsigned int m2 = pos ? h2_max(h2_max(part[0], part[1]), h2_max(part[2], part[3]))
+                                        : h2_min(h2_min(part[0], part[1]), h2_min(part[2], part[3]));
+            mx[r] = h2_reduce_f32(m2, pos);
         }
+        unsigned int neg2[2];
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-            mx[r] = fmaxf(row_max[r], ws_quad_max(mx[r] * scale_log2));
-            alpha[r] = ws_ex2(row_max[r] - mx[r]);
-            row_max[r] = mx[r];
+            // The new running max, then -max + 8 rounded down to an f16
+            // (so no P exceeds 2^8), kept exact for alpha.
+            const float m = fmaxf(8.0f - neg_max[r], ws_quad_max(mx[r] * score_factor));
+            float neg;
+            const unsigned short nh = f16_of(fminf(fmaxf(8.0f - m, -65504.0f), 65504.0f), true, &neg);
+            alpha[r] = ws_ex2(neg - neg_max[r]);
+            neg_max[r] = neg;
+            neg2[r] = (unsigned int)nh * 0x10001u;
         }
-        const float neg_m[2] = {8.0f - mx[0], 8.0f - mx[1]};
 #pragma unroll
-        for (int n = 0; n < NS / 4; ++n) {
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                s[4 * n + i] = ws_ex2(fmaf(s[4 * n + i], scale_log2, neg_m[i >> 1]));
-            }
-        }
-        if (tail) {
-#pragma unroll
-            for (int n = 0; n < NS / 4; ++n) {
-                const int key = kv0 + n * 8 + 2 * t;
-                if (key >= seq_kv) s[4 * n] = s[4 * n + 2] = 0.0f;
-                if (key + 1 >= seq_kv) s[4 * n + 1] = s[4 * n + 3] = 0.0f;
-            }
-        }
+        for (int i = 0; i < NS; ++i) s[i] = h2_exp2_fma(s[i], factor2, neg2[i & 1]);
+        if (tail) mask_tail(kv0, 0u);  // a zero factor turns masked keys into NaN
     };
     // P packed to e4m3: the A fragments of P.V, each thread's own values in
     // the key order the permuted Vt expects (see the header). For keys
@@ -388,11 +471,11 @@ extern "C" __global__ void __launch_bounds__(384, 1)
     auto pack_p = [&]() {
 #pragma unroll
         for (int kk = 0; kk < KSTEPS_PV; ++kk) {
-            const float* c = s + 16 * kk;
-            pa[4 * kk + 0] = fp8_pack4(c[0], c[1], c[4], c[5]);
-            pa[4 * kk + 1] = fp8_pack4(c[2], c[3], c[6], c[7]);
-            pa[4 * kk + 2] = fp8_pack4(c[8], c[9], c[12], c[13]);
-            pa[4 * kk + 3] = fp8_pack4(c[10], c[11], c[14], c[15]);
+            const unsigned int* c = s + 8 * kk;
+            pa[4 * kk + 0] = fp8_pack_h2(c[0], c[2]);
+            pa[4 * kk + 1] = fp8_pack_h2(c[1], c[3]);
+            pa[4 * kk + 2] = fp8_pack_h2(c[4], c[6]);
+            pa[4 * kk + 3] = fp8_pack_h2(c[5], c[7]);
         }
     };
     auto fence_acc_p = [&](unsigned int* p) {

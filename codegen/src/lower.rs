@@ -961,6 +961,7 @@ fn lower_scaled_attention(
                 operands: AttentionOperands::Fp8TensorMaps {
                     q_rows: kernel.block_m,
                     kv_rows: kernel.block_n,
+                    vt_rows: kernel.vt_box_keys,
                     vt_keys,
                 },
                 name: kernel.name,

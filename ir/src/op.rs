@@ -324,7 +324,12 @@ pub enum Op {
     /// anyway. Output bf16 `[B, Sq, H, Dv]`.
     ///
     /// Meaning (per batch, head and query row), as the fp8 kernel computes
-    /// it: dequantize q, k, v; `S = q·kᵀ·scale`; `m = max S`;
+    /// it: `S = f16(q8·k8ᵀ) · scale · q_scale · k_scale` (the kernel
+    /// accumulates the e4m3 products in f16; a dot product past f16's
+    /// 65504 is outside the op's domain: here it rounds to ±∞, there the
+    /// result is undefined. fluxc's fp8 attention pass quantizes q and k
+    /// into ±16, and 16·16·128 < 65504);
+    /// dequantize v; `m = max S`;
     /// `P = exp(S − m)`; each `P` is rounded to e4m3 *after multiplying by
     /// 256* (`p8 = e4m3(256·P)`: the kernel quantizes the probabilities
     /// relative to the row max with 2⁸ headroom before the fp8 `P·V`

@@ -8,6 +8,9 @@
 //!   against plain `Attention` over the *dequantized* q, k, v, every
 //!   element lies within the bound derived in [`derived_bound`], and the
 //!   relative L2 distance stays under [`REL_L2_BOUND`].
+//! - The scores are the e4m3 dot products rounded to f16, as the kernel
+//!   accumulates them (a hand-checked case where that rounding shows), and
+//!   a dot product past f16's range rounds to ∞.
 //! - The output is bf16 (declared and rounded); the op prints with its
 //!   score scale and verifies, and a graph whose stored type disagrees
 //!   with it does not.
@@ -35,15 +38,18 @@ const E4M3: DType = DType::F8E4M3;
 const REL_L2_BOUND: f64 = 4e-2;
 
 /// Builds `x` as a bf16 input fed with `data`, quantized to e4m3 with a
-/// per-tensor dynamic scale; returns `(x, x8, scale)`.
+/// per-tensor dynamic scale into `±range` (448 for v; 16 for q and k, whose
+/// products the op accumulates in f16); returns `(x, x8, scale)`.
 fn quantized_input(
     h: &mut Harness,
     name: &str,
     dims: &[usize],
     data: Vec<f32>,
+    range: f32,
 ) -> (NodeId, NodeId, NodeId) {
     let x = h.input_typed(name, DType::BF16, dims, data);
     let s = h.b.dynamic_scale(x, E4M3, false).unwrap();
+    let s = h.b.mul_scalar(s, 448.0 / range).unwrap();
     let x8 = h.b.quantize(x, s, E4M3).unwrap();
     (x, x8, s)
 }
@@ -72,12 +78,28 @@ fn dequantized(h: &mut Harness, x8: NodeId, scale: NodeId) -> NodeId {
 /// where `Σ P_j |v_j| / l` is exactly attention over `|v|` (`abs_ref`). The
 /// bf16 rounding of the result adds 2⁻⁹ of it (2⁻⁸ of the reference covers
 /// that and the f32 rounding of the scores, which both sides share).
-fn derived_bound(abs_ref: f32, reference: f32, seq_kv: usize, v_max: f32) -> f32 {
+///
+/// The scores' f16 rounding moves each score by at most 2⁻¹¹ of its own
+/// magnitude, `|S_j| ≤ s_max` (the largest score magnitude of the row
+/// set): each `P_j` by a factor within `exp(±2⁻¹¹·s_max)` of the row max's
+/// (which moves too, and cancels), so the probabilities get a relative error
+/// `ε ≤ exp(2⁻¹⁰·s_max) − 1` before e4m3 rounds them, and the output moves
+/// by at most `2ε · (abs_ref + |r|)` more.
+fn derived_bound(abs_ref: f32, reference: f32, seq_kv: usize, v_max: f32, s_max: f32) -> f32 {
     let r = reference.abs();
     let tiny = 2f32.powi(-18) * seq_kv as f32;
+    let score_rounding = (2f32.powi(-10) * s_max).exp_m1();
     (2f32.powi(-4) * (abs_ref + r) + tiny * (v_max + r)) / (1.0 - 2f32.powi(-4) - tiny)
+        + 2.0 * score_rounding * (abs_ref + r)
         + 2f32.powi(-8) * r
         + 1e-6
+}
+
+/// The largest Euclidean norm of the `d`-wide rows of `data`.
+fn max_row_norm(data: &[f32], d: usize) -> f32 {
+    data.chunks(d)
+        .map(|row| row.iter().map(|x| x * x).sum::<f32>().sqrt())
+        .fold(0.0, f32::max)
 }
 
 /// One random case: `[b, sq, h, d]` queries over `sk` keys, q multiplied by
@@ -90,16 +112,17 @@ fn random_case(dims: [usize; 4], sk: usize, sharpness: f32, seed: u32) -> f64 {
         .iter()
         .map(|x| x * sharpness)
         .collect();
-    let (_, q8, qs) = quantized_input(&mut hs, "q", &[b, sq, h, d], q_data);
+    let (_, q8, qs) = quantized_input(&mut hs, "q", &[b, sq, h, d], q_data, 16.0);
     let (_, k8, ks) = quantized_input(
         &mut hs,
         "k",
         &[b, sk, h, d],
         pseudo_random(b * sk * h * d, seed + 1),
+        16.0,
     );
     let v_data = pseudo_random(b * sk * h * d, seed + 2);
     // v goes in unquantized: the op quantizes it as `quantize` does.
-    let (v_in, v8, vs) = quantized_input(&mut hs, "v", &[b, sk, h, d], v_data);
+    let (v_in, v8, vs) = quantized_input(&mut hs, "v", &[b, sk, h, d], v_data, 448.0);
     let scale = 1.0 / (d as f32).sqrt();
     let out =
         hs.b.scaled_attention(q8, qs, k8, ks, v_in, vs, scale)
@@ -114,9 +137,11 @@ fn random_case(dims: [usize; 4], sk: usize, sharpness: f32, seed: u32) -> f64 {
     let reference = hs.b.op(attention.clone(), &[q, k, v]).unwrap();
     let v_abs = hs.b.unary(UnaryOp::Abs, v).unwrap();
     let abs_ref = hs.b.op(attention, &[q, k, v_abs]).unwrap();
-    let values = hs.run_all(&[out, reference, abs_ref, v_abs]);
-    let [out, reference, abs_ref, v_abs] = [0, 1, 2, 3].map(|i| &values[i]);
+    let values = hs.run_all(&[out, reference, abs_ref, v_abs, q, k]);
+    let [out, reference, abs_ref, v_abs, q, k] = [0, 1, 2, 3, 4, 5].map(|i| &values[i]);
     let v_max = v_abs.data.iter().copied().fold(0.0, f32::max);
+    // Cauchy–Schwarz: no score is larger than this.
+    let s_max = max_row_norm(&q.data, d) * max_row_norm(&k.data, d) * scale;
     for (i, ((&o, &r), &a)) in out
         .data
         .iter()
@@ -125,7 +150,7 @@ fn random_case(dims: [usize; 4], sk: usize, sharpness: f32, seed: u32) -> f64 {
         .enumerate()
     {
         assert_eq!(DType::BF16.round(o), o, "element {i} is not a bf16 value");
-        let bound = derived_bound(a, r, sk, v_max);
+        let bound = derived_bound(a, r, sk, v_max, s_max);
         assert!(
             (o - r).abs() <= bound,
             "element {i}: {o} vs {r}, bound {bound} ({dims:?}, sk {sk})"
@@ -162,6 +187,39 @@ fn hand_checked_two_rows_over_two_keys() {
     //   = 0.630137, bf16 (step 2⁻⁸ in [0.5, 1)) gives 161·2⁻⁸ = 0.62890625.
     assert_eq!(out.shape.dims(), &[1, 2, 1, 1]);
     assert_eq!(out.data, vec![0.181_640_63, 0.628_906_25]);
+}
+
+#[test]
+fn scores_are_rounded_to_f16() {
+    // D = 2, scale 1, unit scales. q8 = [448, 1.5]; key 0 = [5, 1] gives
+    // 2241.5, which f16 (step 2 in [2048, 4096)) rounds to 2242; key 1 =
+    // [5, 0] gives 2240 exactly. So S = [2242, 2240]: the row of the
+    // hand-checked case above with S = [0, −2], P = [1, e⁻²], out =
+    // 0.62890625 after bf16. (Unrounded scores, 1.5 apart, would give
+    // p̂₁ = e4m3(256·e^−1.5 = 57.1)/256 = 56/256 and out ≈ 0.4615.)
+    let mut hs = Harness::new();
+    let q8 = hs.input_typed("q8", E4M3, &[1, 1, 1, 2], vec![448.0, 1.5]);
+    let k8 = hs.input_typed("k8", E4M3, &[1, 2, 1, 2], vec![5.0, 1.0, 5.0, 0.0]);
+    let v = hs.input_typed("v", DType::BF16, &[1, 2, 1, 2], vec![1.0, 1.0, -2.0, -2.0]);
+    let one = hs.input("one", &[1], vec![1.0]);
+    let vs = hs.input("vs", &[1], vec![0.5]);
+    let out = hs.b.scaled_attention(q8, one, k8, one, v, vs, 1.0).unwrap();
+    assert_eq!(hs.run(out).data, vec![0.628_906_25, 0.628_906_25]);
+}
+
+#[test]
+fn a_score_past_f16_rounds_to_infinity() {
+    // 448 · 448 · 2 = 401408 > 65504: the score is +∞, outside the op's
+    // domain (the kernel's result is undefined); here the row is NaN.
+    let mut hs = Harness::new();
+    let q8 = hs.input_typed("q8", E4M3, &[1, 1, 1, 2], vec![448.0, 448.0]);
+    let k8 = hs.input_typed("k8", E4M3, &[1, 2, 1, 2], vec![448.0, 448.0, 1.0, 1.0]);
+    let v = hs.input_typed("v", DType::BF16, &[1, 2, 1, 2], vec![1.0; 4]);
+    let one = hs.input("one", &[1], vec![1.0]);
+    let out =
+        hs.b.scaled_attention(q8, one, k8, one, v, one, 1.0)
+            .unwrap();
+    assert!(hs.run(out).data.iter().all(|x| x.is_nan()));
 }
 
 #[test]

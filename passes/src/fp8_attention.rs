@@ -4,15 +4,25 @@
 //! Each selected `o = attention[scale](q, k, v)` becomes
 //!
 //! ```text
-//! qs = dynamic_scale(q, f8e4m3, per_tensor)    q8 = quantize(q, qs)
-//! ks = dynamic_scale(k, f8e4m3, per_tensor)    k8 = quantize(k, ks)
+//! qs = dynamic_scale(q, f8e4m3, per_tensor)    q8 = quantize(q · (1/28), qs)
+//! ks = dynamic_scale(k, f8e4m3, per_tensor)    k8 = quantize(k · (1/28), ks)
 //! vs = dynamic_scale(v, f8e4m3, per_tensor)
-//! o  = scaled_attention[scale](q8, qs, k8, ks, v, vs)         (bf16)
+//! o  = scaled_attention[scale · 28²](q8, qs, k8, ks, v, vs)   (bf16)
 //! ```
 //!
 //! (v goes in unquantized: the op quantizes it, in the kernel that lays v
 //! out key-innermost for the fp8 kernel and reads it anyway, instead of a
 //! quantize pass of its own.)
+//!
+//! q and k are quantized into ±16 ([`FP8_ATTENTION_QK_RANGE`]), not e4m3's
+//! ±448: the kernel accumulates `q8·k8ᵀ` in f16 (half the registers and
+//! half the softmax instructions of f32 scores), and 16·16·128 < 65504 keeps
+//! every score in range. The scale stays the plain `dynamic_scale` (which
+//! then also serves v) and the factor 448/16 = 28 moves onto the values and
+//! into the score scale. Precision: e4m3's relative precision is the same
+//! over its normal range; the smallest normal is now 2⁻¹⁰ of the largest
+//! value instead of 2⁻¹⁵, which only elements too small to matter in a dot
+//! product reach.
 //!
 //! except that a q or k which is RMS-normalized and then rotated (FLUX's
 //! `apply_rope(rms_norm(x, w))`, or `apply_rope(concat(rms_norm(x₁, w₁),
@@ -21,17 +31,18 @@
 //!
 //! ```text
 //! qs = dynamic_scale(concat(w₁, w₂), f8e4m3, per_tensor)     (max|w| / 448)
-//! q8 = quantize(q · (1/√D), qs)
+//! q8 = quantize(q · (1/(28·√D)), qs)
 //! ```
 //!
-//! and the attention's score scale takes the √D back (so `q ≈ q8 · qs ·
-//! √D`): in effect q is quantized by `√D · max|w| / 448`, with the √D kept
-//! out of the scale so that the scale is a plain `dynamic_scale` of weights,
-//! which the loader derives. Why that is safe: an RMS-normalized row has
-//! `|x_i| / rms(x) ≤ √D`, so every element of the norm's output is at most
-//! `√D · max|w|` in magnitude, and a rotation of pairs keeps each pair's
-//! length, so no element of q / √D reaches past 448 after dividing by qs
-//! (bf16 rounding may graze it; quantization saturates). Why it pays: the
+//! and the attention's score scale takes the 28·√D back (so `q ≈ q8 · qs ·
+//! 28·√D`): in effect q is quantized by `√D · max|w| / 16`, with the factor
+//! kept out of the scale so that the scale is a plain `dynamic_scale` of
+//! weights, which the loader derives. Why that is safe: an RMS-normalized
+//! row has `|x_i| / rms(x) ≤ √D`, so every element of the norm's output is
+//! at most `√D · max|w|` in magnitude, and a rotation of pairs keeps each
+//! pair's length, so no element of q8 reaches past 16 (bf16 rounding may
+//! graze it: e4m3 rounds up to 17 to 16, and 18·18·128 is still in f16's
+//! range). Why it pays: the
 //! scale reads only weights, so it is hoisted to load time, and the scaling
 //! and quantize become an elementwise tail of the kernel that normalizes
 //! and rotates q, which then writes e4m3 directly, instead of a grid-wide
@@ -76,6 +87,14 @@ pub const FP8_ATTENTION_HEAD_DIM: usize = 128;
 
 /// The fp8 dtype of the attention operands.
 pub const FP8_ATTENTION_DTYPE: DType = DType::F8E4M3;
+
+/// The range q8 and k8 are quantized into: the kernel accumulates `q8·k8ᵀ`
+/// in f16, and 16·16·128 < 65504 (see the module docs).
+pub const FP8_ATTENTION_QK_RANGE: f32 = 16.0;
+
+/// What q and k are divided by on top of their scale: e4m3's 448 over
+/// [`FP8_ATTENTION_QK_RANGE`].
+const QK_SHRINK: f32 = 448.0 / FP8_ATTENTION_QK_RANGE;
 
 /// Rewrites every attention the policy and [`is_fp8_attention_candidate`]
 /// select into dynamic fp8 quantization of q, k and v followed by a
@@ -123,8 +142,9 @@ pub fn is_fp8_attention_candidate(graph: &Graph, id: NodeId) -> bool {
 
 /// An attention operand in fp8: the quantized tensor (v: the tensor
 /// itself, which the op quantizes), its scale, and the factor the
-/// attention's score scale takes for it (1, or √D for an operand quantized
-/// as `x / √D`, see [`quantize_by_norm_bound`]).
+/// attention's score scale takes for it (q and k: 28, or 28·√D for an
+/// operand quantized by its norm bound, see [`quantize_by_norm_bound`];
+/// v: 1).
 #[derive(Clone, Copy)]
 struct Quantized {
     x8: NodeId,
@@ -161,28 +181,32 @@ fn rewrite(
                 let q = match bound {
                     Some(weights) => quantize_by_norm_bound(graph, x, &weights, &scope)?,
                     None => {
-                        let scale_op = Op::DynamicScale {
-                            dtype: FP8_ATTENTION_DTYPE,
-                            per_row: false,
+                        // x's own absmax scale, which serves it as v (the
+                        // op quantizes v itself) and as q or k.
+                        let as_v = match quantized.get(&(x, false)) {
+                            Some(&v) => v,
+                            None => {
+                                let scale_op = Op::DynamicScale {
+                                    dtype: FP8_ATTENTION_DTYPE,
+                                    per_row: false,
+                                };
+                                Quantized {
+                                    x8: x,
+                                    scale: graph.add_node(scale_op, &[x], &scope)?,
+                                    factor: 1.0,
+                                }
+                            }
                         };
-                        let xs = graph.add_node(scale_op, &[x], &scope)?;
-                        let x8 = if q_or_k {
-                            graph.add_node(Op::Quantize(FP8_ATTENTION_DTYPE), &[x, xs], &scope)?
+                        quantized.insert((x, false), as_v);
+                        let xs = as_v.scale;
+                        if q_or_k {
+                            quantize_shrunk(graph, x, xs, QK_SHRINK, &scope)?
                         } else {
-                            x // the op quantizes v
-                        };
-                        Quantized {
-                            x8,
-                            scale: xs,
-                            factor: 1.0,
+                            as_v
                         }
                     }
                 };
                 quantized.insert((x, q_or_k), q);
-                if q_or_k && q.factor == 1.0 {
-                    // Scaled by its own absmax: the scale serves v too.
-                    quantized.insert((x, false), Quantized { x8: x, ..q });
-                }
                 q
             }
         };
@@ -227,11 +251,11 @@ fn rotated_norm_weights(graph: &Graph, x: NodeId) -> Option<Vec<NodeId>> {
 /// bound (see the module docs) as
 ///
 /// ```text
-/// x8 = quantize(x · (1/√D), dynamic_scale(concat(weights)))
+/// x8 = quantize(x · (1/(28·√D)), dynamic_scale(concat(weights)))
 /// ```
 ///
-/// i.e. by the scale `√D · max|w| / 448` with the √D moved onto the values
-/// (an elementwise tail of the kernel that produces x) and into the
+/// i.e. by the scale `√D · max|w| / 16` with the 28·√D moved onto the
+/// values (an elementwise tail of the kernel that produces x) and into the
 /// attention's score scale (the returned factor), so that the scale itself
 /// is a plain `dynamic_scale` of weights, which the loader computes.
 fn quantize_by_norm_bound(
@@ -241,7 +265,6 @@ fn quantize_by_norm_bound(
     scope: &str,
 ) -> Result<Quantized, IrError> {
     let width = graph.ty(x).shape.dims().last().copied().unwrap_or(1);
-    let factor = (width as f32).sqrt();
     let all = match weights {
         [w] => *w,
         _ => graph.add_node(Op::Concat { axis: 0 }, weights, scope)?,
@@ -254,6 +277,18 @@ fn quantize_by_norm_bound(
         &[all],
         scope,
     )?;
+    quantize_shrunk(graph, x, scale, QK_SHRINK * (width as f32).sqrt(), scope)
+}
+
+/// `quantize(x · (1/factor), scale)`, which dequantizes as `x8 · scale ·
+/// factor`: the attention's score scale takes the factor.
+fn quantize_shrunk(
+    graph: &mut Graph,
+    x: NodeId,
+    scale: NodeId,
+    factor: f32,
+    scope: &str,
+) -> Result<Quantized, IrError> {
     let shrunk = graph.add_node(
         Op::BinaryScalar {
             op: BinaryOp::Mul,

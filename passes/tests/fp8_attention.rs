@@ -13,8 +13,10 @@
 
 mod common;
 
-use fluxc_ir::{print_graph, verify, DType, Graph, GraphBuilder, NodeId, Op, Scalar};
-use fluxc_passes::fp8_attention::{insert_fp8_attention, FP8_ATTENTION_DTYPE};
+use fluxc_ir::{print_graph, verify, BinaryOp, DType, Graph, GraphBuilder, NodeId, Op, Scalar};
+use fluxc_passes::fp8_attention::{
+    insert_fp8_attention, FP8_ATTENTION_DTYPE, FP8_ATTENTION_QK_RANGE,
+};
 use fluxc_passes::pipeline::optimize;
 use fluxc_passes::{Fp8Mode, Fp8Policy, PassOptions};
 
@@ -66,11 +68,13 @@ fn a_128_wide_bf16_attention_becomes_scaled_attention() {
         let [o] = nodes_where(&g, |op| matches!(op, Op::ScaledAttention { .. }))[..] else {
             panic!("expected one scaled_attention")
         };
-        // The builder's 1/√128, unchanged.
+        // The builder's 1/√128, times 28 for each of q and k (quantized
+        // into ±16, with the 28 moved onto the values).
+        let shrink = 448.0 / FP8_ATTENTION_QK_RANGE;
         assert_eq!(
             g.node(o).op,
             Op::ScaledAttention {
-                scale: Scalar(1.0 / (128f32).sqrt())
+                scale: Scalar(1.0 / (128f32).sqrt() * shrink * shrink)
             }
         );
         assert_eq!(g.node(o).scope, "blocks.0.attn");
@@ -98,12 +102,24 @@ fn a_128_wide_bf16_attention_becomes_scaled_attention() {
                 continue;
             }
             assert_eq!(g.node(x8).op, Op::Quantize(DType::F8E4M3));
-            assert_eq!(g.operands(x8), [x, xs]);
+            let [shrunk, scale] = g.operands(x8)[..] else {
+                panic!("quantize takes two operands")
+            };
+            assert_eq!(scale, xs);
+            assert_eq!(
+                g.node(shrunk).op,
+                Op::BinaryScalar {
+                    op: BinaryOp::Mul,
+                    scalar: Scalar(1.0 / shrink)
+                }
+            );
+            assert_eq!(g.operands(shrunk), [x]);
             assert_eq!(g.ty(x8).shape, g.ty(x).shape);
             assert_eq!(g.node(x8).scope, "blocks.0.attn", "{name}");
         }
-        // inputs q, k, v, x; 3 scales, 2 quantizes; the attention; the add.
-        assert_eq!(g.len(), 4 + 5 + 1 + 1);
+        // inputs q, k, v, x; 3 scales, 2 shrinks, 2 quantizes; the
+        // attention; the add.
+        assert_eq!(g.len(), 4 + 7 + 1 + 1);
     }
 }
 
@@ -252,7 +268,7 @@ fn the_pipeline_runs_it_in_the_fp8_step() {
 }
 
 /// One RMS-normalized, rotated tensor read as q, k and v: q and k take the
-/// norm bound (and give the score scale their √D), v its own absmax, so
+/// norm bound (and give the score scale their 28·√D), v its own absmax, so
 /// the result still matches bf16 attention. (Sharing q's quantization with
 /// v would scale the output by √D.)
 #[test]
@@ -282,11 +298,13 @@ fn a_rotated_tensor_read_as_v_too_is_quantized_by_its_absmax_there() {
     assert_eq!((ops[0], ops[1]), (ops[2], ops[3]));
     assert_ne!(ops[4], ops[0]);
     assert_eq!(g.operands(ops[5]), [rotated]);
-    // 1/√D, times √D for q and for k.
+    // 1/√D, times 28·√D for q and for k.
     let Op::ScaledAttention { scale } = g.node(a).op else {
         unreachable!()
     };
-    assert!((scale.get() - (d as f32).sqrt()).abs() < 1e-5, "{scale}");
+    let shrink = 448.0 / FP8_ATTENTION_QK_RANGE;
+    let expected = shrink * shrink * (d as f32).sqrt();
+    assert!((scale.get() / expected - 1.0).abs() < 1e-6, "{scale}");
     let inputs = random_inputs(&original, 7);
     let error = run(&g, &inputs, "y").rel_l2(&run(&original, &inputs, "y"));
     println!("q = k = v rotated: fp8 vs bf16 attention, relative L2 {error:.3e}");

@@ -11,8 +11,9 @@ use crate::{BufferId, WeightSource};
 /// incompatible change; the runtime refuses other versions. 4: fp8
 /// attention (`AttentionOperands::Fp8TensorMaps`, `Attention::scales`).
 /// 5: a GEMM's C operand (`Gemm::c`; an older runtime would ignore it).
-/// 6: cuDNN convolutions (`Step::Conv`).
-pub const FORMAT_VERSION: u32 = 6;
+/// 6: cuDNN convolutions (`Step::Conv`). 7: fp8 attention's vt box apart
+/// from its key tile (`AttentionOperands::Fp8TensorMaps::vt_rows`).
+pub const FORMAT_VERSION: u32 = 7;
 
 /// A checkpoint naming layout the artifact can load weights from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

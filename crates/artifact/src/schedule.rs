@@ -312,13 +312,16 @@ pub enum AttentionOperands {
     /// and `[D, 1, kv_rows, 1]`; and [`Attention::v`], which is then the V
     /// layout kernel's copy of v, `vt` (`[batch, heads, D, vt_keys]`, keys
     /// innermost, zero past `seq_kv`), as `[vt_keys, D, heads, batch]` with
-    /// box `[kv_rows, D, 1, 1]`. The step's [`Attention::scales`] are
+    /// box `[vt_rows, D, 1, 1]`. The step's [`Attention::scales`] are
     /// required.
     Fp8TensorMaps {
         /// Box rows of q (the kernel's query tile).
         q_rows: u32,
-        /// Box rows of k and the box's key extent of vt (the key tile).
+        /// Box rows of k (the key tile).
         kv_rows: u32,
+        /// The key extent of vt's box (at most 128: one 128-byte swizzle
+        /// row; the kernel loads a key tile as `kv_rows / vt_rows` boxes).
+        vt_rows: u32,
         /// Keys per row of vt: `seq_kv` rounded up to a multiple of 16 (so
         /// a row is a multiple of the 16 bytes TMA strides need).
         vt_keys: u32,
@@ -571,7 +574,8 @@ mod tests {
             kernel: "attention_fp8_d128".into(),
             operands: AttentionOperands::Fp8TensorMaps {
                 q_rows: 128,
-                kv_rows: 128,
+                kv_rows: 256,
+                vt_rows: 128,
                 vt_keys: 336,
             },
             grid: [2, 2, 1],
@@ -603,7 +607,9 @@ mod tests {
         let step = Step::Attention(fp8_attention());
         let json = serde_json::to_string(&step).unwrap();
         assert!(
-            json.contains(r#""fp8_tensor_maps":{"q_rows":128,"kv_rows":128,"vt_keys":336}"#),
+            json.contains(
+                r#""fp8_tensor_maps":{"q_rows":128,"kv_rows":256,"vt_rows":128,"vt_keys":336}"#
+            ),
             "{json}"
         );
         assert_eq!(serde_json::from_str::<Step>(&json).unwrap(), step);

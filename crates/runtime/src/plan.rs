@@ -136,10 +136,11 @@ fn attention_params(
         AttentionOperands::Fp8TensorMaps {
             q_rows,
             kv_rows,
+            vt_rows,
             vt_keys,
         } => {
-            let [q, k, vt] =
-                fp8_attention_maps(a, [at(a.q), at(a.k), at(a.v)], q_rows, kv_rows, vt_keys);
+            let rows = [q_rows, kv_rows, vt_rows];
+            let [q, k, vt] = fp8_attention_maps(a, [at(a.q), at(a.k), at(a.v)], rows, vt_keys);
             vec![map(q)?, map(k)?, map(vt)?]
         }
     };
@@ -161,14 +162,13 @@ fn attention_params(
 fn fp8_attention_maps(
     a: &Attention,
     [q, k, vt]: [u64; 3],
-    q_rows: u32,
-    kv_rows: u32,
+    [q_rows, kv_rows, vt_rows]: [u32; 3],
     vt_keys: u32,
 ) -> [TensorMapSpec; 3] {
     [
         TensorMapSpec::fp8_attention_operand(q, a.batch, a.seq_q, a.heads, a.head_dim, q_rows),
         TensorMapSpec::fp8_attention_operand(k, a.batch, a.seq_kv, a.heads, a.head_dim, kv_rows),
-        TensorMapSpec::fp8_values_transposed(vt, a.batch, a.heads, a.head_dim, vt_keys, kv_rows),
+        TensorMapSpec::fp8_values_transposed(vt, a.batch, a.heads, a.head_dim, vt_keys, vt_rows),
     ]
 }
 
@@ -383,18 +383,25 @@ fn check_attention(schedule: &Schedule, a: &Attention) -> Result<(), String> {
         AttentionOperands::Fp8TensorMaps {
             q_rows,
             kv_rows,
+            vt_rows,
             vt_keys,
         } => {
             let Some(scales) = a.scales else {
                 return Err("an fp8 attention needs the scales of q, k and v".into());
             };
+            if vt_rows == 0 || kv_rows % vt_rows != 0 {
+                return Err(format!(
+                    "vt_rows = {vt_rows} must divide kv_rows = {kv_rows} (a key tile is whole vt boxes)"
+                ));
+            }
             if vt_keys < a.seq_kv || vt_keys % 16 != 0 {
                 return Err(format!(
                     "vt_keys = {vt_keys} must be a multiple of 16 no smaller than seq_kv = {}",
                     a.seq_kv
                 ));
             }
-            let maps = fp8_attention_maps(a, [a.q, a.k, a.v].map(offset), q_rows, kv_rows, vt_keys);
+            let rows = [q_rows, kv_rows, vt_rows];
+            let maps = fp8_attention_maps(a, [a.q, a.k, a.v].map(offset), rows, vt_keys);
             for ((what, t), spec) in [("q", a.q), ("k", a.k), ("vt", a.v)].into_iter().zip(maps) {
                 if buf(t).dtype != ElemType::F8e4m3 {
                     return Err(format!(
@@ -1176,6 +1183,7 @@ mod tests {
             operands: AttentionOperands::Fp8TensorMaps {
                 q_rows: 128,
                 kv_rows: 16,
+                vt_rows: 16,
                 vt_keys: 16,
             },
             grid: [1, 2, 1],
@@ -1287,6 +1295,7 @@ mod tests {
         let fp8 = |vt_keys| AttentionOperands::Fp8TensorMaps {
             q_rows: 128,
             kv_rows: 16,
+            vt_rows: 16,
             vt_keys,
         };
         has(
@@ -1324,11 +1333,36 @@ mod tests {
                 operands: AttentionOperands::Fp8TensorMaps {
                     q_rows: 128,
                     kv_rows: 24,
+                    vt_rows: 24,
                     vt_keys: 16,
                 },
                 ..good.clone()
             },
             "vt: tensor map inner box of 24 u8 (24 bytes) is not a multiple of 16",
+        );
+        has(
+            Attention {
+                operands: AttentionOperands::Fp8TensorMaps {
+                    q_rows: 128,
+                    kv_rows: 256,
+                    vt_rows: 256,
+                    vt_keys: 16,
+                },
+                ..good.clone()
+            },
+            "vt: tensor map inner box of 256 u8 exceeds the 128-byte swizzle span",
+        );
+        has(
+            Attention {
+                operands: AttentionOperands::Fp8TensorMaps {
+                    q_rows: 128,
+                    kv_rows: 256,
+                    vt_rows: 96,
+                    vt_keys: 16,
+                },
+                ..good.clone()
+            },
+            "vt_rows = 96 must divide kv_rows = 256",
         );
         let mut bad_scale = good.clone();
         bad_scale.scales = Some(AttentionScales {

@@ -480,20 +480,22 @@ fn dequantize(x8: &Tensor, scale: &Tensor) -> Tensor {
 }
 
 /// [`Op::ScaledAttention`]: operands (q8, q_scale, k8, k_scale, v,
-/// v_scale), v quantized here to e4m3 by its scale. Scores and the row max
-/// as [`attention`] computes them from the dequantized operands; the numerator sums `e4m3(256·P)/256 · v`, the
+/// v_scale), v quantized here to e4m3 by its scale. Each score is the dot
+/// product of the e4m3 rows (exact in f64) rounded to f16, as the kernel's
+/// accumulator holds it, times `scale · q_scale · k_scale`; the row max is
+/// taken over those; the numerator sums `e4m3(256·P)/256 · v`, the
 /// denominator the same rounded `P`; the result is rounded to bf16. No keys:
 /// zeros, as [`attention`] gives.
 fn scaled_attention(args: &[&Tensor], scale: f32) -> Vec<f32> {
-    let q = dequantize(args[0], args[1]);
-    let k = dequantize(args[2], args[3]);
+    let (q8, k8) = (args[0], args[2]);
+    let score_scale = f64::from(scale) * f64::from(args[1].data[0]) * f64::from(args[3].data[0]);
     let v8 = Tensor {
         shape: args[4].shape.clone(),
         data: quantize(args[4], args[5], DType::F8E4M3),
     };
     let v = dequantize(&v8, args[5]);
-    let [b, sq, h, _] = dims4(&q.shape);
-    let sk = k.shape.dims()[1];
+    let [b, sq, h, d] = dims4(&q8.shape);
+    let sk = k8.shape.dims()[1];
     let dv = v.shape.dims()[3];
     let mut out = vec![0f32; b * sq * h * dv];
     if sk == 0 {
@@ -504,7 +506,13 @@ fn scaled_attention(args: &[&Tensor], scale: f32) -> Vec<f32> {
     for bi in 0..b {
         for hi in 0..h {
             for i in 0..sq {
-                row_scores(&q, &k, scale, [bi, hi, i], &mut scores);
+                let qrow = &q8.data[((bi * sq + i) * h + hi) * d..][..d];
+                scores.clear();
+                for j in 0..sk {
+                    let krow = &k8.data[((bi * sk + j) * h + hi) * d..][..d];
+                    let s16 = half::f16::from_f64(dot(qrow, krow));
+                    scores.push((s16.to_f64() * score_scale) as f32);
+                }
                 let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let mut sum = 0f64;
                 p8.clear();
