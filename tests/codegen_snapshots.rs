@@ -305,3 +305,47 @@ fn summary(g: &Generated) -> String {
     .unwrap();
     text
 }
+
+/// A per-row fp8 scale of a computed wide row (`concat(a, GELU(m))` before
+/// an fp8 linear, as in FLUX's single blocks, 3072 + 12288 wide): one row
+/// kernel that evaluates the row twice, for the absmax and again for the
+/// quantized values, with no register array for the row; and a row that is
+/// only loaded (the same linear over `m` alone) keeps its registers.
+#[test]
+fn wide_computed_row_is_read_twice() {
+    let generate_for = |with_gelu: bool| {
+        let mut b = GraphBuilder::new();
+        let a = b.input("a", DType::BF16, [37, 3072]).unwrap();
+        let m = b.input("m", DType::BF16, [37, 12288]).unwrap();
+        b.push_scope("single_transformer_blocks.0");
+        let x = if with_gelu {
+            let g = b.gelu_tanh(m).unwrap();
+            b.concat(&[a, g], 1).unwrap()
+        } else {
+            m
+        };
+        let width = b.shape(x)[1];
+        let w = b
+            .weight("proj_out.weight", DType::BF16, [64, width])
+            .unwrap();
+        let y = b.linear(x, w, None).unwrap();
+        b.pop_scope();
+        b.output("out", y).unwrap();
+        let options = PassOptions {
+            fp8: Fp8Mode::DynamicRow,
+            ..PassOptions::default()
+        };
+        let optimized = optimize(b.finish().unwrap(), &options).unwrap();
+        let opts = CodegenOptions {
+            model_name: "reread".into(),
+            layouts: Vec::new(),
+            reuse_memory: true,
+        };
+        kernels(&generate(&optimized, &opts).unwrap())
+    };
+    let computed = generate_for(true);
+    assert!(!computed.contains("float x["), "{computed}");
+    insta::assert_snapshot!("wide_computed_row_kernels", computed);
+    let loaded = generate_for(false);
+    assert!(loaded.contains("float x[48];"), "{loaded}");
+}

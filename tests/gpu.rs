@@ -626,6 +626,49 @@ fn one_row_linears_match_the_interpreter() {
     }
 }
 
+/// A per-row fp8 scale of a computed wide row, as FLUX's single blocks
+/// have it (`proj_out(concat(attention, GELU(mlp)))` in fp8 per row): the
+/// row kernel evaluates the concat twice (absmax, then the quantized
+/// values) instead of holding the row in registers. Rows of 3072 + 12288
+/// (FLUX's) and 96 + 4000 (ragged: 512.5 chunks of 8 over 256 threads),
+/// against the interpreter.
+#[test]
+fn a_wide_computed_row_quantized_per_row_matches_the_interpreter() {
+    require_gpu!("a_wide_computed_row_quantized_per_row_matches_the_interpreter");
+    for (rows, left, right, n) in [(37, 3072, 12288, 64), (5, 96, 4000, 24)] {
+        let mut b = GraphBuilder::new();
+        let a = b.input("a", DType::BF16, [rows, left]).unwrap();
+        let m = b.input("m", DType::BF16, [rows, right]).unwrap();
+        b.push_scope("single_transformer_blocks.0");
+        let g = b.gelu_tanh(m).unwrap();
+        let x = b.concat(&[a, g], 1).unwrap();
+        let w = b
+            .weight("proj_out.weight", DType::BF16, [n, left + right])
+            .unwrap();
+        let y = b.linear(x, w, None).unwrap();
+        b.pop_scope();
+        b.output("out", y).unwrap();
+        let options = PassOptions {
+            fp8: Fp8Mode::DynamicRow,
+            ..PassOptions::default()
+        };
+        let (error, generated, worst) = run_random_block(b.finish().unwrap(), &options, "reread");
+        let kernels = &generated.kernels_cu;
+        let at = kernels
+            .find("gelu_tanh_concat")
+            .expect("one row kernel for the gelu, concat, scale and quantize");
+        let body = &kernels[at..kernels[at..]
+            .find("\n}\n")
+            .map_or(kernels.len(), |e| at + e)];
+        assert!(
+            !body.contains("float x[") && body.contains("scale_amax = fmaxf(scale_amax"),
+            "the row is held in registers:\n{body}"
+        );
+        println!("per-row fp8 of concat(a, gelu(m)), {rows} rows of {left} + {right}: vs interpreter {error:.3e}; {worst}");
+        assert!(error <= FP8_VS_INTERPRETER, "{error:e}");
+    }
+}
+
 /// Relative L2 allowed between the fp8 attention kernel and the
 /// interpreter's `ScaledAttention`, which rounds what the kernel rounds
 /// (e4m3 probabilities, a bf16 output) but not where: the kernel's online

@@ -556,6 +556,18 @@ pub fn row_with(
     let (second_pass_outs, first_pass_outs): (Vec<NodeId>, Vec<NodeId>) = epilogue_outs
         .iter()
         .partition(|o| after_second.as_ref().is_some_and(|d| d.contains(o)));
+    // A per-row scale of a value the kernel computes (FLUX's
+    // `concat(attention, GELU(mlp))`) over a wide row evaluates the value
+    // twice, for the absmax and again for the output, instead of holding
+    // the row in registers: 29 registers instead of 80, so three times the
+    // warps hide the loads' latency (the single blocks' kernel, 15360 wide:
+    // 87.6 → 77.7 us on the H200, `benches/results/2026-11-29_row_reread.log`).
+    // A value that is only loaded keeps the registers (re-reading it was
+    // slower: 38.1 → 41.1 us over 12288-wide rows).
+    let reread = is_row_scale(graph, reduction)
+        && second.is_none()
+        && cpt * w >= REREAD_MIN_ELEMENTS
+        && computes_before(graph, nodes, &downstream);
     let needs_pair = rope_reads(graph, nodes, reduction);
     if needs_pair && c % 2 != 0 {
         return Err(CodegenError::Unsupported(format!(
@@ -580,17 +592,24 @@ pub fn row_with(
     ));
     e.line(format!("const int lane = threadIdx.x % {tpr};"));
     e.line(format!("const bool active = row < {rows};"));
-    e.line(format!("float x[{}];", cpt * w));
+    if reread {
+        e.line("float scale_amax = 0.0f;");
+    } else {
+        e.line(format!("float x[{}];", cpt * w));
+    }
     e.vectorize("i", "i0", w);
     e.vectorize("c", "c0", w);
 
-    // Prologue: the reduced operand into registers, prologue outputs stored.
+    // Prologue: the reduced operand into registers (or its absmax, when
+    // re-read), prologue outputs stored.
     e.line("#pragma unroll");
     e.open(format!("for (int k = 0; k < {cpt}; ++k)"));
     e.line(format!("const int chunk = lane + k * {tpr};"));
-    e.line(format!(
-        "for (int v = 0; v < {w}; ++v) x[k * {w} + v] = 0.0f;"
-    ));
+    if !reread {
+        e.line(format!(
+            "for (int v = 0; v < {w}; ++v) x[k * {w} + v] = 0.0f;"
+        ));
+    }
     e.open(format!("if (active && chunk < {chunks})"));
     e.line(format!("const int c0 = chunk * {w};"));
     e.line(first_element.clone());
@@ -601,7 +620,11 @@ pub fn row_with(
     element_loop_header(&mut e, w, c);
     let index = e.delinearize("i", dims.clone());
     let xv = e.value(x, &index)?;
-    e.line(format!("x[k * {w} + v] = {xv};"));
+    if reread {
+        e.line(format!("scale_amax = fmaxf(scale_amax, fabsf({xv}));"));
+    } else {
+        e.line(format!("x[k * {w} + v] = {xv};"));
+    }
     for (j, &out) in prologue_outs.iter().enumerate() {
         let out_index = e.delinearize("i", graph.ty(out).shape.dims().to_vec());
         let v = e.stored_value(out, &out_index)?;
@@ -651,6 +674,11 @@ pub fn row_with(
             row.sum(&mut e, "sum", "x", "expf(xe - mx)");
             "expf(x[k * W + v] - mx) / sum"
         }
+        Op::DynamicScale { dtype, .. } if reread => {
+            row.scale_of_amax(&mut e, reduction, "scale_amax", "scale", *dtype)?;
+            e.provide_everywhere(reduction, "scale".into());
+            "" // the epilogue evaluates x again
+        }
         Op::DynamicScale { dtype, .. } => {
             row.scale(&mut e, reduction, "x", "scale", *dtype)?;
             e.provide_everywhere(reduction, "scale".into());
@@ -694,10 +722,21 @@ pub fn row_with(
         ));
     }
     e.open("if (ok)");
+    if reread {
+        e.line(first_element.clone());
+    }
     let mark = e.mark();
-    e.line("#pragma unroll");
-    e.open(format!("for (int v = 0; v < {w}; ++v)"));
-    e.line("const int c = c0 + v;");
+    if reread {
+        // x at each element again, its loads (and math) emitted anew.
+        element_loop_header(&mut e, w, c);
+        let index = e.delinearize("i", dims.clone());
+        let xv = e.value(x, &index)?;
+        e.line(format!("y[v] = {xv};"));
+    } else {
+        e.line("#pragma unroll");
+        e.open(format!("for (int v = 0; v < {w}; ++v)"));
+        e.line("const int c = c0 + v;");
+    }
     let mut y = normalized;
     let c_index: Index = vec!["c".to_string()];
     if !is_row_scale(graph, reduction) {
@@ -710,7 +749,9 @@ pub fn row_with(
             y = format!("{y} + {bv}");
         }
     }
-    e.line(format!("y[v] = {y};"));
+    if !reread {
+        e.line(format!("y[v] = {y};"));
+    }
     e.close();
     let loads = e.take_vector_loads();
     e.insert(mark, loads);
@@ -802,6 +843,22 @@ pub fn row_with(
     )
 }
 
+/// Elements per thread from which a row kernel's per-row scale re-reads a
+/// computed row instead of holding it in registers.
+const REREAD_MIN_ELEMENTS: usize = 32;
+
+/// Whether the part of a row kernel before its reduction (`nodes` less
+/// `downstream`) does arithmetic, not only loads, slices and concats.
+fn computes_before(graph: &Graph, nodes: &[NodeId], downstream: &HashSet<NodeId>) -> bool {
+    nodes.iter().any(|n| {
+        !downstream.contains(n)
+            && matches!(
+                graph.node(*n).op,
+                Op::Unary(_) | Op::Binary(_) | Op::BinaryScalar { .. }
+            )
+    })
+}
+
 /// Whether `id` is a per-row fp8 scale.
 fn is_row_scale(graph: &Graph, id: NodeId) -> bool {
     matches!(graph.node(id).op, Op::DynamicScale { per_row: true, .. })
@@ -853,14 +910,26 @@ impl RowLoop {
         name: &str,
         dtype: DType,
     ) -> Result<(), CodegenError> {
-        let max = dtype
-            .max_finite()
-            .ok_or_else(|| CodegenError::Invalid(format!("a {dtype} quantization scale")))?;
         let amax = format!("{name}_amax");
         e.line(format!("float {amax} = 0.0f;"));
         e.line("#pragma unroll");
         e.line(self.over(regs, &format!("{amax} = fmaxf({amax}, fabsf(xe));")));
-        e.line(format!("{amax} = {};", self.reduce("max", &amax)));
+        self.scale_of_amax(e, node, &amax, name, dtype)
+    }
+
+    /// [`RowLoop::scale`] from each thread's absmax in variable `amax`.
+    fn scale_of_amax(
+        &self,
+        e: &mut Emitter,
+        node: NodeId,
+        amax: &str,
+        name: &str,
+        dtype: DType,
+    ) -> Result<(), CodegenError> {
+        let max = dtype
+            .max_finite()
+            .ok_or_else(|| CodegenError::Invalid(format!("a {dtype} quantization scale")))?;
+        e.line(format!("{amax} = {};", self.reduce("max", amax)));
         e.line(format!(
             "const float {name} = fmaxf({amax}, {}) / {};",
             float_literal(MIN_AMAX),
