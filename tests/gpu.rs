@@ -626,6 +626,45 @@ fn one_row_linears_match_the_interpreter() {
     }
 }
 
+/// The one-row fp8 linear kernel (`codegen/kernels/gemv_fp8.cu`) against the
+/// interpreter: the fp8 policy's `one_row` switch quantizes a one-row
+/// linear of 2²⁴ weights (3072 → 5462, a bias; per row and per tensor),
+/// which then runs as `gemv_fp8_k3072…`.
+#[test]
+fn one_row_fp8_linears_match_the_interpreter() {
+    require_gpu!("one_row_fp8_linears_match_the_interpreter");
+    let (k, n) = (3072, (1 << 24) / 3072 + 1);
+    for (fp8, kernel) in [
+        (Fp8Mode::DynamicRow, "gemv_fp8_k3072_rowscale_bias"),
+        (Fp8Mode::DynamicTensor, "gemv_fp8_k3072_bias"),
+    ] {
+        let mut b = GraphBuilder::new();
+        let x = b.input("x", DType::BF16, [1, k]).unwrap();
+        let w = b.weight("proj.weight", DType::BF16, [n, k]).unwrap();
+        let bias = b.weight("proj.bias", DType::BF16, [n]).unwrap();
+        let y = b.linear(x, w, Some(bias)).unwrap();
+        b.output("out", y).unwrap();
+        let options = PassOptions {
+            fp8,
+            ..PassOptions::default()
+        };
+        let (error, generated, worst) =
+            run_random_block(b.finish().unwrap(), &options, "one-row-fp8");
+        assert!(
+            generated
+                .schedule
+                .steps
+                .iter()
+                .any(|s| matches!(s, fluxc::artifact::Step::Launch(l) if l.kernel == kernel)),
+            "{kernel} not launched"
+        );
+        println!("one-row fp8 linear {k} -> {n} ({fp8:?}): vs interpreter {error:.3e}; {worst}");
+        // The same quantized operands on both sides: only the order of
+        // the f32 sums and the bf16 output differ.
+        assert!(error <= 1e-2, "{error:e}");
+    }
+}
+
 /// A per-row fp8 scale of a computed wide row, as FLUX's single blocks
 /// have it (`proj_out(concat(attention, GELU(mlp)))` in fp8 per row): the
 /// row kernel evaluates the concat twice (absmax, then the quantized

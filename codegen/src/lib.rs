@@ -462,18 +462,28 @@ pub fn generate_with(
                 bias,
                 out,
                 n,
-            } => fixed_launch(
-                kernel,
-                vec![
-                    Arg::Ptr(tensor(*x)),
-                    Arg::Ptr(tensor(*w)),
-                    // Without a bias the kernel never reads its pointer.
-                    Arg::Ptr(tensor(bias.unwrap_or(*x))),
+                scales,
+            } => {
+                // Without a bias the kernel never reads its pointer.
+                let bias = Arg::Ptr(tensor(bias.unwrap_or(*x)));
+                let outputs = [
                     Arg::Ptr(tensor(*out)),
                     int_arg(*n, "a one-row linear's outputs")?,
-                ],
-                &mut template_sources,
-            ),
+                ];
+                let args = match scales {
+                    None => [Arg::Ptr(tensor(*x)), Arg::Ptr(tensor(*w)), bias]
+                        .into_iter()
+                        .chain(outputs)
+                        .collect(),
+                    Some([xs, ws]) => [*x, *xs, *w, *ws]
+                        .map(|t| Arg::Ptr(tensor(t)))
+                        .into_iter()
+                        .chain([bias])
+                        .chain(outputs)
+                        .collect(),
+                };
+                fixed_launch(kernel, args, &mut template_sources)
+            }
         });
     }
 

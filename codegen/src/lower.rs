@@ -234,7 +234,8 @@ pub enum PendingStep {
         /// Score scale.
         scale: f32,
     },
-    /// A bf16 linear over one input row (`gemv.rs`): `out = x · wᵀ (+ bias)`.
+    /// A linear over one input row (`gemv.rs`): `out = x · wᵀ (+ bias)`,
+    /// bf16, or fp8 with its two scales.
     Gemv {
         /// The launch.
         kernel: FixedLaunch,
@@ -248,6 +249,9 @@ pub enum PendingStep {
         out: NodeId,
         /// Output features.
         n: u64,
+        /// fp8: the scales of x and of the weight (`[1]`, or `[1]` and
+        /// `[n]` per row).
+        scales: Option<[NodeId; 2]>,
     },
     /// fp8 attention's V layout kernel: `vt` = v quantized to e4m3 by its
     /// scale, with keys innermost.
@@ -322,9 +326,12 @@ impl PendingStep {
                 bufs.extend(scales.iter().flatten().copied().map(Buf::Node));
                 bufs
             }
-            PendingStep::Gemv { x, w, bias, .. } => [Some(*x), Some(*w), *bias]
+            PendingStep::Gemv {
+                x, w, bias, scales, ..
+            } => [Some(*x), Some(*w), *bias]
                 .into_iter()
                 .flatten()
+                .chain(scales.iter().flatten().copied())
                 .map(Buf::Node)
                 .collect(),
             PendingStep::VLayout { v, scale, .. } => vec![Buf::Node(*v), Buf::Node(*scale)],
@@ -636,7 +643,34 @@ fn lower_gemm(
         _ => (node.ty.dtype, None, None),
     };
     let bf16 = |id: NodeId| graph.ty(id).dtype == DType::BF16;
-    if node.op == Op::Linear
+    let e4m3 = |id: NodeId| graph.ty(id).dtype == DType::F8E4M3;
+    // A one-row fp8 linear (FLUX's modulation product under the fp8
+    // policy's `one_row`): fluxc's fp8 GEMV.
+    let fp8_gemv = match (scales, out_dtype) {
+        (Some(sc), Some(DType::BF16))
+            if rows == 1
+                && gelu.is_none()
+                && gemv::supports_fp8(k)
+                && e4m3(x)
+                && e4m3(w)
+                && bias.is_none_or(bf16) =>
+        {
+            Some(sc)
+        }
+        _ => None,
+    };
+    if let Some(sc) = fp8_gemv {
+        steps.push(PendingStep::Gemv {
+            kernel: gemv::render_fp8(k, n, bias.is_some(), sc.per_row)
+                .map_err(CodegenError::Unsupported)?,
+            x,
+            w,
+            bias,
+            out: anchor,
+            n,
+            scales: Some([sc.x, sc.w]),
+        });
+    } else if node.op == Op::Linear
         && rows == 1
         && gelu.is_none()
         && gemv::supports(k)
@@ -649,6 +683,7 @@ fn lower_gemm(
             bias,
             out: anchor,
             n,
+            scales: None,
         });
     } else {
         let tail_outputs: Vec<NodeId> = outputs

@@ -110,6 +110,9 @@ pub struct PassesConfig {
     /// 128-wide heads). On by default (measured faster on the H200 at the
     /// same error; see `Fp8Policy::attention`).
     pub fp8_attention: bool,
+    /// The large one-row linears in fp8 too (with `fp8` on; FLUX's
+    /// modulation product; see `Fp8Policy::one_row`).
+    pub fp8_one_row: bool,
     /// Convolutions through cuDNN (no im2col patch matrix); the runtime
     /// then needs cuDNN 9.
     pub cudnn_convolutions: bool,
@@ -162,6 +165,7 @@ impl PassesConfig {
             fp8_min_rows: o.fp8_policy.min_rows,
             fp8_fast_accumulation: o.fp8_fast_accumulation,
             fp8_attention: o.fp8_policy.attention,
+            fp8_one_row: o.fp8_policy.one_row,
             cudnn_convolutions: o.cudnn_convolutions,
             residual_in_gemm: o.residual_in_gemm,
         }
@@ -188,6 +192,7 @@ impl PassesConfig {
                 min_rows: self.fp8_min_rows,
                 bf16_shapes: Vec::new(),
                 attention: self.fp8_attention,
+                one_row: self.fp8_one_row,
             },
             fp8_fast_accumulation: self.fp8_fast_accumulation,
             cudnn_convolutions: self.cudnn_convolutions,

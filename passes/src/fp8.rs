@@ -27,7 +27,9 @@
 //! [`Fp8Policy`] and no exclude glob (`*` matches any characters, dots
 //! included), whose input has at least the policy's `min_rows` rows, and
 //! whose shape is not one of the policy's `bf16_shapes` (shapes the tuner
-//! measured faster in bf16).
+//! measured faster in bf16); and, when the policy's `one_row` switch is on,
+//! every one-row linear with at least [`ONE_ROW_MIN_WEIGHTS`] weights
+//! (FLUX's stacked modulation product, which no scope names).
 //! Linears whose input is not a float wider than fp8 are left alone. A
 //! tensor feeding several selected linears (the shared input of
 //! q/k/v, a shared weight) is quantized once and the result shared; the
@@ -65,9 +67,13 @@ pub fn insert_fp8(graph: &mut Graph, mode: Fp8Mode, policy: &Fp8Policy) -> Resul
         .into_iter()
         .filter(|&id| {
             is_quantizable_linear(graph, id)
-                && selector.selects(&graph.node(id).scope)
-                && input_rows(graph, id) >= policy.min_rows
-                && !policy.bf16_shapes.contains(&linear_shape(graph, id))
+                && if is_large_one_row(graph, id) {
+                    policy.one_row
+                } else {
+                    selector.selects(&graph.node(id).scope)
+                        && input_rows(graph, id) >= policy.min_rows
+                        && !policy.bf16_shapes.contains(&linear_shape(graph, id))
+                }
         })
         .collect();
     let mut quantized = Quantized::new(per_row);
@@ -78,6 +84,20 @@ pub fn insert_fp8(graph: &mut Graph, mode: Fp8Mode, policy: &Fp8Policy) -> Resul
         graph.remove_dead_nodes();
     }
     Ok(linears.len())
+}
+
+/// Weights from which a one-row linear counts as large: the policy's
+/// `one_row` switch alone decides whether it is quantized. 2²⁴ (32 MiB in
+/// bf16): below that a one-row product is too short for halving its bytes
+/// to matter (FLUX's time and text embedders, 3 to 18 MB, stay bf16), above
+/// it only FLUX's stacked modulation product (3.2 G weights).
+pub const ONE_ROW_MIN_WEIGHTS: usize = 1 << 24;
+
+/// Whether `id` (a linear) has one input row and at least
+/// [`ONE_ROW_MIN_WEIGHTS`] weights.
+fn is_large_one_row(graph: &Graph, id: NodeId) -> bool {
+    let w = graph.operands(id)[1];
+    input_rows(graph, id) == 1 && graph.ty(w).shape.numel() >= ONE_ROW_MIN_WEIGHTS
 }
 
 /// A compiled [`Fp8Policy`]: decides from a node's scope whether its linear

@@ -41,6 +41,13 @@ pub struct Fp8Policy {
     /// ms with the same error against fp32
     /// (`benches/results/2026-11-29_ca9f1d8_forward_schnell_1024_t512_fp8_attention.md`).
     pub attention: bool,
+    /// Also quantize the large one-row linears (at least
+    /// [`crate::fp8::ONE_ROW_MIN_WEIGHTS`] weights; FLUX's stacked
+    /// modulation product, 6.5 GB in bf16), whatever their scope: a one-row
+    /// product only streams its weight, so an fp8 weight halves its time,
+    /// and fluxc's fp8 GEMV runs it (per-row x scale, per-channel weight
+    /// scales, as the mode says).
+    pub one_row: bool,
 }
 
 impl Default for Fp8Policy {
@@ -62,6 +69,7 @@ impl Default for Fp8Policy {
             min_rows: 0,
             bf16_shapes: Vec::new(),
             attention: true,
+            one_row: true,
         }
     }
 }

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use fluxc_ir::interp::{self, Tensor};
 use fluxc_ir::{print_graph, verify, DType, Graph, GraphBuilder, IrError, NodeId, Op};
-use fluxc_passes::fp8::{insert_fp8, ScopeSelector, FP8_DTYPE};
+use fluxc_passes::fp8::{insert_fp8, ScopeSelector, FP8_DTYPE, ONE_ROW_MIN_WEIGHTS};
 use fluxc_passes::{Fp8Mode, Fp8Policy};
 
 // ---------------------------------------------------------------------------
@@ -173,6 +173,65 @@ fn default_policy_quantizes_block_linears_but_not_modulation() {
     }
 }
 
+/// The one-row switch: a one-row linear with at least
+/// `ONE_ROW_MIN_WEIGHTS` weights (FLUX's stacked modulation product, whose
+/// scope no glob names) is quantized when `one_row` is on, whatever the
+/// globs say, and left alone when it is off; a smaller one-row linear (the
+/// time embedder's) never is. (Graphs are only built here, not run: the
+/// large weight has 2²⁴ elements.)
+#[test]
+fn large_one_row_linears_follow_the_one_row_switch() {
+    let build = || {
+        let mut b = GraphBuilder::new();
+        let t = b.input("temb", DType::BF16, [1, 4096]).unwrap();
+        let small = linear(&mut b, NOT_SELECTED[0], t, 64, true);
+        let stacked = linear(&mut b, "", t, ONE_ROW_MIN_WEIGHTS / 4096, true);
+        b.output("small", small).unwrap();
+        b.output("stacked", stacked).unwrap();
+        b.finish().unwrap()
+    };
+    for mode in [Fp8Mode::DynamicTensor, Fp8Mode::DynamicRow] {
+        for one_row in [true, false] {
+            let mut g = build();
+            let policy = Fp8Policy {
+                one_row,
+                ..Fp8Policy::default()
+            };
+            let n = insert_fp8(&mut g, mode, &policy).unwrap();
+            verify(&g).unwrap();
+            assert_eq!(n, usize::from(one_row), "{mode:?} one_row {one_row}");
+            let left: &[&str] = if one_row {
+                &[NOT_SELECTED[0]]
+            } else {
+                &[NOT_SELECTED[0], ""]
+            };
+            assert_eq!(scopes_where(&g, is_linear), sorted(left));
+            let scaled = nodes_where(&g, is_scaled_linear);
+            assert_eq!(scaled.len(), usize::from(one_row));
+            for s in scaled {
+                // Weight [N, 4096] in e4m3, per channel in row mode.
+                let ws = g.operands(s)[3];
+                let expected = if mode == Fp8Mode::DynamicRow {
+                    ONE_ROW_MIN_WEIGHTS / 4096
+                } else {
+                    1
+                };
+                assert_eq!(g.ty(ws).shape.numel(), expected);
+            }
+        }
+    }
+    // Just below the threshold it stays bf16 even with the switch on.
+    let mut b = GraphBuilder::new();
+    let t = b.input("temb", DType::BF16, [1, 4096]).unwrap();
+    let y = linear(&mut b, "", t, ONE_ROW_MIN_WEIGHTS / 4096 - 1, true);
+    b.output("y", y).unwrap();
+    let mut g = b.finish().unwrap();
+    assert_eq!(
+        insert_fp8(&mut g, Fp8Mode::DynamicRow, &Fp8Policy::default()).unwrap(),
+        0
+    );
+}
+
 #[test]
 fn policy_globs_match_across_dots() {
     let selector = ScopeSelector::new(&Fp8Policy::default()).unwrap();
@@ -190,6 +249,7 @@ fn policy_globs_match_across_dots() {
         min_rows: 0,
         bf16_shapes: vec![],
         attention: false,
+        one_row: false,
     };
     let selector = ScopeSelector::new(&only_double).unwrap();
     assert!(selector.selects("transformer_blocks.12.ff.net.0.proj"));
@@ -204,6 +264,7 @@ fn custom_policy_include_and_exclude() {
         min_rows: 0,
         bf16_shapes: vec![],
         attention: false,
+        one_row: false,
     };
     let mut g = toy_flux(DType::F32);
     let n = insert_fp8(&mut g, Fp8Mode::DynamicRow, &policy).unwrap();
@@ -225,6 +286,7 @@ fn empty_include_selects_nothing_and_changes_nothing() {
         min_rows: 0,
         bf16_shapes: vec![],
         attention: false,
+        one_row: false,
     };
     let mut g = toy_flux(DType::BF16);
     let before = print_graph(&g).unwrap();
@@ -259,6 +321,7 @@ fn bad_glob_is_an_error_and_leaves_the_graph_alone() {
             min_rows: 0,
             bf16_shapes: vec![],
             attention: false,
+            one_row: false,
         },
         Fp8Policy {
             include: vec!["*".into()],
@@ -266,6 +329,7 @@ fn bad_glob_is_an_error_and_leaves_the_graph_alone() {
             min_rows: 0,
             bf16_shapes: vec![],
             attention: false,
+            one_row: false,
         },
     ] {
         let err = insert_fp8(&mut g, Fp8Mode::DynamicRow, &policy).unwrap_err();
@@ -508,6 +572,7 @@ fn bf16_shapes_keep_those_linears_unquantized() {
         min_rows: 0,
         bf16_shapes: vec![],
         attention: false,
+        one_row: false,
     };
     let mut g = toy_flux(DType::BF16);
     let shapes: Vec<[usize; 3]> = g
@@ -545,6 +610,7 @@ fn min_rows_keeps_short_inputs_unquantized() {
         min_rows: 0,
         bf16_shapes: vec![],
         attention: false,
+        one_row: false,
     };
     let mut g = toy_flux(DType::BF16);
     let every = insert_fp8(&mut g, Fp8Mode::DynamicRow, &all).unwrap();
