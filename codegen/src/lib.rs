@@ -321,31 +321,22 @@ pub fn generate_with(
                 algo: None,
                 c: residual.map(tensor),
             }),
-            PendingStep::GateScale {
-                kernel,
-                w_scale,
-                bias,
-                gate,
-                scale,
-                gated_bias,
-                n,
-            } => {
-                let gate_at = Tensor {
-                    offset: gate.1 * elem_type(graph.ty(gate.0).dtype)?.size_bytes(),
-                    ..tensor(gate.0)
-                };
-                fixed_launch(
-                    kernel,
-                    vec![
-                        Arg::Ptr(tensor(*w_scale)),
-                        Arg::Ptr(tensor(*bias)),
+            PendingStep::GateScale { kernel, jobs } => {
+                let mut args = Vec::with_capacity(5 * jobs.len());
+                for job in jobs {
+                    let gate_at = Tensor {
+                        offset: job.gate.1 * elem_type(graph.ty(job.gate.0).dtype)?.size_bytes(),
+                        ..tensor(job.gate.0)
+                    };
+                    args.extend([
+                        Arg::Ptr(tensor(job.w_scale)),
+                        Arg::Ptr(tensor(job.bias)),
                         Arg::Ptr(gate_at),
-                        Arg::Ptr(tensor_of(Buf::Temp(*scale))),
-                        Arg::Ptr(tensor_of(Buf::Temp(*gated_bias))),
-                        int_arg(*n, "a gated residual's channels")?,
-                    ],
-                    &mut template_sources,
-                )
+                        Arg::Ptr(tensor_of(Buf::Temp(job.scale))),
+                        Arg::Ptr(tensor_of(Buf::Temp(job.gated_bias))),
+                    ]);
+                }
+                fixed_launch(kernel, args, &mut template_sources)
             }
             PendingStep::Conv {
                 node,

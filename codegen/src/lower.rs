@@ -130,6 +130,24 @@ pub struct FixedLaunch {
     pub shared_bytes: u32,
 }
 
+/// One gated residual's per-forward scale and bias (a job of a
+/// [`PendingStep::GateScale`]).
+#[derive(Clone, Copy, Debug)]
+pub struct GateJob {
+    /// The weight's per-channel scale (f32 `[n, 1]`).
+    pub w_scale: NodeId,
+    /// The linear's bias (bf16 `[n]`).
+    pub bias: NodeId,
+    /// The buffer holding the gate and its first element there.
+    pub gate: (NodeId, u64),
+    /// The gated scale it writes (f32 `[n]`).
+    pub scale: Temp,
+    /// The gated bias it writes (bf16 `[n]`).
+    pub gated_bias: Temp,
+    /// Channels.
+    pub n: u64,
+}
+
 /// A step over graph values, before buffers have offsets.
 #[derive(Clone, Debug)]
 pub enum PendingStep {
@@ -168,22 +186,13 @@ pub enum PendingStep {
         /// the gated ones.
         gated: Option<Gated>,
     },
-    /// The per-forward scale and bias of a gated residual (`gated.rs`).
+    /// The per-forward scales and biases of gated residuals (`gated.rs`),
+    /// one launch for all of `jobs`.
     GateScale {
         /// The kernel (`kernels/gate_scale.cu`).
         kernel: FixedLaunch,
-        /// The weight's per-channel scale (f32 `[n, 1]`).
-        w_scale: NodeId,
-        /// The linear's bias (bf16 `[n]`).
-        bias: NodeId,
-        /// The buffer holding the gate and its first element there.
-        gate: (NodeId, u64),
-        /// The gated scale it writes (f32 `[n]`).
-        scale: Temp,
-        /// The gated bias it writes (bf16 `[n]`).
-        gated_bias: Temp,
-        /// Channels.
-        n: u64,
+        /// The residuals, in `blockIdx.y` order.
+        jobs: Vec<GateJob>,
     },
     /// A matmul over any buffers.
     Product(Product),
@@ -307,12 +316,11 @@ impl PendingStep {
                 }
                 bufs
             }
-            PendingStep::GateScale {
-                w_scale,
-                bias,
-                gate,
-                ..
-            } => vec![Buf::Node(*w_scale), Buf::Node(*bias), Buf::Node(gate.0)],
+            PendingStep::GateScale { jobs, .. } => jobs
+                .iter()
+                .flat_map(|j| [j.w_scale, j.bias, j.gate.0])
+                .map(Buf::Node)
+                .collect(),
             PendingStep::Product(p) => vec![p.a.buf, p.b.buf],
             PendingStep::Conv { x, w, bias, .. } => [Some(*x), Some(*w), *bias]
                 .into_iter()
@@ -348,9 +356,10 @@ impl PendingStep {
                 .map(|p| p.buf)
                 .collect(),
             PendingStep::Gemm { out, .. } => vec![Buf::Node(*out)],
-            PendingStep::GateScale {
-                scale, gated_bias, ..
-            } => vec![Buf::Temp(*scale), Buf::Temp(*gated_bias)],
+            PendingStep::GateScale { jobs, .. } => jobs
+                .iter()
+                .flat_map(|j| [Buf::Temp(j.scale), Buf::Temp(j.gated_bias)])
+                .collect(),
             PendingStep::Product(p) => vec![p.d.buf],
             PendingStep::Conv { out, .. } => vec![Buf::Node(*out)],
             PendingStep::Attention { node, .. } => vec![Buf::Node(*node)],
@@ -409,7 +418,7 @@ pub fn lower(optimized: &Optimized) -> Result<Vec<PendingStep>, CodegenError> {
             other => other,
         })?;
     }
-    Ok(steps)
+    gated::batch(steps).map_err(CodegenError::Unsupported)
 }
 
 /// The whole-tensor fp8 scales (groups of one `dynamic_scale`, per tensor)
@@ -740,13 +749,15 @@ fn lower_gemm(
                 temp(TempKind::GatedBias, DType::BF16),
             );
             steps.push(PendingStep::GateScale {
-                kernel: gated::render(n).map_err(CodegenError::Unsupported)?,
-                w_scale: sc.w,
-                bias: b,
-                gate: g.gate,
-                scale,
-                gated_bias,
-                n,
+                kernel: gated::render(&[n]).map_err(CodegenError::Unsupported)?,
+                jobs: vec![GateJob {
+                    w_scale: sc.w,
+                    bias: b,
+                    gate: g.gate,
+                    scale,
+                    gated_bias,
+                    n,
+                }],
             });
             let gated = Gated {
                 scale,
