@@ -186,7 +186,9 @@ fn read_only_by(graph: &Graph, id: NodeId, user: NodeId) -> bool {
         .all(|&(u, _)| u == user || (is_reshape(graph, u) && read_only_by(graph, u, user)))
 }
 
-/// The launch of the gate kernel over `n` channels.
+/// The launch of the gate kernel for residuals of `ns` channels each (at
+/// most [`GATE_BATCH`]): `blockIdx.y` picks the residual, the grid's x
+/// covers the widest.
 pub fn render(ns: &[u64]) -> Result<FixedLaunch, String> {
     let widest = ns.iter().copied().max().unwrap_or(0);
     let ctas = u32::try_from(widest.div_ceil(u64::from(THREADS)))

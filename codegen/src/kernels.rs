@@ -559,8 +559,8 @@ pub fn row_with(
     // A per-row scale of a value the kernel computes (FLUX's
     // `concat(attention, GELU(mlp))`) over a wide row evaluates the value
     // twice, for the absmax and again for the output, instead of holding
-    // the row in registers: 29 registers instead of 80, so three times the
-    // warps hide the loads' latency (the single blocks' kernel, 15360 wide:
+    // the row in registers: 29 registers instead of 80, so nearly three times
+    // the warps hide the loads' latency (the single blocks' kernel, 15360 wide:
     // 87.6 → 77.7 us on the H200, `benches/results/2026-11-29_row_reread.log`).
     // A value that is only loaded keeps the registers (re-reading it was
     // slower: 38.1 → 41.1 us over 12288-wide rows).
