@@ -7,6 +7,11 @@
 //! changes what runs on the GPU: review it line by line (`cargo insta
 //! review`).
 
+// Shared with tests/gpu.rs, which uses more of it.
+#[allow(dead_code)]
+#[path = "common/graphs.rs"]
+mod graphs;
+
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::PathBuf;
@@ -314,28 +319,12 @@ fn summary(g: &Generated) -> String {
 #[test]
 fn wide_computed_row_is_read_twice() {
     let generate_for = |with_gelu: bool| {
-        let mut b = GraphBuilder::new();
-        let a = b.input("a", DType::BF16, [37, 3072]).unwrap();
-        let m = b.input("m", DType::BF16, [37, 12288]).unwrap();
-        b.push_scope("single_transformer_blocks.0");
-        let x = if with_gelu {
-            let g = b.gelu_tanh(m).unwrap();
-            b.concat(&[a, g], 1).unwrap()
-        } else {
-            m
-        };
-        let width = b.shape(x)[1];
-        let w = b
-            .weight("proj_out.weight", DType::BF16, [64, width])
-            .unwrap();
-        let y = b.linear(x, w, None).unwrap();
-        b.pop_scope();
-        b.output("out", y).unwrap();
+        let graph = graphs::single_block_projection(37, 3072, 12288, 64, with_gelu);
         let options = PassOptions {
             fp8: Fp8Mode::DynamicRow,
             ..PassOptions::default()
         };
-        let optimized = optimize(b.finish().unwrap(), &options).unwrap();
+        let optimized = optimize(graph, &options).unwrap();
         let opts = CodegenOptions {
             model_name: "reread".into(),
             layouts: Vec::new(),

@@ -37,6 +37,8 @@
 //!   seeded noise is the documented Philox stream (host mirror), standard
 //!   normal, and the same seed gives the same image bits.
 
+#[path = "common/graphs.rs"]
+mod graphs;
 #[path = "common/repo.rs"]
 mod repo;
 
@@ -78,13 +80,18 @@ macro_rules! require_gpu {
     };
 }
 
+/// Whether `generated`'s schedule launches kernel `name`.
+fn launches_kernel(generated: &Generated, name: &str) -> bool {
+    generated
+        .schedule
+        .steps
+        .iter()
+        .any(|s| matches!(s, fluxc::artifact::Step::Launch(l) if l.kernel == name))
+}
+
 /// Nodes of `graph` whose op is `kind` (its name in IR dumps).
 fn count_ops(graph: &Graph, kind: &str) -> usize {
-    graph
-        .node_ids()
-        .into_iter()
-        .filter(|&id| graph.node(id).op.kind_name() == kind)
-        .count()
+    fluxc::ir::GraphStats::of(graph).ops(kind)
 }
 
 fn config(preset: &str, dtype: Option<&str>) -> ModelConfig {
@@ -601,22 +608,12 @@ fn tensor_core_attention_in_a_bf16_block() {
 fn one_row_linears_match_the_interpreter() {
     require_gpu!("one_row_linears_match_the_interpreter");
     for (k, n, with_bias) in [(8, 5, false), (3072, 1003, true), (4104, 37, true)] {
-        let mut b = GraphBuilder::new();
-        let x = b.input("x", DType::BF16, [1, k]).unwrap();
-        let w = b.weight("proj.weight", DType::BF16, [n, k]).unwrap();
-        let bias = with_bias.then(|| b.weight("proj.bias", DType::BF16, [n]).unwrap());
-        let y = b.linear(x, w, bias).unwrap();
-        b.output("out", y).unwrap();
-        let graph = b.finish().unwrap();
+        let graph = graphs::one_row_linear(k, n, with_bias);
         let (error, generated, worst) =
             run_random_block(graph, &PassOptions::default(), "one-row-linear");
         let kernel = format!("gemv_bf16_k{k}{}", if with_bias { "_bias" } else { "" });
         assert!(
-            generated
-                .schedule
-                .steps
-                .iter()
-                .any(|s| matches!(s, fluxc::artifact::Step::Launch(l) if l.kernel == kernel)),
+            launches_kernel(&generated, &kernel),
             "{kernel} not launched"
         );
         println!(
@@ -638,26 +635,13 @@ fn one_row_fp8_linears_match_the_interpreter() {
         (Fp8Mode::DynamicRow, "gemv_fp8_k3072_rowscale_bias"),
         (Fp8Mode::DynamicTensor, "gemv_fp8_k3072_bias"),
     ] {
-        let mut b = GraphBuilder::new();
-        let x = b.input("x", DType::BF16, [1, k]).unwrap();
-        let w = b.weight("proj.weight", DType::BF16, [n, k]).unwrap();
-        let bias = b.weight("proj.bias", DType::BF16, [n]).unwrap();
-        let y = b.linear(x, w, Some(bias)).unwrap();
-        b.output("out", y).unwrap();
         let options = PassOptions {
             fp8,
             ..PassOptions::default()
         };
-        let (error, generated, worst) =
-            run_random_block(b.finish().unwrap(), &options, "one-row-fp8");
-        assert!(
-            generated
-                .schedule
-                .steps
-                .iter()
-                .any(|s| matches!(s, fluxc::artifact::Step::Launch(l) if l.kernel == kernel)),
-            "{kernel} not launched"
-        );
+        let graph = graphs::one_row_linear(k, n, true);
+        let (error, generated, worst) = run_random_block(graph, &options, "one-row-fp8");
+        assert!(launches_kernel(&generated, kernel), "{kernel} not launched");
         println!("one-row fp8 linear {k} -> {n} ({fp8:?}): vs interpreter {error:.3e}; {worst}");
         // The same quantized operands on both sides: only the order of
         // the f32 sums and the bf16 output differ.
@@ -675,23 +659,12 @@ fn one_row_fp8_linears_match_the_interpreter() {
 fn a_wide_computed_row_quantized_per_row_matches_the_interpreter() {
     require_gpu!("a_wide_computed_row_quantized_per_row_matches_the_interpreter");
     for (rows, left, right, n) in [(37, 3072, 12288, 64), (5, 96, 8000, 24)] {
-        let mut b = GraphBuilder::new();
-        let a = b.input("a", DType::BF16, [rows, left]).unwrap();
-        let m = b.input("m", DType::BF16, [rows, right]).unwrap();
-        b.push_scope("single_transformer_blocks.0");
-        let g = b.gelu_tanh(m).unwrap();
-        let x = b.concat(&[a, g], 1).unwrap();
-        let w = b
-            .weight("proj_out.weight", DType::BF16, [n, left + right])
-            .unwrap();
-        let y = b.linear(x, w, None).unwrap();
-        b.pop_scope();
-        b.output("out", y).unwrap();
+        let graph = graphs::single_block_projection(rows, left, right, n, true);
         let options = PassOptions {
             fp8: Fp8Mode::DynamicRow,
             ..PassOptions::default()
         };
-        let (error, generated, worst) = run_random_block(b.finish().unwrap(), &options, "reread");
+        let (error, generated, worst) = run_random_block(graph, &options, "reread");
         let kernels = &generated.kernels_cu;
         let at = kernels
             .find("gelu_tanh_concat")

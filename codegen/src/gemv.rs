@@ -35,14 +35,20 @@ pub fn render(k: u64, n: u64, has_bias: bool) -> Result<FixedLaunch, String> {
             "one-row linear with {k} input features (a multiple of 8)"
         ));
     }
-    let rows_per_cta = u64::from(THREADS / 32 * ROWS_PER_WARP);
-    let ctas = u32::try_from(n.div_ceil(rows_per_cta))
-        .map_err(|_| format!("one-row linear with {n} outputs"))?;
     let name = format!("gemv_bf16_k{k}{}", if has_bias { "_bias" } else { "" });
     let source = TEMPLATE
         .replace("{{NAME}}", &name)
         .replace("{{K}}", &k.to_string())
-        .replace("{{HAS_BIAS}}", if has_bias { "1" } else { "0" });
+        .replace("{{HAS_BIAS}}", flag(has_bias));
+    launch(name, source, n)
+}
+
+/// The launch of `name` (`source`) over `n` output rows, `ROWS_PER_WARP`
+/// per warp (both kernels: one).
+fn launch(name: String, source: String, n: u64) -> Result<FixedLaunch, String> {
+    let rows_per_cta = u64::from(THREADS / 32 * ROWS_PER_WARP);
+    let ctas = u32::try_from(n.div_ceil(rows_per_cta))
+        .map_err(|_| format!("one-row linear with {n} outputs"))?;
     Ok(FixedLaunch {
         name,
         source,
@@ -50,6 +56,15 @@ pub fn render(k: u64, n: u64, has_bias: bool) -> Result<FixedLaunch, String> {
         threads: THREADS,
         shared_bytes: 0,
     })
+}
+
+/// A template's `#if` switch.
+fn flag(on: bool) -> &'static str {
+    if on {
+        "1"
+    } else {
+        "0"
+    }
 }
 
 /// Whether the fp8 kernel handles rows of `k` elements.
@@ -70,26 +85,17 @@ pub fn render_fp8(
             "one-row fp8 linear with {k} input features (a multiple of 16)"
         ));
     }
-    let ctas = u32::try_from(n.div_ceil(u64::from(THREADS / 32)))
-        .map_err(|_| format!("one-row fp8 linear with {n} outputs"))?;
     let name = format!(
         "gemv_fp8_k{k}{}{}",
         if w_scale_per_row { "_rowscale" } else { "" },
         if has_bias { "_bias" } else { "" }
     );
-    let flag = |on: bool| if on { "1" } else { "0" };
     let source = FP8_TEMPLATE
         .replace("{{NAME}}", &name)
         .replace("{{K}}", &k.to_string())
         .replace("{{HAS_BIAS}}", flag(has_bias))
         .replace("{{W_SCALE_PER_ROW}}", flag(w_scale_per_row));
-    Ok(FixedLaunch {
-        name,
-        source,
-        grid: [ctas.max(1), 1, 1],
-        threads: THREADS,
-        shared_bytes: 0,
-    })
+    launch(name, source, n)
 }
 
 #[cfg(test)]

@@ -52,6 +52,11 @@ impl GraphStats {
         stats
     }
 
+    /// Number of nodes whose op kind name is `kind` (0 when there are none).
+    pub fn ops(&self, kind: &str) -> usize {
+        self.ops_by_kind.get(kind).copied().unwrap_or(0)
+    }
+
     /// Number of nodes that are neither inputs nor weights.
     pub fn compute_ops(&self) -> usize {
         self.ops_by_kind

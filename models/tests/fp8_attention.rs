@@ -87,11 +87,7 @@ fn random_inputs(graph: &Graph, seed: u64) -> HashMap<String, Tensor> {
 }
 
 fn count(graph: &Graph, kind: &str) -> usize {
-    graph
-        .node_ids()
-        .into_iter()
-        .filter(|&id| graph.node(id).op.kind_name() == kind)
-        .count()
+    fluxc_ir::GraphStats::of(graph).ops(kind)
 }
 
 #[test]

@@ -75,11 +75,7 @@ fn output_shape(graph: &Graph, name: &str) -> Vec<usize> {
 }
 
 fn count_ops(graph: &Graph, kind: &str) -> usize {
-    graph
-        .node_ids()
-        .into_iter()
-        .filter(|&id| graph.node(id).op.kind_name() == kind)
-        .count()
+    fluxc_ir::GraphStats::of(graph).ops(kind)
 }
 
 // --- the graph ------------------------------------------------------------------

@@ -50,9 +50,5 @@ pub fn run(graph: &Graph, inputs: &HashMap<String, Tensor>, name: &str) -> Tenso
 
 /// Nodes of `graph` whose op kind is `kind`.
 pub fn count(graph: &Graph, kind: &str) -> usize {
-    graph
-        .node_ids()
-        .into_iter()
-        .filter(|&id| graph.node(id).op.kind_name() == kind)
-        .count()
+    fluxc_ir::GraphStats::of(graph).ops(kind)
 }
