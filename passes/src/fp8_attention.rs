@@ -46,7 +46,11 @@
 //! scale reads only weights, so it is hoisted to load time, and the scaling
 //! and quantize become an elementwise tail of the kernel that normalizes
 //! and rotates q, which then writes e4m3 directly, instead of a grid-wide
-//! absmax pass and a quantize pass over q on every run. Precision is the same: a per-tensor
+//! absmax pass and a quantize pass over q on every run. A concatenation of
+//! normalized parts (the double blocks' text and image streams) is rotated
+//! and quantized part by part, with the table's rows of each part, and the
+//! e4m3 parts concatenated: the same values, but each part's norm, rotation
+//! and quantization are one kernel ([`quantize_parts`]). Precision is the same: a per-tensor
 //! scale puts the largest possible value at 448 either way, and e4m3's
 //! relative precision is the same over its normal range.
 //!
@@ -277,7 +281,69 @@ fn quantize_by_norm_bound(
         &[all],
         scope,
     )?;
-    quantize_shrunk(graph, x, scale, QK_SHRINK * (width as f32).sqrt(), scope)
+    let factor = QK_SHRINK * (width as f32).sqrt();
+    match rotated_parts(graph, x) {
+        Some((parts, table)) => quantize_parts(graph, &parts, table, scale, factor, scope),
+        None => quantize_shrunk(graph, x, scale, factor, scope),
+    }
+}
+
+/// The parts of `x = apply_rope(concat(parts, axis 1), table)` (the double
+/// blocks' text and image q or k, concatenated along the sequence), with
+/// the table; `None` for any other `x`.
+fn rotated_parts(graph: &Graph, x: NodeId) -> Option<(Vec<NodeId>, NodeId)> {
+    if !matches!(graph.node(x).op, Op::ApplyRope) {
+        return None;
+    }
+    let [rotated, table] = graph.operands(x)[..] else {
+        return None;
+    };
+    match graph.node(rotated).op {
+        Op::Concat { axis: 1 } => Some((graph.operands(rotated), table)),
+        _ => None,
+    }
+}
+
+/// `concat(parts, 1)` rotated by `table` and quantized as
+/// [`quantize_shrunk`] does, one part at a time:
+///
+/// ```text
+/// x8 = concat(quantize(apply_rope(partᵢ, table[rows of partᵢ]) · (1/factor), scale), 1)
+/// ```
+///
+/// the same values (rotation, scaling and quantization act on each
+/// position alone), but each part's RMSNorm, rotation and quantization
+/// fuse into one row kernel that writes e4m3, where the norm of each part,
+/// then one kernel over the concatenation, wrote and read bf16 between
+/// them. Only the e4m3 concatenation is copied.
+fn quantize_parts(
+    graph: &mut Graph,
+    parts: &[NodeId],
+    table: NodeId,
+    scale: NodeId,
+    factor: f32,
+    scope: &str,
+) -> Result<Quantized, IrError> {
+    let mut quantized = Vec::with_capacity(parts.len());
+    let mut start = 0;
+    for &part in parts {
+        let rows = graph.ty(part).shape.dims()[1];
+        let end = start + rows;
+        let rows_table = graph.add_node(
+            Op::Slice {
+                axis: 0,
+                start,
+                end,
+            },
+            &[table],
+            scope,
+        )?;
+        let rotated = graph.add_node(Op::ApplyRope, &[part, rows_table], scope)?;
+        quantized.push(quantize_shrunk(graph, rotated, scale, factor, scope)?.x8);
+        start = end;
+    }
+    let x8 = graph.add_node(Op::Concat { axis: 1 }, &quantized, scope)?;
+    Ok(Quantized { x8, scale, factor })
 }
 
 /// `quantize(x · (1/factor), scale)`, which dequantizes as `x8 · scale ·

@@ -310,3 +310,81 @@ fn a_rotated_tensor_read_as_v_too_is_quantized_by_its_absmax_there() {
     println!("q = k = v rotated: fp8 vs bf16 attention, relative L2 {error:.3e}");
     assert!(error < ATTENTION_TOL, "{error:e}");
 }
+
+/// The double blocks' q: RMS-normalized text and image rows, concatenated
+/// along the sequence, then rotated. It is quantized part by part —
+/// `concat(quantize(apply_rope(partᵢ, table rows of partᵢ) / (28·√D)))` —
+/// which is, value for value, the whole's quantization by the same scale
+/// (rotation and quantization act on each position alone): checked against
+/// `quantize(apply_rope(concat) / (28·√D))` built in the same graph.
+#[test]
+fn concatenated_rotated_parts_quantize_part_by_part_exactly() {
+    let (text, image, heads, d) = (5, 19, 2, 128);
+    let mut b = GraphBuilder::new();
+    let t = b.input("t", DType::BF16, [1, text, heads, d]).unwrap();
+    let i = b.input("i", DType::BF16, [1, image, heads, d]).unwrap();
+    let v = b
+        .input("v", DType::BF16, [1, text + image, heads, d])
+        .unwrap();
+    let ids = b.input("ids", DType::F32, [text + image, 3]).unwrap();
+    let wt = b.weight("norm_t.weight", DType::BF16, [d]).unwrap();
+    let wi = b.weight("norm_i.weight", DType::BF16, [d]).unwrap();
+    b.push_scope("transformer_blocks.0.attn");
+    let table = b.rope_table(ids, &[16, 56, 56], 10000.0).unwrap();
+    let nt = b.rms_norm(t, Some(wt), 1e-6).unwrap();
+    let ni = b.rms_norm(i, Some(wi), 1e-6).unwrap();
+    let joined = b.concat(&[nt, ni], 1).unwrap();
+    let rotated = b.apply_rope(joined, table).unwrap();
+    let o = b.attention(rotated, rotated, v).unwrap();
+    // The whole tensor's quantization, for comparison.
+    let both = b.concat(&[wt, wi], 0).unwrap();
+    let scale = b.dynamic_scale(both, FP8_ATTENTION_DTYPE, false).unwrap();
+    let shrink = 448.0 / FP8_ATTENTION_QK_RANGE * (d as f32).sqrt();
+    let shrunk = b.mul_scalar(rotated, 1.0 / shrink).unwrap();
+    let whole = b.quantize(shrunk, scale, FP8_ATTENTION_DTYPE).unwrap();
+    b.pop_scope();
+    b.output("y", o).unwrap();
+    b.output("whole", whole).unwrap();
+    let original = b.finish().unwrap();
+
+    let mut g = original.clone();
+    insert_fp8_attention(&mut g, Fp8Mode::DynamicRow, &with_attention()).unwrap();
+    verify(&g).unwrap();
+    let [a] = nodes_where(&g, |op| matches!(op, Op::ScaledAttention { .. }))[..] else {
+        panic!("expected one scaled_attention")
+    };
+    let q8 = g.operands(a)[0];
+    assert_eq!(g.node(q8).op, Op::Concat { axis: 1 });
+    let parts = g.operands(q8);
+    assert_eq!(parts.len(), 2);
+    for (&part, (norm, rows)) in parts.iter().zip([(nt, 0..text), (ni, text..text + image)]) {
+        assert_eq!(g.node(part).op, Op::Quantize(FP8_ATTENTION_DTYPE));
+        let shrunk = g.operands(part)[0];
+        let rope = g.operands(shrunk)[0];
+        assert_eq!(g.node(rope).op, Op::ApplyRope);
+        let [x, rows_table] = g.operands(rope)[..] else {
+            unreachable!()
+        };
+        assert_eq!(x, norm);
+        assert_eq!(
+            g.node(rows_table).op,
+            Op::Slice {
+                axis: 0,
+                start: rows.start,
+                end: rows.end
+            }
+        );
+        assert_eq!(g.operands(rows_table), [table]);
+    }
+    let whole = g
+        .outputs()
+        .iter()
+        .find(|(name, _)| name == "whole")
+        .map(|&(_, id)| id)
+        .unwrap();
+    let inputs = random_inputs(&original, 11);
+    let values = fluxc_ir::interp::run_keeping(&g, &inputs, &[q8, whole]).unwrap();
+    let whole = &values[&whole];
+    assert_eq!(values[&q8].data, whole.data);
+    assert!(whole.data.iter().any(|&x| x != 0.0));
+}
