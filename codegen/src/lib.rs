@@ -12,6 +12,7 @@
 pub mod attention;
 pub mod attention_fp8;
 mod buffers;
+mod concat;
 mod emit;
 mod gated;
 mod gemv;
@@ -151,8 +152,12 @@ pub fn generate_with(
             _ => {}
         }
     }
+    let (pending, in_place) = concat::in_place(graph, pending);
+    // A part written in place is its concatenation's bytes.
+    let home = |b: Buf| in_place.get(&b).map_or(b, |&(c, _)| c);
     let (unique_kernels, kernel_names) = lower::name_kernels(graph, &pending);
-    let values = lower::materialized(graph, &pending);
+    let mut values = lower::materialized(graph, &pending);
+    values.retain(|b| !in_place.contains_key(b));
 
     // Buffers: weights in their region, the rest in the arena by liveness.
     let number = value_numbers(graph)?;
@@ -166,8 +171,8 @@ pub fn generate_with(
     let mut last_use: HashMap<Buf, usize> = HashMap::new();
     for (s, step) in pending.iter().enumerate() {
         for id in step.reads().into_iter().chain(step.writes()) {
-            first_use.entry(id).or_insert(s);
-            last_use.insert(id, s);
+            first_use.entry(home(id)).or_insert(s);
+            last_use.insert(home(id), s);
         }
     }
     let outputs: Vec<Buf> = graph
@@ -224,8 +229,14 @@ pub fn generate_with(
         buffers[b].offset = offsets[k];
     }
 
-    let tensor = |id: NodeId| Tensor::of(buffer_of[&Buf::Node(id)]);
-    let tensor_of = |b: Buf| Tensor::of(buffer_of[&b]);
+    let tensor_of = |b: Buf| match in_place.get(&b) {
+        Some(&(c, offset)) => Tensor {
+            offset,
+            ..Tensor::of(buffer_of[&c])
+        },
+        None => Tensor::of(buffer_of[&b]),
+    };
+    let tensor = |id: NodeId| tensor_of(Buf::Node(id));
     let mut scratch_bytes = 0u64;
     let mut steps = Vec::with_capacity(pending.len());
     let mut template_sources: BTreeMap<String, String> = BTreeMap::new();
@@ -236,9 +247,10 @@ pub fn generate_with(
                     .params
                     .iter()
                     .map(|p| {
+                        let base = tensor_of(p.buf);
                         Arg::Ptr(Tensor {
-                            offset: p.offset,
-                            ..tensor_of(p.buf)
+                            offset: base.offset + p.offset,
+                            ..base
                         })
                     })
                     .collect();
@@ -324,9 +336,11 @@ pub fn generate_with(
             PendingStep::GateScale { kernel, jobs } => {
                 let mut args = Vec::with_capacity(5 * jobs.len());
                 for job in jobs {
+                    let base = tensor(job.gate.0);
                     let gate_at = Tensor {
-                        offset: job.gate.1 * elem_type(graph.ty(job.gate.0).dtype)?.size_bytes(),
-                        ..tensor(job.gate.0)
+                        offset: base.offset
+                            + job.gate.1 * elem_type(graph.ty(job.gate.0).dtype)?.size_bytes(),
+                        ..base
                     };
                     args.extend([
                         Arg::Ptr(tensor(job.w_scale)),
@@ -365,9 +379,10 @@ pub fn generate_with(
             }),
             PendingStep::Product(p) => {
                 let at = |o: &lower::Operand| -> Result<Tensor, CodegenError> {
+                    let base = tensor_of(o.buf);
                     Ok(Tensor {
-                        buffer: buffer_of[&o.buf],
-                        offset: o.offset * elem_type(p.dtype)?.size_bytes(),
+                        offset: base.offset + o.offset * elem_type(p.dtype)?.size_bytes(),
+                        ..base
                     })
                 };
                 Step::Gemm(Gemm {

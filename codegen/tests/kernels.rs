@@ -1104,3 +1104,61 @@ fn gemms_of(g: &Generated) -> Vec<&fluxc_artifact::Gemm> {
         .filter(|g| g.name.contains("scores"))
         .collect()
 }
+
+/// A concatenation whose parts come from kernels of their own and feed
+/// nothing else is written in place: no copy kernel, each part's kernel
+/// writes its rows of the concatenation's buffer (text rows at 0, image
+/// rows after them), and the GEMM reads that buffer. A part read by
+/// something else too keeps the copy.
+#[test]
+fn concatenations_of_kernel_outputs_are_written_in_place() {
+    let build = |also_read: bool| {
+        let (text, image, c) = (3, 5, 16);
+        let mut b = GraphBuilder::new();
+        let t = b.input("t", DType::BF16, [1, text, c]).unwrap();
+        let i = b.input("i", DType::BF16, [1, image, c]).unwrap();
+        let nt = b.rms_norm(t, None, 1e-6).unwrap();
+        let ni = b.rms_norm(i, None, 1e-6).unwrap();
+        let joined = b.concat(&[nt, ni], 1).unwrap();
+        let y = linear(&mut b, joined, "proj", 8, DType::BF16);
+        b.output("y", y).unwrap();
+        if also_read {
+            b.output("normed_text", nt).unwrap();
+        }
+        generated(b.finish().unwrap(), true)
+    };
+    let g = build(false);
+    g.schedule.validate().unwrap();
+    let names: Vec<&str> = launches(&g).iter().map(|l| l.kernel.as_str()).collect();
+    assert!(!names.iter().any(|n| n.contains("concat")), "{names:?}");
+    let written: Vec<fluxc_artifact::Tensor> = launches(&g)
+        .iter()
+        .filter(|l| l.kernel.contains("rms_norm"))
+        .map(|l| match l.args.last() {
+            Some(Arg::Ptr(t)) => *t,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    // One buffer, the text part at 0 and the image part 3 rows of 16 bf16
+    // further; the GEMM reads the whole of it.
+    assert_eq!(written.len(), 2, "{names:?}");
+    assert_eq!(written[0].buffer, written[1].buffer);
+    let mut offsets: Vec<u64> = written.iter().map(|t| t.offset).collect();
+    offsets.sort_unstable();
+    assert_eq!(offsets, [0, 3 * 16 * 2]);
+    let gemm = g
+        .schedule
+        .steps
+        .iter()
+        .find_map(|s| match s {
+            Step::Gemm(gemm) => Some(gemm),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!((gemm.b.buffer, gemm.b.offset), (written[0].buffer, 0));
+    assert_eq!(g.schedule.buffers[gemm.b.buffer as usize].bytes, 8 * 16 * 2);
+
+    let g = build(true);
+    g.schedule.validate().unwrap();
+    assert!(launches(&g).iter().any(|l| l.kernel.contains("concat")));
+}

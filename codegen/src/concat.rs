@@ -1,0 +1,92 @@
+//! Concatenations written in place. A kernel that only concatenates
+//! tensors copies every byte of its parts once more; when each part is
+//! written whole by one earlier step and read by nothing but the
+//! concatenation, and the parts are contiguous blocks of the result (every
+//! dim before the concat axis is 1, e.g. `[1, S, H, D]` along the
+//! sequence), each part's producer can write its block of the result
+//! directly: the copy goes, and the part's buffer is the result's bytes at
+//! the part's offset. (FLUX's double blocks: the text and image rows of
+//! q8 and k8, each from its own norm/rope/quantize kernel.)
+
+use std::collections::HashMap;
+
+use fluxc_ir::{Graph, Op};
+
+use crate::buffers::Buf;
+use crate::kernels::Recipe;
+use crate::lower::PendingStep;
+
+/// Where an in-place part lives: the concatenation's value and the part's
+/// first byte in it.
+pub type InPlace = HashMap<Buf, (Buf, u64)>;
+
+/// Drops every copy-only concatenation of `steps` whose parts can be
+/// written in place (see the module docs), and returns the remaining steps
+/// with where each such part lives.
+pub fn in_place(graph: &Graph, steps: Vec<PendingStep>) -> (Vec<PendingStep>, InPlace) {
+    let mut placed = InPlace::new();
+    let mut dropped = vec![false; steps.len()];
+    for (s, step) in steps.iter().enumerate() {
+        let Some(concat) = copy_only_concat(step) else {
+            continue;
+        };
+        let Op::Concat { axis } = graph.node(concat).op else {
+            continue;
+        };
+        let dims = graph.ty(concat).shape.dims();
+        let parts = graph.operands(concat);
+        let contiguous = dims[..axis].iter().all(|&d| d == 1);
+        let distinct = parts
+            .iter()
+            .enumerate()
+            .all(|(i, p)| !parts[..i].contains(p));
+        let outputs: Vec<_> = graph.outputs().iter().map(|(_, o)| *o).collect();
+        let placeable = |part| {
+            let b = Buf::Node(part);
+            let writers: Vec<usize> = (0..steps.len())
+                .filter(|&t| steps[t].writes().contains(&b))
+                .collect();
+            let readers: Vec<usize> = (0..steps.len())
+                .filter(|&t| steps[t].reads().contains(&b))
+                .collect();
+            !matches!(graph.node(part).op, Op::Input { .. } | Op::Reshape(_))
+                && !outputs.contains(&part)
+                && !placed.contains_key(&b)
+                && graph.ty(part).dtype == graph.ty(concat).dtype
+                && writers.len() == 1
+                && writers[0] < s
+                && readers == [s]
+        };
+        if !contiguous || !distinct || !parts.iter().all(|&p| placeable(p)) {
+            continue;
+        }
+        let bytes = graph.ty(concat).dtype.size_bytes() as u64;
+        let mut offset = 0;
+        for &part in &parts {
+            placed.insert(Buf::Node(part), (Buf::Node(concat), offset));
+            offset += graph.ty(part).shape.numel() as u64 * bytes;
+        }
+        dropped[s] = true;
+    }
+    let steps = steps
+        .into_iter()
+        .zip(dropped)
+        .filter_map(|(step, drop)| (!drop).then_some(step))
+        .collect();
+    (steps, placed)
+}
+
+/// The concatenation a kernel step computes and nothing else, if it is one.
+fn copy_only_concat(step: &PendingStep) -> Option<fluxc_ir::NodeId> {
+    let PendingStep::Kernel(k) = step else {
+        return None;
+    };
+    match &k.recipe {
+        Recipe::Pointwise {
+            nodes,
+            outputs,
+            tensor_scale: None,
+        } if nodes.len() == 1 && outputs == nodes => Some(nodes[0]),
+        _ => None,
+    }
+}
