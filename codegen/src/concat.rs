@@ -5,8 +5,9 @@
 //! dim before the concat axis is 1, e.g. `[1, S, H, D]` along the
 //! sequence), each part's producer can write its block of the result
 //! directly: the copy goes, and the part's buffer is the result's bytes at
-//! the part's offset. (FLUX's double blocks: the text and image rows of
-//! q8 and k8, each from its own norm/rope/quantize kernel.)
+//! the part's offset. Every part must start on the arena's alignment, as a
+//! buffer of its own would. (FLUX's double blocks: the text and image rows
+//! of q8 and k8, each from its own norm/rope/quantize kernel.)
 
 use std::collections::HashMap;
 
@@ -15,6 +16,7 @@ use fluxc_ir::{Graph, Op};
 use crate::buffers::Buf;
 use crate::kernels::Recipe;
 use crate::lower::PendingStep;
+use crate::memory;
 
 /// Where an in-place part lives: the concatenation's value and the part's
 /// first byte in it.
@@ -57,14 +59,23 @@ pub fn in_place(graph: &Graph, steps: Vec<PendingStep>) -> (Vec<PendingStep>, In
                 && writers[0] < s
                 && readers == [s]
         };
-        if !contiguous || !distinct || !parts.iter().all(|&p| placeable(p)) {
+        let bytes = graph.ty(concat).dtype.size_bytes() as u64;
+        let offsets: Vec<u64> = parts
+            .iter()
+            .scan(0, |at, &p| {
+                let here = *at;
+                *at += graph.ty(p).shape.numel() as u64 * bytes;
+                Some(here)
+            })
+            .collect();
+        // Kernels store in 16-byte vectors and cuBLASLt wants aligned
+        // outputs: a part starts where a buffer of its own could.
+        let aligned = offsets.iter().all(|&o| o % memory::ALIGN == 0);
+        if !contiguous || !distinct || !aligned || !parts.iter().all(|&p| placeable(p)) {
             continue;
         }
-        let bytes = graph.ty(concat).dtype.size_bytes() as u64;
-        let mut offset = 0;
-        for &part in &parts {
+        for (&part, offset) in parts.iter().zip(offsets) {
             placed.insert(Buf::Node(part), (Buf::Node(concat), offset));
-            offset += graph.ty(part).shape.numel() as u64 * bytes;
         }
         dropped[s] = true;
     }

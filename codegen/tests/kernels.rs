@@ -1109,11 +1109,12 @@ fn gemms_of(g: &Generated) -> Vec<&fluxc_artifact::Gemm> {
 /// nothing else is written in place: no copy kernel, each part's kernel
 /// writes its rows of the concatenation's buffer (text rows at 0, image
 /// rows after them), and the GEMM reads that buffer. A part read by
-/// something else too keeps the copy.
+/// something else too keeps the copy, and so does a part that would start
+/// off the arena's 256-byte alignment.
 #[test]
 fn concatenations_of_kernel_outputs_are_written_in_place() {
-    let build = |also_read: bool| {
-        let (text, image, c) = (3, 5, 16);
+    let build = |also_read: bool, text: usize| {
+        let (image, c) = (5, 64);
         let mut b = GraphBuilder::new();
         let t = b.input("t", DType::BF16, [1, text, c]).unwrap();
         let i = b.input("i", DType::BF16, [1, image, c]).unwrap();
@@ -1127,7 +1128,7 @@ fn concatenations_of_kernel_outputs_are_written_in_place() {
         }
         generated(b.finish().unwrap(), true)
     };
-    let g = build(false);
+    let g = build(false, 2);
     g.schedule.validate().unwrap();
     let names: Vec<&str> = launches(&g).iter().map(|l| l.kernel.as_str()).collect();
     assert!(!names.iter().any(|n| n.contains("concat")), "{names:?}");
@@ -1139,13 +1140,13 @@ fn concatenations_of_kernel_outputs_are_written_in_place() {
             other => panic!("{other:?}"),
         })
         .collect();
-    // One buffer, the text part at 0 and the image part 3 rows of 16 bf16
+    // One buffer, the text part at 0 and the image part 2 rows of 64 bf16
     // further; the GEMM reads the whole of it.
     assert_eq!(written.len(), 2, "{names:?}");
     assert_eq!(written[0].buffer, written[1].buffer);
     let mut offsets: Vec<u64> = written.iter().map(|t| t.offset).collect();
     offsets.sort_unstable();
-    assert_eq!(offsets, [0, 3 * 16 * 2]);
+    assert_eq!(offsets, [0, 2 * 64 * 2]);
     let gemm = g
         .schedule
         .steps
@@ -1156,9 +1157,14 @@ fn concatenations_of_kernel_outputs_are_written_in_place() {
         })
         .unwrap();
     assert_eq!((gemm.b.buffer, gemm.b.offset), (written[0].buffer, 0));
-    assert_eq!(g.schedule.buffers[gemm.b.buffer as usize].bytes, 8 * 16 * 2);
+    assert_eq!(g.schedule.buffers[gemm.b.buffer as usize].bytes, 7 * 64 * 2);
 
-    let g = build(true);
-    g.schedule.validate().unwrap();
-    assert!(launches(&g).iter().any(|l| l.kernel.contains("concat")));
+    for (also_read, text) in [(true, 2), (false, 3)] {
+        let g = build(also_read, text);
+        g.schedule.validate().unwrap();
+        assert!(
+            launches(&g).iter().any(|l| l.kernel.contains("concat")),
+            "also read {also_read}, {text} text rows"
+        );
+    }
 }
