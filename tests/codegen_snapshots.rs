@@ -20,7 +20,7 @@ use fluxc::artifact::{Arg, AttentionOperands, ElemType, Region, Step};
 use fluxc::codegen::{generate, schedule_json, write_artifact, CodegenOptions, Generated};
 use fluxc::ir::{DType, GraphBuilder};
 use fluxc::models::{build_graph, ModelConfig};
-use fluxc::passes::pipeline::optimize;
+use fluxc::passes::pipeline::{optimize, Optimized};
 use fluxc::passes::{Fp8Mode, Fp8Policy, PassOptions};
 
 fn generated(preset: &str, epilogue_fusion: bool) -> Generated {
@@ -45,12 +45,18 @@ fn generated_with(
     let cfg = ModelConfig::from_toml_str(&text, &path).unwrap();
     let options = adjust(cfg.passes.options());
     let optimized = optimize(build_graph(&cfg).unwrap(), &options).unwrap();
+    generate_named(&optimized, cfg.model.name.clone())
+}
+
+/// `optimized` generated as model `name`, with no checkpoint layouts and
+/// memory reuse on.
+fn generate_named(optimized: &Optimized, name: impl Into<String>) -> Generated {
     let opts = CodegenOptions {
-        model_name: cfg.model.name.clone(),
+        model_name: name.into(),
         layouts: Vec::new(),
         reuse_memory: true,
     };
-    generate(&optimized, &opts).unwrap()
+    generate(optimized, &opts).unwrap()
 }
 
 /// The generated kernels (the prelude is a fixed file; left out).
@@ -112,12 +118,7 @@ fn fp8_attention_generated() -> Generated {
         ..PassOptions::default()
     };
     let optimized = optimize(b.finish().unwrap(), &options).unwrap();
-    let opts = CodegenOptions {
-        model_name: "fp8-attention".into(),
-        layouts: Vec::new(),
-        reuse_memory: true,
-    };
-    generate(&optimized, &opts).unwrap()
+    generate_named(&optimized, "fp8-attention")
 }
 
 #[test]
@@ -325,12 +326,7 @@ fn wide_computed_row_is_read_twice() {
             ..PassOptions::default()
         };
         let optimized = optimize(graph, &options).unwrap();
-        let opts = CodegenOptions {
-            model_name: "reread".into(),
-            layouts: Vec::new(),
-            reuse_memory: true,
-        };
-        kernels(&generate(&optimized, &opts).unwrap())
+        kernels(&generate_named(&optimized, "reread"))
     };
     let computed = generate_for(true);
     assert!(!computed.contains("float x["), "{computed}");

@@ -28,6 +28,20 @@ pub type InPlace = HashMap<Buf, (Buf, u64)>;
 pub fn in_place(graph: &Graph, steps: Vec<PendingStep>) -> (Vec<PendingStep>, InPlace) {
     let mut placed = InPlace::new();
     let mut dropped = vec![false; steps.len()];
+    // Which steps write and read each value, and the graph's outputs, once.
+    let mut writers: HashMap<Buf, Vec<usize>> = HashMap::new();
+    let mut readers: HashMap<Buf, Vec<usize>> = HashMap::new();
+    for (t, step) in steps.iter().enumerate() {
+        for (map, bufs) in [(&mut writers, step.writes()), (&mut readers, step.reads())] {
+            for b in bufs {
+                let at = map.entry(b).or_default();
+                if at.last() != Some(&t) {
+                    at.push(t);
+                }
+            }
+        }
+    }
+    let outputs: Vec<_> = graph.outputs().iter().map(|(_, o)| *o).collect();
     for (s, step) in steps.iter().enumerate() {
         let Some(concat) = copy_only_concat(step) else {
             continue;
@@ -42,22 +56,14 @@ pub fn in_place(graph: &Graph, steps: Vec<PendingStep>) -> (Vec<PendingStep>, In
             .iter()
             .enumerate()
             .all(|(i, p)| !parts[..i].contains(p));
-        let outputs: Vec<_> = graph.outputs().iter().map(|(_, o)| *o).collect();
         let placeable = |part| {
             let b = Buf::Node(part);
-            let writers: Vec<usize> = (0..steps.len())
-                .filter(|&t| steps[t].writes().contains(&b))
-                .collect();
-            let readers: Vec<usize> = (0..steps.len())
-                .filter(|&t| steps[t].reads().contains(&b))
-                .collect();
             !matches!(graph.node(part).op, Op::Input { .. } | Op::Reshape(_))
                 && !outputs.contains(&part)
                 && !placed.contains_key(&b)
                 && graph.ty(part).dtype == graph.ty(concat).dtype
-                && writers.len() == 1
-                && writers[0] < s
-                && readers == [s]
+                && matches!(writers.get(&b).map(Vec::as_slice), Some(&[w]) if w < s)
+                && readers.get(&b).map(Vec::as_slice) == Some(&[s][..])
         };
         let bytes = graph.ty(concat).dtype.size_bytes() as u64;
         let offsets: Vec<u64> = parts

@@ -230,10 +230,7 @@ pub fn generate_with(
     }
 
     let tensor_of = |b: Buf| match in_place.get(&b) {
-        Some(&(c, offset)) => Tensor {
-            offset,
-            ..Tensor::of(buffer_of[&c])
-        },
+        Some(&(c, offset)) => Tensor::of(buffer_of[&c]).plus(offset),
         None => Tensor::of(buffer_of[&b]),
     };
     let tensor = |id: NodeId| tensor_of(Buf::Node(id));
@@ -246,13 +243,7 @@ pub fn generate_with(
                 let mut args: Vec<Arg> = k
                     .params
                     .iter()
-                    .map(|p| {
-                        let base = tensor_of(p.buf);
-                        Arg::Ptr(Tensor {
-                            offset: base.offset + p.offset,
-                            ..base
-                        })
-                    })
+                    .map(|p| Arg::Ptr(tensor_of(p.buf).plus(p.offset)))
                     .collect();
                 if k.scratch_words > 0 {
                     args.push(Arg::Ptr(Tensor::of(buffers.len() as u32)));
@@ -336,12 +327,8 @@ pub fn generate_with(
             PendingStep::GateScale { kernel, jobs } => {
                 let mut args = Vec::with_capacity(5 * jobs.len());
                 for job in jobs {
-                    let base = tensor(job.gate.0);
-                    let gate_at = Tensor {
-                        offset: base.offset
-                            + job.gate.1 * elem_type(graph.ty(job.gate.0).dtype)?.size_bytes(),
-                        ..base
-                    };
+                    let gate_at = tensor(job.gate.0)
+                        .plus(job.gate.1 * elem_type(graph.ty(job.gate.0).dtype)?.size_bytes());
                     args.extend([
                         Arg::Ptr(tensor(job.w_scale)),
                         Arg::Ptr(tensor(job.bias)),
@@ -379,11 +366,7 @@ pub fn generate_with(
             }),
             PendingStep::Product(p) => {
                 let at = |o: &lower::Operand| -> Result<Tensor, CodegenError> {
-                    let base = tensor_of(o.buf);
-                    Ok(Tensor {
-                        offset: base.offset + o.offset * elem_type(p.dtype)?.size_bytes(),
-                        ..base
-                    })
+                    Ok(tensor_of(o.buf).plus(o.offset * elem_type(p.dtype)?.size_bytes()))
                 };
                 Step::Gemm(Gemm {
                     name: format!("{} ({})", describe(graph, p.node, &number), p.what),

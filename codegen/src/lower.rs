@@ -668,31 +668,31 @@ fn lower_gemm(
         }
         _ => None,
     };
-    if let Some(sc) = fp8_gemv {
-        steps.push(PendingStep::Gemv {
-            kernel: gemv::render_fp8(k, n, bias.is_some(), sc.per_row)
-                .map_err(CodegenError::Unsupported)?,
-            x,
-            w,
-            bias,
-            out: anchor,
-            n,
-            scales: Some([sc.x, sc.w]),
-        });
+    // Otherwise a one-row bf16 linear: the bf16 GEMV.
+    let gemv = if let Some(sc) = fp8_gemv {
+        Some((
+            gemv::render_fp8(k, n, bias.is_some(), sc.per_row),
+            Some([sc.x, sc.w]),
+        ))
     } else if node.op == Op::Linear
         && rows == 1
         && gelu.is_none()
         && gemv::supports(k)
         && [x, w, anchor].into_iter().chain(bias).all(bf16)
     {
+        Some((gemv::render(k, n, bias.is_some()), None))
+    } else {
+        None
+    };
+    if let Some((kernel, scales)) = gemv {
         steps.push(PendingStep::Gemv {
-            kernel: gemv::render(k, n, bias.is_some()).map_err(CodegenError::Unsupported)?,
+            kernel: kernel.map_err(CodegenError::Unsupported)?,
             x,
             w,
             bias,
             out: anchor,
             n,
-            scales: None,
+            scales,
         });
     } else {
         let tail_outputs: Vec<NodeId> = outputs

@@ -315,7 +315,8 @@ fn rotated_parts(graph: &Graph, x: NodeId) -> Option<(Vec<NodeId>, NodeId)> {
 /// position alone), but each part's RMSNorm, rotation and quantization
 /// fuse into one row kernel that writes e4m3, where the norm of each part,
 /// then one kernel over the concatenation, wrote and read bf16 between
-/// them. Only the e4m3 concatenation is copied.
+/// them. Codegen writes the e4m3 concatenation in place (each part's
+/// kernel writes its rows), so nothing is copied.
 fn quantize_parts(
     graph: &mut Graph,
     parts: &[NodeId],

@@ -55,6 +55,15 @@ fn nodes_where(graph: &Graph, pred: impl Fn(&Op) -> bool) -> Vec<NodeId> {
         .collect()
 }
 
+/// The graph's one `scaled_attention` (the test fails if it has another
+/// number of them).
+fn the_scaled_attention(graph: &Graph) -> NodeId {
+    let [a] = nodes_where(graph, |op| matches!(op, Op::ScaledAttention { .. }))[..] else {
+        panic!("expected one scaled_attention")
+    };
+    a
+}
+
 #[test]
 fn a_128_wide_bf16_attention_becomes_scaled_attention() {
     for mode in [Fp8Mode::DynamicTensor, Fp8Mode::DynamicRow] {
@@ -65,9 +74,7 @@ fn a_128_wide_bf16_attention_becomes_scaled_attention() {
         );
         verify(&g).unwrap();
         assert_eq!(count(&g, "attention"), 0);
-        let [o] = nodes_where(&g, |op| matches!(op, Op::ScaledAttention { .. }))[..] else {
-            panic!("expected one scaled_attention")
-        };
+        let o = the_scaled_attention(&g);
         // The builder's 1/√128, times 28 for each of q and k (quantized
         // into ±16, with the 28 moved onto the values).
         let shrink = 448.0 / FP8_ATTENTION_QK_RANGE;
@@ -290,9 +297,7 @@ fn a_rotated_tensor_read_as_v_too_is_quantized_by_its_absmax_there() {
     let mut g = original.clone();
     insert_fp8_attention(&mut g, Fp8Mode::DynamicTensor, &with_attention()).unwrap();
     verify(&g).unwrap();
-    let [a] = nodes_where(&g, |op| matches!(op, Op::ScaledAttention { .. }))[..] else {
-        panic!("expected one scaled_attention")
-    };
+    let a = the_scaled_attention(&g);
     let ops = g.operands(a);
     // q and k share one quantization; v has its own, by its absmax.
     assert_eq!((ops[0], ops[1]), (ops[2], ops[3]));
@@ -350,9 +355,7 @@ fn concatenated_rotated_parts_quantize_part_by_part_exactly() {
     let mut g = original.clone();
     insert_fp8_attention(&mut g, Fp8Mode::DynamicRow, &with_attention()).unwrap();
     verify(&g).unwrap();
-    let [a] = nodes_where(&g, |op| matches!(op, Op::ScaledAttention { .. }))[..] else {
-        panic!("expected one scaled_attention")
-    };
+    let a = the_scaled_attention(&g);
     let q8 = g.operands(a)[0];
     assert_eq!(g.node(q8).op, Op::Concat { axis: 1 });
     let parts = g.operands(q8);

@@ -130,6 +130,14 @@ impl Tensor {
     pub fn of(buffer: BufferId) -> Tensor {
         Tensor { buffer, offset: 0 }
     }
+
+    /// `bytes` further into the same buffer.
+    pub fn plus(self, bytes: u64) -> Tensor {
+        Tensor {
+            offset: self.offset + bytes,
+            ..self
+        }
+    }
 }
 
 /// A named graph input or output and the buffer that holds it.
