@@ -155,11 +155,11 @@ fn fp8_attention_schedule() {
     // 1/√128, times 28 for q and for k (quantized into ±16).
     assert!((a.scale / (28.0 * 28.0 / 128f32.sqrt()) - 1.0).abs() < 1e-6);
     let buffer = |t: fluxc::artifact::Tensor| &s.buffers[t.buffer as usize];
-    // vt: written by the layout kernel (its third argument), read as v.
-    assert_eq!(layout.args[2], Arg::Ptr(a.v));
+    // vt: written by the layout kernel (its second argument), read as v.
+    assert_eq!(layout.args[1], Arg::Ptr(a.v));
     assert_eq!(buffer(a.v).dtype, ElemType::F8e4m3);
     assert_eq!(buffer(a.v).bytes, 2 * 128 * 336);
-    assert_eq!(layout.args[3..], [Arg::I32(333), Arg::I32(2)]);
+    assert_eq!(layout.args[2..4], [Arg::I32(333), Arg::I32(2)]);
     for t in [a.q, a.k] {
         assert_eq!(buffer(t).dtype, ElemType::F8e4m3);
     }
@@ -168,14 +168,20 @@ fn fp8_attention_schedule() {
     for t in [scales.q, scales.k, scales.v] {
         assert_eq!((buffer(t).dtype, buffer(t).bytes), (ElemType::F32, 4));
     }
-    // The layout kernel reads v in bf16 and quantizes it by v's scale (its
-    // first two arguments).
-    let Arg::Ptr(v) = layout.args[0] else {
-        panic!("{:?}", layout.args[0])
+    // The layout kernel quantizes v by v's scale (its first argument) and
+    // reads v in bf16, contiguous here (a graph input): one row source of
+    // 333 rows of 256 values, passed as both.
+    assert_eq!(layout.args[0], Arg::Ptr(scales.v));
+    let Arg::Ptr(v) = layout.args[4] else {
+        panic!("{:?}", layout.args[4])
     };
     assert_eq!(buffer(v).shape, [1, 333, 2, 128]);
     assert_eq!(buffer(v).dtype, ElemType::Bf16);
-    assert_eq!(layout.args[1], Arg::Ptr(scales.v));
+    let rows = [Arg::I32(256), Arg::I32(333 * 256)];
+    assert_eq!(layout.args[5], Arg::I32(333));
+    assert_eq!(layout.args[6..8], rows);
+    assert_eq!(layout.args[8], Arg::Ptr(v));
+    assert_eq!(layout.args[9..], rows);
     assert!(g.kernels_cu.contains(&format!("{}(", layout.kernel)));
     assert!(g.kernels_cu.contains(&format!("{}(", a.kernel)));
     insta::assert_snapshot!(schedule_json(s).unwrap());

@@ -14,8 +14,12 @@
 # checked against fp32 attention of the dequantized q8, k8, v8 (the kernel's
 # own error: P in e4m3) and reported against fp32 attention of the bf16
 # inputs (the whole fp8 path, reported), NaN-poisoned outputs
-# and NaN padding after them (no stray writes). Then FLUX's shapes timed next
-# to PyTorch's cuDNN and flash SDPA backends (bf16; FP8_ONLY=1 leaves them out).
+# and NaN padding after them (no stray writes). Some cases hand the V layout
+# kernel v in place, as fluxc does for FLUX's fused q/k/v projections: the
+# first keys as a column slice of one wider tensor, the rest of another
+# (two row sources with their own row and batch strides). Then FLUX's
+# shapes timed next to PyTorch's cuDNN and flash SDPA backends (bf16;
+# FP8_ONLY=1 leaves them out).
 import ctypes, json, math, os, subprocess, sys
 import torch, cupy as cp
 
@@ -75,7 +79,12 @@ def quantize_v(x, s):
     return (x.float() * inv).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
 
 class Case:
-    def __init__(self, b, h, sq, skv, scale=None, seed=0, aligned=False, total_bound=1e-1):
+    # in_place: (rows0, (offset0, width0), (offset1, width1)): v's first
+    # rows0 keys are columns offset0.. of rows of width0 values in one
+    # tensor, the others columns offset1.. of rows of width1 in another
+    # (None: v contiguous).
+    def __init__(self, b, h, sq, skv, scale=None, seed=0, aligned=False, total_bound=1e-1,
+                 in_place=None):
         self.total_bound = total_bound
         self.b, self.h, self.sq, self.skv = b, h, sq, skv
         self.scale = 1.0 / math.sqrt(D) if scale is None else scale
@@ -87,6 +96,13 @@ class Case:
         (self.q8, self.qs), (self.k8, self.ks) = (quantize(x, QK_RANGE) for x in (self.q, self.k))
         _, self.vs = quantize(self.v)
         self.v8 = quantize_v(self.v, self.vs)
+        self.sources = None
+        if in_place and skv:
+            rows0, (off0, w0), (off1, w1) = in_place
+            src0, src1 = rnd(b, rows0, w0), rnd(b, skv - rows0, w1)
+            src0[:, :, off0:off0 + h * D] = self.v[:, :rows0].reshape(b, rows0, h * D)
+            src1[:, :, off1:off1 + h * D] = self.v[:, rows0:].reshape(b, skv - rows0, h * D)
+            self.sources = (src0, src1, in_place)
         self.sp = padded_keys(skv)
         self.vt = torch.full((b, h, D, self.sp), 0xAA, dtype=torch.uint8, device="cuda")
         n = b * sq * h * D
@@ -102,9 +118,18 @@ class Case:
 
     def layout(self):
         grid = ((self.sp + v_keys - 1) // v_keys, self.h, self.b)
-        v = cp.from_dlpack(self.v.view(torch.int16)) if self.skv else cp.zeros(1, dtype=cp.int16)
+        if self.sources:
+            src0, src1, (rows0, (off0, w0), (off1, w1)) = self.sources
+            first = (src0.data_ptr() + 2 * off0, rows0, w0, rows0 * w0)
+            second = (src1.data_ptr() + 2 * off1, w1, (self.skv - rows0) * w1)
+        else:
+            keep = self.v if self.skv else torch.zeros(8, dtype=torch.bfloat16, device="cuda")
+            row = self.h * D
+            first = (keep.data_ptr(), self.skv, row, self.skv * row)
+            second = (keep.data_ptr(), row, self.skv * row)
         vlay(grid, (v_threads, 1, 1),
-             (v, cp.from_dlpack(self.vs), cp.from_dlpack(self.vt), cp.int32(self.skv), cp.int32(self.h)))
+             (cp.from_dlpack(self.vs), cp.from_dlpack(self.vt), cp.int32(self.skv), cp.int32(self.h),
+              cp.uint64(first[0]), *map(cp.int32, first[1:]), cp.uint64(second[0]), *map(cp.int32, second[1:])))
 
     def attend(self):
         if self.sq == 0:
@@ -178,6 +203,13 @@ def bench(b, h, s):
     c.layout(); c.attend(); torch.cuda.synchronize()
     fl = 4.0 * b * h * s * s * D
     us = {"fluxc_fp8": timeit(c.attend), "fluxc_fp8_v_layout": timeit(c.layout)}
+    # The V layout over v in place: a single block's fused q/k/v/MLP
+    # projection output (rows of 21504 values), a double block's text and
+    # image q/k/v outputs (rows of 9216).
+    single = Case(b, h, 1, s, in_place=(s, (6144, 21504), (6144, 21504)))
+    double = Case(b, h, 1, s, in_place=(512, (6144, 9216), (6144, 9216)))
+    us["fluxc_fp8_v_layout_in_place_single"] = timeit(single.layout)
+    us["fluxc_fp8_v_layout_in_place_double"] = timeit(double.layout)
     qt, kt, vt = c.q.transpose(1, 2), c.k.transpose(1, 2), c.v.transpose(1, 2)
     from torch.nn.attention import sdpa_kernel, SDPBackend
     peers = () if os.environ.get("FP8_ONLY") else (("cudnn_bf16", SDPBackend.CUDNN_ATTENTION),
@@ -189,7 +221,7 @@ def bench(b, h, s):
         except Exception as e:
             print(f"{name}: {e}", flush=True)
             us[name] = float("nan")
-    tf = {k: fl / (v * 1e-6) / 1e12 for k, v in us.items() if k != "fluxc_fp8_v_layout"}
+    tf = {k: fl / (v * 1e-6) / 1e12 for k, v in us.items() if "v_layout" not in k}
     print(f"TIME [{b},{h},{s},{s}]: " + ", ".join(f"{k} {v:.1f} us" + (f" = {tf[k]:.0f} TFLOP/s" if k in tf else "")
                                                 for k, v in us.items()), flush=True)
     results["timings"].append({"shape": [b, h, s, s], "us": us, "tflops": tf})
@@ -207,6 +239,12 @@ if mode == "full":
     # by more, 0.13 for the whole path in the f32-score kernel as well.
     allok &= check(Case(1, 2, 300, 700, scale=1.0, total_bound=0.2))
     allok &= check(Case(1, 2, 200, 300, scale=0.01, aligned=True))
+    # v in place: a text stream's slice then an image stream's (different
+    # widths and offsets), two batches; one source only (a single block's
+    # fused output); the split inside a 16-key group.
+    allok &= check(Case(2, 3, 40, 70, in_place=(25, (768, 1152 + 256), (384, 1152))))
+    allok &= check(Case(1, 2, 77, 300, in_place=(300, (512, 2048), (0, 256))))
+    allok &= check(Case(1, 24, 300, 4608, in_place=(512, (6144, 9216), (6144, 9216))))
 if allok:
     bench(1, 24, 4352)
     bench(1, 24, 4608)

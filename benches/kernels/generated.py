@@ -8,6 +8,10 @@
 # usage: generated.py ARTIFACT_DIR PATTERN[,PATTERN...] [VARIANT.cu ...]
 # PATTERN: a prefix of kernel names (k31, k27_, ...). Compiled with nvcc
 # for sm_90a (the runtime uses NVRTC with the same options otherwise).
+# A variant kernel that needs dynamic shared memory says how much in a
+# comment line `// fx-shared-bytes N` in its body. Each variant's buffers
+# after one launch (from the same random contents) are compared byte for
+# byte with the artifact kernel's: "same" or "DIFFERS".
 import json, os, re, subprocess, sys
 import cupy as cp
 
@@ -62,16 +66,30 @@ def args(step):
             sys.exit(f"argument kind {a['kind']} not handled")
     return out
 
-def time_kernel(fn, step, reps=200):
+def shared_bytes(src, name, step):
+    # The variant's own request (see the usage), else the launch's.
+    text = open(src).read()
+    at = text.find(f" {name}(")
+    m = re.search(r"// fx-shared-bytes (\d+)", text[at:text.find("\n}\n", at)]) if at >= 0 else None
+    return int(m.group(1)) if m else step.get("shared_bytes", 0)
+
+def outputs(fn, step, smem):
+    # Every buffer of the launch after one launch from fresh contents.
+    for a in step["args"]:
+        if a["kind"] == "ptr":
+            bid = a["value"]["buffer"]
+            allocs[bid][...] = initial[bid]
+    fn(tuple(step["grid"]), tuple(step["block"]), args(step), shared_mem=smem)
+    return [allocs[a["value"]["buffer"]].copy() for a in step["args"] if a["kind"] == "ptr"]
+
+def time_kernel(fn, step, smem, reps=200):
     grid, block, a = tuple(step["grid"]), tuple(step["block"]), args(step)
-    if step.get("shared_bytes"):
-        fn.max_dynamic_shared_size_bytes = step["shared_bytes"]
     for _ in range(10):
-        fn(grid, block, a, shared_mem=step.get("shared_bytes", 0))
+        fn(grid, block, a, shared_mem=smem)
     start, end = cp.cuda.Event(), cp.cuda.Event()
     start.record()
     for _ in range(reps):
-        fn(grid, block, a, shared_mem=step.get("shared_bytes", 0))
+        fn(grid, block, a, shared_mem=smem)
     end.record()
     end.synchronize()
     return cp.cuda.get_elapsed_time(start, end) * 1000.0 / reps
@@ -81,13 +99,25 @@ def touched(step):
 
 sources = [os.path.join(art, "kernels.cu")] + variants
 mods = [module(s) for s in sources]
+for step in launches.values():
+    args(step)
+initial = {bid: a.copy() for bid, a in allocs.items()}
 for (name, _), step in launches.items():
     row = [f"{name:60s} grid {step['grid'][0]:6d} x {step['block'][0]:4d}  buffers {touched(step) / 1e6:8.1f} MB"]
+    reference = None
     for src, (mod, regs) in zip(sources, mods):
         try:
             fn = mod.get_function(name)
         except Exception:
             continue
-        us = time_kernel(fn, step)
-        row.append(f"{os.path.basename(src)}: {us:7.2f} us ({regs.get(name, '?')} regs)")
+        smem = shared_bytes(src, name, step)
+        if smem:
+            fn.max_dynamic_shared_size_bytes = smem
+        got = outputs(fn, step, smem)
+        if reference is None:
+            reference, check = got, ""
+        else:
+            check = ", same" if all(bool((x == y).all()) for x, y in zip(got, reference)) else ", DIFFERS"
+        us = time_kernel(fn, step, smem)
+        row.append(f"{os.path.basename(src)}: {us:7.2f} us ({regs.get(name, '?')} regs{check})")
     print("\n    ".join(row), flush=True)

@@ -1,6 +1,7 @@
 # Byte-exact comparison and timing of fp8 attention's V layout kernel
 # (attention_fp8_v_d128) in two sources: usage v_layout_check.py A.cu B.cu
-# (e.g. an artifact's kernels.cu and an edited copy). GPU machine, CuPy.
+# (e.g. an artifact's kernels.cu and an edited copy), over contiguous v.
+# GPU machine, CuPy.
 import subprocess, sys, cupy as cp
 def load(path):
     cub = "/tmp/" + path.replace("/", "_") + ".cubin"
@@ -16,7 +17,10 @@ for (b, s, h) in [(1, 4608, 24), (1, 4352, 24), (2, 333, 3), (1, 19, 2), (1, 459
     for f in (fa, fb):
         vt = cp.full((b, h, 128, sp), 0xAA, dtype=cp.uint8)
         grid = ((sp + 127) // 128, h, b)
-        args = (v, scale, vt, cp.int32(s), cp.int32(h))
+        # v contiguous: both row sources are v (the kernel's ABI).
+        row = h * 128
+        args = (scale, vt, cp.int32(s), cp.int32(h), v, cp.int32(s), cp.int32(row), cp.int32(s * row),
+                v, cp.int32(row), cp.int32(s * row))
         f(grid, (256,), args); cp.cuda.Device().synchronize()
         st, en = cp.cuda.Event(), cp.cuda.Event()
         st.record()

@@ -14,10 +14,18 @@
 // nearest even, saturating): the one pass over v does the quantization
 // that would otherwise be a kernel of its own.
 //
-// ABI: (const __nv_bfloat16* v, const float* v_scale, unsigned char* vt,
-//       int seq_kv, int heads)
-// v: contiguous bf16 [batch, seq_kv, heads, 128]; v_scale: f32 [1];
-// vt: e4m3 [batch, heads, 128, Sp].
+// ABI: (const float* v_scale, unsigned char* vt, int seq_kv, int heads,
+//       const __nv_bfloat16* v0, int rows0, int row_stride0, int batch_stride0,
+//       const __nv_bfloat16* v1, int row_stride1, int batch_stride1)
+// v: bf16 [batch, seq_kv, heads, 128], read from two row sources: keys
+// below rows0 are rows of v0, the others rows of v1 (key - rows0), each
+// row heads * 128 contiguous values, rows and batches apart by the given
+// strides in elements. So v may be a slice of a wider tensor (the value
+// columns of a fused q/k/v projection's output) or the concatenation of
+// two (the text and image streams' values) without a copy; a contiguous
+// v is v0 = v1 = v, rows0 = seq_kv, row_stride = heads * 128, batch_stride
+// = seq_kv * heads * 128. Pointers 16-byte aligned, strides multiples of 8.
+// v_scale: f32 [1]; vt: e4m3 [batch, heads, 128, Sp].
 // grid = (ceil(Sp / 128), heads, batch), block = 256 threads, no dynamic
 // shared memory. Every byte of vt is written, the padding included.
 //
@@ -49,8 +57,9 @@ static __device__ __forceinline__ void transpose4x4(unsigned int a, unsigned int
 #include <cuda_bf16.h>
 
 extern "C" __global__ void __launch_bounds__(256)
-{{NAME}}(const __nv_bfloat16* __restrict__ v, const float* __restrict__ v_scale,
-         unsigned char* __restrict__ vt, int seq_kv, int heads) {
+{{NAME}}(const float* __restrict__ v_scale, unsigned char* __restrict__ vt, int seq_kv, int heads,
+         const __nv_bfloat16* __restrict__ v0, int rows0, int row_stride0, int batch_stride0,
+         const __nv_bfloat16* __restrict__ v1, int row_stride1, int batch_stride1) {
     constexpr int D = 128;
     constexpr int KEYS = 128;
     constexpr int STRIDE = D + 4;
@@ -72,8 +81,10 @@ extern "C" __global__ void __launch_bounds__(256)
         const int key = key0 + r;
         uint4 x = make_uint4(0u, 0u, 0u, 0u);  // bf16 zeros quantize to zeros
         if (key < seq_kv) {
-            x = *reinterpret_cast<const uint4*>(v + (((long long)b * seq_kv + key) * heads + h) * D +
-                                                j * 8);
+            const __nv_bfloat16* row =
+                key < rows0 ? v0 + (long long)b * batch_stride0 + (long long)key * row_stride0
+                            : v1 + (long long)b * batch_stride1 + (long long)(key - rows0) * row_stride1;
+            x = *reinterpret_cast<const uint4*>(row + h * D + j * 8);
         }
         const __nv_bfloat162* pairs = reinterpret_cast<const __nv_bfloat162*>(&x);
         unsigned int packed[2];

@@ -13,7 +13,9 @@
 //!
 //! 8-bit wgmma operands must be K-major in shared memory, so for `P·V` the
 //! values must be stored keys-innermost: [`render_v_layout`]'s kernel
-//! (`kernels/attention_fp8_v.cu`) reads bf16 v `[B, Sk, H, D]`, quantizes
+//! (`kernels/attention_fp8_v.cu`) reads bf16 v `[B, Sk, H, D]` (from up to
+//! two row-strided sources, so v can stay where the fused q/k/v projections
+//! wrote it: `v_rows.rs`), quantizes
 //! it by v's scale (the IR's `quantize`) and writes `vt [B, H, D, Sp]` in
 //! e4m3 (`Sp` = [`padded_keys`]), with the keys of each 16-key group in the
 //! order the attention kernel's P registers hold them, so the kernel needs
@@ -25,8 +27,10 @@
 //! attention_fp8_d128(const __grid_constant__ FaTensorMap tq, tk, tvt,
 //!     __nv_bfloat16* o, const float* q_scale, const float* k_scale,
 //!     const float* v_scale, int seq_q, int seq_kv, int heads, float scale)
-//! attention_fp8_v_d128(const __nv_bfloat16* v, const float* v_scale,
-//!     unsigned char* vt, int seq_kv, int heads)
+//! attention_fp8_v_d128(const float* v_scale, unsigned char* vt,
+//!     int seq_kv, int heads,
+//!     const __nv_bfloat16* v0, int rows0, int row_stride0, int batch_stride0,
+//!     const __nv_bfloat16* v1, int row_stride1, int batch_stride1)
 //! ```
 //!
 //! * tq, tk: q8 / k8 (contiguous u8 `[B, S, H, 128]`) as 4-D tensor maps,

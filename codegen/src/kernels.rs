@@ -42,14 +42,16 @@ pub struct LaunchConfig {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Recipe {
     /// [`pointwise`] over `nodes`, writing `outputs` (and, with
-    /// `tensor_scale`, that whole-tensor fp8 scale of one of them:
+    /// `tensor_scale`, that whole-tensor fp8 scale of one of them, or of a
+    /// value it computes but does not store:
     /// [`pointwise_with_tensor_scale`]).
     Pointwise {
         /// The group's nodes.
         nodes: Vec<NodeId>,
         /// What it writes.
         outputs: Vec<NodeId>,
-        /// A `dynamic_scale` (per tensor) of one of `outputs`.
+        /// A `dynamic_scale` (per tensor) of one of `outputs`, or (with no
+        /// outputs) of a value of `nodes`.
         tensor_scale: Option<NodeId>,
     },
     /// [`row`] over `nodes` around `reduction`.
@@ -167,7 +169,11 @@ pub fn pointwise_with(
 /// the block's, then across blocks with atomics, the last block to finish
 /// writing the scale (as [`tensor_scale`] does, whose launch and second
 /// read of the tensor this saves). The quantization's producer computes
-/// its absmax, with no host sync. Fails unless [`can_fuse_tensor_scale`].
+/// its absmax, with no host sync. With no `outputs` the kernel computes
+/// the scaled value of `nodes` and stores only its scale: the value is
+/// read where it lies by whatever uses it (fp8 attention's v, a slice of
+/// the fused q/k/v projection's output). Fails unless
+/// [`can_fuse_tensor_scale`].
 pub fn pointwise_with_tensor_scale(
     graph: &Graph,
     nodes: &[NodeId],
@@ -182,18 +188,35 @@ pub fn pointwise_with_tensor_scale(
     pointwise_kernel(graph, nodes, outputs, None, recipe, &[], Some(scale))
 }
 
-/// Whether a pointwise kernel writing `outputs` can compute `scale` (a
-/// whole-tensor `dynamic_scale`) itself: the scaled tensor is one of the
-/// outputs, stored in bf16 or f32 by the kernel's vector path.
-pub fn can_fuse_tensor_scale(graph: &Graph, outputs: &[NodeId], scale: NodeId) -> bool {
+/// Whether a pointwise kernel over `nodes` writing `outputs` can compute
+/// `scale` (a whole-tensor `dynamic_scale`) itself: the scaled tensor is one
+/// of the outputs (or, with no outputs, one of `nodes`), in bf16 or f32, on
+/// the kernel's vector path.
+pub fn can_fuse_tensor_scale(
+    graph: &Graph,
+    nodes: &[NodeId],
+    outputs: &[NodeId],
+    scale: NodeId,
+) -> bool {
     let Op::DynamicScale { per_row: false, .. } = graph.node(scale).op else {
         return false;
     };
     let x = crate::lower::storage_of(graph, graph.operands(scale)[0]);
-    let total = graph.ty(outputs[0]).shape.numel();
-    outputs.contains(&x)
+    let computed = computed_values(outputs, x);
+    let total = graph.ty(computed[0]).shape.numel();
+    (outputs.contains(&x) || (outputs.is_empty() && nodes.contains(&x)))
         && matches!(graph.ty(x).dtype, DType::BF16 | DType::F32)
-        && vector_width(graph, outputs).is_some_and(|w| total % w == 0)
+        && vector_width(graph, &computed).is_some_and(|w| total % w == 0)
+}
+
+/// What a pointwise kernel evaluates per element: its outputs, or the value
+/// `x` it only reduces for a tensor scale when it stores nothing.
+fn computed_values(outputs: &[NodeId], x: NodeId) -> Vec<NodeId> {
+    if outputs.is_empty() {
+        vec![x]
+    } else {
+        outputs.to_vec()
+    }
 }
 
 /// [`pointwise_with`] rendering `recipe`, computing each GroupNorm of
@@ -209,7 +232,7 @@ pub(crate) fn pointwise_kernel(
 ) -> Result<KernelSource, CodegenError> {
     let block = config.map_or(BLOCK_THREADS, |c| c.block_threads);
     if let Some(scale) = tensor_scale {
-        if !can_fuse_tensor_scale(graph, outputs, scale) {
+        if !can_fuse_tensor_scale(graph, nodes, outputs, scale) {
             return Err(CodegenError::Invalid(
                 "a tensor scale a pointwise kernel cannot compute".into(),
             ));
@@ -220,7 +243,21 @@ pub(crate) fn pointwise_kernel(
         block_threads: block,
         threads_per_row: 0,
     };
-    let total = graph.ty(outputs[0]).shape.numel();
+    // The values evaluated per element: the outputs, or (a tensor scale
+    // with nothing stored) the scaled value.
+    let computed = match tensor_scale {
+        Some(scale) => computed_values(
+            outputs,
+            crate::lower::storage_of(graph, graph.operands(scale)[0]),
+        ),
+        None => outputs.to_vec(),
+    };
+    let Some(&first_value) = computed.first() else {
+        return Err(CodegenError::Invalid(
+            "a pointwise kernel with nothing to compute".into(),
+        ));
+    };
+    let total = graph.ty(first_value).shape.numel();
     check_outputs(graph, outputs, total)?;
     let mut e = Emitter::new(graph, nodes.iter().copied(), 1);
     for &(node, temp) in stats {
@@ -241,7 +278,7 @@ pub(crate) fn pointwise_kernel(
     } else {
         "blockIdx.x"
     };
-    let width = vector_width(graph, outputs).filter(|w| total % w == 0);
+    let width = vector_width(graph, &computed).filter(|w| total % w == 0);
     let Some(w) = width else {
         e.line(format!(
             "const {index} i = {first} * {block} + threadIdx.x;"
@@ -261,7 +298,7 @@ pub(crate) fn pointwise_kernel(
     // out in one 16-byte store.
     let scaled = tensor_scale.map(|scale| {
         let x = crate::lower::storage_of(graph, graph.operands(scale)[0]);
-        let k = outputs.iter().position(|&o| o == x).unwrap_or(0);
+        let k = computed.iter().position(|&o| o == x).unwrap_or(0);
         (scale, k, graph.ty(x).dtype)
     });
     let mut grid = grid_for(total / w, block as usize)?;
@@ -281,7 +318,7 @@ pub(crate) fn pointwise_kernel(
         ));
         e.line(format!("if (i0 >= {total}) return;"));
     }
-    for k in 0..outputs.len() {
+    for k in 0..computed.len() {
         e.line(format!("float o{k}[{w}];"));
     }
     e.vectorize("i", "i0", w);
@@ -289,7 +326,7 @@ pub(crate) fn pointwise_kernel(
     e.line("#pragma unroll");
     e.open(format!("for (int v = 0; v < {w}; ++v)"));
     e.line(format!("const {index} i = i0 + v;"));
-    for (k, &out) in outputs.iter().enumerate() {
+    for (k, &out) in computed.iter().enumerate() {
         let dims = graph.ty(out).shape.dims().to_vec();
         let index = e.delinearize("i", dims);
         let v = e.stored_value(out, &index)?;

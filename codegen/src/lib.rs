@@ -23,6 +23,7 @@ pub mod launch;
 mod lower;
 pub mod memory;
 mod softmax;
+mod v_rows;
 mod write;
 
 use std::collections::{BTreeMap, HashMap};
@@ -39,6 +40,7 @@ pub use attention::AttentionConfig;
 use buffers::Buf;
 pub use kernels::{KernelSource, LaunchConfig};
 use lower::{storage_of, FixedLaunch, PendingStep};
+use v_rows::VRows;
 pub use write::{check_output_dir, write_artifact, WriteError};
 
 /// The architecture kernels are compiled for.
@@ -433,17 +435,37 @@ pub fn generate_with(
                 vt,
                 seq_kv,
                 heads,
-            } => fixed_launch(
-                kernel,
-                vec![
-                    Arg::Ptr(tensor(*v)),
+            } => {
+                let mut args = vec![
                     Arg::Ptr(tensor(*scale)),
                     Arg::Ptr(tensor_of(Buf::Temp(*vt))),
                     int_arg(*seq_kv, "a V layout's keys")?,
                     int_arg(*heads, "a V layout's heads")?,
-                ],
-                &mut template_sources,
-            ),
+                ];
+                // Two row sources; a contiguous v is its own second one.
+                let (first, second) = match v.as_slice() {
+                    [one] => (one, one),
+                    [first, second] => (first, second),
+                    _ => {
+                        return Err(CodegenError::Invalid(format!(
+                            "a V layout over {} row sources",
+                            v.len()
+                        )))
+                    }
+                };
+                let bf16 = DType::BF16.size_bytes() as u64;
+                let at = |rows: &VRows| Arg::Ptr(tensor(rows.node).plus(rows.offset * bf16));
+                args.extend([
+                    at(first),
+                    int_arg(first.rows, "a V layout's rows")?,
+                    int_arg(first.row_stride, "a V layout's row stride")?,
+                    int_arg(first.batch_stride, "a V layout's batch stride")?,
+                    at(second),
+                    int_arg(second.row_stride, "a V layout's row stride")?,
+                    int_arg(second.batch_stride, "a V layout's batch stride")?,
+                ]);
+                fixed_launch(kernel, args, &mut template_sources)
+            }
             PendingStep::Gemv {
                 kernel,
                 x,

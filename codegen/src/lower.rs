@@ -51,6 +51,7 @@ use crate::attention_fp8::{
 use crate::buffers::{Buf, Temp, TempKind};
 use crate::kernels::{self, KernelSource};
 use crate::softmax::SoftmaxPlan;
+use crate::v_rows::{self, VRows};
 use crate::{gated, gemv, group_norm, CodegenError};
 
 /// The dequantization scales of an fp8 GEMM (see [`Op::ScaledLinear`]).
@@ -267,8 +268,9 @@ pub enum PendingStep {
     VLayout {
         /// The launch.
         kernel: FixedLaunch,
-        /// The bf16 values, contiguous `[B, Sk, H, D]`.
-        v: NodeId,
+        /// Where the bf16 values `[B, Sk, H, D]` lie: one or two row
+        /// sources, keys in order.
+        v: Vec<VRows>,
         /// Their per-tensor scale (f32 `[1]`).
         scale: NodeId,
         /// The key-innermost copy it writes.
@@ -342,7 +344,11 @@ impl PendingStep {
                 .chain(scales.iter().flatten().copied())
                 .map(Buf::Node)
                 .collect(),
-            PendingStep::VLayout { v, scale, .. } => vec![Buf::Node(*v), Buf::Node(*scale)],
+            PendingStep::VLayout { v, scale, .. } => v
+                .iter()
+                .map(|rows| Buf::Node(rows.node))
+                .chain([Buf::Node(*scale)])
+                .collect(),
         }
     }
 
@@ -404,13 +410,19 @@ pub fn lower(optimized: &Optimized) -> Result<Vec<PendingStep>, CodegenError> {
     let (graph, plan, lowering) = (&optimized.graph, &optimized.fusion, Lowering::of(optimized));
     let fused = fused_tensor_scales(graph, plan, lowering);
     let absorbed: HashSet<usize> = fused.values().map(|&(h, _)| h).collect();
+    let in_place_v = v_rows::in_place_values(graph, plan, &fused);
     let mut steps = Vec::new();
     for g in 0..plan.groups.len() {
         if absorbed.contains(&g) {
             continue; // its scale comes from the kernel that stores the tensor
         }
         let scale = fused.get(&g).map(|&(_, scale)| scale);
-        lower_group(graph, plan, g, lowering, scale, &mut steps).map_err(|e| match e {
+        let group = GroupLowering {
+            g,
+            tensor_scale: scale,
+            in_place_v: &in_place_v,
+        };
+        lower_group(graph, plan, group, lowering, &mut steps).map_err(|e| match e {
             CodegenError::Unsupported(what) => CodegenError::Unsupported(format!(
                 "{what} (group g{g}, anchor {})",
                 describe_node(graph, plan.groups[g].anchor)
@@ -450,7 +462,7 @@ fn fused_tensor_scales(
         }
         let outputs = plan.group_outputs(graph, g);
         let cudnn = lowering.cudnn_convolutions && outputs.iter().any(|&o| cudnn_patches(graph, o));
-        if !cudnn && kernels::can_fuse_tensor_scale(graph, &outputs, scale) {
+        if !cudnn && kernels::can_fuse_tensor_scale(graph, &plan.groups[g].nodes, &outputs, scale) {
             fused.insert(g, (h, scale));
         }
     }
@@ -462,14 +474,28 @@ fn describe_node(graph: &Graph, id: NodeId) -> String {
     format!("{} @{}", node.op.kind_name(), node.scope)
 }
 
+/// One group to lower, with what the plan-wide analyses say about it.
+struct GroupLowering<'a> {
+    /// The group's index in the plan.
+    g: usize,
+    /// The whole-tensor scale its kernel computes (`fused_tensor_scales`).
+    tensor_scale: Option<NodeId>,
+    /// fp8 attention values read where they lie (`v_rows`), by storage node.
+    in_place_v: &'a HashMap<NodeId, Vec<VRows>>,
+}
+
 fn lower_group(
     graph: &Graph,
     plan: &FusionPlan,
-    g: usize,
+    this: GroupLowering<'_>,
     lowering: Lowering,
-    tensor_scale: Option<NodeId>,
     steps: &mut Vec<PendingStep>,
 ) -> Result<(), CodegenError> {
+    let GroupLowering {
+        g,
+        tensor_scale,
+        in_place_v,
+    } = this;
     let cudnn = lowering.cudnn_convolutions;
     let group = &plan.groups[g];
     let outputs: Vec<NodeId> = plan.group_outputs(graph, g);
@@ -502,6 +528,10 @@ fn lower_group(
             }
         }
         GroupKind::Pointwise => steps.push(PendingStep::Kernel(match tensor_scale {
+            // v read in place by the V layout kernel: only its scale is stored.
+            Some(scale) if outputs.iter().all(|o| in_place_v.contains_key(o)) => {
+                kernels::pointwise_with_tensor_scale(graph, &group.nodes, &[], scale)?
+            }
             Some(scale) => {
                 kernels::pointwise_with_tensor_scale(graph, &group.nodes, &outputs, scale)?
             }
@@ -550,7 +580,7 @@ fn lower_group(
         GroupKind::Gemm => {
             lower_gemm(graph, &group.nodes, group.anchor, &outputs, lowering, steps)?
         }
-        GroupKind::Attention => steps.extend(lower_attention(graph, group.anchor)?),
+        GroupKind::Attention => steps.extend(lower_attention(graph, group.anchor, in_place_v)?),
     }
     Ok(())
 }
@@ -875,10 +905,16 @@ fn gemm_scales(
     }
 }
 
-fn lower_attention(graph: &Graph, node: NodeId) -> Result<Vec<PendingStep>, CodegenError> {
+fn lower_attention(
+    graph: &Graph,
+    node: NodeId,
+    in_place_v: &HashMap<NodeId, Vec<VRows>>,
+) -> Result<Vec<PendingStep>, CodegenError> {
     let scale = match graph.node(node).op {
         Op::Attention { scale } => scale,
-        Op::ScaledAttention { scale } => return lower_scaled_attention(graph, node, scale.get()),
+        Op::ScaledAttention { scale } => {
+            return lower_scaled_attention(graph, node, scale.get(), in_place_v)
+        }
         _ => {
             return Err(CodegenError::Invalid(
                 "attention group without attention".into(),
@@ -941,11 +977,14 @@ fn dims_u32<const N: usize>(dims: [usize; N]) -> Result<[u32; N], CodegenError> 
 }
 
 /// A scaled (fp8) attention as the V layout launch and the fp8 attention
-/// launch (see the module docs), with the `vt` temporary between them.
+/// launch (see the module docs), with the `vt` temporary between them. The
+/// V layout kernel reads v's rows where `in_place_v` says they lie, or from
+/// v's own buffer.
 fn lower_scaled_attention(
     graph: &Graph,
     node: NodeId,
     scale: f32,
+    in_place_v: &HashMap<NodeId, Vec<VRows>>,
 ) -> Result<Vec<PendingStep>, CodegenError> {
     let operands = graph.operands(node);
     let operands = <[NodeId; 6]>::try_from(operands.as_slice()).map_err(|_| {
@@ -975,6 +1014,11 @@ fn lower_scaled_attention(
     let v_kernel = render_v_layout(d).map_err(CodegenError::Unsupported)?;
     let [batch, heads, seq_q, seq_kv, head_dim] = dims_u32([b, h, sq, sk, d])?;
     let vt_keys = padded_keys(seq_kv);
+    let v_rows = match in_place_v.get(&v) {
+        Some(rows) => rows.clone(),
+        None => vec![VRows::contiguous(v, [b, sk, h, d])
+            .ok_or_else(|| CodegenError::TooLarge(format!("fp8 attention's v {}", graph.ty(v))))?],
+    };
     let vt = Temp {
         of: node,
         what: TempKind::VTransposed,
@@ -990,7 +1034,7 @@ fn lower_scaled_attention(
                 threads: v_kernel.threads,
                 shared_bytes: 0,
             },
-            v,
+            v: v_rows,
             scale: vs,
             vt,
             seq_kv,

@@ -136,13 +136,15 @@ pub fn run(args: &RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         let ms = engine.profile_steps()?;
         let rows = profile_rows(engine.schedule(), &ms);
         print_profile(&rows, ms.iter().sum());
-        Some(rows)
+        Some((rows, ms))
     } else {
         None
     };
+    let (profile, step_ms) = profile.unzip();
     if let Some(path) = args.json {
         let json = serde_json::json!({
             "profile": profile,
+            "step_ms": step_ms,
             "artifact": args.artifact.display().to_string(),
             "model": engine.manifest().model_name,
             "device": engine.device_name(),
