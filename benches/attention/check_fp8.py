@@ -117,19 +117,26 @@ class Case:
         ]
 
     def layout(self):
+        # The arguments are built once: rebuilding them per call took ~100 us
+        # of host time, longer than the kernel (so timings measured Python).
+        if not hasattr(self, "layout_args"):
+            self.layout_args = self.v_layout_args()
         grid = ((self.sp + v_keys - 1) // v_keys, self.h, self.b)
+        vlay(grid, (v_threads, 1, 1), self.layout_args)
+
+    def v_layout_args(self):
         if self.sources:
             src0, src1, (rows0, (off0, w0), (off1, w1)) = self.sources
             first = (src0.data_ptr() + 2 * off0, rows0, w0, rows0 * w0)
             second = (src1.data_ptr() + 2 * off1, w1, (self.skv - rows0) * w1)
         else:
-            keep = self.v if self.skv else torch.zeros(8, dtype=torch.bfloat16, device="cuda")
+            # (an empty v still needs a valid pointer, kept alive here)
+            self.v_or_dummy = self.v if self.skv else torch.zeros(8, dtype=torch.bfloat16, device="cuda")
             row = self.h * D
-            first = (keep.data_ptr(), self.skv, row, self.skv * row)
-            second = (keep.data_ptr(), row, self.skv * row)
-        vlay(grid, (v_threads, 1, 1),
-             (cp.from_dlpack(self.vs), cp.from_dlpack(self.vt), cp.int32(self.skv), cp.int32(self.h),
-              cp.uint64(first[0]), *map(cp.int32, first[1:]), cp.uint64(second[0]), *map(cp.int32, second[1:])))
+            first = (self.v_or_dummy.data_ptr(), self.skv, row, self.skv * row)
+            second = (self.v_or_dummy.data_ptr(), row, self.skv * row)
+        return (cp.from_dlpack(self.vs), cp.from_dlpack(self.vt), cp.int32(self.skv), cp.int32(self.h),
+                cp.uint64(first[0]), *map(cp.int32, first[1:]), cp.uint64(second[0]), *map(cp.int32, second[1:]))
 
     def attend(self):
         if self.sq == 0:

@@ -82,10 +82,28 @@ def outputs(fn, step, smem):
     fn(tuple(step["grid"]), tuple(step["block"]), args(step), shared_mem=smem)
     return [allocs[a["value"]["buffer"]].copy() for a in step["args"] if a["kind"] == "ptr"]
 
+# FLUSH_L2=1: each launch timed alone after writing 256 MB elsewhere, so
+# its operands come from DRAM as in a forward (where the kernels between
+# two launches of it move far more than the 50 MB L2), not from the L2 the
+# previous launch filled.
+FLUSH = os.environ.get("FLUSH_L2") == "1"
+flush_buffer = cp.zeros(256 << 20, dtype=cp.uint8) if FLUSH else None
+
 def time_kernel(fn, step, smem, reps=200):
     grid, block, a = tuple(step["grid"]), tuple(step["block"]), args(step)
     for _ in range(10):
         fn(grid, block, a, shared_mem=smem)
+    if FLUSH:
+        total = 0.0
+        for _ in range(reps // 4):
+            flush_buffer.fill(1)
+            start, end = cp.cuda.Event(), cp.cuda.Event()
+            start.record()
+            fn(grid, block, a, shared_mem=smem)
+            end.record()
+            end.synchronize()
+            total += cp.cuda.get_elapsed_time(start, end)
+        return total * 1000.0 / (reps // 4)
     start, end = cp.cuda.Event(), cp.cuda.Event()
     start.record()
     for _ in range(reps):
