@@ -215,6 +215,11 @@ enum Command {
         /// Measure only; leave the artifact unchanged.
         #[arg(long)]
         dry_run: bool,
+        /// Time each candidate after this many milliseconds of back-to-back
+        /// launches, so at the clock the board's power limit leaves it (the
+        /// FLUX forward runs at that limit; ~1000 reaches it).
+        #[arg(long, value_name = "MS", default_value_t = 0)]
+        sustain_ms: u32,
     },
 }
 
@@ -323,6 +328,7 @@ fn main() -> ExitCode {
             cache,
             report,
             dry_run,
+            sustain_ms,
         } => tune::run(&tune::TuneArgs {
             artifact: &artifact,
             candidates,
@@ -331,6 +337,7 @@ fn main() -> ExitCode {
             cache: cache.as_deref(),
             report,
             dry_run,
+            sustain_ms,
         }),
     };
     match result {

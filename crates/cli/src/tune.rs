@@ -23,6 +23,7 @@ use fluxc_codegen::schedule_json;
 use fluxc_runtime::gemm_tuning::{
     chosen_algos, gemm_key, per_forward_us, tune_gemms, GemmTuneOptions, GemmTuneRun, GemmTuning,
 };
+use fluxc_runtime::bench::BenchTiming;
 use fluxc_runtime::Artifact;
 
 /// A tuned algorithm must beat the default by this fraction to be recorded
@@ -45,6 +46,9 @@ pub struct TuneArgs<'a> {
     pub report: bool,
     /// Measure only; leave the artifact as it is.
     pub dry_run: bool,
+    /// Time each candidate after this many milliseconds of back-to-back
+    /// launches ([`fluxc_runtime::bench::BenchTiming::sustain_ms`]).
+    pub sustain_ms: u32,
 }
 
 /// Runs the tuning.
@@ -54,10 +58,15 @@ pub fn run(args: &TuneArgs) -> Result<(), Box<dyn std::error::Error>> {
         // Fail on an unreadable cache before the long measurement.
         fluxc_autotune::cache::load(path)?;
     }
+    let defaults = GemmTuneOptions::default();
     let options = GemmTuneOptions {
         candidates: args.candidates,
         search: search_options(args.search_measurements, args.check_all_directions),
-        ..GemmTuneOptions::default()
+        timing: BenchTiming {
+            sustain_ms: args.sustain_ms,
+            ..defaults.timing
+        },
+        ..defaults
     };
     let started = std::time::Instant::now();
     let run = tune_gemms(&artifact.schedule, &options, |done, total, g| {

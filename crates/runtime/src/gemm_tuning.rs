@@ -80,6 +80,7 @@ impl Default for GemmTuneOptions {
                 warmup: 3,
                 batches: 5,
                 per_batch: 10,
+                sustain_ms: 0,
             },
             tolerance: 1e-2,
             only: None,
