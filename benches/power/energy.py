@@ -10,7 +10,8 @@
 #
 # usage: energy.py ATTENTION_DIR   (render_attention's output, as for
 # benches/attention/check_fp8.py). Needs torch (the fp8 GEMMs through
-# torch._scaled_mm, cuDNN attention) and CuPy.
+# torch._scaled_mm, cuDNN attention) and CuPy. ONLY=attention measures
+# fluxc's fp8 attention alone.
 import ctypes, json, os, sys, time
 import torch
 
@@ -75,6 +76,8 @@ sustained("fluxc fp8 attention [1,24,4608,128]", c.attend, flop=att_flop)
 c.q8.zero_(); c.k8.zero_(); c.vt.zero_()
 sustained("fluxc fp8 attention, all-zero operands", c.attend, flop=att_flop)
 del c
+if os.environ.get("ONLY") == "attention":
+    sys.exit(0)
 
 # cuDNN bf16 attention (PyTorch SDPA), same shape.
 from torch.nn.attention import sdpa_kernel, SDPBackend
