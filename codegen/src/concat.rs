@@ -6,8 +6,11 @@
 //! sequence), each part's producer can write its block of the result
 //! directly: the copy goes, and the part's buffer is the result's bytes at
 //! the part's offset. Every part must start on the arena's alignment, as a
-//! buffer of its own would. (FLUX's double blocks: the text and image rows
-//! of q8 and k8, each from its own norm/rope/quantize kernel.)
+//! buffer of its own would. A part that is itself a concatenation written
+//! in place has no step writing it whole, so it keeps its copy (one level
+//! of placement: a part's buffer is always a concatenation's own). (FLUX's
+//! double blocks: the text and image rows of q8 and k8, each from its own
+//! norm/rope/quantize kernel.)
 
 use std::collections::HashMap;
 
@@ -62,7 +65,7 @@ pub fn in_place(graph: &Graph, steps: Vec<PendingStep>) -> (Vec<PendingStep>, In
                 && !outputs.contains(&part)
                 && !placed.contains_key(&b)
                 && graph.ty(part).dtype == graph.ty(concat).dtype
-                && matches!(writers.get(&b).map(Vec::as_slice), Some(&[w]) if w < s)
+                && matches!(writers.get(&b).map(Vec::as_slice), Some(&[w]) if w < s && !dropped[w])
                 && readers.get(&b).map(Vec::as_slice) == Some(&[s][..])
         };
         let bytes = graph.ty(concat).dtype.size_bytes() as u64;
@@ -105,5 +108,39 @@ fn copy_only_concat(step: &PendingStep) -> Option<fluxc_ir::NodeId> {
             tensor_scale: None,
         } if nodes.len() == 1 && outputs == nodes => Some(nodes[0]),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fluxc_ir::{DType, GraphBuilder};
+
+    use super::*;
+    use crate::kernels;
+
+    /// `concat(concat(a, b), c)` with a kernel per value: the inner
+    /// concatenation is written in place, and then, having no step that
+    /// writes it whole, is not itself placed in the outer one (which keeps
+    /// its copy), so no part lives two levels deep.
+    #[test]
+    fn a_concatenation_written_in_place_is_not_placed_again() {
+        let mut g = GraphBuilder::new();
+        let [a, b, c] = ["x", "y", "z"].map(|name| {
+            let x = g.input(name, DType::BF16, [1, 8, 64]).unwrap();
+            g.add_scalar(x, 1.0).unwrap()
+        });
+        let inner = g.concat(&[a, b], 1).unwrap();
+        let outer = g.concat(&[inner, c], 1).unwrap();
+        g.output("out", outer).unwrap();
+        let graph = g.finish().unwrap();
+        let kernel = |n| PendingStep::Kernel(kernels::pointwise(&graph, &[n], &[n]).unwrap());
+        let steps: Vec<PendingStep> = [a, b, c, inner, outer].map(kernel).into();
+        let (kept, placed) = in_place(&graph, steps);
+        assert_eq!(kept.len(), 4, "only the inner copy goes");
+        let at = |n| placed.get(&Buf::Node(n)).copied();
+        assert_eq!(at(a), Some((Buf::Node(inner), 0)));
+        assert_eq!(at(b), Some((Buf::Node(inner), 8 * 64 * 2)));
+        assert_eq!(at(inner), None);
+        assert_eq!(at(c), None);
     }
 }
