@@ -20,10 +20,10 @@ use std::path::{Path, PathBuf};
 use fluxc_artifact::{content_hash, files, tuning_key, Schedule, Step, TuningCache, TuningRecord};
 use fluxc_autotune::SearchOptions;
 use fluxc_codegen::schedule_json;
+use fluxc_runtime::bench::BenchTiming;
 use fluxc_runtime::gemm_tuning::{
     chosen_algos, gemm_key, per_forward_us, tune_gemms, GemmTuneOptions, GemmTuneRun, GemmTuning,
 };
-use fluxc_runtime::bench::BenchTiming;
 use fluxc_runtime::Artifact;
 
 /// A tuned algorithm must beat the default by this fraction to be recorded
