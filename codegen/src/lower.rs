@@ -23,10 +23,12 @@
 //!   d = 512 would avoid it and is the better path later.
 //! - A scaled (fp8) attention group becomes two launches
 //!   (`attention_fp8.rs`): the V layout kernel, which quantizes the bf16 v
-//!   by its scale into a key-innermost e4m3 temporary (`vt`, `[batch,
-//!   heads, head_dim, padded keys]`: Hopper's fp8 wgmma takes its B operand K-major only, which for `P·V`
-//!   means keys innermost, while v is stored head-dim innermost), then the
-//!   fp8 attention kernel over q, k and vt as tensor maps with the three
+//!   by its scale (reading v where the fused q/k/v projections wrote it
+//!   when it is only their slice, `v_rows.rs`) into a key-innermost e4m3
+//!   temporary (`vt`, `[batch, heads, head_dim, padded keys]`: Hopper's
+//!   fp8 wgmma takes its B operand K-major only, which for `P·V` means keys
+//!   innermost, while v is stored head-dim innermost), then the fp8
+//!   attention kernel over q, k and vt as tensor maps with the three
 //!   per-tensor scales. Head width 128 only (the `fp8_attention` pass
 //!   selects nothing else).
 //!
@@ -529,7 +531,7 @@ fn lower_group(
         }
         GroupKind::Pointwise => steps.push(PendingStep::Kernel(match tensor_scale {
             // v read in place by the V layout kernel: only its scale is stored.
-            Some(scale) if outputs.iter().all(|o| in_place_v.contains_key(o)) => {
+            Some(scale) if matches!(outputs.as_slice(), [v] if in_place_v.contains_key(v)) => {
                 kernels::pointwise_with_tensor_scale(graph, &group.nodes, &[], scale)?
             }
             Some(scale) => {
