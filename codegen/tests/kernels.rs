@@ -369,6 +369,113 @@ fn fp8_attention_lowers_to_the_layout_kernel_and_the_fp8_kernel() {
     assert!(!cubin.is_empty(), "{log}");
 }
 
+/// Two streams (3 text rows, 17 image rows), each with its own fused q/k/v
+/// projection, attending jointly with fp8 attention, as FLUX's double
+/// blocks do: the V layout kernel reads the text rows of v from the text
+/// projection's output and the image rows from the image one's (columns
+/// 512.. of rows of 768), and no kernel writes the concatenated v. When v
+/// is also a graph output it is materialized, and the layout reads that
+/// copy as one contiguous source.
+#[test]
+fn fp8_attention_reads_two_streams_values_in_place() {
+    let build = |v_is_output: bool| {
+        let (h, d, c) = (2, 128, 256);
+        let mut b = GraphBuilder::new();
+        let mut heads: Vec<Vec<NodeId>> = Vec::new();
+        for (stream, rows) in [("txt", 3), ("img", 17)] {
+            let x = b.input(stream, DType::BF16, [1, rows, c]).unwrap();
+            heads.push(
+                ["q", "k", "v"]
+                    .iter()
+                    .map(|name| {
+                        let p = linear(&mut b, x, &format!("{stream}_{name}"), c, DType::BF16);
+                        b.reshape(p, [1, rows, h, d]).unwrap()
+                    })
+                    .collect(),
+            );
+        }
+        let [q, k, v] = [0, 1, 2].map(|i| b.concat(&[heads[0][i], heads[1][i]], 1).unwrap());
+        let o = b.attention(q, k, v).unwrap();
+        b.output("o", o).unwrap();
+        if v_is_output {
+            b.output("v", v).unwrap();
+        }
+        let options = PassOptions {
+            fuse_qkv_min_rows: 1,
+            fp8: Fp8Mode::DynamicRow,
+            fp8_policy: Fp8Policy {
+                attention: true,
+                ..Fp8Policy::default()
+            },
+            ..PassOptions::default()
+        };
+        let optimized = optimize(b.finish().unwrap(), &options).unwrap();
+        let g = generate(
+            &optimized,
+            &CodegenOptions {
+                model_name: "two-streams".into(),
+                layouts: Vec::new(),
+                reuse_memory: true,
+            },
+        )
+        .unwrap();
+        g.schedule.validate().unwrap();
+        g
+    };
+    let layout_args = |g: &Generated| -> Vec<Arg> {
+        let layouts: Vec<&Launch> = launches(g)
+            .into_iter()
+            .filter(|l| l.kernel.starts_with("attention_fp8_v"))
+            .collect();
+        let [layout] = layouts[..] else {
+            panic!("{} V layout launches", layouts.len())
+        };
+        layout.args.clone()
+    };
+    let g = build(false);
+    let buffer = |t: fluxc_artifact::Tensor| &g.schedule.buffers[t.buffer as usize];
+    let args = layout_args(&g);
+    assert_eq!(args[2..4], [Arg::I32(20), Arg::I32(2)]);
+    let (&Arg::Ptr(text), &Arg::Ptr(image)) = (&args[4], &args[8]) else {
+        panic!("{args:?}")
+    };
+    assert_ne!(text.buffer, image.buffer);
+    assert_eq!(buffer(text).shape, [1, 3, 768], "{}", buffer(text).name);
+    assert_eq!(buffer(image).shape, [1, 17, 768], "{}", buffer(image).name);
+    assert_eq!((text.offset, image.offset), (512 * 2, 512 * 2));
+    assert_eq!(
+        args[5..8],
+        [Arg::I32(3), Arg::I32(768), Arg::I32(3 * 768)],
+        "the text rows"
+    );
+    assert_eq!(
+        args[9..],
+        [Arg::I32(768), Arg::I32(17 * 768)],
+        "the image rows"
+    );
+    let g = build(true);
+    let args = layout_args(&g);
+    let &Arg::Ptr(v) = &args[4] else {
+        panic!("{args:?}")
+    };
+    assert_eq!(g.schedule.buffers[v.buffer as usize].shape, [1, 20, 2, 128]);
+    assert_eq!(
+        args[5..8],
+        [Arg::I32(20), Arg::I32(256), Arg::I32(20 * 256)]
+    );
+    assert_eq!(args[8], Arg::Ptr(v));
+    // Materializing v is one bf16 [1, 20, 2, 128] buffer more (the others
+    // of that shape: q and k before quantization, the output).
+    let shaped_like_v = |g: &Generated| {
+        g.schedule
+            .buffers
+            .iter()
+            .filter(|b| b.dtype == ElemType::Bf16 && b.shape == [1, 20, 2, 128])
+            .count()
+    };
+    assert_eq!(shaped_like_v(&g), shaped_like_v(&build(false)) + 1);
+}
+
 /// A bf16 attention with 64-wide heads next to an fp8 one with 128-wide
 /// heads: both kernels (and the V layout kernel) share one kernels.cu,
 /// which compiles for sm_90a (where NVRTC is available).
