@@ -217,7 +217,8 @@ enum Command {
         dry_run: bool,
         /// Time each candidate after this many milliseconds of back-to-back
         /// launches, so at the clock the board's power limit leaves it (the
-        /// FLUX forward runs at that limit; ~1000 reaches it).
+        /// FLUX forward runs at that limit; ~1000 reaches it). Not with
+        /// --cache, whose entries are burst timings.
         #[arg(long, value_name = "MS", default_value_t = 0)]
         sustain_ms: u32,
     },

@@ -53,6 +53,14 @@ pub struct TuneArgs<'a> {
 
 /// Runs the tuning.
 pub fn run(args: &TuneArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if args.sustain_ms > 0 && args.cache.is_some() {
+        // A cache's entries are reused by later compiles as burst timings.
+        return Err(
+            "--sustain-ms measures at the power limit, which a tuning cache's \
+                    other entries were not: give --cache or --sustain-ms, not both"
+                .into(),
+        );
+    }
     let artifact = Artifact::load(args.artifact)?;
     if let Some(path) = args.cache {
         // Fail on an unreadable cache before the long measurement.

@@ -246,6 +246,24 @@ fn tune_names_a_broken_cache_before_measuring() {
     );
 }
 
+#[test]
+fn tune_refuses_sustained_timings_into_a_cache() {
+    let (tmp, artifact, _) = setup();
+    let cache = tmp.path().join("tuning.json");
+    let stderr = fails(
+        "tune",
+        &[
+            artifact.as_os_str(),
+            "--cache".as_ref(),
+            cache.as_os_str(),
+            "--sustain-ms".as_ref(),
+            "300".as_ref(),
+        ],
+    );
+    assert!(stderr.contains("--sustain-ms"), "{stderr}");
+    assert!(!cache.exists());
+}
+
 /// A tiny VAE artifact whose latents are not square (6×4, so NCHW and NHWC
 /// shapes differ), compiled into `dir`.
 fn vae_artifact(dir: &Path) -> PathBuf {
