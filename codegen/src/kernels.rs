@@ -201,12 +201,17 @@ pub fn can_fuse_tensor_scale(
     let Op::DynamicScale { per_row: false, .. } = graph.node(scale).op else {
         return false;
     };
-    let x = crate::lower::storage_of(graph, graph.operands(scale)[0]);
+    let x = scaled_value(graph, scale);
     let computed = computed_values(outputs, x);
     let total = graph.ty(computed[0]).shape.numel();
     (outputs.contains(&x) || (outputs.is_empty() && nodes.contains(&x)))
         && matches!(graph.ty(x).dtype, DType::BF16 | DType::F32)
         && vector_width(graph, &computed).is_some_and(|w| total % w == 0)
+}
+
+/// The value whose whole-tensor scale `scale` is (what holds its elements).
+fn scaled_value(graph: &Graph, scale: NodeId) -> NodeId {
+    crate::lower::storage_of(graph, graph.operands(scale)[0])
 }
 
 /// What a pointwise kernel evaluates per element: its outputs, or the value
@@ -245,11 +250,9 @@ pub(crate) fn pointwise_kernel(
     };
     // The values evaluated per element: the outputs, or (a tensor scale
     // with nothing stored) the scaled value.
-    let computed = match tensor_scale {
-        Some(scale) => computed_values(
-            outputs,
-            crate::lower::storage_of(graph, graph.operands(scale)[0]),
-        ),
+    let scaled_x = tensor_scale.map(|scale| scaled_value(graph, scale));
+    let computed = match scaled_x {
+        Some(x) => computed_values(outputs, x),
         None => outputs.to_vec(),
     };
     let Some(&first_value) = computed.first() else {
@@ -296,8 +299,7 @@ pub(crate) fn pointwise_kernel(
     // Vectorized: each thread computes `w` consecutive elements; operands
     // read at the element's own index come in one 16-byte load, outputs go
     // out in one 16-byte store.
-    let scaled = tensor_scale.map(|scale| {
-        let x = crate::lower::storage_of(graph, graph.operands(scale)[0]);
+    let scaled = tensor_scale.zip(scaled_x).map(|(scale, x)| {
         let k = computed.iter().position(|&o| o == x).unwrap_or(0);
         (scale, k, graph.ty(x).dtype)
     });

@@ -227,6 +227,19 @@ fn fp8_options(fp8: Fp8Mode) -> PassOptions {
     }
 }
 
+/// Pass options with `fp8` linears (the default policy) and fp8 attention.
+fn fp8_attention_options(fp8: Fp8Mode) -> PassOptions {
+    PassOptions {
+        fuse_qkv_min_rows: 1,
+        fp8,
+        fp8_policy: Fp8Policy {
+            attention: true,
+            ..Fp8Policy::default()
+        },
+        ..PassOptions::default()
+    }
+}
+
 fn generated_with(graph: Graph, options: &PassOptions) -> Generated {
     let optimized = optimize(graph, options).unwrap();
     let opts = CodegenOptions {
@@ -245,25 +258,10 @@ fn generated_with(graph: Graph, options: &PassOptions) -> Generated {
 /// sm_90a (where NVRTC is available).
 #[test]
 fn fp8_attention_lowers_to_the_layout_kernel_and_the_fp8_kernel() {
-    let options = PassOptions {
-        fuse_qkv_min_rows: 1,
-        fp8: Fp8Mode::DynamicRow,
-        fp8_policy: Fp8Policy {
-            attention: true,
-            ..Fp8Policy::default()
-        },
-        ..PassOptions::default()
-    };
-    let optimized = optimize(mini_block_with(DType::BF16, 128), &options).unwrap();
-    let g = generate(
-        &optimized,
-        &CodegenOptions {
-            model_name: "mini-fp8-attention".into(),
-            layouts: Vec::new(),
-            reuse_memory: true,
-        },
-    )
-    .unwrap();
+    let g = generated_with(
+        mini_block_with(DType::BF16, 128),
+        &fp8_attention_options(Fp8Mode::DynamicRow),
+    );
     g.schedule.validate().unwrap();
     let steps = &g.schedule.steps;
     let at: Vec<usize> = (0..steps.len())
@@ -400,25 +398,10 @@ fn fp8_attention_reads_two_streams_values_in_place() {
         if v_is_output {
             b.output("v", v).unwrap();
         }
-        let options = PassOptions {
-            fuse_qkv_min_rows: 1,
-            fp8: Fp8Mode::DynamicRow,
-            fp8_policy: Fp8Policy {
-                attention: true,
-                ..Fp8Policy::default()
-            },
-            ..PassOptions::default()
-        };
-        let optimized = optimize(b.finish().unwrap(), &options).unwrap();
-        let g = generate(
-            &optimized,
-            &CodegenOptions {
-                model_name: "two-streams".into(),
-                layouts: Vec::new(),
-                reuse_memory: true,
-            },
-        )
-        .unwrap();
+        let g = generated_with(
+            b.finish().unwrap(),
+            &fp8_attention_options(Fp8Mode::DynamicRow),
+        );
         g.schedule.validate().unwrap();
         g
     };
@@ -490,24 +473,10 @@ fn bf16_and_fp8_attention_kernels_share_a_translation_unit() {
     let c = b.reshape(c, [1, 24, 256]).unwrap();
     let y = b.add(a, c).unwrap();
     b.output("y", y).unwrap();
-    let options = PassOptions {
-        fp8: Fp8Mode::DynamicTensor,
-        fp8_policy: Fp8Policy {
-            attention: true,
-            ..Fp8Policy::default()
-        },
-        ..PassOptions::default()
-    };
-    let optimized = optimize(b.finish().unwrap(), &options).unwrap();
-    let g = generate(
-        &optimized,
-        &CodegenOptions {
-            model_name: "mixed-attention".into(),
-            layouts: Vec::new(),
-            reuse_memory: true,
-        },
-    )
-    .unwrap();
+    let g = generated_with(
+        b.finish().unwrap(),
+        &fp8_attention_options(Fp8Mode::DynamicTensor),
+    );
     let mut kernels: Vec<(&str, bool)> = g
         .schedule
         .steps
@@ -822,26 +791,10 @@ fn dump_fp8_mini_block() {
 #[test]
 fn fast_accumulation_is_recorded_on_fp8_gemms_only() {
     let options = PassOptions {
-        fuse_qkv_min_rows: 1,
-        fp8: Fp8Mode::DynamicRow,
-        fp8_policy: Fp8Policy {
-            include: vec!["*".into()],
-            exclude: Vec::new(),
-            min_rows: 0,
-            bf16_shapes: vec![],
-            attention: false,
-            one_row: false,
-        },
         fp8_fast_accumulation: true,
-        ..PassOptions::default()
+        ..fp8_options(Fp8Mode::DynamicRow)
     };
-    let optimized = optimize(mini_block(DType::BF16), &options).unwrap();
-    let opts = CodegenOptions {
-        model_name: "mini".into(),
-        layouts: Vec::new(),
-        reuse_memory: true,
-    };
-    let g = generate(&optimized, &opts).unwrap();
+    let g = generated_with(mini_block(DType::BF16), &options);
     let gemms: Vec<&fluxc_artifact::Gemm> = g
         .schedule
         .steps
