@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# On the GPU machine (branch attention-exp2-fma): fp8 attention with every
+# On the GPU machine: fp8 attention with every
 # N-th f16 pair of exponentials on the FMA pipe, for several N (0: none),
 # each checked (check_fp8.py full) and timed (bursts, alternating, twice),
 # then its energy per call at the power limit (benches/power/energy.py).
