@@ -62,12 +62,12 @@ const THREADS: u32 = 384;
 /// K and V buffers each.
 const STAGES: u32 = 2;
 
-/// Every this many f16 pairs of P, one is exponentiated on the FMA pipe by
-/// a polynomial instead of the quarter-rate exponential unit, which bounds
-/// the kernel (0: none). Measured on the H200 with shares 0, 1/8, 1/4, 1/3
-/// and 1/2: 1/3 is fastest (945 → 993 TFLOP/s at 4608 keys, −3.4% time and
-/// energy at the power limit; `2026-11-29_attention_exp2_share.log`).
-const EXP2_POLY_EVERY: u32 = 3;
+/// Of every `EXP2_POLY_SHARE.1` f16 pairs of P, the last
+/// `EXP2_POLY_SHARE.0` are exponentiated on the FMA pipe by a polynomial
+/// instead of the quarter-rate exponential unit, which bounds the kernel.
+/// Chosen by measurement on the H200 (`benches/attention/exp2_share.sh`;
+/// results in `benches/results/2026-11-29_attention_exp2_share*.log`).
+const EXP2_POLY_SHARE: (u32, u32) = (1, 2);
 
 /// The only head width the fp8 kernel takes: one 128-byte swizzle row of
 /// e4m3 per key.
@@ -142,7 +142,8 @@ pub fn render_attention_fp8(head_dim: usize) -> Result<Fp8AttentionKernel, Strin
         .replace("{{NAME}}", &name)
         .replace("{{STAGES}}", &STAGES.to_string())
         .replace("{{BLOCK_N}}", &BLOCK_N.to_string())
-        .replace("{{EXP2_POLY_EVERY}}", &EXP2_POLY_EVERY.to_string())
+        .replace("{{EXP2_POLY_PAIRS}}", &EXP2_POLY_SHARE.0.to_string())
+        .replace("{{EXP2_POLY_GROUP}}", &EXP2_POLY_SHARE.1.to_string())
         .replace("{{SHARED_BYTES}}", &shared_bytes.to_string());
     debug_assert!(
         !source.contains("{{"),
