@@ -58,21 +58,24 @@
 // O rescales). f16 keeps 11 significant bits: the scores move by 2^-11 of
 // their size, far less than e4m3's rounding of q, k and P.
 //
-// Softmax: the scores get one f16x2 FMA per pair, with the scale, log2(e)
-// and q_scale * k_scale folded into one f16 factor, and the running max
-// folded into the addend: P = exp2(S' - max + 8), i.e. 256 times the
-// probability, so that it uses e4m3's range (at most 256 of 448) instead of
-// underflowing below 2^-9. The addend 8 - max is rounded down to an f16 (so
-// no P passes 256) and kept exact in f32, so the rescale factors of O and l
-// use the very value the exponentials did. The row sums l come from the
-// tensor cores: with the same P registers, m64n8k32 wgmmas against a tile of
-// e4m3 ones (8 rows of 128 keys) sum each row of P as rounded to e4m3, like
-// the numerator. Their accumulator starts fresh on every key tile: summed
-// across tiles in the wgmma accumulator (fp8 wgmmas keep fewer bits when
-// they add to it) a sum of that many positive terms drifted low, 7.5e-2
-// error at 4592 keys. Each tile's sum is added in f32, rescaled with O;
-// the factor 256 cancels in O / l, and v_scale is applied once in the
-// epilogue.
+// Softmax: the scores get one f16x2 FMA per pair, with the scale, log2(e) and
+// q_scale * k_scale folded into one f16 factor, and the running max folded
+// into the addend: P = exp2(S' - max + 8), i.e. 256 times the probability, so
+// that it uses e4m3's range (at most 256 of 448) instead of underflowing
+// below 2^-9. The addend 8 - max is rounded down to an f16 (so no P passes
+// 256) and kept exact in f32, so the rescale factors of O and l use the very
+// value the exponentials did. The exponential unit is still the bound, so a
+// share of the pairs (EXP2_POLY_PAIRS of every EXP2_POLY_GROUP) is
+// exponentiated on the FMA pipe instead, by a polynomial with the exponent
+// added as an integer (h2_exp2_fma_poly; half of them: 1000 -> 1040 TFLOP/s
+// at FLUX's shape). The row sums l come from the tensor cores: with the same
+// P registers, m64n8k32 wgmmas against a tile of e4m3 ones (8 rows of 128
+// keys) sum each row of P as rounded to e4m3, like the numerator. Their
+// accumulator starts fresh on every key tile: summed across tiles in the
+// wgmma accumulator (fp8 wgmmas keep fewer bits when they add to it) a sum of
+// that many positive terms drifted low, 7.5e-2 error at 4592 keys. Each
+// tile's sum is added in f32, rescaled with O; the factor 256 cancels in O /
+// l, and v_scale is applied once in the epilogue.
 //
 // Shared memory (from a 1024-byte aligned base; 1024 bytes of slack): sQ
 // 128 x 128 bytes; sK[STAGES] BLOCK_N keys x 128 bytes; sVt[STAGES]

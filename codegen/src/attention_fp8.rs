@@ -6,7 +6,8 @@
 //! (`kernels/attention_fp8.cu`) is the bf16 kernel's structure (TMA producer
 //! warp, mbarrier rings, two consumer warpgroups in ping-pong) with k32 fp8
 //! wgmmas; its header documents the layouts and the fragment mapping. It
-//! accumulates `q8·k8ᵀ` in f16 and runs the softmax on f16 pairs, so q8
+//! accumulates `q8·k8ᵀ` in f16 and runs the softmax on f16 pairs (half of
+//! its exponentials on the FMA pipe, `EXP2_POLY_SHARE`), so q8
 //! and k8 must keep every dot product within f16's range: the fp8
 //! attention pass quantizes them into ±16 (`Op::ScaledAttention` states the
 //! contract).
