@@ -146,7 +146,7 @@ static __device__ __forceinline__ unsigned int h2_exp2_fma(unsigned int a, unsig
 // of t = x + 1035; masked to 6 bits per half and times 1024, that is the
 // exponent increment, and with r + 11 >= 0 no half carries into the other,
 // so one integer multiply-add applies it. Valid for x <= 9 (P <= 2^8.75).
-// benches/attention/exp2_poly_check.py emulates it on every f16 input.
+// codegen/tests/exp2_poly.rs emulates it exactly on every f16 input.
 static __device__ __forceinline__ unsigned int h2_exp2_fma_poly(unsigned int a, unsigned int b,
                                                                 unsigned int c) {
     unsigned int r;
