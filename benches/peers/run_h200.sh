@@ -7,9 +7,10 @@
 #   tests    the GPU tests (every kernel kind vs the interpreter, tiny models
 #            vs diffusers, fp8 vs the interpreter's fp8) and the criterion
 #            bench of a CUDA-graph launch's host time
-#   attention  the attention kernels alone (benches/attention/check.py on
-#            .dev/attention: odd lengths, then FLUX's shapes next to PyTorch's
-#            SDPA backends), report attention.json
+#   attention  the attention kernels alone (benches/attention/check.py and
+#            check_fp8.py on .dev/attention: odd lengths, then FLUX's shapes
+#            next to PyTorch's SDPA backends), reports attention.json,
+#            attention_fp8.json and attention.md (issue 6's table)
 #   forward  full FLUX.1-$MODEL at HEIGHT×WIDTH (default schnell, 1024×1024)
 #            with TEXT_TOKENS text tokens (the same settings as prepare.sh): random
 #            weights saved by diffusers, fp32 reference, diffusers eager bf16
@@ -83,6 +84,10 @@ fi
 if [[ " $STEPS " == *" attention "* ]]; then
     RESULTS_JSON="$OUT/attention.json" python3 benches/attention/check.py .dev/attention full 2>&1 \
         | tee "$OUT/attention.log" || status=1
+    FP8_ONLY=1 RESULTS_JSON="$OUT/attention_fp8.json" python3 benches/attention/check_fp8.py .dev/attention full 2>&1 \
+        | tee "$OUT/attention_fp8.log" || status=1
+    python3 benches/attention/report.py "$OUT" --commit "${COMMIT:-$(cat .dev/commit 2>/dev/null || echo unknown)}" \
+        --command "STEPS='$STEPS' benches/peers/run_h200.sh" || status=1
 fi
 
 if [[ " $STEPS " == *" forward "* ]]; then
@@ -223,5 +228,5 @@ MERGE
 fi
 # The device returns only a few files: keep the reports, pack the logs.
 (cd "$OUT" && tar czf logs.tar.gz --remove-files \
-    $(ls | grep -v -e '^forward_.*\.\(md\|json\)$' -e '^attention\.json$' -e '^logs.tar.gz$' -e '^inductor_cache\.tgz\.part' -e '^ab_.*\.json$'))
+    $(ls | grep -v -e '^forward_.*\.\(md\|json\)$' -e '^attention\(_fp8\)\?\.\(json\|md\)$' -e '^logs.tar.gz$' -e '^inductor_cache\.tgz\.part' -e '^ab_.*\.json$'))
 exit $status
