@@ -10,8 +10,9 @@ set -u
 base=$1; shift
 shares=${*:-0/1 1/3 1/2 2/3}
 out=${OUT:-/tmp}
+dir_of() { echo "/tmp/exp2_share_${1/\//_}"; }  # K/N -> its kernel copy
 for share in $shares; do
-    k=${share%/*}; n=${share#*/}; d=/tmp/exp2_share_${k}_$n
+    k=${share%/*}; n=${share#*/}; d=$(dir_of "$share")
     rm -rf "$d"; cp -r "$base" "$d"
     sed -i -e "s/constexpr int EXP2_POLY_PAIRS = [0-9]*;/constexpr int EXP2_POLY_PAIRS = $k;/" \
         -e "s/constexpr int EXP2_POLY_GROUP = [0-9]*;/constexpr int EXP2_POLY_GROUP = $n;/" "$d/attention_fp8_d128.cu"
@@ -24,10 +25,10 @@ done
 for round in 1 2; do
     for share in $shares; do
         echo "== $share: time (round $round)"
-        FP8_ONLY=1 timeout 100 python3 benches/attention/check_fp8.py /tmp/exp2_share_${share/\//_} time 2>&1 | grep TIME | sed 's/, fluxc_fp8_v_layout.*//'
+        FP8_ONLY=1 timeout 100 python3 benches/attention/check_fp8.py "$(dir_of "$share")" time 2>&1 | grep TIME | sed 's/, fluxc_fp8_v_layout.*//'
     done
 done
 for share in $shares; do
     echo "== $share: energy"
-    ONLY=attention timeout 100 python3 benches/power/energy.py /tmp/exp2_share_${share/\//_} 2>&1 | grep '^{' | grep -v idle
+    ONLY=attention timeout 100 python3 benches/power/energy.py "$(dir_of "$share")" 2>&1 | grep '^{' | grep -v idle
 done

@@ -50,6 +50,8 @@ VARIANTS=${VARIANTS:-bf16 fp8-tensor fp8-row}
 TORCHAO=${TORCHAO:-1}
 FLOORS=${FLOORS:-1}
 TORCH_COMPILE=${TORCH_COMPILE:-}
+# The commit the reports name: the one prepare.sh built .dev from.
+COMMIT=${COMMIT:-$(cat .dev/commit 2>/dev/null || echo unknown)}
 # torch.compile mode of the fp8 peers: max-autotune's search over fp8 GEMM
 # templates took 76-97 s per GEMM shape on the H200 (106 candidates each,
 # benches/results/2026-11-29_bde70cb_torch_compile_fp8_tensor_max_autotune_killed.log),
@@ -86,7 +88,7 @@ if [[ " $STEPS " == *" attention "* ]]; then
         | tee "$OUT/attention.log" || status=1
     FP8_ONLY=1 RESULTS_JSON="$OUT/attention_fp8.json" python3 benches/attention/check_fp8.py .dev/attention full 2>&1 \
         | tee "$OUT/attention_fp8.log" || status=1
-    python3 benches/attention/report.py "$OUT" --commit "${COMMIT:-$(cat .dev/commit 2>/dev/null || echo unknown)}" \
+    python3 benches/attention/report.py "$OUT" --commit "$COMMIT" \
         --command "STEPS='$STEPS' benches/peers/run_h200.sh" || status=1
 fi
 
@@ -221,7 +223,7 @@ MERGE
         split -b 15M -d /tmp/inductor_cache.tgz "$OUT/inductor_cache.tgz.part"
     fi
     if (( ${#compared[@]} )); then
-        python3 benches/peers/compare.py --dir "$WORK" "${compared[@]}" --commit "${COMMIT:-$(cat .dev/commit 2>/dev/null || echo unknown)}" \
+        python3 benches/peers/compare.py --dir "$WORK" "${compared[@]}" --commit "$COMMIT" \
             --command "${TORCH_COMPILE_CACHE_IN:+TORCH_COMPILE_CACHE_IN=$TORCH_COMPILE_CACHE_IN }MODEL=$MODEL HEIGHT=$HEIGHT WIDTH=$WIDTH TEXT_TOKENS=$TEXT_TOKENS VARIANTS='$VARIANTS' TORCHAO=$TORCHAO FLOORS=$FLOORS TORCH_COMPILE='$TORCH_COMPILE' TORCH_COMPILE_FP8_MODE=$TORCH_COMPILE_FP8_MODE benches/peers/run_h200.sh" \
             --name "forward_${MODEL}_${HEIGHT}x${WIDTH}_t$TEXT_TOKENS" --out "$OUT"
     fi
