@@ -1,5 +1,5 @@
 # Correctness + timing of fluxc's attention kernels on the GPU machine.
-# usage: check.py KERNEL_DIR MODE   (MODE: full | small | time | diag)
+# usage: [SPLIT=0|1] [SPLIT_SMS=N] check.py KERNEL_DIR MODE   (MODE: full | small | time | diag)
 # KERNEL_DIR holds attention_d64_bf16.cu / attention_d128_bf16.cu (compiled here
 # with nvcc; or .cubin files) and meta.txt: "threads block_m smem64 smem128
 # [abi]" (written by `cargo run --example render_attention -- DIR`); abi
@@ -20,6 +20,7 @@ TMA = len(meta) > 4 and meta[4].startswith("tma")
 KV_ROWS = int(meta[4].split(":")[1]) if TMA and ":" in meta[4] else 128
 SMEM = {64: smem64, 128: smem128}
 mods = {}
+split_fns = {}  # d -> (part kernel, merge kernel), when the source has them
 for d in (64, 128):
     name = f"attention_d{d}_bf16"
     cubin = os.path.join(vdir, name + ".cubin")
@@ -36,6 +37,32 @@ for d in (64, 128):
         f = m.get_function(name)
     f.max_dynamic_shared_size_bytes = SMEM[d]
     mods[d] = f
+    try:
+        fp, fm = m.get_function(name + "_part"), m.get_function(name + "_merge")
+        fp.max_dynamic_shared_size_bytes = SMEM[d]
+        split_fns[d] = (fp, fm)
+    except Exception:
+        pass
+
+# As the runtime does by default (SPLIT=1), the last wave's query tiles run
+# split over their keys (the kernel's _part and _merge entry points) when
+# that fills the wave better; SPLIT=0 runs every tile whole; SPLIT_SMS=N
+# plans for N SMs instead of the device's (to cover the split path with
+# small shapes). `time` reports both.
+SPLIT = os.environ.get("SPLIT", "1") == "1"
+SMS = int(os.environ.get("SPLIT_SMS", "0")) or cp.cuda.Device().attributes["MultiProcessorCount"]
+
+def split_plan(q_tiles, h, b, n_kv):
+    # (c, k): the last c query tiles of every head run as k key segments
+    # each, or None when the whole-tile grid is as good; the runtime's plan
+    # (crates/runtime/src/attention_split.rs).
+    per_col = h * b
+    left = (q_tiles * per_col) % SMS
+    if left == 0:
+        return None
+    c = min(-(-left // per_col), q_tiles)
+    k = min(SMS // (c * per_col), n_kv)
+    return (c, k) if k >= 2 else None
 
 def cpv(t):
     return cp.from_dlpack(t.view(torch.int16))
@@ -65,22 +92,48 @@ def tensor_map(t, b, seq, h, d, rows=128):
     assert rc == 0, f"cuTensorMapEncodeTiled failed: {rc}"
     return raw, addr
 
-def launch(d, b, h, sq, skv, scale, qb, kb, vb, ob):
+parts = {}  # f32 scratch of the split path, by size
+
+def launch(d, b, h, sq, skv, scale, qb, kb, vb, ob, split=None):
+    split = SPLIT if split is None else split
     grid = ((sq + block_m - 1) // block_m, h, b)
     if TMA:
         maps = [tensor_map(qb, b, sq, h, d), tensor_map(kb, b, skv, h, d, KV_ROWS),
                 tensor_map(vb, b, skv, h, d, KV_ROWS)]
+        plan = split_plan(grid[0], h, b, -(-skv // KV_ROWS)) if split and d in split_fns else None
+        if plan is not None:
+            c, k = plan
+            grid = (grid[0] - c, h, b)
         keep = [ctypes.c_uint64(ob.data_ptr()), ctypes.c_int32(sq), ctypes.c_int32(skv),
                 ctypes.c_int32(h), ctypes.c_float(scale)]
         params = (ctypes.c_void_p * 8)(*[m[1] for m in maps], *[ctypes.addressof(x) for x in keep])
-        rc = libcuda.cuLaunchKernel(ctypes.c_void_p(getattr(mods[d], "kernel", mods[d]).ptr), grid[0], grid[1], grid[2], threads, 1, 1,
-                                    SMEM[d], ctypes.c_void_p(0), params, None)
-        assert rc == 0, f"cuLaunchKernel failed: {rc}"
+        if grid[0] > 0:
+            rc = libcuda.cuLaunchKernel(ctypes.c_void_p(getattr(mods[d], "kernel", mods[d]).ptr), grid[0], grid[1], grid[2], threads, 1, 1,
+                                        SMEM[d], ctypes.c_void_p(0), params, None)
+            assert rc == 0, f"cuLaunchKernel failed: {rc}"
+        if plan is not None:
+            fp, fm = split_fns[d]
+            n = c * k * h * b * (128 * d + 256)
+            if n not in parts:
+                parts[n] = torch.empty(n, dtype=torch.float32, device="cuda")
+            part = parts[n]
+            keep = [ctypes.c_uint64(part.data_ptr()), ctypes.c_int32(sq), ctypes.c_int32(skv),
+                    ctypes.c_int32(h), ctypes.c_float(scale), ctypes.c_int32(grid[0]), ctypes.c_int32(k)]
+            params = (ctypes.c_void_p * 10)(*[m[1] for m in maps], *[ctypes.addressof(x) for x in keep])
+            rc = libcuda.cuLaunchKernel(ctypes.c_void_p(getattr(fp, "kernel", fp).ptr), c * k, h, b, threads, 1, 1,
+                                        SMEM[d], ctypes.c_void_p(0), params, None)
+            assert rc == 0, f"cuLaunchKernel (part) failed: {rc}"
+            fm((c * 32, h, b), (128, 1, 1), (cp.from_dlpack(part), cpv(ob), np.int32(sq), np.int32(h),
+                                              np.int32(grid[0]), np.int32(k)))
         return
     args = (cpv(qb), cpv(kb), cpv(vb), cpv(ob), np.int32(sq), np.int32(skv), np.int32(h), np.float32(scale))
     mods[d](grid, (threads, 1, 1), args, shared_mem=SMEM[d])
 
-def run(d, b, h, sq, skv, scale=None, check=True, time_it=False):
+def splits(d, b, h, sq, skv):
+    # Whether `launch` splits this problem's last wave (with SPLIT on).
+    return TMA and d in split_fns and split_plan(-(-sq // block_m), h, b, -(-skv // KV_ROWS)) is not None
+
+def run(d, b, h, sq, skv, scale=None, check=True, time_it=False, split=None):
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     g = torch.Generator(device="cuda").manual_seed(1234 + sq * 7 + skv + d)
     rnd = lambda n: torch.randn(n, device="cuda", generator=g, dtype=torch.float32).to(torch.bfloat16)
@@ -89,7 +142,7 @@ def run(d, b, h, sq, skv, scale=None, check=True, time_it=False):
     vb, v = padded((b, skv, h, d), rnd)
     ob, o = padded((b, sq, h, d), None)
     torch.cuda.synchronize()
-    launch(d, b, h, sq, skv, scale, qb, kb, vb, ob)
+    launch(d, b, h, sq, skv, scale, qb, kb, vb, ob, split=split)
     cp.cuda.Device().synchronize()
     ok = True
     if check:
@@ -111,7 +164,8 @@ def run(d, b, h, sq, skv, scale=None, check=True, time_it=False):
         if not math.isfinite(terr):
             terr = rerr
         ok = (not nan) and tail_ok and err <= max(2 * terr, 2 * rerr + 2e-3) and rel <= 1e-2
-        print(f"d={d} b={b} h={h} sq={sq} skv={skv} scale={scale:.4g}: relL2={rel:.2e} max|err|={err:.2e} "
+        how = "whole tiles" if split is False or not (SPLIT and splits(d, b, h, sq, skv)) else "split"
+        print(f"d={d} b={b} h={h} sq={sq} skv={skv} scale={scale:.4g} ({how}): relL2={rel:.2e} max|err|={err:.2e} "
               f"sdpa-bf16 max|err|={terr:.2e} nan={nan} tail_untouched={tail_ok} -> {'OK' if ok else 'FAIL'}", flush=True)
     if time_it:
         st, en = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -123,6 +177,7 @@ def run(d, b, h, sq, skv, scale=None, check=True, time_it=False):
             en.record(); torch.cuda.synchronize()
             return st.elapsed_time(en) / n
         ms = tm(lambda: launch(d, b, h, sq, skv, scale, qb, kb, vb, ob))
+        whole_ms = tm(lambda: launch(d, b, h, sq, skv, scale, qb, kb, vb, ob, split=False))
         qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         tms = tm(lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt))
         from torch.nn.attention import sdpa_kernel, SDPBackend
@@ -134,15 +189,18 @@ def run(d, b, h, sq, skv, scale=None, check=True, time_it=False):
                 return float("nan")
         cms = backend(SDPBackend.CUDNN_ATTENTION)
         fms = backend(SDPBackend.FLASH_ATTENTION)
-        print(f"  TIME d={d} [{b},{h},{sq},{skv}]: fluxc {ms*1e3:.1f} us = {fl/ms/1e9:.0f} TFLOP/s; "
+        print(f"  TIME d={d} [{b},{h},{sq},{skv}]: fluxc {ms*1e3:.1f} us = {fl/ms/1e9:.0f} TFLOP/s "
+              f"(whole tiles {whole_ms*1e3:.1f} us = {fl/whole_ms/1e9:.0f}); "
               f"torch sdpa {tms*1e3:.1f} us = {fl/tms/1e9:.0f}; cudnn {cms*1e3:.1f} us = {fl/cms/1e9:.0f}; "
               f"flash {fms*1e3:.1f} us = {fl/fms/1e9:.0f}", flush=True)
         results.append({"head_dim": d, "shape": [b, h, sq, skv],
-                        "us": {"fluxc_bf16": ms * 1e3, "torch_sdpa_default": tms * 1e3,
-                               "cudnn": cms * 1e3, "torch_flash": fms * 1e3},
+                        "us": {"fluxc_bf16": ms * 1e3, "fluxc_bf16_whole_tiles": whole_ms * 1e3,
+                               "torch_sdpa_default": tms * 1e3, "cudnn": cms * 1e3,
+                               "torch_flash": fms * 1e3},
                         "tflops": {k: fl / (v * 1e-3) / 1e12 if v == v else None
-                                   for k, v in {"fluxc_bf16": ms, "torch_sdpa_default": tms,
-                                                "cudnn": cms, "torch_flash": fms}.items()}})
+                                   for k, v in {"fluxc_bf16": ms, "fluxc_bf16_whole_tiles": whole_ms,
+                                                "torch_sdpa_default": tms, "cudnn": cms,
+                                                "torch_flash": fms}.items()}})
     return ok
 
 small = [(1,1,19,37),(2,3,37,19),(1,2,1,1),(1,1,128,64),(1,1,64,0),(1,4,130,200),(2,2,255,65),
@@ -176,6 +234,8 @@ if mode in ("full", "small"):
     for d in (64, 128):
         for c in cases:
             allok &= run(d, *c)
+            if SPLIT and splits(d, *c):
+                allok &= run(d, *c, split=False)
         allok &= run(d, 1, 2, 77, 91, scale=-0.3)
         allok &= run(d, 1, 2, 77, 300, scale=0.0)
         if not allok and mode == "small":

@@ -182,10 +182,18 @@ static __device__ __forceinline__ void ws_wgmma_rs_n64_tb(float* d, unsigned int
 #endif  // FLUXC_FA_BF16_HELPERS
 
 
-extern "C" __global__ void __launch_bounds__(384, 1)
-{{NAME}}(const __grid_constant__ FaTensorMap tq, const __grid_constant__ FaTensorMap tk,
-         const __grid_constant__ FaTensorMap tv, __nv_bfloat16* __restrict__ o, int seq_q,
-         int seq_kv, int heads, float scale) {
+// One CTA's work: query rows [m0, m0 + 128) of head h of batch b against
+// key tiles [j0, j0 + n_tiles). Without PART it writes O / l to o in bf16;
+// with PART it writes the unnormalized O, the row maxima (in the softmax's
+// base-2 units) and the row sums, in f32, to part (PART_FLOATS floats: O
+// row-major, then 128 maxima, then 128 sums) for {{NAME}}_merge.
+template <bool PART>
+static __device__ __forceinline__ void {{NAME}}_cta(const FaTensorMap& tq, const FaTensorMap& tk,
+                                                    const FaTensorMap& tv,
+                                                    __nv_bfloat16* __restrict__ o,
+                                                    float* __restrict__ part, int seq_q,
+                                                    int seq_kv, int heads, float scale, int m0,
+                                                    int h, int b, int j0, int n_tiles) {
     constexpr int D = {{HEAD_DIM}};
     constexpr int STAGES = {{STAGES}};
     constexpr int BLOCK_M = 128;          // two consumer warpgroups x 64 rows
@@ -222,10 +230,6 @@ extern "C" __global__ void __launch_bounds__(384, 1)
 
     const int tid = threadIdx.x;
     const int wg = __shfl_sync(0xffffffffu, tid >> 7, 0);  // warp-uniform
-    const int m0 = blockIdx.x * BLOCK_M;
-    const int h = blockIdx.y;
-    const int b = blockIdx.z;
-    const int n_tiles = (seq_kv + BLOCK_N - 1) / BLOCK_N;
 
     if (tid == 0) {
         ws_mbar_init(q_full, 1);
@@ -262,14 +266,14 @@ extern "C" __global__ void __launch_bounds__(384, 1)
 #pragma unroll
                 for (int c = 0; c < COL_BLOCKS; ++c) {
                     ws_tma_load_4d(sK + st * KVB + c * BLOCK_N * 128, &tk, k_full(st), c * 64, h,
-                                   j * BLOCK_N, b);
+                                   (j0 + j) * BLOCK_N, b);
                 }
                 ws_mbar_wait(v_empty(st), free_parity);
                 ws_mbar_expect_tx(v_full(st), KVB);
 #pragma unroll
                 for (int c = 0; c < COL_BLOCKS; ++c) {
                     ws_tma_load_4d(sV + st * KVB + c * BLOCK_N * 128, &tv, v_full(st), c * 64, h,
-                                   j * BLOCK_N, b);
+                                   (j0 + j) * BLOCK_N, b);
                 }
             }
         }
@@ -464,7 +468,7 @@ extern "C" __global__ void __launch_bounds__(384, 1)
         ws_mbar_arrive(k_empty(0));
         {
             float alpha[2];
-            softmax(0, alpha);  // O is still zero: no rescale
+            softmax(j0, alpha);  // O is still zero: no rescale
             pack_p();
         }
         for (int j = 1; j < n_tiles; ++j) {
@@ -487,7 +491,7 @@ extern "C" __global__ void __launch_bounds__(384, 1)
             for (int i = 0; i < NS; ++i) ws_reg_fence(s[i]);
             ws_mbar_arrive(k_empty(st));
             float alpha[2];
-            softmax(j, alpha);
+            softmax(j0 + j, alpha);
             ws_wgmma_wait<0>();
             fence_acc_p(pa);
 #pragma unroll
@@ -520,6 +524,28 @@ extern "C" __global__ void __launch_bounds__(384, 1)
     // Consume the last pass of warpgroup 1 so no named barrier is left half
     // arrived.
     if (cw == 0) turn_wait();
+
+    if constexpr (PART) {
+        // The partial result, for {{NAME}}_merge: every row of the tile
+        // (rows past seq_q too; the merge skips them).
+        float* part_m = part + BLOCK_M * D;
+        float* part_l = part_m + BLOCK_M;
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const int row = cw * 64 + wrow + g + 8 * r;
+            const float l = ws_quad_sum(row_sum[r]);
+#pragma unroll
+            for (int n = 0; n < NO / 4; ++n) {
+                *reinterpret_cast<float2*>(part + row * D + 8 * n + 2 * t) =
+                    make_float2(acc_o[4 * n + 2 * r], acc_o[4 * n + 2 * r + 1]);
+            }
+            if (t == 0) {
+                part_m[row] = row_max[r];
+                part_l[row] = l;
+            }
+        }
+        return;
+    }
 
     // ---- Epilogue: O / l -> bf16 into this warpgroup's own rows of the Q
     // tile (only its own, completed, wgmmas read them), then stores. ----
@@ -556,4 +582,76 @@ extern "C" __global__ void __launch_bounds__(384, 1)
                 *reinterpret_cast<const uint4*>(sQ_ptr + off);
         }
     }
+}
+
+extern "C" __global__ void __launch_bounds__(384, 1)
+{{NAME}}(const __grid_constant__ FaTensorMap tq, const __grid_constant__ FaTensorMap tk,
+         const __grid_constant__ FaTensorMap tv, __nv_bfloat16* __restrict__ o, int seq_q,
+         int seq_kv, int heads, float scale) {
+    {{NAME}}_cta<false>(tq, tk, tv, o, nullptr, seq_q, seq_kv, heads, scale, blockIdx.x * 128,
+                        blockIdx.y, blockIdx.z, 0, (seq_kv + {{BLOCK_N}} - 1) / {{BLOCK_N}});
+}
+
+// The query tiles of the last wave, split over their keys (so that they
+// fill the wave instead of leaving most SMs idle): CTA x of the grid
+// (tiles * kv_splits, heads, batch) runs query tile q_tile_base +
+// x / kv_splits against the (x % kv_splits)-th of kv_splits near-equal
+// ranges of key tiles (kv_splits <= the number of key tiles) and writes
+// PART_FLOATS floats to part, at its index in the grid (x fastest).
+// Same ABI as the whole-tile kernel otherwise.
+extern "C" __global__ void __launch_bounds__(384, 1)
+{{NAME}}_part(const __grid_constant__ FaTensorMap tq, const __grid_constant__ FaTensorMap tk,
+              const __grid_constant__ FaTensorMap tv, float* __restrict__ part, int seq_q,
+              int seq_kv, int heads, float scale, int q_tile_base, int kv_splits) {
+    constexpr long long PART_FLOATS = 128 * {{HEAD_DIM}} + 256;
+    const int n_all = (seq_kv + {{BLOCK_N}} - 1) / {{BLOCK_N}};
+    const int seg = blockIdx.x % kv_splits;
+    const int j0 = seg * n_all / kv_splits;
+    const int j1 = (seg + 1) * n_all / kv_splits;
+    const long long cta =
+        blockIdx.x + (long long)gridDim.x * (blockIdx.y + (long long)gridDim.y * blockIdx.z);
+    {{NAME}}_cta<true>(tq, tk, tv, nullptr, part + cta * PART_FLOATS, seq_q, seq_kv, heads, scale,
+                       (q_tile_base + blockIdx.x / kv_splits) * 128, blockIdx.y, blockIdx.z, j0,
+                       j1 - j0);
+}
+
+// Combines {{NAME}}_part's kv_splits results of each query row: with
+// M = max_s m_s, O = sum_s 2^(m_s - M) O_s / sum_s 2^(m_s - M) l_s, rounded
+// to bf16 into o. Grid (tiles * 32, heads, batch) with the part launch's
+// tiles, q_tile_base and kv_splits; 128 threads, one warp per row, each lane
+// D / 32 adjacent columns.
+extern "C" __global__ void __launch_bounds__(128)
+{{NAME}}_merge(const float* __restrict__ part, __nv_bfloat16* __restrict__ o, int seq_q,
+               int heads, int q_tile_base, int kv_splits) {
+    constexpr int D = {{HEAD_DIM}};
+    constexpr long long PART_FLOATS = 128 * D + 256;
+    constexpr int C = D / 32;
+    const int tile = blockIdx.x / 32;
+    const int r = (blockIdx.x % 32) * 4 + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    const int row = (q_tile_base + tile) * 128 + r;
+    if (row >= seq_q) return;
+    const long long part_x = (long long)(gridDim.x / 32) * kv_splits;  // the part grid's x
+    const float* first =
+        part + ((blockIdx.y + (long long)gridDim.y * blockIdx.z) * part_x +
+                (long long)tile * kv_splits) * PART_FLOATS;
+    float m_all = __int_as_float(0xff800000);
+    for (int s = 0; s < kv_splits; ++s) m_all = fmaxf(m_all, first[s * PART_FLOATS + 128 * D + r]);
+    float acc[C];
+#pragma unroll
+    for (int c = 0; c < C; ++c) acc[c] = 0.0f;
+    float l = 0.0f;
+    for (int s = 0; s < kv_splits; ++s) {
+        const float* p = first + s * PART_FLOATS;
+        const float m = p[128 * D + r];
+        const float w = (m == m_all) ? 1.0f : exp2f(m - m_all);  // m_all finite: seq_kv > 0
+        l += w * p[128 * D + 128 + r];
+#pragma unroll
+        for (int c = 0; c < C; ++c) acc[c] += w * p[r * D + lane * C + c];
+    }
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    __nv_bfloat16* out =
+        o + (((long long)blockIdx.z * seq_q + row) * heads + blockIdx.y) * D + lane * C;
+#pragma unroll
+    for (int c = 0; c < C; ++c) out[c] = __float2bfloat16_rn(acc[c] * inv);
 }

@@ -33,6 +33,12 @@
 //! * Sequence lengths need not be multiples of the tiles: the tensor maps
 //!   zero-fill rows past the end, the kernel writes no query row past
 //!   `seq_q` and gives keys past `seq_kv` probability 0.
+//! * Two more entry points, `attention_d{D}_bf16_part` and `_merge`
+//!   ([`AttentionKernel::split`], whose artifact type documents their
+//!   ABI), run chosen query tiles split over their keys and merge the
+//!   segments: the runtime uses them for the last, partial wave of tiles
+//!   (at FLUX's 4352 tokens, 816 CTAs are 6.2 waves on 132 SMs). The
+//!   kernel body is one device function, `_cta<PART>`, under all three.
 //!
 //! # Design
 //!
@@ -50,7 +56,7 @@
 //! one CTA per SM. Measured on the H200 (D = 128): 626 TFLOP/s at FLUX's
 //! 4608 tokens, where 192-key tiles beat 128-key ones (581).
 
-use fluxc_artifact::AttentionOperands;
+use fluxc_artifact::{AttentionOperands, AttentionSplit};
 use fluxc_autotune::{Config, ConfigSpace, Field};
 
 /// The widest head the CUDA-core kernel takes (one query row per warp keeps
@@ -90,6 +96,7 @@ pub fn render_simt_attention(
         block_m: SIMT_ROWS,
         threads: SIMT_ROWS * 32,
         shared_bytes: 0,
+        split: None,
     })
 }
 
@@ -179,6 +186,10 @@ pub struct AttentionKernel {
     pub threads: u32,
     /// Dynamic shared memory per CTA in bytes (the launch's `sharedMemBytes`).
     pub shared_bytes: u32,
+    /// The entry points that split query tiles over their keys, where the
+    /// kernel has them (the tensor-core kernel's `{name}_part` and
+    /// `{name}_merge`).
+    pub split: Option<AttentionSplit>,
 }
 
 /// Renders the attention kernel for `head_dim` (64 or 128; anything else is
@@ -238,6 +249,12 @@ pub fn render_attention_with(
             q_rows: BLOCK_M,
             kv_rows: config.block_n,
         },
+        split: Some(AttentionSplit {
+            part_kernel: format!("{name}_part"),
+            merge_kernel: format!("{name}_merge"),
+            // The tile's unnormalized O, then its row maxima and row sums.
+            part_floats: BLOCK_M * (d + 2),
+        }),
         name,
         source,
         block_m: BLOCK_M,

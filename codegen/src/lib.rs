@@ -426,6 +426,7 @@ pub fn generate_with(
                         k: tensor(k),
                         v: tensor(v),
                     }),
+                    split: kernel.split.clone(),
                 })
             }
             PendingStep::VLayout {

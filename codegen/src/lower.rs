@@ -1061,6 +1061,7 @@ fn lower_scaled_attention(
                 block_m: kernel.block_m,
                 threads: kernel.threads,
                 shared_bytes: kernel.shared_bytes,
+                split: None,
             },
             dims: [batch, heads, seq_q, seq_kv, head_dim],
             scale,

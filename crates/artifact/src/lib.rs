@@ -34,9 +34,9 @@ pub use pipeline::{
     CONDITIONING_DIR, PIPELINE_FILE, PIPELINE_FORMAT_VERSION, TRANSFORMER_DIR, VAE_DIR,
 };
 pub use schedule::{
-    Arg, Attention, AttentionOperands, AttentionScales, Binding, Buffer, BufferId, Conv, Copy,
-    ElemType, Gemm, GemmEpilogue, GemmScales, Launch, Region, ScaleMode, Schedule, ScheduleError,
-    Step, Tensor,
+    Arg, Attention, AttentionOperands, AttentionScales, AttentionSplit, Binding, Buffer, BufferId,
+    Conv, Copy, ElemType, Gemm, GemmEpilogue, GemmScales, Launch, Region, ScaleMode, Schedule,
+    ScheduleError, Step, Tensor, SPLIT_MERGE_ROWS,
 };
 pub use tuning::{tuning_key, TuningCache, TuningRecord, TUNING_FORMAT_VERSION};
 pub use weights::{Fp8Format, WeightSource};

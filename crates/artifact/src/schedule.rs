@@ -348,6 +348,40 @@ pub struct AttentionScales {
     pub v: Tensor,
 }
 
+/// The entry points with which a tensor-map attention kernel
+/// ([`AttentionOperands::TensorMaps`]) runs query tiles split over their
+/// keys. The runtime uses them for the last, partial wave of query tiles
+/// when splitting fills the GPU better; whether it does, and into how many
+/// key segments, depends on the device's SM count, so it decides at load.
+/// For `tiles` query tiles from `q_tile_base` on, each split into
+/// `kv_splits` segments (at most the number of key tiles):
+///
+/// - `part_kernel(q, k, v, float* part, seq_q, seq_kv, heads, scale,
+///   q_tile_base, kv_splits)`, with the attention's block and shared
+///   memory, on the grid `(tiles · kv_splits, heads, batch)`: CTA `x` runs
+///   query tile `q_tile_base + x / kv_splits` against the `x % kv_splits`-th
+///   of `kv_splits` near-equal ranges of key tiles and writes `part_floats`
+///   f32 (unnormalized O, row maxima, row sums) at its linear index in the
+///   grid, `x` fastest;
+/// - `merge_kernel(const float* part, out, seq_q, heads, q_tile_base,
+///   kv_splits)`, on the grid `(tiles · q_rows / SPLIT_MERGE_ROWS, heads,
+///   batch)` of `32 · SPLIT_MERGE_ROWS` threads (a warp per query row),
+///   combines each row's segments into `out`.
+///
+/// The whole-tile kernel then runs the first `grid[0] - tiles` query tiles.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttentionSplit {
+    /// The `extern "C"` kernel computing key segments of query tiles.
+    pub part_kernel: String,
+    /// The `extern "C"` kernel combining them.
+    pub merge_kernel: String,
+    /// f32 values each CTA of the part kernel writes.
+    pub part_floats: u32,
+}
+
+/// Query rows of an [`AttentionSplit`]'s merge CTA (one warp each).
+pub const SPLIT_MERGE_ROWS: u32 = 4;
+
 /// A launch of a flash-attention kernel. q, k, v and out are contiguous
 /// `[batch, seq, heads, head_dim]` (with [`AttentionOperands::Fp8TensorMaps`],
 /// q, k and v are e4m3, v is the key-innermost copy `vt` that variant
@@ -392,6 +426,10 @@ pub struct Attention {
     /// The dequantization scales of fp8 q, k and v (fp8 kernels only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scales: Option<AttentionScales>,
+    /// The kernel's entry points for query tiles split over their keys,
+    /// where it has them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<AttentionSplit>,
 }
 
 /// A device-to-device copy.
@@ -607,6 +645,7 @@ mod tests {
                     offset: 4,
                 },
             }),
+            split: None,
         }
     }
 

@@ -12,7 +12,9 @@
 //! 3. compile `kernels.cu` with NVRTC (or take the cached CUBIN), load it,
 //!    resolve every kernel and raise its dynamic shared memory limit;
 //! 4. allocate the arena, the weight region, the scratch region (all
-//!    zeroed) and the GEMM workspace once, and stream the weights in
+//!    zeroed), the GEMM workspace and the workspace of attention steps
+//!    split over keys (`attention_split`, planned for the device's SM
+//!    count) once, and stream the weights in
 //!    (`weight_fill.rs`): fp8 weights from the artifact's quantized-weights
 //!    cache when it matches (`fp8_cache`), else quantized on the GPU
 //!    (`quantize.rs`, compiled like `kernels.cu`) through a staging buffer
@@ -36,6 +38,7 @@ use fluxc_artifact::{Binding, Buffer, BufferId, Manifest, Schedule, Step};
 use fluxc_checkpoint::Checkpoint;
 
 use crate::artifact::Artifact;
+use crate::attention_split::{self, SplitPlan};
 use crate::blas::{BlasHandle, GemmAddrs, GemmPlan};
 use crate::compile::{cached_named, compile_named, nvrtc_options, CubinOrigin, KERNELS_FILE};
 use crate::conv::{self, ConvAddrs, ConvPlan, CudnnHandle};
@@ -54,16 +57,20 @@ use crate::{LoadOptions, RuntimeError};
 /// Dynamic shared memory a kernel may use without opting in.
 const DEFAULT_MAX_DYNAMIC_SHARED: u32 = 48 * 1024;
 
+/// One kernel launch, ready to enqueue.
+struct KernelLaunch {
+    func: sys::CUfunction,
+    grid: [u32; 3],
+    block: [u32; 3],
+    shared_bytes: u32,
+    params: Vec<Param>,
+}
+
 /// One step, ready to enqueue.
 enum Op {
-    /// A kernel launch (generated kernel or attention).
-    Kernel {
-        func: sys::CUfunction,
-        grid: [u32; 3],
-        block: [u32; 3],
-        shared_bytes: u32,
-        params: Vec<Param>,
-    },
+    /// Kernel launches, in order: one (a generated kernel or an
+    /// attention), or an attention split over keys (`attention_split`).
+    Kernels(Vec<KernelLaunch>),
     /// A cuBLASLt matmul.
     Gemm(GemmPlan),
     /// A device-to-device copy.
@@ -88,6 +95,9 @@ pub struct Engine {
     _module: Module,
     workspace: DeviceBuffer,
     workspace_bytes: usize,
+    /// The partial results of attention steps split over keys (shared:
+    /// the steps run one after another).
+    _split_workspace: DeviceBuffer,
     /// cuDNN's workspace: what the convolutions' algorithms need, at most
     /// [`CONV_WORKSPACE_LIMIT`].
     conv_workspace: DeviceBuffer,
@@ -191,7 +201,20 @@ impl Engine {
             .map_err(RuntimeError::driver("creating a stream"))?;
         let cu_stream = stream.cu_stream();
 
-        check_memory(&ctx, schedule, staging_bytes, &device_name)?;
+        let sms = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(RuntimeError::driver("querying the SM count"))?;
+        let splits = attention_splits(schedule, options.attention_split.sms(sms as u32));
+        let split_bytes = splits
+            .iter()
+            .zip(&schedule.steps)
+            .filter_map(|(plan, step)| match (plan, step) {
+                (Some(p), Step::Attention(a)) => Some(attention_split::workspace_bytes(a, *p)),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        check_memory(&ctx, schedule, [staging_bytes, split_bytes], &device_name)?;
 
         // 3. Kernels.
         let arch = &artifact.manifest.arch;
@@ -220,6 +243,12 @@ impl Engine {
             cu_stream,
             schedule.gemm_workspace_bytes,
             "the GEMM workspace",
+        )?;
+        let split_workspace = DeviceBuffer::zeroed(
+            &ctx,
+            cu_stream,
+            split_bytes,
+            "the workspace of attention split over keys",
         )?;
         let workspace_bytes = usize::try_from(schedule.gemm_workspace_bytes).map_err(|_| {
             RuntimeError::Device("the GEMM workspace does not fit this host".into())
@@ -264,7 +293,15 @@ impl Engine {
             blas.as_ref(),
             workspace_bytes,
             dnn.as_ref(),
+            (&splits, split_workspace.ptr()),
         )?;
+        let split_count = splits.iter().flatten().count();
+        if split_count > 0 {
+            say(&format!(
+                "{split_count} attention steps split their last wave of query tiles over keys \
+                 ({sms} SMs)"
+            ));
+        }
         let conv_workspace_bytes = ops
             .iter()
             .map(|op| match op {
@@ -287,6 +324,7 @@ impl Engine {
             _module: module,
             workspace,
             workspace_bytes,
+            _split_workspace: split_workspace,
             conv_workspace,
             weights,
             scratch,
@@ -684,32 +722,30 @@ impl Engine {
     /// Enqueues one step on `stream`.
     fn enqueue(&self, op: &Op, stream: sys::CUstream) -> Result<(), RuntimeError> {
         match op {
-            Op::Kernel {
-                func,
-                grid,
-                block,
-                shared_bytes,
-                params,
-            } => {
-                let mut values = params.clone();
-                let mut ptrs: Vec<*mut c_void> =
-                    values.iter_mut().map(Param::as_kernel_param).collect();
-                // SAFETY: `func` belongs to the loaded module; the parameters
-                // match the kernel's signature as the schedule records it and
-                // point into `values`, alive for the call (the driver copies
-                // them at launch); every pointer parameter addresses the
-                // engine's memory.
-                unsafe {
-                    drv::launch_kernel(
-                        *func,
-                        (grid[0], grid[1], grid[2]),
-                        (block[0], block[1], block[2]),
-                        *shared_bytes,
-                        stream,
-                        &mut ptrs,
-                    )
+            Op::Kernels(launches) => {
+                for l in launches {
+                    let mut values = l.params.clone();
+                    let mut ptrs: Vec<*mut c_void> =
+                        values.iter_mut().map(Param::as_kernel_param).collect();
+                    // SAFETY: `func` belongs to the loaded module; the
+                    // parameters match the kernel's signature as the schedule
+                    // records it (or `attention_split` derives it) and point
+                    // into `values`, alive for the call (the driver copies
+                    // them at launch); every pointer parameter addresses the
+                    // engine's memory.
+                    unsafe {
+                        drv::launch_kernel(
+                            l.func,
+                            (l.grid[0], l.grid[1], l.grid[2]),
+                            (l.block[0], l.block[1], l.block[2]),
+                            l.shared_bytes,
+                            stream,
+                            &mut ptrs,
+                        )
+                    }
+                    .map_err(RuntimeError::driver("launching a kernel"))?;
                 }
-                .map_err(RuntimeError::driver("launching a kernel"))
+                Ok(())
             }
             Op::Gemm(plan) => {
                 let blas = self
@@ -756,12 +792,12 @@ impl Drop for Engine {
 }
 
 /// Fails with [`RuntimeError::Device`] unless the device has room for
-/// every region, the GEMM workspace and (while loading) the staging buffer
-/// of the fp8 quantization.
+/// every region, the GEMM workspace, the workspace of attention split over
+/// keys and (while loading) the staging buffer of the fp8 quantization.
 fn check_memory(
     ctx: &Arc<CudaContext>,
     schedule: &Schedule,
-    staging_bytes: u64,
+    [staging_bytes, split_bytes]: [u64; 2],
     device_name: &str,
 ) -> Result<(), RuntimeError> {
     let parts = [
@@ -769,6 +805,7 @@ fn check_memory(
         ("weights", schedule.weight_bytes),
         ("scratch", schedule.scratch_bytes),
         ("workspace", schedule.gemm_workspace_bytes),
+        ("attention split workspace", split_bytes),
         ("fp8 staging while loading", staging_bytes),
     ];
     let needed = parts.iter().fold(0u64, |a, (_, b)| a.saturating_add(*b));
@@ -914,7 +951,22 @@ fn resolve_kernels(
     Ok(functions)
 }
 
-/// Every step of `schedule`, ready to enqueue.
+/// How each step of `schedule` splits (attention steps whose kernel can,
+/// when splitting fills a GPU of `sms` SMs better; `None` for no splits).
+fn attention_splits(schedule: &Schedule, sms: Option<u32>) -> Vec<Option<SplitPlan>> {
+    schedule
+        .steps
+        .iter()
+        .map(|step| match (step, sms) {
+            (Step::Attention(a), Some(sms)) => attention_split::plan(a, sms),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every step of `schedule`, ready to enqueue; `splits` says how each
+/// attention splits ([`attention_splits`]), with its partial results at
+/// the address given with it.
 fn build_ops(
     schedule: &Schedule,
     bases: Bases,
@@ -922,6 +974,7 @@ fn build_ops(
     blas: Option<&BlasHandle>,
     workspace_bytes: usize,
     dnn: Option<&CudnnHandle>,
+    (splits, split_workspace): (&[Option<SplitPlan>], u64),
 ) -> Result<Vec<Op>, RuntimeError> {
     let at = |t| address(schedule, bases, t);
     schedule
@@ -934,23 +987,45 @@ fn build_ops(
                 step: describe_step(step),
                 reason,
             };
-            let kernel = |name: &str, grid, block, shared_bytes| -> Result<Op, RuntimeError> {
-                let func = *functions
+            let function = |name: &str| {
+                functions
                     .get(name)
-                    .ok_or_else(|| fail(format!("kernel `{name}` was not loaded")))?;
-                Ok(Op::Kernel {
-                    func,
+                    .copied()
+                    .ok_or_else(|| fail(format!("kernel `{name}` was not loaded")))
+            };
+            let params = || {
+                kernel_params(schedule, bases, step, &tensor_map::encode)
+                    .map_err(fail)
+                    .map(Option::unwrap_or_default)
+            };
+            let kernel = |name: &str, grid, block, shared_bytes| -> Result<Op, RuntimeError> {
+                Ok(Op::Kernels(vec![KernelLaunch {
+                    func: function(name)?,
                     grid,
                     block,
                     shared_bytes,
-                    params: kernel_params(schedule, bases, step, &tensor_map::encode)
-                        .map_err(fail)?
-                        .unwrap_or_default(),
-                })
+                    params: params()?,
+                }]))
             };
             match step {
                 Step::Launch(l) => kernel(&l.kernel, l.grid, l.block, l.shared_bytes),
-                Step::Attention(a) => kernel(&a.kernel, a.grid, a.block, a.shared_bytes),
+                Step::Attention(a) => match splits.get(i).copied().flatten() {
+                    None => kernel(&a.kernel, a.grid, a.block, a.shared_bytes),
+                    Some(plan) => attention_split::launches(a, plan, &params()?, split_workspace)
+                        .map_err(fail)?
+                        .into_iter()
+                        .map(|l| {
+                            Ok(KernelLaunch {
+                                func: function(&l.kernel)?,
+                                grid: l.grid,
+                                block: l.block,
+                                shared_bytes: l.shared_bytes,
+                                params: l.params,
+                            })
+                        })
+                        .collect::<Result<_, RuntimeError>>()
+                        .map(Op::Kernels),
+                },
                 Step::Copy(c) => Ok(Op::Copy {
                     dst: at(c.dst),
                     src: at(c.src),

@@ -35,7 +35,9 @@
 //! buffer dtypes), [`compile`] (NVRTC and the CUBIN cache), [`cuda`]
 //! (library checks and RAII driver handles), `blas` (cuBLASLt, fp8 GEMMs
 //! included), [`bench`] (what the GPU tuners share), [`attention_bench`]
-//! (timing tile configurations of the attention kernel, for the autotuner), [`gemm_tuning`] (timing cuBLASLt's candidate algorithms of
+//! (timing tile configurations of the attention kernel, for the autotuner),
+//! `attention_split` (splitting an attention's last wave of query tiles
+//! over their keys, planned at load; [`AttentionSplitPolicy`]), [`gemm_tuning`] (timing cuBLASLt's candidate algorithms of
 //! every GEMM of a schedule, for `fluxc tune`), [`gemm_space`] (a GEMM's
 //! cuBLASLt algorithm configurations as a search space), `gemm_algo`
 //! (cuBLASLt's algorithm ids, capabilities and configuration attributes),
@@ -49,6 +51,7 @@
 
 mod artifact;
 pub mod attention_bench;
+mod attention_split;
 pub mod bench;
 mod blas;
 pub mod compile;
@@ -73,6 +76,7 @@ mod weight_fill;
 pub mod weights;
 
 pub use artifact::Artifact;
+pub use attention_split::AttentionSplitPolicy;
 pub use engine::Engine;
 pub use error::RuntimeError;
 pub use options::{LoadOptions, DEFAULT_INCLUDE_DIRS, INCLUDE_ENV};

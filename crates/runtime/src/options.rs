@@ -1,9 +1,11 @@
 //! [`LoadOptions`]: how [`Engine::load`](crate::Engine::load) finds the CUDA
 //! headers, where it caches compiled kernels, where it quantizes fp8
-//! weights (and whether it keeps them quantized next to the artifact), and
-//! what it prints.
+//! weights (and whether it keeps them quantized next to the artifact),
+//! whether attention splits its last wave, and what it prints.
 
 use std::path::PathBuf;
+
+use crate::attention_split::AttentionSplitPolicy;
 
 /// Environment variable with the CUDA include directories (colon-separated).
 pub const INCLUDE_ENV: &str = "FLUXC_CUDA_INCLUDE";
@@ -41,6 +43,10 @@ pub struct LoadOptions {
     /// After loading, write the fp8 weights and their scales to that cache
     /// (atomically; an error names the file), unless they came from it.
     pub save_quantized: bool,
+    /// Whether attention steps whose kernel can split query tiles over
+    /// their keys do so for their last wave of tiles, planned for the
+    /// device's SM count (default), for another count, or not at all.
+    pub attention_split: AttentionSplitPolicy,
 }
 
 impl Default for LoadOptions {
@@ -57,6 +63,7 @@ impl Default for LoadOptions {
             quantize_on_gpu: true,
             use_quantized_cache: true,
             save_quantized: false,
+            attention_split: AttentionSplitPolicy::Auto,
         }
     }
 }

@@ -14,7 +14,7 @@ use std::ffi::c_void;
 
 use fluxc_artifact::{
     Arg, Attention, AttentionOperands, Buffer, Conv, ElemType, Gemm, GemmEpilogue, Region,
-    ScaleMode, Schedule, Step, Tensor,
+    ScaleMode, Schedule, Step, Tensor, SPLIT_MERGE_ROWS,
 };
 
 use crate::tensor_map::{TensorMap, TensorMapSpec};
@@ -197,18 +197,27 @@ pub(crate) fn describe_step(step: &Step) -> String {
     }
 }
 
-/// Every kernel the schedule launches, with the most dynamic shared memory
-/// any of its launches asks for.
+/// Every kernel the schedule launches or may launch (an attention's split
+/// entry points), with the most dynamic shared memory any of its launches
+/// asks for.
 pub(crate) fn kernels(schedule: &Schedule) -> BTreeMap<String, u32> {
     let mut out: BTreeMap<String, u32> = BTreeMap::new();
-    for step in &schedule.steps {
-        let (name, shared) = match step {
-            Step::Launch(l) => (&l.kernel, l.shared_bytes),
-            Step::Attention(a) => (&a.kernel, a.shared_bytes),
-            _ => continue,
-        };
+    let mut add = |name: &String, shared: u32| {
         let e = out.entry(name.clone()).or_insert(0);
         *e = (*e).max(shared);
+    };
+    for step in &schedule.steps {
+        match step {
+            Step::Launch(l) => add(&l.kernel, l.shared_bytes),
+            Step::Attention(a) => {
+                add(&a.kernel, a.shared_bytes);
+                if let Some(split) = &a.split {
+                    add(&split.part_kernel, a.shared_bytes);
+                    add(&split.merge_kernel, 0);
+                }
+            }
+            _ => {}
+        }
     }
     out
 }
@@ -236,8 +245,14 @@ pub(crate) fn check_step(
             }
         }
         Step::Attention(a) => {
-            if a.kernel.is_empty() || a.kernel.contains('\0') {
-                return fail(format!("bad kernel name {:?}", a.kernel));
+            let split_kernels = a
+                .split
+                .iter()
+                .flat_map(|s| [&s.part_kernel, &s.merge_kernel]);
+            for name in std::iter::once(&a.kernel).chain(split_kernels) {
+                if name.is_empty() || name.contains('\0') {
+                    return fail(format!("bad kernel name {name:?}"));
+                }
             }
             if let Err(reason) = check_attention(schedule, a) {
                 return fail(reason);
@@ -348,6 +363,20 @@ fn check_attention(schedule: &Schedule, a: &Attention) -> Result<(), String> {
         let b = buf(t);
         fits(b, t.offset, elements.saturating_mul(b.dtype.size_bytes()))
             .map_err(|e| format!("{what}: {e}"))?;
+    }
+    if let Some(split) = &a.split {
+        let AttentionOperands::TensorMaps { q_rows, .. } = a.operands else {
+            return Err("only tensor-map attention kernels split query tiles over keys".into());
+        };
+        // The part kernel's partial O, row maxima and row sums of a tile.
+        let needed = u64::from(q_rows) * (u64::from(d) + 2);
+        if u64::from(split.part_floats) < needed || q_rows % SPLIT_MERGE_ROWS != 0 {
+            return Err(format!(
+                "split: {} floats per part CTA and {q_rows}-row query tiles (needed: at least \
+                 {needed} floats, rows a multiple of {SPLIT_MERGE_ROWS})",
+                split.part_floats
+            ));
+        }
     }
     // Offsets only: the region bases are 256-byte aligned.
     let offset = |t: Tensor| buf(t).offset + t.offset;
@@ -629,7 +658,7 @@ fn fits(b: &Buffer, offset: u64, bytes: u64) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use fluxc_artifact::{Attention, AttentionScales, Copy, GemmScales, Launch};
+    use fluxc_artifact::{Attention, AttentionScales, AttentionSplit, Copy, GemmScales, Launch};
 
     use super::*;
 
@@ -780,6 +809,7 @@ mod tests {
             head_dim: 4,
             scale: 0.5,
             scales: None,
+            split: None,
         });
         assert_eq!(
             kernel_params(&s, bases, &att, &no_maps).unwrap(),
@@ -1156,6 +1186,7 @@ mod tests {
             head_dim: 4,
             scale: 0.5,
             scales: None,
+            split: None,
         });
         let m = check_step(&s, 0, &att).unwrap_err().to_string();
         assert!(m.contains("k: needs 128 bytes"), "{m}");
@@ -1204,6 +1235,7 @@ mod tests {
                 k: Tensor::of(5),
                 v: Tensor::of(6),
             }),
+            split: None,
         };
         (s, a)
     }
@@ -1257,6 +1289,64 @@ mod tests {
                 Param::F32(0.25),
             ]
         );
+    }
+
+    #[test]
+    fn split_entry_points_are_loaded_and_checked() {
+        let (s, fp8) = fp8_attention_schedule();
+        let split = AttentionSplit {
+            part_kernel: "a_part".into(),
+            merge_kernel: "a_merge".into(),
+            part_floats: 128 * 18,
+        };
+        let bf16 = Attention {
+            kernel: "a".into(),
+            operands: AttentionOperands::TensorMaps {
+                q_rows: 128,
+                kv_rows: 16,
+            },
+            scales: None,
+            split: Some(split.clone()),
+            ..fp8.clone()
+        };
+        let loaded = kernels(&Schedule {
+            steps: vec![Step::Attention(bf16.clone())],
+            ..s.clone()
+        });
+        let expected: Vec<(&str, u32)> = vec![("a", 70_000), ("a_merge", 0), ("a_part", 70_000)];
+        assert_eq!(
+            loaded
+                .iter()
+                .map(|(k, v)| (k.as_str(), *v))
+                .collect::<Vec<_>>(),
+            expected
+        );
+        let msg = |a: Attention| {
+            check_step(&s, 0, &Step::Attention(a))
+                .unwrap_err()
+                .to_string()
+        };
+        let m = msg(Attention {
+            split: Some(AttentionSplit {
+                part_floats: 128 * 17,
+                ..split.clone()
+            }),
+            ..bf16.clone()
+        });
+        assert!(m.contains("at least 2304 floats"), "{m}");
+        let m = msg(Attention {
+            split: Some(AttentionSplit {
+                merge_kernel: String::new(),
+                ..split.clone()
+            }),
+            ..bf16.clone()
+        });
+        assert!(m.contains("bad kernel name \"\""), "{m}");
+        let m = msg(Attention {
+            split: Some(split),
+            ..fp8
+        });
+        assert!(m.contains("only tensor-map attention kernels split"), "{m}");
     }
 
     #[test]
