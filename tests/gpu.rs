@@ -747,10 +747,19 @@ const FP8_ATTENTION_TOL: f64 = 5e-2;
 /// `[1, sk, 2, 128]`, with fp8 attention on: the compiled artifact runs
 /// q, k, v's per-tensor scales and quantizes, the V layout kernel and the
 /// fp8 attention kernel; its output is compared with the interpreter's.
+/// The kernel runs with every query tile whole, every tile split over its
+/// keys (on the device, all these CTAs are one partial wave) and, planned
+/// for 4 SMs, whole and split tiles together.
 #[test]
 fn fp8_attention_matches_the_interpreter() {
     require_gpu!("fp8_attention_matches_the_interpreter");
-    for (sq, sk) in [(300, 300), (200, 333), (277, 4357)] {
+    use AttentionSplitPolicy::{Auto, ForSms, Off};
+    for (sq, sk, splits) in [
+        (300, 300, &[Off, Auto][..]),
+        (200, 333, &[Auto][..]),
+        // 18 key tiles: 18 segments of one, or 2 of 9 for a third of the tiles.
+        (277, 4357, &[Off, Auto, ForSms(4)][..]),
+    ] {
         let (heads, d) = (2, 128);
         let mut b = GraphBuilder::new();
         let q = b.input("q", DType::BF16, [1, sq, heads, d]).unwrap();
@@ -796,7 +805,6 @@ fn fp8_attention_matches_the_interpreter() {
         .unwrap();
         let artifact = dir.path().join("artifact");
         write_artifact(&artifact, &generated).unwrap();
-        let mut e = engine(&artifact, &ckpt);
         // q sharper than k and v, so rows have a few dominant keys as well
         // as a flat tail.
         let mut inputs: HashMap<String, Tensor> = HashMap::new();
@@ -813,21 +821,32 @@ fn fp8_attention_matches_the_interpreter() {
                 Tensor::new([1, seq, heads, d], data).unwrap(),
             );
         }
-        set_inputs(&mut e, &inputs);
-        e.run().unwrap();
         let reference = interp::run(&optimized.graph, &inputs).unwrap()["o"].clone();
         let bf16 = interp::run(&plain, &inputs).unwrap()["o"].clone();
-        let out = Tensor::new(reference.shape.clone(), e.output("o").unwrap()).unwrap();
-        let error = out.rel_l2(&reference);
-        let (worst, at) = worst_buffer(&e, &generated, &optimized.graph, &inputs);
-        println!(
-            "fp8 attention 2x128, {sq} queries x {sk} keys: vs interpreter {error:.3e} (the \
-             interpreter's fp8 vs bf16 attention {:.3e}, GPU vs bf16 {:.3e}); worst buffer \
-             {worst:.3e} ({at})",
-            reference.rel_l2(&bf16),
-            out.rel_l2(&bf16)
-        );
-        assert!(error <= FP8_ATTENTION_TOL, "sq {sq} sk {sk}: {error:e}");
+        for &split in splits {
+            let load = LoadOptions {
+                progress: false,
+                attention_split: split,
+                ..LoadOptions::default()
+            };
+            let mut e = Engine::load(&artifact, &ckpt, &load).unwrap_or_else(|e| panic!("{e}"));
+            set_inputs(&mut e, &inputs);
+            e.run().unwrap();
+            let out = Tensor::new(reference.shape.clone(), e.output("o").unwrap()).unwrap();
+            let error = out.rel_l2(&reference);
+            let (worst, at) = worst_buffer(&e, &generated, &optimized.graph, &inputs);
+            println!(
+                "fp8 attention 2x128, {sq} queries x {sk} keys, split {split:?}: vs interpreter \
+                 {error:.3e} (the interpreter's fp8 vs bf16 attention {:.3e}, GPU vs bf16 \
+                 {:.3e}); worst buffer {worst:.3e} ({at})",
+                reference.rel_l2(&bf16),
+                out.rel_l2(&bf16)
+            );
+            assert!(
+                error <= FP8_ATTENTION_TOL,
+                "sq {sq} sk {sk} {split:?}: {error:e}"
+            );
+        }
     }
 }
 

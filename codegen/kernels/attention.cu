@@ -185,8 +185,8 @@ static __device__ __forceinline__ void ws_wgmma_rs_n64_tb(float* d, unsigned int
 // One CTA's work: query rows [m0, m0 + 128) of head h of batch b against
 // key tiles [j0, j0 + n_tiles). Without PART it writes O / l to o in bf16;
 // with PART it writes the unnormalized O, the row maxima (in the softmax's
-// base-2 units) and the row sums, in f32, to part (PART_FLOATS floats: O
-// row-major, then 128 maxima, then 128 sums) for {{NAME}}_merge.
+// base-2 units) and the row sums to part, as ws_split_store lays them out,
+// for {{NAME}}_merge.
 template <bool PART>
 static __device__ __forceinline__ void {{NAME}}_cta(const FaTensorMap& tq, const FaTensorMap& tk,
                                                     const FaTensorMap& tv,
@@ -526,24 +526,8 @@ static __device__ __forceinline__ void {{NAME}}_cta(const FaTensorMap& tq, const
     if (cw == 0) turn_wait();
 
     if constexpr (PART) {
-        // The partial result, for {{NAME}}_merge: every row of the tile
-        // (rows past seq_q too; the merge skips them).
-        float* part_m = part + BLOCK_M * D;
-        float* part_l = part_m + BLOCK_M;
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const int row = cw * 64 + wrow + g + 8 * r;
-            const float l = ws_quad_sum(row_sum[r]);
-#pragma unroll
-            for (int n = 0; n < NO / 4; ++n) {
-                *reinterpret_cast<float2*>(part + row * D + 8 * n + 2 * t) =
-                    make_float2(acc_o[4 * n + 2 * r], acc_o[4 * n + 2 * r + 1]);
-            }
-            if (t == 0) {
-                part_m[row] = row_max[r];
-                part_l[row] = l;
-            }
-        }
+        const float l[2] = {ws_quad_sum(row_sum[0]), ws_quad_sum(row_sum[1])};
+        ws_split_store<D>(part, acc_o, 1.0f, cw * 64 + wrow + g, t, row_max, l);
         return;
     }
 
@@ -595,63 +579,25 @@ extern "C" __global__ void __launch_bounds__(384, 1)
 // The query tiles of the last wave, split over their keys (so that they
 // fill the wave instead of leaving most SMs idle): CTA x of the grid
 // (tiles * kv_splits, heads, batch) runs query tile q_tile_base +
-// x / kv_splits against the (x % kv_splits)-th of kv_splits near-equal
-// ranges of key tiles (kv_splits <= the number of key tiles) and writes
-// PART_FLOATS floats to part, at its index in the grid (x fastest).
-// Same ABI as the whole-tile kernel otherwise.
+// x / kv_splits against key segment x % kv_splits (ws_split_segment;
+// kv_splits <= the number of key tiles) and writes its part to part, at
+// its index in the grid (ws_split_slot). Same ABI as the whole-tile kernel
+// otherwise.
 extern "C" __global__ void __launch_bounds__(384, 1)
 {{NAME}}_part(const __grid_constant__ FaTensorMap tq, const __grid_constant__ FaTensorMap tk,
               const __grid_constant__ FaTensorMap tv, float* __restrict__ part, int seq_q,
               int seq_kv, int heads, float scale, int q_tile_base, int kv_splits) {
-    constexpr long long PART_FLOATS = 128 * {{HEAD_DIM}} + 256;
-    const int n_all = (seq_kv + {{BLOCK_N}} - 1) / {{BLOCK_N}};
-    const int seg = blockIdx.x % kv_splits;
-    const int j0 = seg * n_all / kv_splits;
-    const int j1 = (seg + 1) * n_all / kv_splits;
-    const long long cta =
-        blockIdx.x + (long long)gridDim.x * (blockIdx.y + (long long)gridDim.y * blockIdx.z);
-    {{NAME}}_cta<true>(tq, tk, tv, nullptr, part + cta * PART_FLOATS, seq_q, seq_kv, heads, scale,
-                       (q_tile_base + blockIdx.x / kv_splits) * 128, blockIdx.y, blockIdx.z, j0,
-                       j1 - j0);
+    int j0, n;
+    ws_split_segment((seq_kv + {{BLOCK_N}} - 1) / {{BLOCK_N}}, kv_splits, &j0, &n);
+    {{NAME}}_cta<true>(tq, tk, tv, nullptr, ws_split_slot<{{HEAD_DIM}}>(part), seq_q, seq_kv,
+                       heads, scale, (q_tile_base + blockIdx.x / kv_splits) * 128, blockIdx.y,
+                       blockIdx.z, j0, n);
 }
 
-// Combines {{NAME}}_part's kv_splits results of each query row: with
-// M = max_s m_s, O = sum_s 2^(m_s - M) O_s / sum_s 2^(m_s - M) l_s, rounded
-// to bf16 into o. Grid (tiles * 32, heads, batch) with the part launch's
-// tiles, q_tile_base and kv_splits; 128 threads, one warp per row, each lane
-// D / 32 adjacent columns.
+// Combines {{NAME}}_part's kv_splits results of each query row into o
+// (ws_split_merge).
 extern "C" __global__ void __launch_bounds__(128)
 {{NAME}}_merge(const float* __restrict__ part, __nv_bfloat16* __restrict__ o, int seq_q,
                int heads, int q_tile_base, int kv_splits) {
-    constexpr int D = {{HEAD_DIM}};
-    constexpr long long PART_FLOATS = 128 * D + 256;
-    constexpr int C = D / 32;
-    const int tile = blockIdx.x / 32;
-    const int r = (blockIdx.x % 32) * 4 + (threadIdx.x >> 5);
-    const int lane = threadIdx.x & 31;
-    const int row = (q_tile_base + tile) * 128 + r;
-    if (row >= seq_q) return;
-    const long long part_x = (long long)(gridDim.x / 32) * kv_splits;  // the part grid's x
-    const float* first =
-        part + ((blockIdx.y + (long long)gridDim.y * blockIdx.z) * part_x +
-                (long long)tile * kv_splits) * PART_FLOATS;
-    float m_all = __int_as_float(0xff800000);
-    for (int s = 0; s < kv_splits; ++s) m_all = fmaxf(m_all, first[s * PART_FLOATS + 128 * D + r]);
-    float acc[C];
-#pragma unroll
-    for (int c = 0; c < C; ++c) acc[c] = 0.0f;
-    float l = 0.0f;
-    for (int s = 0; s < kv_splits; ++s) {
-        const float* p = first + s * PART_FLOATS;
-        const float m = p[128 * D + r];
-        const float w = (m == m_all) ? 1.0f : exp2f(m - m_all);  // m_all finite: seq_kv > 0
-        l += w * p[128 * D + 128 + r];
-#pragma unroll
-        for (int c = 0; c < C; ++c) acc[c] += w * p[r * D + lane * C + c];
-    }
-    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-    __nv_bfloat16* out =
-        o + (((long long)blockIdx.z * seq_q + row) * heads + blockIdx.y) * D + lane * C;
-#pragma unroll
-    for (int c = 0; c < C; ++c) out[c] = __float2bfloat16_rn(acc[c] * inv);
+    ws_split_merge<{{HEAD_DIM}}>(part, o, seq_q, heads, q_tile_base, kv_splits);
 }

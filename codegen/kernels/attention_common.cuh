@@ -119,4 +119,100 @@ static __device__ __forceinline__ float ws_quad_sum(float v) {
     return v;
 }
 
+// ---- Query tiles split over their keys (the runtime's attention_split) ----
+// A part CTA runs one 128-row query tile against one key segment and
+// writes ws_part_floats(D) floats: its unnormalized O (128 x D, row-major),
+// the 128 row maxima m (in the log2 units of the kernel's exponentials) and
+// the 128 row sums l of the same exponentials. Rows past seq_q are written
+// too; the merge skips them.
+static __device__ __forceinline__ constexpr long long ws_part_floats(int d) {
+    return 128LL * (d + 2);
+}
+
+// Key tiles [*j0, *j0 + *n) of part CTA blockIdx.x: segment
+// blockIdx.x % kv_splits of kv_splits near-equal ranges of n_all tiles
+// (each non-empty: kv_splits <= n_all); its query tile is
+// q_tile_base + blockIdx.x / kv_splits.
+static __device__ __forceinline__ void ws_split_segment(int n_all, int kv_splits, int* j0,
+                                                        int* n) {
+    const int seg = blockIdx.x % kv_splits;
+    *j0 = seg * n_all / kv_splits;
+    *n = (seg + 1) * n_all / kv_splits - *j0;
+}
+
+// This part CTA's result, at its index in the part grid (x fastest).
+template <int D>
+static __device__ __forceinline__ float* ws_split_slot(float* part) {
+    const long long cta =
+        blockIdx.x + (long long)gridDim.x * (blockIdx.y + (long long)gridDim.y * blockIdx.z);
+    return part + cta * ws_part_floats(D);
+}
+
+// Stores a consumer thread's share of the part: its O accumulator (the
+// wgmma layout: acc_o[4 n + 2 r + {0, 1}] is row row0 + 8 r, columns
+// 8 n + 2 t + {0, 1}) times o_scale, and, from the quad's first thread,
+// the whole-row m[r] and l[r].
+template <int D>
+static __device__ __forceinline__ void ws_split_store(float* slot, const float* acc_o,
+                                                      float o_scale, int row0, int t,
+                                                      const float* m, const float* l) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int row = row0 + 8 * r;
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+            *reinterpret_cast<float2*>(slot + row * D + 8 * n + 2 * t) =
+                make_float2(acc_o[4 * n + 2 * r] * o_scale, acc_o[4 * n + 2 * r + 1] * o_scale);
+        }
+        if (t == 0) {
+            slot[128 * D + row] = m[r];
+            slot[128 * D + 128 + row] = l[r];
+        }
+    }
+}
+
+// The merge kernel's body: combines the kv_splits parts of each query row,
+// with M = max_s m_s, O = sum_s 2^(m_s - M) O_s / sum_s 2^(m_s - M) l_s,
+// rounded to bf16 into o (contiguous [batch, seq_q, heads, D]). Grid
+// (tiles * 32, heads, batch) with the part launch's tiles, q_tile_base
+// and kv_splits; 128 threads, one warp per row, each lane D / 32 adjacent
+// columns.
+template <int D>
+static __device__ __forceinline__ void ws_split_merge(const float* __restrict__ part,
+                                                      __nv_bfloat16* __restrict__ o, int seq_q,
+                                                      int heads, int q_tile_base,
+                                                      int kv_splits) {
+    constexpr long long PART_FLOATS = ws_part_floats(D);
+    constexpr int C = D / 32;
+    const int tile = blockIdx.x / 32;
+    const int r = (blockIdx.x % 32) * 4 + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    const int row = (q_tile_base + tile) * 128 + r;
+    if (row >= seq_q) return;
+    const long long part_x = (long long)(gridDim.x / 32) * kv_splits;  // the part grid's x
+    const float* first =
+        part + ((blockIdx.y + (long long)gridDim.y * blockIdx.z) * part_x +
+                (long long)tile * kv_splits) * PART_FLOATS;
+    float m_all = __int_as_float(0xff800000);
+    for (int s = 0; s < kv_splits; ++s) m_all = fmaxf(m_all, first[s * PART_FLOATS + 128 * D + r]);
+    float acc[C];
+#pragma unroll
+    for (int c = 0; c < C; ++c) acc[c] = 0.0f;
+    float l = 0.0f;
+    for (int s = 0; s < kv_splits; ++s) {
+        const float* p = first + s * PART_FLOATS;
+        const float m = p[128 * D + r];
+        // Every segment has a key, so m and m_all are finite.
+        const float w = (m == m_all) ? 1.0f : exp2f(m - m_all);
+        l += w * p[128 * D + 128 + r];
+#pragma unroll
+        for (int c = 0; c < C; ++c) acc[c] += w * p[r * D + lane * C + c];
+    }
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    __nv_bfloat16* out =
+        o + (((long long)blockIdx.z * seq_q + row) * heads + blockIdx.y) * D + lane * C;
+#pragma unroll
+    for (int c = 0; c < C; ++c) out[c] = __float2bfloat16_rn(acc[c] * inv);
+}
+
 #endif  // FLUXC_FA_WS_HELPERS

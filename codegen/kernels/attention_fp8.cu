@@ -35,6 +35,9 @@
 // swizzle, out-of-bounds zero. o: contiguous bf16 [batch, seq_q, heads, 128].
 // grid = (ceil(seq_q / 128), heads, batch), block = 384 threads, dynamic
 // shared memory = SHARED_BYTES (> 48 KiB: raise the attribute).
+// NAME_part and NAME_merge run chosen query tiles split over their keys
+// (the runtime's attention_split, for the last wave of tiles), as the bf16
+// kernel's do; the body is one device function, NAME_cta<PART>.
 //
 // Why V is transposed: wgmma takes 8-bit operands from shared memory only
 // K-major, and for P.V the reduction runs over keys, so V must be stored
@@ -248,11 +251,18 @@ static __device__ __forceinline__ void fp8_wgmma_rs_n8(float* d, unsigned int a0
 #endif  // FLUXC_FA_FP8_HELPERS
 
 
-extern "C" __global__ void __launch_bounds__(384, 1)
-{{NAME}}(const __grid_constant__ FaTensorMap tq, const __grid_constant__ FaTensorMap tk,
-         const __grid_constant__ FaTensorMap tvt, __nv_bfloat16* __restrict__ o,
-         const float* __restrict__ q_scale, const float* __restrict__ k_scale,
-         const float* __restrict__ v_scale, int seq_q, int seq_kv, int heads, float scale) {
+// One CTA's work: query rows [m0, m0 + 128) of head h of batch b against
+// key tiles [j0, j0 + n_tiles). Without PART it writes O * v_scale / l to o
+// in bf16; with PART it writes O * v_scale, the row maxima (in the log2
+// units of the exponentials: 8 - neg_max) and the row sums to part, as
+// ws_split_store lays them out, for {{NAME}}_merge (the factor 2^8 of P
+// cancels there as it does in O / l).
+template <bool PART>
+static __device__ __forceinline__ void {{NAME}}_cta(
+    const FaTensorMap& tq, const FaTensorMap& tk, const FaTensorMap& tvt,
+    __nv_bfloat16* __restrict__ o, float* __restrict__ part, const float* __restrict__ q_scale,
+    const float* __restrict__ k_scale, const float* __restrict__ v_scale, int seq_q, int seq_kv,
+    int heads, float scale, int m0, int h, int b, int j0, int n_tiles) {
     constexpr int D = 128;
     constexpr int STAGES = {{STAGES}};
     constexpr int BLOCK_M = 128;          // two consumer warpgroups x 64 rows
@@ -294,10 +304,6 @@ extern "C" __global__ void __launch_bounds__(384, 1)
 
     const int tid = threadIdx.x;
     const int wg = __shfl_sync(0xffffffffu, tid >> 7, 0);  // warp-uniform
-    const int m0 = blockIdx.x * BLOCK_M;
-    const int h = blockIdx.y;
-    const int b = blockIdx.z;
-    const int n_tiles = (seq_kv + BLOCK_N - 1) / BLOCK_N;
 
     if (tid == 0) {
         ws_mbar_init(q_full, 1);
@@ -333,13 +339,13 @@ extern "C" __global__ void __launch_bounds__(384, 1)
                 const unsigned int free_parity = ((j / STAGES) & 1) ^ 1;
                 ws_mbar_wait(k_empty(st), free_parity);
                 ws_mbar_expect_tx(k_full(st), KVB);
-                ws_tma_load_4d(sK + st * KVB, &tk, k_full(st), 0, h, j * BLOCK_N, b);
+                ws_tma_load_4d(sK + st * KVB, &tk, k_full(st), 0, h, (j0 + j) * BLOCK_N, b);
                 ws_mbar_wait(v_empty(st), free_parity);
                 ws_mbar_expect_tx(v_full(st), KVB);
 #pragma unroll
                 for (int half = 0; half < BLOCK_N / VT_BOX; ++half) {
                     ws_tma_load_4d(sV + st * KVB + half * VT_HALF, &tvt, v_full(st),
-                                   j * BLOCK_N + half * VT_BOX, 0, h, b);
+                                   (j0 + j) * BLOCK_N + half * VT_BOX, 0, h, b);
                 }
             }
         }
@@ -548,7 +554,7 @@ extern "C" __global__ void __launch_bounds__(384, 1)
         ws_mbar_arrive(k_empty(0));
         {
             float alpha[2];
-            softmax(0, alpha);  // O is still zero: no rescale
+            softmax(j0, alpha);  // O is still zero: no rescale
             pack_p();
         }
         for (int j = 1; j < n_tiles; ++j) {
@@ -571,7 +577,7 @@ extern "C" __global__ void __launch_bounds__(384, 1)
             for (int i = 0; i < NS; ++i) ws_reg_fence(s[i]);
             ws_mbar_arrive(k_empty(st));
             float alpha[2];
-            softmax(j, alpha);
+            softmax(j0 + j, alpha);
             ws_wgmma_wait<0>();
             fence_acc_p(pa);
 #pragma unroll
@@ -612,6 +618,12 @@ extern "C" __global__ void __launch_bounds__(384, 1)
     // arrived.
     if (cw == 0) turn_wait();
 
+    if constexpr (PART) {
+        const float m[2] = {8.0f - neg_max[0], 8.0f - neg_max[1]};
+        ws_split_store<D>(part, acc_o, out_scale, cw * 64 + wrow + g, t, m, row_sum);
+        return;
+    }
+
     // ---- Epilogue: O * v_scale / l -> bf16 into this warpgroup's rows of
     // the output tile (two 64-column blocks of 128-byte rows, swizzled),
     // then 16-byte row-predicated stores. ----
@@ -648,4 +660,38 @@ extern "C" __global__ void __launch_bounds__(384, 1)
                 *reinterpret_cast<const uint4*>(sO_ptr + off);
         }
     }
+}
+
+extern "C" __global__ void __launch_bounds__(384, 1)
+{{NAME}}(const __grid_constant__ FaTensorMap tq, const __grid_constant__ FaTensorMap tk,
+         const __grid_constant__ FaTensorMap tvt, __nv_bfloat16* __restrict__ o,
+         const float* __restrict__ q_scale, const float* __restrict__ k_scale,
+         const float* __restrict__ v_scale, int seq_q, int seq_kv, int heads, float scale) {
+    {{NAME}}_cta<false>(tq, tk, tvt, o, nullptr, q_scale, k_scale, v_scale, seq_q, seq_kv, heads,
+                        scale, blockIdx.x * 128, blockIdx.y, blockIdx.z, 0,
+                        (seq_kv + {{BLOCK_N}} - 1) / {{BLOCK_N}});
+}
+
+// The query tiles of the last wave split over their keys, as the bf16
+// kernel's _part (ws_split_segment, ws_split_slot); same ABI as the
+// whole-tile kernel with part in place of o and q_tile_base, kv_splits last.
+extern "C" __global__ void __launch_bounds__(384, 1)
+{{NAME}}_part(const __grid_constant__ FaTensorMap tq, const __grid_constant__ FaTensorMap tk,
+              const __grid_constant__ FaTensorMap tvt, float* __restrict__ part,
+              const float* __restrict__ q_scale, const float* __restrict__ k_scale,
+              const float* __restrict__ v_scale, int seq_q, int seq_kv, int heads, float scale,
+              int q_tile_base, int kv_splits) {
+    int j0, n;
+    ws_split_segment((seq_kv + {{BLOCK_N}} - 1) / {{BLOCK_N}}, kv_splits, &j0, &n);
+    {{NAME}}_cta<true>(tq, tk, tvt, nullptr, ws_split_slot<128>(part), q_scale, k_scale, v_scale,
+                       seq_q, seq_kv, heads, scale, (q_tile_base + blockIdx.x / kv_splits) * 128,
+                       blockIdx.y, blockIdx.z, j0, n);
+}
+
+// Combines {{NAME}}_part's kv_splits results of each query row into o
+// (ws_split_merge).
+extern "C" __global__ void __launch_bounds__(128)
+{{NAME}}_merge(const float* __restrict__ part, __nv_bfloat16* __restrict__ o, int seq_q,
+               int heads, int q_tile_base, int kv_splits) {
+    ws_split_merge<128>(part, o, seq_q, heads, q_tile_base, kv_splits);
 }

@@ -249,18 +249,25 @@ pub fn render_attention_with(
             q_rows: BLOCK_M,
             kv_rows: config.block_n,
         },
-        split: Some(AttentionSplit {
-            part_kernel: format!("{name}_part"),
-            merge_kernel: format!("{name}_merge"),
-            // The tile's unnormalized O, then its row maxima and row sums.
-            part_floats: BLOCK_M * (d + 2),
-        }),
+        split: Some(split_entry_points(&name, d)),
         name,
         source,
         block_m: BLOCK_M,
         threads: THREADS,
         shared_bytes,
     })
+}
+
+/// The split entry points of tensor-core kernel `name` (bf16 or fp8, both
+/// with 128-row query tiles) at head width `head_dim`: `{name}_part` and
+/// `{name}_merge` (`attention_common.cuh`'s `ws_split_*`).
+pub(crate) fn split_entry_points(name: &str, head_dim: u32) -> AttentionSplit {
+    AttentionSplit {
+        part_kernel: format!("{name}_part"),
+        merge_kernel: format!("{name}_merge"),
+        // The tile's unnormalized O, then its row maxima and row sums.
+        part_floats: BLOCK_M * (head_dim + 2),
+    }
 }
 
 /// Launch grid for `kernel`: `[ceil(seq_q / block_m), heads, batch]`.

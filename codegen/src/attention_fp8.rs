@@ -43,6 +43,11 @@
 //! * Scales: one f32 each, `x ≈ x8 · x_scale`.
 //! * Grids: [`attention_fp8_grid`] with `threads` and `shared_bytes` of
 //!   [`Fp8AttentionKernel`]; [`v_layout_grid`] with 256 threads.
+//! * `attention_fp8_d128_part` and `_merge` ([`Fp8AttentionKernel::split`],
+//!   the artifact's `AttentionSplit` documents their ABI) run chosen query
+//!   tiles split over their keys, as the bf16 kernel's do.
+
+use fluxc_artifact::AttentionSplit;
 
 /// Query rows per CTA (two consumer warpgroups of 64).
 const BLOCK_M: u32 = 128;
@@ -99,6 +104,9 @@ pub struct Fp8AttentionKernel {
     /// Dynamic shared memory per CTA in bytes (above 48 KiB: the runtime
     /// raises the attribute first).
     pub shared_bytes: u32,
+    /// The entry points that split query tiles over their keys
+    /// (`{name}_part`, `{name}_merge`).
+    pub split: AttentionSplit,
 }
 
 /// The V layout kernel (see the module docs).
@@ -151,6 +159,7 @@ pub fn render_attention_fp8(head_dim: usize) -> Result<Fp8AttentionKernel, Strin
         "unreplaced placeholder in attention_fp8.cu"
     );
     Ok(Fp8AttentionKernel {
+        split: crate::attention::split_entry_points(&name, FP8_HEAD_DIM as u32),
         name,
         source,
         block_m: BLOCK_M,

@@ -1061,7 +1061,7 @@ fn lower_scaled_attention(
                 block_m: kernel.block_m,
                 threads: kernel.threads,
                 shared_bytes: kernel.shared_bytes,
-                split: None,
+                split: Some(kernel.split),
             },
             dims: [batch, heads, seq_q, seq_kv, head_dim],
             scale,

@@ -349,7 +349,8 @@ pub struct AttentionScales {
 }
 
 /// The entry points with which a tensor-map attention kernel
-/// ([`AttentionOperands::TensorMaps`]) runs query tiles split over their
+/// ([`AttentionOperands::TensorMaps`] or
+/// [`AttentionOperands::Fp8TensorMaps`]) runs query tiles split over their
 /// keys. The runtime uses them for the last, partial wave of query tiles
 /// when splitting fills the GPU better; whether it does, and into how many
 /// key segments, depends on the device's SM count, so it decides at load.
@@ -357,7 +358,8 @@ pub struct AttentionScales {
 /// `kv_splits` segments (at most the number of key tiles):
 ///
 /// - `part_kernel(q, k, v, float* part, seq_q, seq_kv, heads, scale,
-///   q_tile_base, kv_splits)`, with the attention's block and shared
+///   q_tile_base, kv_splits)` (an fp8 kernel's: its three scale pointers
+///   after `part`), with the attention's block and shared
 ///   memory, on the grid `(tiles · kv_splits, heads, batch)`: CTA `x` runs
 ///   query tile `q_tile_base + x / kv_splits` against the `x % kv_splits`-th
 ///   of `kv_splits` near-equal ranges of key tiles and writes `part_floats`

@@ -1,7 +1,8 @@
 //! Splitting an attention step's last wave of query tiles over their keys.
 //!
-//! The tensor-core attention kernel runs one CTA per (query tile, head,
-//! batch) and one CTA per SM (its shared memory), so its CTAs go in waves
+//! The tensor-core attention kernels (bf16 and fp8) run one CTA per (query
+//! tile, head, batch) and one CTA per SM (their shared memory), so CTAs go
+//! in waves
 //! of as many as the GPU has SMs. When their count is not a multiple of
 //! that, the last wave leaves SMs idle: at FLUX's 4352 tokens, 816 CTAs on
 //! the H200's 132 SMs are 6 full waves and a wave of 24. A kernel with an
@@ -55,6 +56,18 @@ impl AttentionSplitPolicy {
     }
 }
 
+/// Query and key rows per tile of a tensor-map attention kernel, the ones
+/// that can split.
+fn tile_rows(operands: AttentionOperands) -> Option<(u32, u32)> {
+    match operands {
+        AttentionOperands::TensorMaps { q_rows, kv_rows }
+        | AttentionOperands::Fp8TensorMaps {
+            q_rows, kv_rows, ..
+        } => Some((q_rows, kv_rows)),
+        AttentionOperands::Pointers => None,
+    }
+}
+
 /// The split of `a` for a GPU of `sms` SMs that fills the last wave best,
 /// or `None` when the whole-tile grid is as good (its waves are full, the
 /// kernel cannot split, or the last wave's tiles cannot be split in two).
@@ -63,9 +76,7 @@ impl AttentionSplitPolicy {
 /// last wave, each is split into as many segments `k` as the SMs hold
 /// (`c · k · heads · batch ≤ sms`), at most one per key tile.
 pub(crate) fn plan(a: &Attention, sms: u32) -> Option<SplitPlan> {
-    let AttentionOperands::TensorMaps { kv_rows, .. } = a.operands else {
-        return None;
-    };
+    let (_, kv_rows) = tile_rows(a.operands)?;
     a.split.as_ref()?;
     let q_tiles = u64::from(a.grid[0]);
     let per_tile = u64::from(a.grid[1]) * u64::from(a.grid[2]);
@@ -116,8 +127,9 @@ pub(crate) struct SplitLaunch {
 /// [`AttentionSplit`](fluxc_artifact::AttentionSplit)), in order: the
 /// whole-tile kernel on the query tiles before the split ones (none when
 /// every tile is split), the part kernel, the merge. `whole` is the
-/// whole-tile launch's parameters (`q, k, v, out, seq_q, seq_kv, heads,
-/// scale`), `workspace` the device address of the partial results.
+/// whole-tile launch's parameters (`q, k, v, out`, an fp8 kernel's three
+/// scale pointers, `seq_q, seq_kv, heads, scale`), `workspace` the device
+/// address of the partial results.
 pub(crate) fn launches(
     a: &Attention,
     plan: SplitPlan,
@@ -128,15 +140,15 @@ pub(crate) fn launches(
         .split
         .as_ref()
         .ok_or_else(|| format!("kernel `{}` has no split entry points", a.kernel))?;
-    let AttentionOperands::TensorMaps { q_rows, .. } = a.operands else {
-        return Err("only tensor-map attention kernels split".into());
-    };
-    let [q, k, v, out, seq_q, seq_kv, heads, scale] = whole else {
+    let (q_rows, _) = tile_rows(a.operands).ok_or("only tensor-map attention kernels split")?;
+    let expected = if a.scales.is_some() { 11 } else { 8 };
+    if whole.len() != expected {
         return Err(format!(
-            "the whole-tile launch has {} parameters, not 8",
+            "the whole-tile launch has {} parameters, not {expected}",
             whole.len()
         ));
-    };
+    }
+    let (out, seq_q, heads) = (whole[3], whole[expected - 4], whole[expected - 2]);
     let base = a.grid[0] - plan.tiles;
     let as_int = |v: u32| i32::try_from(v).map_err(|_| format!("{v} does not fit an int"));
     let (q_tile_base, kv_splits) = (
@@ -153,23 +165,17 @@ pub(crate) fn launches(
             params: whole.to_vec(),
         });
     }
+    // The whole-tile parameters with the workspace in place of out and the
+    // split's two after them.
+    let mut part_params = whole.to_vec();
+    part_params[3] = Param::Ptr(workspace);
+    part_params.extend([q_tile_base, kv_splits]);
     out_launches.push(SplitLaunch {
         kernel: split.part_kernel.clone(),
         grid: [plan.tiles * plan.segments, a.grid[1], a.grid[2]],
         block: a.block,
         shared_bytes: a.shared_bytes,
-        params: vec![
-            *q,
-            *k,
-            *v,
-            Param::Ptr(workspace),
-            *seq_q,
-            *seq_kv,
-            *heads,
-            *scale,
-            q_tile_base,
-            kv_splits,
-        ],
+        params: part_params,
     });
     out_launches.push(SplitLaunch {
         kernel: split.merge_kernel.clone(),
@@ -178,9 +184,9 @@ pub(crate) fn launches(
         shared_bytes: 0,
         params: vec![
             Param::Ptr(workspace),
-            *out,
-            *seq_q,
-            *heads,
+            out,
+            seq_q,
+            heads,
             q_tile_base,
             kv_splits,
         ],
@@ -329,5 +335,68 @@ mod tests {
         let l = launches(&small, plan(&small, 132).unwrap(), &whole, 99).unwrap();
         assert_eq!(l.len(), 2);
         assert_eq!((l[0].grid, l[1].grid), ([6, 2, 1], [96, 2, 1]));
+        // A parameter list of another kernel is refused.
+        assert!(launches(&a, p, &whole[..7], 99).is_err());
+    }
+
+    #[test]
+    fn fp8_launches_keep_the_scales() {
+        // The fp8 kernel: 256-key tiles (4352 keys: 17), three scale
+        // pointers after out.
+        let a = Attention {
+            kernel: "attention_fp8_d128".into(),
+            operands: AttentionOperands::Fp8TensorMaps {
+                q_rows: 128,
+                kv_rows: 256,
+                vt_rows: 128,
+                vt_keys: 4352,
+            },
+            scales: Some(fluxc_artifact::AttentionScales {
+                q: Tensor::of(4),
+                k: Tensor::of(5),
+                v: Tensor::of(6),
+            }),
+            split: Some(AttentionSplit {
+                part_kernel: "attention_fp8_d128_part".into(),
+                merge_kernel: "attention_fp8_d128_merge".into(),
+                part_floats: 128 * 130,
+            }),
+            ..attention(1, 24, 4352, 4352)
+        };
+        let p = plan(&a, 132).unwrap();
+        assert_eq!(
+            p,
+            SplitPlan {
+                tiles: 1,
+                segments: 5
+            }
+        );
+        let whole: Vec<Param> = (1..=7)
+            .map(Param::Ptr)
+            .chain([
+                Param::I32(4352),
+                Param::I32(4352),
+                Param::I32(24),
+                Param::F32(0.5),
+            ])
+            .collect();
+        assert!(launches(&a, p, &whole[..8], 99).is_err());
+        let l = launches(&a, p, &whole, 99).unwrap();
+        let mut part = whole.clone();
+        part[3] = Param::Ptr(99);
+        part.extend([Param::I32(33), Param::I32(5)]);
+        assert_eq!(l[0].params, whole);
+        assert_eq!(l[1].params, part);
+        assert_eq!(
+            l[2].params,
+            [
+                Param::Ptr(99),
+                Param::Ptr(4),
+                Param::I32(4352),
+                Param::I32(24),
+                Param::I32(33),
+                Param::I32(5),
+            ]
+        );
     }
 }

@@ -365,7 +365,9 @@ fn check_attention(schedule: &Schedule, a: &Attention) -> Result<(), String> {
             .map_err(|e| format!("{what}: {e}"))?;
     }
     if let Some(split) = &a.split {
-        let AttentionOperands::TensorMaps { q_rows, .. } = a.operands else {
+        let (AttentionOperands::TensorMaps { q_rows, .. }
+        | AttentionOperands::Fp8TensorMaps { q_rows, .. }) = a.operands
+        else {
             return Err("only tensor-map attention kernels split query tiles over keys".into());
         };
         // The part kernel's partial O, row maxima and row sums of a tile.
@@ -1343,10 +1345,21 @@ mod tests {
         });
         assert!(m.contains("bad kernel name \"\""), "{m}");
         let m = msg(Attention {
-            split: Some(split),
-            ..fp8
+            operands: AttentionOperands::Pointers,
+            scales: None,
+            split: Some(split.clone()),
+            ..fp8.clone()
         });
         assert!(m.contains("only tensor-map attention kernels split"), "{m}");
+        // The fp8 kernel splits too.
+        let fp8_split = Attention {
+            split: Some(split),
+            ..fp8.clone()
+        };
+        assert_eq!(
+            check_step(&s, 0, &Step::Attention(fp8_split)).map_err(|e| e.to_string()),
+            check_step(&s, 0, &Step::Attention(fp8)).map_err(|e| e.to_string())
+        );
     }
 
     #[test]
