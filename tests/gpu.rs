@@ -493,17 +493,23 @@ impl std::fmt::Display for WorstBuffer {
     }
 }
 
+/// What [`run_random_block`] found.
+struct BlockRun {
+    /// The relative L2 error of output `out` against the interpreter.
+    error: f64,
+    /// The generated code (for the caller's checks).
+    generated: Generated,
+    /// The worst intermediate buffer.
+    worst: WorstBuffer,
+    /// The GEMMs that asked for fast fp8 accumulation and ran without it.
+    standard_accumulation: Vec<String>,
+}
+
 /// Compiles `graph` (named `name`) with `options` and runs it on the GPU
 /// with deterministic random inputs and weights (weights scaled like a
 /// linear's init and saved as f32; `ids` inputs are positions, `norm_`
-/// weights near 1), then the interpreter on the same values. Returns the
-/// relative L2 error of output `out`, the generated code (for the caller's
-/// checks) and the worst intermediate buffer.
-fn run_random_block(
-    graph: Graph,
-    options: &PassOptions,
-    name: &str,
-) -> (f64, Generated, WorstBuffer) {
+/// weights near 1), then the interpreter on the same values.
+fn run_random_block(graph: Graph, options: &PassOptions, name: &str) -> BlockRun {
     run_random_block_split(graph, options, name, AttentionSplitPolicy::Auto)
 }
 
@@ -513,7 +519,7 @@ fn run_random_block_split(
     options: &PassOptions,
     name: &str,
     split: AttentionSplitPolicy,
-) -> (f64, Generated, WorstBuffer) {
+) -> BlockRun {
     let dir = tempfile::tempdir().unwrap();
     let mut stored: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
     let mut inputs: HashMap<String, Tensor> = HashMap::new();
@@ -591,12 +597,20 @@ fn run_random_block_split(
     all.extend(weights);
     let reference = interp::run(&optimized.graph, &all).unwrap()["out"].clone();
     let out = Tensor::new(reference.shape.clone(), e.output("out").unwrap()).unwrap();
-    let (error, name) = worst_buffer(&e, &generated, &optimized.graph, &all);
-    (
-        out.rel_l2(&reference),
+    let (worst_error, worst_name) = worst_buffer(&e, &generated, &optimized.graph, &all);
+    BlockRun {
+        error: out.rel_l2(&reference),
         generated,
-        WorstBuffer { error, name },
-    )
+        worst: WorstBuffer {
+            error: worst_error,
+            name: worst_name,
+        },
+        standard_accumulation: e
+            .standard_accumulation_gemms()
+            .into_iter()
+            .map(String::from)
+            .collect(),
+    }
 }
 
 /// The tensor-core attention kernel (head widths 64 and 128) and, for a head
@@ -625,7 +639,12 @@ fn tensor_core_attention_in_a_bf16_block() {
             fuse_qkv_min_rows: 1,
             ..PassOptions::default()
         };
-        let (error, generated, worst) = run_random_block_split(
+        let BlockRun {
+            error,
+            generated,
+            worst,
+            ..
+        } = run_random_block_split(
             attention_block(heads, head_dim, tokens),
             &options,
             "attention-block",
@@ -661,8 +680,12 @@ fn one_row_linears_match_the_interpreter() {
     require_gpu!("one_row_linears_match_the_interpreter");
     for (k, n, with_bias) in [(8, 5, false), (3072, 1003, true), (4104, 37, true)] {
         let graph = graphs::one_row_linear(k, n, with_bias);
-        let (error, generated, worst) =
-            run_random_block(graph, &PassOptions::default(), "one-row-linear");
+        let BlockRun {
+            error,
+            generated,
+            worst,
+            ..
+        } = run_random_block(graph, &PassOptions::default(), "one-row-linear");
         let kernel = format!("gemv_bf16_k{k}{}", if with_bias { "_bias" } else { "" });
         assert!(
             launches_kernel(&generated, &kernel),
@@ -692,7 +715,12 @@ fn one_row_fp8_linears_match_the_interpreter() {
             ..PassOptions::default()
         };
         let graph = graphs::one_row_linear(k, n, true);
-        let (error, generated, worst) = run_random_block(graph, &options, "one-row-fp8");
+        let BlockRun {
+            error,
+            generated,
+            worst,
+            ..
+        } = run_random_block(graph, &options, "one-row-fp8");
         assert!(launches_kernel(&generated, kernel), "{kernel} not launched");
         println!("one-row fp8 linear {k} -> {n} ({fp8:?}): vs interpreter {error:.3e}; {worst}");
         // The same quantized operands on both sides: only the order of
@@ -716,7 +744,12 @@ fn a_wide_computed_row_quantized_per_row_matches_the_interpreter() {
             fp8: Fp8Mode::DynamicRow,
             ..PassOptions::default()
         };
-        let (error, generated, worst) = run_random_block(graph, &options, "reread");
+        let BlockRun {
+            error,
+            generated,
+            worst,
+            ..
+        } = run_random_block(graph, &options, "reread");
         let kernels = &generated.kernels_cu;
         let at = kernels
             .find("gelu_tanh_concat")
@@ -731,6 +764,61 @@ fn a_wide_computed_row_quantized_per_row_matches_the_interpreter() {
         println!("per-row fp8 of concat(a, gelu(m)), {rows} rows of {left} + {right}: vs interpreter {error:.3e}; {worst}");
         assert!(error <= FP8_VS_INTERPRETER, "{error:e}");
     }
+}
+
+/// Fast fp8 accumulation where cuBLASLt has none: FLUX's text-stream MLP
+/// down projection at 256 text tokens (3072 × 256 × 12288, per-row scales,
+/// a bias and the residual read as C) found no fast-accumulation algorithm
+/// on the H200 and failed to load
+/// (`benches/results/2026-11-29_ce1bee7_fp8_row_fast_t256_load_failure.log`).
+/// The engine now accumulates as usual there; the block loads, runs and
+/// matches the interpreter.
+#[test]
+fn fp8_fast_accumulation_falls_back_where_cublaslt_has_none() {
+    require_gpu!("fp8_fast_accumulation_falls_back_where_cublaslt_has_none");
+    let (rows, k, n) = (256, 12288, 3072);
+    let mut b = GraphBuilder::new();
+    let x = b.input("x", DType::BF16, [rows, k]).unwrap();
+    let residual = b.input("residual", DType::BF16, [rows, n]).unwrap();
+    b.push_scope("transformer_blocks.0");
+    let w = b
+        .weight("ff_context.net.2.weight", DType::BF16, [n, k])
+        .unwrap();
+    let bias = b.weight("ff_context.net.2.bias", DType::BF16, [n]).unwrap();
+    let y = b.linear(x, w, Some(bias)).unwrap();
+    b.pop_scope();
+    let out = b.add(residual, y).unwrap();
+    b.output("out", out).unwrap();
+    let options = PassOptions {
+        fp8: Fp8Mode::DynamicRow,
+        fp8_fast_accumulation: true,
+        ..PassOptions::default()
+    };
+    let run = run_random_block(b.finish().unwrap(), &options, "fast-accumulation");
+    let fast: Vec<&str> = run
+        .generated
+        .schedule
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            fluxc::artifact::Step::Gemm(g) if g.fast_accumulation && g.c.is_some() => {
+                Some(g.name.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(fast.len(), 1, "one fp8 GEMM with fast accumulation and C");
+    println!(
+        "fast-accumulation fp8 GEMM {rows} x {k} -> {n}: vs interpreter {:.3e}; {}; run with \
+         standard accumulation: {:?}",
+        run.error, run.worst, run.standard_accumulation
+    );
+    assert!(
+        run.standard_accumulation.is_empty() || run.standard_accumulation == fast,
+        "{:?}",
+        run.standard_accumulation
+    );
+    assert!(run.error <= FP8_VS_INTERPRETER, "{:e}", run.error);
 }
 
 /// Relative L2 allowed between the fp8 attention kernel and the

@@ -295,6 +295,14 @@ impl Engine {
             dnn.as_ref(),
             (&splits, split_workspace.ptr()),
         )?;
+        let standard = standard_accumulation_gemms(schedule, &ops);
+        if let Some(first) = standard.first() {
+            say(&format!(
+                "{} fp8 GEMMs accumulate as usual: cuBLASLt has no fast-accumulation algorithm \
+                 for them (the first: `{first}`)",
+                standard.len()
+            ));
+        }
         let split_count = splits.iter().flatten().count();
         if split_count > 0 {
             say(&format!(
@@ -389,6 +397,12 @@ impl Engine {
     /// from the quantized-weights cache.
     pub fn fp8_origin(&self) -> &Fp8Origin {
         &self.fp8_origin
+    }
+
+    /// The GEMMs (by name) that ask for fast fp8 accumulation but run
+    /// without it: cuBLASLt had no algorithm with it for them.
+    pub fn standard_accumulation_gemms(&self) -> Vec<&str> {
+        standard_accumulation_gemms(&self.artifact.schedule, &self.ops)
     }
 
     /// Whether the schedule was recorded into a CUDA graph.
@@ -949,6 +963,20 @@ fn resolve_kernels(
         functions.insert(name, func);
     }
     Ok(functions)
+}
+
+/// The names of the GEMMs of `schedule` whose plan in `ops` (one op per
+/// step) dropped fast accumulation.
+fn standard_accumulation_gemms<'a>(schedule: &'a Schedule, ops: &[Op]) -> Vec<&'a str> {
+    schedule
+        .steps
+        .iter()
+        .zip(ops)
+        .filter_map(|(step, op)| match (step, op) {
+            (Step::Gemm(g), Op::Gemm(plan)) if plan.standard_accumulation => Some(g.name.as_str()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// How each step of `schedule` splits (attention steps whose kernel can,
