@@ -113,7 +113,8 @@ static __device__ __forceinline__ float ws_quad_max(float v) {
     return v;
 }
 
-static __device__ __forceinline__ float ws_quad_sum(float v) {
+// (The fp8 kernel sums its rows on the tensor cores: unused there.)
+[[maybe_unused]] static __device__ __forceinline__ float ws_quad_sum(float v) {
     v += __shfl_xor_sync(0xffffffffu, v, 1);
     v += __shfl_xor_sync(0xffffffffu, v, 2);
     return v;

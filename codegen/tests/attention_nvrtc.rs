@@ -84,13 +84,19 @@ fn nvrtc_compiles_sm90a() {
             !log.contains("wgmma.mma_async instructions are serialized"),
             "{name}: wgmma pipeline serialized by ptxas\n{log}"
         );
+        // The runtime prints NVRTC's warnings at every compile.
+        assert!(
+            !log.contains("warning #"),
+            "{name}: compiler warnings\n{log}"
+        );
     }
 
     // All of them in one translation unit (as in a generated kernels.cu):
     // the shared helpers must not be redefined.
     let all: Vec<&str> = sources.iter().map(|(_, s)| s.as_str()).collect();
-    let (cubin, _) = compile_cubin(&all.join("\n"), "attention_all", &include_dir).unwrap();
+    let (cubin, log) = compile_cubin(&all.join("\n"), "attention_all", &include_dir).unwrap();
     assert!(!cubin.is_empty());
+    assert!(!log.contains("warning #"), "compiler warnings\n{log}");
 }
 
 /// The rendered attention kernels, as they go into `kernels.cu`: a change
