@@ -2,15 +2,18 @@
 //!
 //! The tensor-core attention kernels (bf16 and fp8) run one CTA per (query
 //! tile, head, batch) and one CTA per SM (their shared memory), so CTAs go
-//! in waves
-//! of as many as the GPU has SMs. When their count is not a multiple of
-//! that, the last wave leaves SMs idle: at FLUX's 4352 tokens, 816 CTAs on
-//! the H200's 132 SMs are 6 full waves and a wave of 24. A kernel with an
-//! [`AttentionSplit`] lets the runtime run the full waves as compiled, the
-//! query tiles of the last wave as `segments` key ranges each (a last wave
-//! of 120 CTAs a fifth as long), and a merge of each row's segments: 389 →
-//! 366 µs at 4352 tokens on the H200
-//! (`benches/results/2026-11-29_attention_tail_split.log`).
+//! in waves of as many as the GPU has SMs. When their count is not a
+//! multiple of that, the last wave leaves SMs idle: at FLUX's 4352 tokens,
+//! 816 CTAs on the H200's 132 SMs are 6 full waves and a wave of 24. A
+//! kernel with an [`AttentionSplit`](fluxc_artifact::AttentionSplit) lets
+//! the runtime run the full waves as compiled, the query tiles of the last
+//! wave as `segments` key ranges each (a last wave of 120 CTAs a fifth as
+//! long), and a merge of each row's segments: bf16 389 → 366 µs and fp8
+//! 243 → 230 µs at 4352 tokens on the H200
+//! (`benches/results/2026-11-29_attention_tail_split.log`,
+//! `2026-11-29_ce1bee7_attention.md`). At FLUX's 4608 tokens (72 CTAs in
+//! the last wave, 3 tiles of each head) 132 SMs hold no two segments of
+//! each tile, and nothing is split.
 //!
 //! How to split depends on the device's SM count, so the runtime plans it
 //! at load ([`plan`]); the partial results go to one workspace that every
