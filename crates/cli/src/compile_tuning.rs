@@ -343,6 +343,7 @@ impl GpuTuning {
             )
         })?;
         self.gemms_left = run.out_of_time;
+        tune::say_no_fast_accumulation(&run);
         let tuned = tune::apply_run(schedule, &run);
         tune::add_to_cache(cache, &run);
         eprintln!(

@@ -94,6 +94,7 @@ pub fn run(args: &TuneArgs) -> Result<(), Box<dyn std::error::Error>> {
         tuned,
         run.gemms.iter().map(|g| g.steps.len()).sum::<usize>()
     );
+    say_no_fast_accumulation(&run);
     if args.report {
         print!("{}", report(&run.gemms));
     }
@@ -120,6 +121,18 @@ pub fn search_options(measurements: usize, check_all_directions: bool) -> Option
     })
 }
 
+/// Says which GEMMs were not measured because cuBLASLt has no
+/// fast-accumulation algorithm for them (the runtime runs them with
+/// standard accumulation).
+pub fn say_no_fast_accumulation(run: &GemmTuneRun) {
+    if let Some(first) = run.no_fast_accumulation.first() {
+        eprintln!(
+            "  {} distinct GEMM(s) not measured: cuBLASLt has no fast-accumulation algorithm \
+             for them, and the runtime accumulates them as usual (the first: `{first}`)",
+            run.no_fast_accumulation.len()
+        );
+    }
+}
 /// `  13.9 µs → 13.2 µs (heuristic) → 12.8 µs (search)  NAME (xSTEPS)`.
 pub fn progress_line(g: &GemmTuning) -> String {
     let searched = match (&g.search, &g.search_skipped) {
@@ -582,6 +595,7 @@ mod tests {
                 ..gemm(&[Some(10.0), Some(9.0), Some(4.0)], 2)
             }],
             out_of_time: 0,
+            no_fast_accumulation: vec![],
         };
         assert_eq!(apply_run(&mut s, &run), 1);
         assert_eq!(gemm_algo(&s, 0), Some([2; 8]));

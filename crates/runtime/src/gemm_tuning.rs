@@ -620,6 +620,10 @@ pub struct GemmTuneRun {
     pub gemms: Vec<GemmTuning>,
     /// Distinct GEMMs left unmeasured because the deadline passed.
     pub out_of_time: usize,
+    /// Distinct GEMMs (by name) left unmeasured because they ask for fast
+    /// fp8 accumulation and cuBLASLt has no algorithm with it: the runtime
+    /// runs them with standard accumulation and its heuristic's algorithm.
+    pub no_fast_accumulation: Vec<String>,
 }
 
 /// Times cuBLASLt's candidate algorithms for every distinct GEMM of
@@ -641,6 +645,7 @@ pub fn tune_gemms(
     let device = bench.gpu.device_name();
     let driver = crate::cuda::driver_version()?;
     let mut results = Vec::with_capacity(groups.len());
+    let mut no_fast_accumulation = Vec::new();
     for (done, (key, steps)) in groups.iter().enumerate() {
         let now = Instant::now();
         if options.deadline.is_some_and(|d| now >= d) {
@@ -649,6 +654,7 @@ pub fn tune_gemms(
                 driver,
                 gemms: results,
                 out_of_time: groups.len() - done,
+                no_fast_accumulation,
             });
         }
         let search = options.search.as_ref().map(|s| SearchOptions {
@@ -662,20 +668,28 @@ pub fn tune_gemms(
             algo: None,
             ..template.clone()
         };
-        let result = tune_one(&bench, schedule, &g, key, steps, options, search.as_ref())?;
-        progress(done + 1, groups.len(), &result);
-        results.push(result);
+        match tune_one(&bench, schedule, &g, key, steps, options, search.as_ref())? {
+            Some(result) => {
+                progress(done + 1, groups.len(), &result);
+                results.push(result);
+            }
+            None => no_fast_accumulation.push(g.name.clone()),
+        }
     }
     Ok(GemmTuneRun {
         device,
         driver,
         gemms: results,
         out_of_time: 0,
+        no_fast_accumulation,
     })
 }
 
 /// Measures one distinct GEMM `g` (the steps `steps`): the heuristic's
-/// candidates, then the search with `search`.
+/// candidates, then the search with `search`. `None` when `g` asks for
+/// fast accumulation and cuBLASLt has no algorithm with it (the engine
+/// plans such a GEMM with standard accumulation; there is nothing to
+/// record for it).
 fn tune_one(
     bench: &Bench,
     schedule: &Schedule,
@@ -684,7 +698,7 @@ fn tune_one(
     steps: &[usize],
     options: &GemmTuneOptions,
     search: Option<&SearchOptions>,
-) -> Result<GemmTuning, RuntimeError> {
+) -> Result<Option<GemmTuning>, RuntimeError> {
     let fail = |reason: String| RuntimeError::Step {
         index: steps[0],
         step: format!("gemm `{}` m={} n={} k={}", g.name, g.m, g.n, g.k),
@@ -699,14 +713,17 @@ fn tune_one(
     let operands = (0..copies)
         .map(|c| bench.operands(schedule, g, 1 + 10 * c as u64))
         .collect::<Result<Vec<_>, _>>()?;
-    let algos = heuristic_algos(
+    let algos = match heuristic_algos(
         &bench.blas,
         g,
         operands[0].addrs(),
         bench.workspace_bytes,
         options.candidates,
-    )
-    .map_err(fail)?;
+    ) {
+        Ok(algos) => algos,
+        Err(_) if g.fast_accumulation => return Ok(None),
+        Err(e) => return Err(fail(e)),
+    };
     let trial = Trial {
         bench,
         g,
@@ -729,7 +746,7 @@ fn tune_one(
         }
     }
     let best = best_candidate(&candidates);
-    Ok(GemmTuning {
+    Ok(Some(GemmTuning {
         key: key.to_string(),
         name: g.name.clone(),
         steps: steps.to_vec(),
@@ -737,7 +754,7 @@ fn tune_one(
         best,
         search: summary,
         search_skipped: skipped,
-    })
+    }))
 }
 
 /// The index of the fastest timed candidate (the first on ties).
