@@ -96,7 +96,7 @@ pub struct Fp8AttentionKernel {
     pub block_m: u32,
     /// Keys per tile: the k box's rows.
     pub block_n: u32,
-    /// The key extent of vt's box ([`VT_BOX_KEYS`]; a tile is
+    /// The key extent of vt's box (`VT_BOX_KEYS`; a tile is
     /// `block_n / vt_box_keys` boxes).
     pub vt_box_keys: u32,
     /// Threads per CTA.

@@ -120,7 +120,7 @@ pub const NAME: &str = "{{NAME}}";
 /// A rendered kernel, before it is named.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KernelSource {
-    /// The source with [`NAME`] in place of the name.
+    /// The source with `NAME` in place of the name.
     pub source: String,
     /// Its parameters, in declaration order.
     pub params: Vec<Param>,

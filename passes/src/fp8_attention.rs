@@ -50,7 +50,7 @@
 //! normalized parts (the double blocks' text and image streams) is rotated
 //! and quantized part by part, with the table's rows of each part, and the
 //! e4m3 parts concatenated: the same values, but each part's norm, rotation
-//! and quantization are one kernel ([`quantize_parts`]). Precision is the same: a per-tensor
+//! and quantization are one kernel (`quantize_parts`). Precision is the same: a per-tensor
 //! scale puts the largest possible value at 448 either way, and e4m3's
 //! relative precision is the same over its normal range.
 //!

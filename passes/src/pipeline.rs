@@ -10,7 +10,7 @@
 //! | `fuse_qkv` | [`fuse_qkv`] | linears sharing an input become one wide linear (e-graph) |
 //! | `fp8` | [`fp8`], [`fp8_attention`] | dynamic fp8 quantization of selected linears (and attention, if the policy says so) |
 //! | `hoist_weights` | [`hoist_weights`] | weight-only work moves to load time |
-//! | `fusion` | [`fusion`] | groups the remaining ops into kernels (a plan, no rewrite) |
+//! | `fusion` | [`fusion`](crate::fusion) | groups the remaining ops into kernels (a plan, no rewrite) |
 //!
 //! Steps switched off in [`PassOptions`] still appear (and can be dumped
 //! after); they leave the graph as it is. Every step's result is verified.

@@ -461,9 +461,9 @@ pub enum Step {
     Conv(Conv),
 }
 
-/// One cuDNN convolution, channels-last: `y[n, p, q, k] = Σ x[n, p·sh − ph
-/// + r', q·sw − pw + s', c] · w[k, r', s', c] (+ bias[k])`, zeros outside
-/// the image, f32 accumulation (`cudnnConvolutionForward`, then
+/// One cuDNN convolution, channels-last:
+/// `y[n, p, q, k] = Σ x[n, p·sh − ph + r', q·sw − pw + s', c] · w[k, r', s', c] (+ bias[k])`,
+/// zeros outside the image, f32 accumulation (`cudnnConvolutionForward`, then
 /// `cudnnAddTensor` for the bias).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Conv {

@@ -1,7 +1,7 @@
 //! Coordinate descent over one GEMM's [`GemmSpace`], from the best
 //! heuristic algorithm.
 //!
-//! [`search_space`] runs `fluxc_autotune`'s screened coordinate descent:
+//! `search_space` runs `fluxc_autotune`'s screened coordinate descent:
 //! each configuration is first screened by the space (its id's
 //! capabilities), then prepared by the caller (on the GPU: built with
 //! `cublasLtMatmulAlgoInit` and the configuration attributes, and checked

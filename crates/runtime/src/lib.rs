@@ -34,7 +34,7 @@
 //! quantization or the cache; [`Fp8Origin`]), [`convert`] (f32 ↔
 //! buffer dtypes), [`compile`] (NVRTC and the CUBIN cache), [`cuda`]
 //! (library checks and RAII driver handles), `blas` (cuBLASLt, fp8 GEMMs
-//! included), [`bench`] (what the GPU tuners share), [`attention_bench`]
+//! included), [`bench`](mod@bench) (what the GPU tuners share), [`attention_bench`]
 //! (timing tile configurations of the attention kernel, for the autotuner),
 //! `attention_split` (splitting an attention's last wave of query tiles
 //! over their keys, planned at load; [`AttentionSplitPolicy`]), [`gemm_tuning`] (timing cuBLASLt's candidate algorithms of

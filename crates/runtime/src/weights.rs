@@ -388,7 +388,7 @@ impl WeightPlan {
         )
     }
 
-    /// The weights the device quantizes (those [`load_quantizing`]
+    /// The weights the device quantizes (those `load_quantizing`
     /// (Self::load_quantizing) hands out as jobs), in load order. Reads
     /// headers only.
     pub fn fp8_weights(&self, checkpoint: &Checkpoint) -> Result<Vec<Fp8Weight<'_>>, RuntimeError> {

@@ -3,7 +3,7 @@
 //! shape), and in its `__metadata__` the [`Stamp`] and an xxh3-64 checksum
 //! of every tensor's bytes.
 //!
-//! [`write`] streams the tensors into a temporary file next to the target
+//! [`write`](fn@write) streams the tensors into a temporary file next to the target
 //! and renames it into place only when everything was written and synced,
 //! so an error never leaves a half-written cache under the real name.
 //! [`open`] checks the header (the `safetensors` crate rejects truncated

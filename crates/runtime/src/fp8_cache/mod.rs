@@ -11,7 +11,7 @@
 //! message saying why, and a corrupt one (unreadable header, a tensor
 //! missing or of another shape, a checksum that does not match) with a
 //! warning: the weights are then quantized as without a cache, never taken
-//! from a file that does not check out ([`file`]).
+//! from a file that does not check out ([`file`](mod@file)).
 //!
 //! Everything here runs on the host; the engine does the device reads and
 //! uploads.
