@@ -205,7 +205,6 @@ static __device__ __forceinline__ void {{NAME}}_cta(const FaTensorMap& tq, const
     constexpr int KSTEPS_QK = D / 16;
     constexpr int KSTEPS_PV = BLOCK_N / 16;
     constexpr int NP = KSTEPS_PV * 4;     // packed bf16x2 registers of P
-    constexpr int CPR = D / 8;            // 16-byte chunks per row
     constexpr int COL_BLOCKS = D / 64;    // TMA boxes per tile
     static_assert(D == 64 || D == 128, "head dim 64 or 128");
     static_assert(STAGES == 2 || STAGES == 3, "2 or 3 K/V buffers");
@@ -529,41 +528,16 @@ static __device__ __forceinline__ void {{NAME}}_cta(const FaTensorMap& tq, const
         const float l[2] = {ws_quad_sum(row_sum[0]), ws_quad_sum(row_sum[1])};
         ws_split_store<D>(part, acc_o, 1.0f, cw * 64 + wrow + g, t, row_max, l);
     } else {
-        // ---- Epilogue: O / l -> bf16 into this warpgroup's own rows of the Q
-        // tile (only its own, completed, wgmmas read them), then stores. ----
+        // ---- Epilogue: O / l -> bf16, staged in this warpgroup's own rows of
+        // the Q tile (only its own, completed, wgmmas read them). ----
         float inv[2];
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             const float l = ws_quad_sum(row_sum[r]);
             inv[r] = (l > 0.0f) ? 1.0f / l : 0.0f;  // seq_kv == 0 -> zeros
         }
-        unsigned char* sQ_ptr = {{NAME}}_smem + (sQ - smem_raw);
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const int row = cw * 64 + wrow + g + 8 * r;
-#pragma unroll
-            for (int n = 0; n < NO / 4; ++n) {
-                const int off = (n >> 3) * (BLOCK_M * 128) + row * 128 +
-                                (((n & 7) ^ (row & 7)) << 4) + t * 4;
-                *reinterpret_cast<unsigned int*>(sQ_ptr + off) = ws_pack_bf16x2(
-                    acc_o[4 * n + 2 * r] * inv[r], acc_o[4 * n + 2 * r + 1] * inv[r]);
-            }
-        }
-        asm volatile("bar.sync %0, 128;\n" ::"r"(3 + cw) : "memory");
-        const long long row_stride = (long long)heads * D;
-        __nv_bfloat16* og = o + ((long long)b * seq_q * heads + h) * D;
-#pragma unroll
-        for (int i = 0; i < 64 * CPR / 128; ++i) {
-            const int c = i * 128 + ctid;
-            const int r = cw * 64 + c / CPR;
-            const int jj = c % CPR;
-            const int row = m0 + r;
-            if (row < seq_q) {
-                const int off = (jj >> 3) * (BLOCK_M * 128) + r * 128 + (((jj & 7) ^ (r & 7)) << 4);
-                *reinterpret_cast<uint4*>(og + (long long)row * row_stride + jj * 8) =
-                    *reinterpret_cast<const uint4*>(sQ_ptr + off);
-            }
-        }
+        ws_store_output<D>({{NAME}}_smem + (sQ - smem_raw), acc_o, inv, o, seq_q, heads, m0, h, b,
+                           cw, wrow, g, t, ctid);
     }
 }
 

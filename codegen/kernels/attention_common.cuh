@@ -120,6 +120,50 @@ static __device__ __forceinline__ float ws_quad_max(float v) {
     return v;
 }
 
+// The epilogue both tensor-core kernels share: a consumer warpgroup (cw)
+// writes its 64 rows of O (the wgmma accumulator layout: acc_o[4 n + 2 r +
+// {0, 1}] is row 64 cw + wrow + g + 8 r, columns 8 n + 2 t + {0, 1}) times
+// inv[r], rounded to bf16, into a 128-row staging tile in shared memory
+// (D / 64 blocks of 128-byte rows, 128-byte swizzle; only this warpgroup
+// reads its rows), then stores those rows below seq_q to o (contiguous
+// [batch, seq_q, heads, D]) in 16-byte chunks. Query rows m0.. of head h of
+// batch b; named barrier 3 + cw syncs the warpgroup.
+template <int D>
+static __device__ __forceinline__ void ws_store_output(unsigned char* tile, const float* acc_o,
+                                                       const float* inv,
+                                                       __nv_bfloat16* __restrict__ o, int seq_q,
+                                                       int heads, int m0, int h, int b, int cw,
+                                                       int wrow, int g, int t, int ctid) {
+    constexpr int TILE_ROWS = 128;
+    constexpr int CPR = D / 8;  // 16-byte chunks per row
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int row = cw * 64 + wrow + g + 8 * r;
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+            const int off = (n >> 3) * (TILE_ROWS * 128) + row * 128 +
+                            (((n & 7) ^ (row & 7)) << 4) + t * 4;
+            *reinterpret_cast<unsigned int*>(tile + off) = ws_pack_bf16x2(
+                acc_o[4 * n + 2 * r] * inv[r], acc_o[4 * n + 2 * r + 1] * inv[r]);
+        }
+    }
+    asm volatile("bar.sync %0, 128;\n" ::"r"(3 + cw) : "memory");
+    const long long row_stride = (long long)heads * D;
+    __nv_bfloat16* og = o + ((long long)b * seq_q * heads + h) * D;
+#pragma unroll
+    for (int i = 0; i < 64 * CPR / 128; ++i) {
+        const int c = i * 128 + ctid;
+        const int r = cw * 64 + c / CPR;
+        const int jj = c % CPR;
+        const int row = m0 + r;
+        if (row < seq_q) {
+            const int off = (jj >> 3) * (TILE_ROWS * 128) + r * 128 + (((jj & 7) ^ (r & 7)) << 4);
+            *reinterpret_cast<uint4*>(og + (long long)row * row_stride + jj * 8) =
+                *reinterpret_cast<const uint4*>(tile + off);
+        }
+    }
+}
+
 // ---- Query tiles split over their keys (the runtime's attention_split) ----
 // A part CTA runs one 128-row query tile against one key segment and
 // writes ws_part_floats(D) floats: its unnormalized O (128 x D, row-major),

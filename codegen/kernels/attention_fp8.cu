@@ -280,7 +280,6 @@ static __device__ __forceinline__ void {{NAME}}_cta(
     constexpr int KSTEPS_QK = D / 32;
     constexpr int KSTEPS_PV = BLOCK_N / 32;
     constexpr int NP = KSTEPS_PV * 4;     // packed e4m3x4 registers of P
-    constexpr int CPR = D * 2 / 16;       // 16-byte chunks per output row
     static_assert(STAGES == 2 || STAGES == 3, "2 or 3 K/V buffers");
     static_assert(BLOCK_N == 128 || BLOCK_N == 256, "128 or 256 keys per tile");
     // Barriers: q_full, k_full[S], v_full[S], k_empty[S], v_empty[S].
@@ -622,42 +621,16 @@ static __device__ __forceinline__ void {{NAME}}_cta(
         const float m[2] = {8.0f - neg_max[0], 8.0f - neg_max[1]};
         ws_split_store<D>(part, acc_o, out_scale, cw * 64 + wrow + g, t, m, row_sum);
     } else {
-        // ---- Epilogue: O * v_scale / l -> bf16 into this warpgroup's rows of
-        // the output tile (two 64-column blocks of 128-byte rows, swizzled),
-        // then 16-byte row-predicated stores. ----
+        // ---- Epilogue: O * v_scale / l -> bf16, staged in this warpgroup's
+        // rows of the output tile. ----
         float inv[2];
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             const float l = row_sum[r];  // whole rows: every thread of the quad has it
             inv[r] = (l > 0.0f) ? out_scale / l : 0.0f;  // seq_kv == 0 -> zeros
         }
-        unsigned char* sO_ptr = {{NAME}}_smem + (sO - smem_raw);
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const int row = cw * 64 + wrow + g + 8 * r;
-#pragma unroll
-            for (int n = 0; n < NO / 4; ++n) {
-                const int off = (n >> 3) * (BLOCK_M * 128) + row * 128 +
-                                (((n & 7) ^ (row & 7)) << 4) + t * 4;
-                *reinterpret_cast<unsigned int*>(sO_ptr + off) = ws_pack_bf16x2(
-                    acc_o[4 * n + 2 * r] * inv[r], acc_o[4 * n + 2 * r + 1] * inv[r]);
-            }
-        }
-        asm volatile("bar.sync %0, 128;\n" ::"r"(3 + cw) : "memory");
-        const long long row_stride = (long long)heads * D;
-        __nv_bfloat16* og = o + ((long long)b * seq_q * heads + h) * D;
-#pragma unroll
-        for (int i = 0; i < 64 * CPR / 128; ++i) {
-            const int c = i * 128 + ctid;
-            const int r = cw * 64 + c / CPR;
-            const int jj = c % CPR;
-            const int row = m0 + r;
-            if (row < seq_q) {
-                const int off = (jj >> 3) * (BLOCK_M * 128) + r * 128 + (((jj & 7) ^ (r & 7)) << 4);
-                *reinterpret_cast<uint4*>(og + (long long)row * row_stride + jj * 8) =
-                    *reinterpret_cast<const uint4*>(sO_ptr + off);
-            }
-        }
+        ws_store_output<D>({{NAME}}_smem + (sO - smem_raw), acc_o, inv, o, seq_q, heads, m0, h, b,
+                           cw, wrow, g, t, ctid);
     }
 }
 
