@@ -11,7 +11,7 @@
 # times FLUX's shapes next to torch SDPA's default, cuDNN and flash backends.
 import sys, math, os, subprocess, time
 import numpy as np, torch, cupy as cp
-from split_plan import split_plan as split_plan_for
+from common import median_ms, split_plan, split_sms
 
 vdir, mode = sys.argv[1], sys.argv[2]
 meta = open(os.path.join(vdir, "meta.txt")).read().split()
@@ -50,11 +50,14 @@ for d in (64, 128):
 # that fills the wave better; SPLIT=0 runs every tile whole; SPLIT_SMS=N
 # plans for N SMs instead of the device's (to cover the split path with
 # small shapes). `time` reports both.
-SPLIT = os.environ.get("SPLIT", "1") == "1"
-SMS = int(os.environ.get("SPLIT_SMS", "0")) or cp.cuda.Device().attributes["MultiProcessorCount"]
+SMS = split_sms(cp.cuda.Device().attributes["MultiProcessorCount"])  # None: SPLIT=0
 
-def split_plan(q_tiles, h, b, n_kv):
-    return split_plan_for(q_tiles, h, b, n_kv, SMS)
+def plan_of(d, b, h, sq, skv):
+    # The runtime's split of this problem ((c, k), see common.py), or None
+    # (also with SPLIT=0, and for kernels without split entry points).
+    if not (TMA and d in split_fns):
+        return None
+    return split_plan(-(-sq // block_m), h, b, -(-skv // KV_ROWS), SMS)
 
 def cpv(t):
     return cp.from_dlpack(t.view(torch.int16))
@@ -86,13 +89,12 @@ def tensor_map(t, b, seq, h, d, rows=128):
 
 parts = {}  # f32 scratch of the split path, by size
 
-def launch(d, b, h, sq, skv, scale, qb, kb, vb, ob, split=None):
-    split = SPLIT if split is None else split
+def launch(d, b, h, sq, skv, scale, qb, kb, vb, ob, split=True):
     grid = ((sq + block_m - 1) // block_m, h, b)
     if TMA:
         maps = [tensor_map(qb, b, sq, h, d), tensor_map(kb, b, skv, h, d, KV_ROWS),
                 tensor_map(vb, b, skv, h, d, KV_ROWS)]
-        plan = split_plan(grid[0], h, b, -(-skv // KV_ROWS)) if split and d in split_fns else None
+        plan = plan_of(d, b, h, sq, skv) if split else None
         if plan is not None:
             c, k = plan
             grid = (grid[0] - c, h, b)
@@ -121,11 +123,7 @@ def launch(d, b, h, sq, skv, scale, qb, kb, vb, ob, split=None):
     args = (cpv(qb), cpv(kb), cpv(vb), cpv(ob), np.int32(sq), np.int32(skv), np.int32(h), np.float32(scale))
     mods[d](grid, (threads, 1, 1), args, shared_mem=SMEM[d])
 
-def splits(d, b, h, sq, skv):
-    # Whether `launch` splits this problem's last wave (with SPLIT on).
-    return TMA and d in split_fns and split_plan(-(-sq // block_m), h, b, -(-skv // KV_ROWS)) is not None
-
-def run(d, b, h, sq, skv, scale=None, check=True, time_it=False, split=None):
+def run(d, b, h, sq, skv, scale=None, check=True, time_it=False, split=True):
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     g = torch.Generator(device="cuda").manual_seed(1234 + sq * 7 + skv + d)
     rnd = lambda n: torch.randn(n, device="cuda", generator=g, dtype=torch.float32).to(torch.bfloat16)
@@ -156,32 +154,20 @@ def run(d, b, h, sq, skv, scale=None, check=True, time_it=False, split=None):
         if not math.isfinite(terr):
             terr = rerr
         ok = (not nan) and tail_ok and err <= max(2 * terr, 2 * rerr + 2e-3) and rel <= 1e-2
-        how = "whole tiles" if split is False or not (SPLIT and splits(d, b, h, sq, skv)) else "split"
+        how = "split" if split and plan_of(d, b, h, sq, skv) else "whole tiles"
         print(f"d={d} b={b} h={h} sq={sq} skv={skv} scale={scale:.4g} ({how}): relL2={rel:.2e} max|err|={err:.2e} "
               f"sdpa-bf16 max|err|={terr:.2e} nan={nan} tail_untouched={tail_ok} -> {'OK' if ok else 'FAIL'}", flush=True)
     if time_it:
-        st, en = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         fl = 4.0 * b * h * sq * skv * d
-        def tm(fn, n=20, reps=5):
-            # The median of reps batches of n calls, ms per call (one batch
-            # of 30 varied by 5% between two identical launches in a call).
-            for _ in range(5): fn()
-            times = []
-            for _ in range(reps):
-                torch.cuda.synchronize(); st.record()
-                for _ in range(n): fn()
-                en.record(); torch.cuda.synchronize()
-                times.append(st.elapsed_time(en) / n)
-            return sorted(times)[reps // 2]
-        ms = tm(lambda: launch(d, b, h, sq, skv, scale, qb, kb, vb, ob))
-        whole_ms = tm(lambda: launch(d, b, h, sq, skv, scale, qb, kb, vb, ob, split=False))
+        ms = median_ms(lambda: launch(d, b, h, sq, skv, scale, qb, kb, vb, ob))
+        whole_ms = median_ms(lambda: launch(d, b, h, sq, skv, scale, qb, kb, vb, ob, split=False))
         qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        tms = tm(lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt))
+        tms = median_ms(lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt))
         from torch.nn.attention import sdpa_kernel, SDPBackend
         def backend(which):
             try:
                 with sdpa_kernel(which):
-                    return tm(lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt))
+                    return median_ms(lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt))
             except Exception:
                 return float("nan")
         cms = backend(SDPBackend.CUDNN_ATTENTION)
@@ -231,7 +217,7 @@ if mode in ("full", "small"):
     for d in (64, 128):
         for c in cases:
             allok &= run(d, *c)
-            if SPLIT and splits(d, *c):
+            if plan_of(d, *c):
                 allok &= run(d, *c, split=False)
         allok &= run(d, 1, 2, 77, 91, scale=-0.3)
         allok &= run(d, 1, 2, 77, 600, scale=-0.3)  # split over 4 key tiles

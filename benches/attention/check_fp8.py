@@ -22,12 +22,12 @@
 # FP8_ONLY=1 leaves them out).
 # As the runtime does, the last wave of query tiles runs split over their
 # keys (the kernel's _part and _merge entry points) where that fills the SMs
-# better (split_plan.py); `full` checks every split case with whole tiles
+# better (common.py); `full` checks every split case with whole tiles
 # too and the timings report both. SPLIT=0 runs whole tiles only;
 # SPLIT_SMS=N plans for N SMs.
 import ctypes, json, math, os, subprocess, sys
 import torch, cupy as cp
-from split_plan import split_plan
+from common import median_ms, split_plan, split_sms
 
 vdir, mode = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else "full")
 meta = open(os.path.join(vdir, "fp8_meta.txt")).read().split()
@@ -57,8 +57,8 @@ att.max_dynamic_shared_size_bytes = smem
 if att_part is not None:
     att_part.max_dynamic_shared_size_bytes = smem
 vlay, = load(v_name)
-SPLIT = os.environ.get("SPLIT", "1") == "1" and att_part is not None and att_merge is not None
-SMS = int(os.environ.get("SPLIT_SMS", "0")) or cp.cuda.Device().attributes["MultiProcessorCount"]
+SMS = split_sms(cp.cuda.Device().attributes["MultiProcessorCount"])  # None: SPLIT=0
+SPLIT = SMS is not None and att_part is not None and att_merge is not None
 libcuda = ctypes.CDLL("libcuda.so.1")
 
 def perm16():
@@ -235,17 +235,8 @@ def check(c, split=True):
                              "rel_l2_vs_dequantized": kernel_err, "rel_l2_vs_fp32": total_err, "ok": ok})
     return ok
 
-def timeit(fn, n=20, reps=5):
-    # The median of reps batches of n calls, us per call.
-    st, en = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    for _ in range(5): fn()
-    times = []
-    for _ in range(reps):
-        torch.cuda.synchronize(); st.record()
-        for _ in range(n): fn()
-        en.record(); torch.cuda.synchronize()
-        times.append(st.elapsed_time(en) / n * 1e3)
-    return sorted(times)[reps // 2]
+def timeit(fn):
+    return median_ms(fn) * 1e3  # us
 
 def bench(b, h, s):
     c = Case(b, h, s, s)
