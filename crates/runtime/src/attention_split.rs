@@ -19,7 +19,7 @@
 //! at load ([`plan`]); the partial results go to one workspace that every
 //! split attention shares (the steps run in order on one stream).
 
-use fluxc_artifact::{Attention, AttentionOperands, SPLIT_MERGE_ROWS};
+use fluxc_artifact::{Attention, AttentionOperands, Step, SPLIT_MERGE_ROWS};
 
 use crate::plan::Param;
 
@@ -100,8 +100,35 @@ pub(crate) fn plan(a: &Attention, sms: u32) -> Option<SplitPlan> {
     })
 }
 
+/// How each of `steps` splits (attention steps whose kernel can, when
+/// that fills a GPU of `sms` SMs better; `sms` `None`: no splits), one
+/// entry per step.
+pub(crate) fn plan_steps(steps: &[Step], sms: Option<u32>) -> Vec<Option<SplitPlan>> {
+    steps
+        .iter()
+        .map(|step| match (step, sms) {
+            (Step::Attention(a), Some(sms)) => plan(a, sms),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Bytes of the workspace the splits `plans` of `steps` share (they run
+/// one after another): the largest one's partial results.
+pub(crate) fn shared_workspace_bytes(steps: &[Step], plans: &[Option<SplitPlan>]) -> u64 {
+    steps
+        .iter()
+        .zip(plans)
+        .filter_map(|(step, plan)| match (step, plan) {
+            (Step::Attention(a), Some(p)) => Some(workspace_bytes(a, *p)),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// Bytes of the partial results of `a` split by `plan`.
-pub(crate) fn workspace_bytes(a: &Attention, plan: SplitPlan) -> u64 {
+fn workspace_bytes(a: &Attention, plan: SplitPlan) -> u64 {
     let floats = a.split.as_ref().map_or(0, |s| u64::from(s.part_floats));
     u64::from(plan.tiles)
         * u64::from(plan.segments)
@@ -237,6 +264,19 @@ mod tests {
         Some(SplitPlan { tiles, segments })
     }
 
+    /// The merge's parameters for the 4352-token problems below: workspace
+    /// 99, out 4, tiles from 33 on, 5 segments.
+    fn merge_params_4352() -> [Param; 6] {
+        [
+            Param::Ptr(99),
+            Param::Ptr(4),
+            Param::I32(4352),
+            Param::I32(24),
+            Param::I32(33),
+            Param::I32(5),
+        ]
+    }
+
     #[test]
     fn the_last_wave_is_split_to_fill_the_sms() {
         // FLUX at 256 text tokens: 34 tiles × 24 heads = 6 waves of 132 and
@@ -256,6 +296,24 @@ mod tests {
         // Batches count like heads; fewer SMs, fewer segments.
         assert_eq!(plan(&attention(2, 24, 4352, 4352), 114), split(1, 2));
         assert_eq!(plan(&attention(1, 24, 4352, 4352), 0), None);
+    }
+
+    #[test]
+    fn steps_are_planned_one_by_one_and_share_the_largest_workspace() {
+        let steps = [
+            Step::Attention(attention(1, 24, 4352, 4352)),
+            Step::Attention(attention(1, 24, 4608, 4608)),
+            Step::Attention(attention(1, 2, 300, 300)),
+        ];
+        let plans = plan_steps(&steps, Some(132));
+        assert_eq!(plans, [split(1, 5), None, split(3, 2)]);
+        // The 4352-token step's 120 part CTAs, not the small one's 12.
+        assert_eq!(
+            shared_workspace_bytes(&steps, &plans),
+            5 * 24 * 128 * 130 * 4
+        );
+        assert_eq!(plan_steps(&steps, None), [None, None, None]);
+        assert_eq!(shared_workspace_bytes(&steps, &[None, None, None]), 0);
     }
 
     #[test]
@@ -322,17 +380,7 @@ mod tests {
                 Param::I32(5),
             ]
         );
-        assert_eq!(
-            l[2].params,
-            [
-                Param::Ptr(99),
-                Param::Ptr(4),
-                Param::I32(4352),
-                Param::I32(24),
-                Param::I32(33),
-                Param::I32(5),
-            ]
-        );
+        assert_eq!(l[2].params, merge_params_4352());
         // Every tile split: no whole-tile launch.
         let small = attention(1, 2, 300, 300);
         let l = launches(&small, plan(&small, 132).unwrap(), &whole, 99).unwrap();
@@ -390,16 +438,6 @@ mod tests {
         part.extend([Param::I32(33), Param::I32(5)]);
         assert_eq!(l[0].params, whole);
         assert_eq!(l[1].params, part);
-        assert_eq!(
-            l[2].params,
-            [
-                Param::Ptr(99),
-                Param::Ptr(4),
-                Param::I32(4352),
-                Param::I32(24),
-                Param::I32(33),
-                Param::I32(5),
-            ]
-        );
+        assert_eq!(l[2].params, merge_params_4352());
     }
 }

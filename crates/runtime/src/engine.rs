@@ -204,16 +204,9 @@ impl Engine {
         let sms = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(RuntimeError::driver("querying the SM count"))?;
-        let splits = attention_splits(schedule, options.attention_split.sms(sms as u32));
-        let split_bytes = splits
-            .iter()
-            .zip(&schedule.steps)
-            .filter_map(|(plan, step)| match (plan, step) {
-                (Some(p), Step::Attention(a)) => Some(attention_split::workspace_bytes(a, *p)),
-                _ => None,
-            })
-            .max()
-            .unwrap_or(0);
+        let splits =
+            attention_split::plan_steps(&schedule.steps, options.attention_split.sms(sms as u32));
+        let split_bytes = attention_split::shared_workspace_bytes(&schedule.steps, &splits);
         check_memory(&ctx, schedule, [staging_bytes, split_bytes], &device_name)?;
 
         // 3. Kernels.
@@ -979,22 +972,9 @@ fn standard_accumulation_gemms<'a>(schedule: &'a Schedule, ops: &[Op]) -> Vec<&'
         .collect()
 }
 
-/// How each step of `schedule` splits (attention steps whose kernel can,
-/// when splitting fills a GPU of `sms` SMs better; `None` for no splits).
-fn attention_splits(schedule: &Schedule, sms: Option<u32>) -> Vec<Option<SplitPlan>> {
-    schedule
-        .steps
-        .iter()
-        .map(|step| match (step, sms) {
-            (Step::Attention(a), Some(sms)) => attention_split::plan(a, sms),
-            _ => None,
-        })
-        .collect()
-}
-
 /// Every step of `schedule`, ready to enqueue; `splits` says how each
-/// attention splits ([`attention_splits`]), with its partial results at
-/// the address given with it.
+/// attention splits (`attention_split::plan_steps`), with its partial
+/// results at the address given with it.
 fn build_ops(
     schedule: &Schedule,
     bases: Bases,
